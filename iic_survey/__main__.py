@@ -1,0 +1,83 @@
+"""``python -m iic_survey <command>``: small tools around the catalog and the model.
+
+Commands
+--------
+summary CATALOG            rows per class, outliers and quality flags of an output catalog
+report CATALOG [...]       sky maps, confidence histograms, cutout grids (PNG + Markdown)
+export CATALOG DEST [...]  a selection as FITS or VOTable, units and descriptions kept
+model-info                 IICnet's parameter count and multiply-accumulates per image
+make-sky ROOT [...]        write a synthetic WISE sky in the archive's formats
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+
+def _summary(argv: list[str]) -> int:
+    from iic_survey import output
+
+    parser = argparse.ArgumentParser(prog="iic_survey summary")
+    parser.add_argument("catalog", help="path or URL of an output catalog")
+    args = parser.parse_args(argv)
+    print(output.summary_text(args.catalog))
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    from iic_survey import report
+
+    return report.cli(argv)
+
+
+def _export(argv: list[str]) -> int:
+    from iic_survey import output
+
+    return output.export_cli(argv)
+
+
+def _model_info(argv: list[str]) -> int:
+    from iic_survey import model
+
+    return model.cli(argv)
+
+
+def _make_sky(argv: list[str]) -> int:
+    from iic_survey import synthetic
+
+    return synthetic.cli(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "summary": _summary,
+    "report": _report,
+    "export": _export,
+    "model-info": _model_info,
+    "make-sky": _make_sky,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a command; exit status 2 on an unknown one."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"unknown command {command!r}{hint}; commands: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    return COMMANDS[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
