@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 
 def _summary(argv: list[str]) -> int:
-    from iic_survey import output
+    from iic_survey import export
 
     parser = argparse.ArgumentParser(prog="iic_survey summary")
     parser.add_argument("catalog", help="path or URL of an output catalog")
     args = parser.parse_args(argv)
-    print(output.summary_text(args.catalog))
+    print(export.summary_text(args.catalog))
     return 0
 
 
@@ -34,9 +34,9 @@ def _report(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    from iic_survey import output
+    from iic_survey import export
 
-    return output.export_cli(argv)
+    return export.cli(argv)
 
 
 def _model_info(argv: list[str]) -> int:

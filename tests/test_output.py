@@ -1,0 +1,381 @@
+"""The HATS writer: schema, staging and commit of pixels, resume, finalize, HATS validity."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import fsspec
+import healpy as hp
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from iic_survey import CLASSES, output, sky
+from iic_survey.export import read, validate_catalog
+from iic_survey.flags import QualityFlag
+
+ORDER = 3
+
+
+def fake_results(
+    n: int, seed: int = 0, centre: tuple[float, float] = (150.0, 20.0), radius_deg: float = 12.0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Result rows like the pipeline's (and a truth table) for sources in a cap on the sky.
+
+    Predictions follow the truth with realistic confusion; ~3 % of rows are unclassifiable
+    (FETCH_FAILED: null probabilities), and low-confidence rows are outliers.
+    """
+    rng = np.random.default_rng(seed)
+    # uniform in a spherical cap around the pole, rotated to ``centre``
+    z = rng.uniform(np.cos(np.radians(radius_deg)), 1.0, n)
+    phi = rng.uniform(0, 2 * np.pi, n)
+    xyz = np.stack([np.sqrt(1 - z**2) * np.cos(phi), np.sqrt(1 - z**2) * np.sin(phi), z], 1)
+    ra0, dec0 = np.radians(centre[0]), np.radians(centre[1])
+    th = np.pi / 2 - dec0
+    ry = np.array([[np.cos(th), 0, np.sin(th)], [0, 1, 0], [-np.sin(th), 0, np.cos(th)]])
+    rz = np.array([[np.cos(ra0), -np.sin(ra0), 0], [np.sin(ra0), np.cos(ra0), 0], [0, 0, 1]])
+    x, y, zz = rz @ ry @ xyz.T
+    ra = np.degrees(np.arctan2(y, x)) % 360
+    dec = np.degrees(np.arcsin(np.clip(zz, -1, 1)))
+    truth = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1.0, (n, 3)) + 2.5 * np.eye(3)[truth]
+    p = np.exp(logits)
+    p /= p.sum(1, keepdims=True)
+    flags = np.where(rng.random(n) < 0.2, int(QualityFlag.W3_UNDETECTED), 0).astype(np.int32)
+    bad = rng.random(n) < 0.03
+    flags[bad] |= int(QualityFlag.FETCH_FAILED)
+    p[bad] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        entropy = -(p * np.log(p)).sum(1)
+    conf = p.max(1)
+    cls = pd.Series(np.array(CLASSES, dtype=object)[np.nan_to_num(p, nan=0).argmax(1)])
+    cls[bad] = None
+    cntr = rng.choice(10**9, n, replace=False).astype(np.int64) + 10**12
+    df = pd.DataFrame(
+        {
+            "cntr": cntr,
+            "designation": [f"J{r:09.5f}{d:+09.5f}" for r, d in zip(ra, dec, strict=True)],
+            "ra": ra,
+            "dec": dec,
+            "w1mpro": rng.uniform(8, 17, n),
+            "w2mpro": rng.uniform(8, 16, n),
+            "w3mpro": np.where(rng.random(n) < 0.2, np.nan, rng.uniform(5, 12, n)),
+            "p_galaxy": p[:, 0],
+            "p_quasar": p[:, 1],
+            "p_star": p[:, 2],
+            "class": cls,
+            "confidence": conf,
+            "entropy": np.where(bad, np.nan, entropy),
+            "ood_score": np.where(bad, np.nan, rng.gamma(2.0, 1.0, n)),
+            "is_outlier": ~bad & (conf < 0.55),
+            "quality_flags": flags,
+            "model_version": "iicnet-test",
+        }
+    )
+    truth_df = pd.DataFrame({"cntr": cntr, "class": np.array(CLASSES)[truth]})
+    return df, truth_df
+
+
+def write_catalog(
+    out: str,
+    df: pd.DataFrame,
+    order: int = ORDER,
+    fs: fsspec.AbstractFileSystem | None = None,
+    chunk_rows: int = 400,
+    finalize: bool = True,
+) -> dict[int, int]:
+    """Write ``df`` as the pipeline would: plan, stage chunks in any order, commit, finalize."""
+    pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), order)
+    counts = {int(p): int(n) for p, n in zip(*np.unique(pixels, return_counts=True), strict=True)}
+    output.prepare_output(out, {"healpix_order": order, "model": "test"}, fs=fs)
+    output.write_plan(out, order, counts, fs=fs)
+    for pixel in counts:
+        rows = df[pixels == pixel].sample(frac=1.0, random_state=pixel)  # any order
+        for i, start in enumerate(range(0, len(rows), chunk_rows)):
+            output.write_part(
+                out, order, pixel, f"{pixel}-{i:04d}", rows[start : start + chunk_rows], fs
+            )
+        assert output.commit_if_complete(out, order, pixel, counts[pixel], fs)
+    if finalize:
+        output.finalize(out, fs, {"iic_model_sha256": "0" * 64, "iic_input_catalog": "fake"})
+    return counts
+
+
+@pytest.fixture(scope="module")
+def results() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return fake_results(3000, seed=1)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory, results) -> str:
+    out = str(tmp_path_factory.mktemp("out") / "catalog")
+    write_catalog(out, results[0])
+    return out
+
+
+def test_schema_documents_every_column() -> None:
+    for field in output.OUTPUT_SCHEMA:
+        assert field.metadata[b"description"], field.name
+        assert b"unit" in field.metadata
+    assert set(output.COLUMN_DOCS) == set(output.OUTPUT_SCHEMA.names)
+    assert output.OUTPUT_SCHEMA.field("ra").metadata[b"unit"] == b"deg"
+    assert output.OUTPUT_SCHEMA.field("class").type == pa.dictionary(pa.int8(), pa.string())
+    assert json.loads(output.OUTPUT_SCHEMA.metadata[b"iic_survey.classes"]) == list(CLASSES)
+
+
+def test_catalog_is_strictly_valid_hats(catalog: str, results) -> None:
+    hats = pytest.importorskip("hats")
+    from hats.io.validation import is_valid_catalog
+
+    assert is_valid_catalog(catalog, strict=True)
+    cat = hats.read_hats(catalog)
+    assert cat.catalog_info.total_rows == len(results[0])
+    assert cat.catalog_info.ra_column == "ra" and cat.catalog_info.dec_column == "dec"
+    assert cat.catalog_info.healpix_column == "_healpix_29"
+    assert {p.order for p in cat.get_healpix_pixels()} == {ORDER}
+    assert cat.catalog_info.iic_model_sha256 == "0" * 64
+    assert json.loads(cat.catalog_info.iic_run_args)["healpix_order"] == ORDER
+    assert validate_catalog(catalog) == []
+
+
+def test_layout_and_files(catalog: str, results) -> None:
+    df = results[0]
+    root = Path(catalog)
+    info = pd.read_csv(root / "partition_info.csv")
+    assert list(info.columns) == ["Norder", "Npix"]
+    pixels = np.unique(sky.pixel_of(df["ra"], df["dec"], ORDER))
+    assert info["Npix"].tolist() == pixels.tolist()
+    assert not (root / "_staging").exists()
+    total = 0
+    for pixel in pixels:
+        f = root / "dataset" / sky.hats_path(ORDER, int(pixel))
+        table = pq.read_table(f)
+        total += table.num_rows
+        h29 = table.column("_healpix_29").to_numpy()
+        assert np.all(np.diff(h29) >= 0)
+        assert np.all(h29 >> (2 * (29 - ORDER)) == pixel)
+        assert (root / "_done" / f"Norder={ORDER}" / f"Npix={pixel}.json").exists()
+        meta = table.schema.metadata
+        assert json.loads(meta[b"iic_survey.run_args"])["model"] == "test"
+        assert table.schema.field("w1mpro").metadata[b"unit"] == b"mag"
+    assert total == len(df)
+    common = pq.read_schema(root / "dataset" / "_common_metadata")
+    assert common.field("p_star").metadata[b"description"].startswith(b"Calibrated")
+    assert pq.read_metadata(root / "dataset" / "_metadata").num_rows == len(df)
+
+
+def test_values_round_trip(catalog: str, results) -> None:
+    df = results[0]
+    back = read(catalog).set_index("cntr").loc[df["cntr"]]
+    np.testing.assert_allclose(back["ra"], df["ra"])
+    np.testing.assert_allclose(back["p_star"], df["p_star"].astype(np.float32), equal_nan=True)
+    assert back["class"].astype(object).fillna("-").tolist() == df["class"].fillna("-").tolist()
+    assert back["quality_flags"].tolist() == df["quality_flags"].tolist()
+    expected = sky.healpix_29(df["ra"].to_numpy(), df["dec"].to_numpy())
+    assert back["_healpix_29"].tolist() == expected.tolist()
+
+
+def test_pandas_reads_dataset_with_filter(catalog: str, results) -> None:
+    q = pd.read_parquet(catalog + "/dataset", filters=[("class", "==", "quasar")])
+    assert len(q) == int((results[0]["class"] == "quasar").sum())
+    assert set(q["class"].astype(str)) == {"quasar"}
+
+
+def test_memory_filesystem_round_trip(results) -> None:
+    fs = fsspec.filesystem("memory")
+    out = "memory://iic-test/catalog"
+    df = results[0].iloc[:800]
+    try:
+        counts = write_catalog(out, df, fs=fs)
+        assert fs.exists("/iic-test/catalog/hats.properties")
+        assert output.finished_pixels(out, ORDER, fs).tolist() == sorted(counts)
+        back = read(out, filesystem=fs)
+        assert sorted(back["cntr"]) == sorted(df["cntr"])
+        assert validate_catalog(out, fs) == []
+    finally:
+        fs.rm("/iic-test", recursive=True)
+
+
+def _pixel_rows(df: pd.DataFrame) -> tuple[int, pd.DataFrame]:
+    pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
+    pixel = int(np.bincount(pixels).argmax())
+    return pixel, df[pixels == pixel]
+
+
+def test_retried_chunk_is_staged_once_and_commit_is_idempotent(tmp_path: Path, results) -> None:
+    out = str(tmp_path / "c")
+    output.prepare_output(out, {"a": 1})
+    pixel, rows = _pixel_rows(results[0])
+    half = len(rows) // 2
+    output.write_part(out, ORDER, pixel, "c0", rows.iloc[:half])
+    output.write_part(out, ORDER, pixel, "c0", rows.iloc[:half])  # a retry: same chunk id
+    assert output.staged_rows(out, ORDER, pixel) == half
+    assert not output.commit_if_complete(out, ORDER, pixel, len(rows))
+    output.write_part(out, ORDER, pixel, "c1", rows.iloc[half:])
+    assert output.commit_pixel(out, ORDER, pixel, len(rows)) == len(rows)
+    assert output.commit_pixel(out, ORDER, pixel, len(rows)) == len(rows)  # again: a no-op
+    assert output.commit_if_complete(out, ORDER, pixel, len(rows))
+    with pytest.raises(output.OutputError, match="the input changed"):
+        output.commit_pixel(out, ORDER, pixel, len(rows) + 1)
+    assert output.finished_pixels(out, ORDER).tolist() == [pixel]
+    # no temporary files are left beside the pixel file
+    assert not [p for p in (tmp_path / "c").rglob(".*")]
+
+
+def test_commit_refuses_missing_or_duplicated_rows(tmp_path: Path, results) -> None:
+    out = str(tmp_path / "c")
+    output.prepare_output(out, {"a": 1})
+    pixel, rows = _pixel_rows(results[0])
+    output.write_part(out, ORDER, pixel, "c0", rows.iloc[:10])
+    with pytest.raises(output.OutputError, match=r"10 rows staged in 1 parts, \d+ planned"):
+        output.commit_pixel(out, ORDER, pixel, len(rows))
+    output.write_part(out, ORDER, pixel, "c1", rows.iloc[5:])  # rows 5..9 staged twice
+    with pytest.raises(output.OutputError, match="planned"):
+        output.commit_pixel(out, ORDER, pixel, len(rows))
+    with pytest.raises(output.OutputError, match="repeated cntr"):
+        output.commit_pixel(out, ORDER, pixel, len(rows) + 5)
+    assert not output.is_finished(out, ORDER, pixel)
+
+
+def test_rows_are_checked_against_the_schema(results) -> None:
+    pixel, rows = _pixel_rows(results[0])
+    table = output.as_output_table(rows, ORDER, pixel)
+    assert table.schema == output.OUTPUT_SCHEMA
+    assert table.column("p_galaxy").null_count == int(rows["p_galaxy"].isna().sum())
+    with pytest.raises(ValueError, match=r"missing \['entropy'\]"):
+        output.as_output_table(rows.drop(columns="entropy"), ORDER, pixel)
+    with pytest.raises(ValueError, match=r"unknown \['colour'\]"):
+        output.as_output_table(rows.assign(colour=1), ORDER, pixel)
+    with pytest.raises(ValueError, match="outside"):
+        output.as_output_table(rows, ORDER, pixel + 1)
+    # a row just across the edge (input pixelisation rounding) stays, clamped into the pixel
+    shift = 2 * (29 - ORDER)
+    neighbour = int(hp.get_all_neighbours(2**ORDER, pixel, nest=True)[0])
+    ra, dec = hp.pix2ang(2**ORDER, neighbour, nest=True, lonlat=True)
+    edge = rows.copy()
+    edge.iloc[0, [edge.columns.get_loc("ra"), edge.columns.get_loc("dec")]] = [ra, dec]
+    h29 = output.as_output_table(edge, ORDER, pixel).column("_healpix_29").to_numpy()
+    assert np.all(h29 >> shift == pixel)
+    far = edge.copy()
+    far.iloc[0, [far.columns.get_loc("ra"), far.columns.get_loc("dec")]] = [0.0, -80.0]
+    with pytest.raises(ValueError, match="1 of"):
+        output.as_output_table(far, ORDER, pixel)
+    bad = rows.copy()
+    bad["class"] = bad["class"].astype(object)
+    bad.iloc[0, bad.columns.get_loc("class")] = "QSO"
+    with pytest.raises(ValueError, match="QSO"):
+        output.as_output_table(bad, ORDER, pixel)
+    with pytest.raises(ValueError, match="'cntr' has 1 nulls"):
+        output.as_output_table(rows.assign(cntr=[None, *rows["cntr"].tolist()[1:]]), ORDER, pixel)
+    # a row without coordinates keeps its place in its pixel
+    nan = rows.copy()
+    nan.iloc[0, nan.columns.get_loc("ra")] = np.nan
+    t = output.as_output_table(nan, ORDER, pixel)
+    assert t.column("_healpix_29")[0].as_py() == pixel << (2 * (29 - ORDER))
+    assert t.column("ra").null_count == 1
+    # the pipeline may pass an Arrow table with plain string classes
+    t2 = output.as_output_table(pa.Table.from_pandas(rows, preserve_index=False), ORDER, pixel)
+    assert t2.column("class").to_pylist() == table.column("class").to_pylist()
+
+
+def test_prepare_output_resume_and_refusals(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    assert output.prepare_output(str(out), {"order": 5, "model": "m"}) is False
+    assert output.prepare_output(str(out), {"order": 5, "model": "m"}) is True
+    with pytest.raises(output.OutputError, match=r"differing: \['order'\]"):
+        output.prepare_output(str(out), {"order": 6, "model": "m"})
+    assert output.prepare_output(str(out), {"order": 6, "model": "m"}, overwrite=True) is False
+    assert json.loads((out / "_run.json").read_text())["args"]["order"] == 6
+
+    stray = tmp_path / "notes.txt"
+    stray.write_text("mine")
+    with pytest.raises(output.OutputError, match="is a file"):
+        output.prepare_output(str(stray), {})
+    assert output.prepare_output(str(stray), {}, overwrite=True) is False
+    assert (stray / "_run.json").exists()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("1,2\n")
+    for overwrite in (False, True):
+        with pytest.raises(output.OutputError, match="not an iic_survey output"):
+            output.prepare_output(str(foreign), {}, overwrite=overwrite)
+    assert (foreign / "data.csv").exists()
+
+
+def test_partial_runs_resume_and_finalize_checks(tmp_path: Path, results, caplog) -> None:
+    out = str(tmp_path / "c")
+    df = results[0]
+    counts = write_catalog(out, df, finalize=False)
+    last = max(counts)
+    # simulate a crash: the last pixel's marker never got written
+    (tmp_path / "c" / "_done" / f"Norder={ORDER}" / f"Npix={last}.json").unlink()
+    assert last not in output.finished_pixels(out, ORDER)
+    assert last not in set(
+        read(out)["_healpix_29"].to_numpy() >> (2 * (29 - ORDER))
+    )  # ignored by readers
+    with pytest.raises(output.OutputError, match="1 planned pixels unfinished"):
+        output.finalize(out)
+    with pytest.raises(output.OutputError, match="no commit marker"):
+        output.finalize(out, allow_partial=True)
+    with pytest.raises(output.OutputError, match="different pixels or counts"):
+        output.write_plan(out, ORDER, {**counts, last: counts[last] + 1})
+    # resume: same arguments, the unfinished pixel is staged and committed again
+    with caplog.at_level(logging.INFO, logger="iic_survey.output"):
+        assert output.prepare_output(out, {"healpix_order": ORDER, "model": "test"}) is True
+    assert "pixels already finished" in caplog.text
+    pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
+    output.write_part(out, ORDER, last, "x", df[pixels == last])
+    output.commit_pixel(out, ORDER, last, counts[last])
+    output.finalize(out)
+    assert validate_catalog(out) == []
+
+
+def test_validate_catalog_finds_damage(tmp_path: Path, results) -> None:
+    out = tmp_path / "c"
+    write_catalog(str(out), results[0].iloc[:600])
+    f = sorted((out / "dataset").rglob("Npix=*.parquet"))[0]
+    table = pq.read_table(f)
+    p = table.column("p_star").to_numpy(zero_copy_only=False).copy()
+    p[0] = 0.99 if p[0] < 0.5 else 0.01
+    table = table.set_column(table.schema.get_field_index("p_star"), "p_star", pa.array(p))
+    pq.write_table(table.cast(output.OUTPUT_SCHEMA), f)
+    problems = validate_catalog(str(out))
+    assert any("checksum" in s for s in problems)
+    assert any("do not sum to 1" in s for s in problems)
+    (out / "hats.properties").unlink()
+    assert any("not finalized" in s for s in validate_catalog(str(out)))
+
+
+def test_s3_round_trip_and_pruning(s3_server: str, s3_requests, results) -> None:
+    from tests.fixtures.s3 import s3_filesystem
+
+    fs = s3_filesystem(s3_server)
+    if not fs.exists("iic-test-out"):
+        fs.mkdir("iic-test-out")
+    out = "s3://iic-test-out/catalog"
+    df = results[0].iloc[:1200]
+    counts = write_catalog(out, df, fs=fs, chunk_rows=300)
+    assert not fs.exists("iic-test-out/catalog/_staging")
+    assert fs.exists(f"iic-test-out/catalog/_done/Norder={ORDER}/Npix={min(counts)}.json")
+    assert validate_catalog(out, fs) == []
+    # a pixel query reads one pixel file: GETs of Npix files only for that pixel
+    s3_requests.clear()
+    pixel = max(counts, key=counts.get)
+    got = read(out, columns=["cntr"], pixels=(ORDER, [pixel]), filesystem=fs)
+    assert len(got) == counts[pixel]
+    gets = {p for p in s3_requests.paths("GET") if "Npix=" in p and "/dataset/" in p}
+    assert gets == {f"/iic-test-out/catalog/dataset/{sky.hats_path(ORDER, pixel)}"}
+    # and it is a HATS catalog there too
+    hats = pytest.importorskip("hats")
+    from upath import UPath
+
+    from tests.fixtures.s3 import s3_storage_options
+
+    opts = {k: v for k, v in s3_storage_options(s3_server).items() if k != "endpoint_url"}
+    path = UPath(out, client_kwargs={"endpoint_url": s3_server}, **opts)
+    assert hats.read_hats(path).catalog_info.total_rows == len(df)
