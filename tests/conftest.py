@@ -9,7 +9,12 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-pytest_plugins: list[str] = ["tests.fixtures.ray_cluster"]
+pytest_plugins: list[str] = [
+    "tests.fixtures.ray_cluster",
+    "tests.fixtures.irsa",
+    "tests.fixtures.s3",
+    "tests.fixtures.sky",
+]
 
 
 @pytest.fixture(scope="session")
