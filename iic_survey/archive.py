@@ -1,0 +1,668 @@
+"""Where the AllWISE Atlas images come from: local disk, S3 or IRSA's image server (IBE).
+
+Three pieces, all transport and no geometry (cutting stamps is :mod:`iic_survey.cutouts`):
+
+* :class:`TileArchive` names and opens Atlas tiles ``{cid}-w{b}-int-3.fits`` under a
+  ``p3am_cdd`` root that is a local directory, an ``s3://`` prefix or an ``https://`` URL. It
+  holds only strings, so it pickles (Ray ships it to workers); files are opened lazily, per call.
+  Remote tiles are read with ``astropy.io.fits.open(url, use_fsspec=True)`` and ``.section``, so
+  a cutout reads only the rows it needs.
+* :class:`CutoutService` asks IBE for one small cutout per source and band
+  (``{tile_url}?center=ra,dec&size=50arcsec&gzip=false``): bounded threads, a request limit
+  per host, time-outs and bounded retries with jittered exponential back-off. Per-source faults
+  come back as a status, never as an exception in the middle of a batch.
+* :func:`sia_lookup` finds the tiles holding a position with an SIA v2 query (pyvo), for
+  positions that arrive without a ``coadd_id``.
+
+Errors: :class:`TileMissing` (no such tile), :class:`TileCorrupt` (truncated, not FITS, no
+celestial WCS, no ``MAGZP``), :class:`TileFetchError` (network fault that may pass: retry) and
+:class:`ArchiveAccessDenied` (the archive refuses us: a configuration problem, never flagged
+per row, always raised with what to do about it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import random
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+import requests
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
+from astropy.wcs import WCS
+
+from iic_survey import __version__
+
+logger = logging.getLogger(__name__)
+
+IRSA_S3_URL = "s3://nasa-irsa-wise/wise/allwise/images/p3am_cdd"
+"""The AllWISE Atlas images in IRSA's public bucket (us-west-2, anonymous)."""
+IRSA_IBE_URL = "https://irsa.ipac.caltech.edu/ibe/data/wise/allwise/p3am_cdd"
+"""The same files through IRSA's image server, which also cuts them on request."""
+IRSA_SIA_URL = "https://irsa.ipac.caltech.edu/SIA"
+"""IRSA's SIA v2 service; the AllWISE Atlas is its collection ``wise_allwise``."""
+
+_COADD_RE = re.compile(r"(\d{4}[pm]\d{3})(_ac51)?$")
+_COADD_IN_URL = re.compile(r"(\d{4}[pm]\d{3}_ac51)-w\d-int-3\.fits")
+_FITS_TYPES = ("fits", "application/octet-stream")
+T = TypeVar("T")
+
+
+class ArchiveError(Exception):
+    """Base class of the archive's errors."""
+
+
+class TileMissing(ArchiveError, FileNotFoundError):  # noqa: N818 (the contract's name)
+    """The tile (or that band of it) is not in the archive."""
+
+
+class TileCorrupt(ArchiveError, ValueError):  # noqa: N818 (the contract's name)
+    """The file is there but unusable: truncated, not FITS, no celestial WCS or no MAGZP."""
+
+
+class TileFetchError(ArchiveError, OSError):
+    """A network fault (time-out, 5xx, short read) that may pass if the read is retried."""
+
+
+class ArchiveAccessDenied(ArchiveError, PermissionError):  # noqa: N818 (reads as a verdict)
+    """The archive refused access (HTTP 401/403, S3 AccessDenied): fix the configuration."""
+
+
+def normalize_coadd_id(coadd_id: object) -> str:
+    """``'0904m213'`` or ``'0904m213_ac51'`` -> ``'0904m213_ac51'``; ``''`` if not a tile id."""
+    if not isinstance(coadd_id, str):
+        return ""
+    m = _COADD_RE.fullmatch(coadd_id.strip())
+    return f"{m.group(1)}_ac51" if m else ""
+
+
+def tile_key(coadd_id: str, band: int) -> str:
+    """Path of one band's intensity image below ``p3am_cdd``, as IRSA lays it out."""
+    cid = normalize_coadd_id(coadd_id)
+    if not cid:
+        raise ValueError(f"not an AllWISE Atlas tile id: {coadd_id!r} (expected like '0904m213')")
+    if band not in (1, 2, 3, 4):
+        raise ValueError(f"WISE band must be 1..4, got {band!r}")
+    return f"{cid[:2]}/{cid[:4]}/{cid}/{cid}-w{band}-int-3.fits"
+
+
+@dataclasses.dataclass(frozen=True)
+class TileGeometry:
+    """What a tile's header says about its pixels: validated by :func:`tile_geometry`."""
+
+    wcs: WCS
+    """The celestial WCS of the file as written (0-based pixel coordinates in astropy calls)."""
+    shape: tuple[int, int]
+    """(NAXIS2, NAXIS1): rows, columns."""
+    magzp: float
+    """Photometric zero point: m_Vega = MAGZP - 2.5 log10(DN)."""
+
+
+def tile_geometry(header: fits.Header, where: str = "tile") -> TileGeometry:
+    """Check that ``header`` describes a 2-D image with a celestial WCS and a MAGZP.
+
+    Raises
+    ------
+    TileCorrupt
+        With the reason, if any of the three is missing or unreadable.
+    """
+    try:
+        shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        if int(header["NAXIS"]) != 2 or min(shape) < 1:
+            raise ValueError
+    except (KeyError, ValueError, TypeError):
+        raise TileCorrupt(f"{where}: not a 2-D image (NAXIS={header.get('NAXIS')})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            wcs = WCS(header, naxis=2)
+    except Exception as exc:  # astropy raises many types for malformed WCS keywords
+        raise TileCorrupt(f"{where}: unreadable WCS ({exc})") from exc
+    if not wcs.has_celestial or wcs.naxis != 2:
+        raise TileCorrupt(f"{where}: header has no celestial WCS (CTYPE1/CTYPE2 missing)")
+    try:
+        magzp = float(header["MAGZP"])
+    except (KeyError, ValueError, TypeError):
+        raise TileCorrupt(f"{where}: header has no MAGZP") from None
+    if not np.isfinite(magzp):
+        raise TileCorrupt(f"{where}: MAGZP is not finite")
+    return TileGeometry(wcs=wcs, shape=shape, magzp=magzp)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential back-off and jitter (for network reads only)."""
+
+    attempts: int = 4
+    """Tries in all, the first included (1 = no retry)."""
+    backoff_s: float = 0.5
+    """Delay before the first retry; it doubles on each further retry."""
+    backoff_max_s: float = 20.0
+    """Upper bound of one delay (also of an honoured ``Retry-After``)."""
+    jitter: float = 0.5
+    """Fraction of each delay drawn at random (0: fixed delays; 1: 'full jitter')."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if self.backoff_s < 0 or self.backoff_max_s < 0:
+            raise ValueError("backoff_s and backoff_max_s must be >= 0")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"jitter must be in [0, 1], got {self.jitter}")
+
+    def delay(self, retry: int, rng: random.Random, at_least: float = 0.0) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        base = min(self.backoff_max_s, self.backoff_s * 2.0 ** (retry - 1))
+        return max(min(at_least, self.backoff_max_s), base * (1.0 - self.jitter * rng.random()))
+
+
+def retrying(call: Callable[[], T], policy: RetryPolicy, what: str = "read") -> T:
+    """Run ``call``, retrying :class:`TileFetchError` up to ``policy.attempts`` tries in all.
+
+    Any other exception (missing, corrupt, access denied) goes straight to the caller.
+    """
+    rng = random.Random()
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return call()
+        except TileFetchError as exc:
+            if attempt == policy.attempts:
+                raise TileFetchError(f"{what}: failed after {attempt} tries: {exc}") from exc
+            wait = policy.delay(attempt, rng)
+            logger.debug("%s: %s; retry %d in %.2f s", what, exc, attempt, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError, EOFError)
+try:  # fsspec's HTTP file system raises aiohttp errors; it is there whenever fsspec[http] is
+    import aiohttp
+
+    NETWORK_ERRORS = (*NETWORK_ERRORS, aiohttp.ClientError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes (fsspec wraps HTTP errors in a bare FileNotFoundError)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def _status(exc: BaseException) -> int | None:
+    for e in _chain(exc):
+        status = getattr(e, "status", None)
+        if isinstance(status, int):
+            return status
+    return None
+
+
+def _is_denied(exc: BaseException) -> bool:
+    return any(isinstance(e, PermissionError) for e in _chain(exc)) or _status(exc) in (401, 403)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileArchive:
+    """A ``p3am_cdd`` tree of Atlas tiles on local disk, on S3 or behind HTTPS.
+
+    Build one with :meth:`from_spec`. The object holds strings only: no open file, session or
+    file-system handle, so it pickles; fsspec caches file-system instances per process.
+    """
+
+    root: str
+    """The ``p3am_cdd`` directory: a local path, ``s3://bucket/prefix`` or ``https://...``."""
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    """fsspec options for remote roots (``anon``, ``endpoint_url`` ...)."""
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ValueError("TileArchive root is empty")
+        object.__setattr__(self, "root", self.root.rstrip("/") or "/")
+        object.__setattr__(self, "storage_options", dict(self.storage_options))
+
+    @property
+    def kind(self) -> Literal["local", "s3", "http"]:
+        """Where the tiles live."""
+        scheme = urlsplit(self.root).scheme
+        if scheme == "s3":
+            return "s3"
+        if scheme in ("http", "https"):
+            return "http"
+        return "local"
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        endpoint_url: str | None = None,
+        anon: bool | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> TileArchive:
+        """Build an archive from a short spec.
+
+        Parameters
+        ----------
+        spec
+            ``"irsa"`` (IRSA IBE over HTTPS), ``"s3"`` (IRSA's public bucket), ``"s3://b/prefix"``,
+            ``"https://host/.../p3am_cdd"``, or a local directory as ``"local:/path"``,
+            ``"file:///path"`` or a plain path. A local directory may be the ``p3am_cdd``
+            directory itself or a root holding ``images/p3am_cdd`` (a synthetic sky root).
+        endpoint_url
+            S3 endpoint (a local S3 server in tests); only for S3 specs.
+        anon
+            Anonymous S3 access; default True (IRSA's bucket is public) unless
+            ``storage_options`` carries credentials.
+        storage_options
+            Extra fsspec options for remote roots.
+        """
+        opts = dict(storage_options or {})
+        spec = spec.strip()
+        if spec == "irsa":
+            spec = IRSA_IBE_URL
+        elif spec == "s3":
+            spec = IRSA_S3_URL
+        scheme = urlsplit(spec).scheme
+        if scheme == "s3":
+            if anon is not None:
+                opts["anon"] = anon
+            elif not {"key", "secret", "profile", "anon"} & set(opts):
+                opts["anon"] = True
+            if endpoint_url:
+                opts["endpoint_url"] = endpoint_url
+            return cls(spec, opts)
+        if endpoint_url or anon is not None:
+            raise ValueError("endpoint_url and anon apply to s3:// archives only")
+        if scheme in ("http", "https"):
+            return cls(spec, opts)
+        if spec.startswith("local:"):
+            spec = spec[len("local:") :]
+        elif scheme == "file":
+            spec = urlsplit(spec).path
+        elif scheme:
+            raise ValueError(
+                f"unknown archive spec {spec!r}: use 'irsa', 's3', 's3://bucket/prefix', "
+                "'https://.../p3am_cdd' or a local directory ('local:/path')"
+            )
+        path = os.path.abspath(os.path.expanduser(spec))
+        nested = os.path.join(path, "images", "p3am_cdd")
+        if os.path.isdir(nested):
+            path = nested
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"local tile archive {path!r} is not a directory")
+        return cls(path, opts)
+
+    def tile_url(self, coadd_id: str, band: int) -> str:
+        """Path or URL of one band's intensity image of tile ``coadd_id``."""
+        key = tile_key(coadd_id, band)
+        return os.path.join(self.root, key) if self.kind == "local" else f"{self.root}/{key}"
+
+    def _fs(self) -> Any:
+        import fsspec
+
+        return fsspec.filesystem(self.kind, **self.storage_options)
+
+    def exists(self, coadd_id: str, band: int) -> bool:
+        """Whether the archive holds that band of that tile (HEAD request when remote)."""
+        url = self.tile_url(coadd_id, band)
+        if self.kind == "local":
+            return os.path.isfile(url)
+        try:
+            return bool(self._fs().exists(url))
+        except Exception as exc:
+            if _is_denied(exc):
+                raise self._denied(url, exc) from exc
+            raise TileFetchError(f"{url}: {exc}") from exc
+
+    def _denied(self, url: str, exc: BaseException) -> ArchiveAccessDenied:
+        hint = (
+            "IRSA's bucket is public: use anonymous access (TileArchive.from_spec('s3'), "
+            "anon=True) or check the AWS credentials in the environment"
+            if self.kind == "s3"
+            else "check the URL and any credentials the server needs"
+        )
+        return ArchiveAccessDenied(f"access denied reading {url} ({exc}); {hint}")
+
+    @contextlib.contextmanager
+    def open_tile(self, coadd_id: str, band: int) -> Iterator[fits.PrimaryHDU | fits.ImageHDU]:
+        """Open one band of a tile, validated, as an HDU whose ``.section`` reads lazily.
+
+        Local files are memory-mapped (``.data`` is a memmap; ``.section`` works too); remote
+        files are read through fsspec, so ``hdu.section[y0:y1, x0:x1]`` fetches those rows only.
+
+        Raises
+        ------
+        TileMissing, TileCorrupt, TileFetchError, ArchiveAccessDenied
+        """
+        url = self.tile_url(coadd_id, band)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AstropyWarning)
+                if self.kind == "local":
+                    hdul = fits.open(url, memmap=True, lazy_load_hdus=True)
+                else:
+                    hdul = fits.open(
+                        url,
+                        use_fsspec=True,
+                        fsspec_kwargs=dict(self.storage_options),
+                        lazy_load_hdus=True,
+                    )
+        except Exception as exc:
+            raise self.classify_error(url, exc) from exc
+        try:
+            hdu = self._image_hdu(hdul, url)
+            yield hdu
+        finally:
+            hdul.close()
+
+    def classify_error(self, url: str, exc: BaseException) -> ArchiveError:
+        """The archive error that a low-level read error on ``url`` stands for."""
+        if _is_denied(exc):
+            return self._denied(url, exc)
+        status = _status(exc)
+        if status == 404 or (status is None and isinstance(exc, FileNotFoundError)):
+            return TileMissing(f"{url}: not in the archive")
+        if self.kind != "local" and (
+            (status is not None and (status == 429 or status >= 500))
+            or (status is None and any(isinstance(e, NETWORK_ERRORS) for e in _chain(exc)))
+        ):
+            return TileFetchError(f"{url}: {type(exc).__name__}: {exc} (HTTP {status})")
+        return TileCorrupt(f"{url}: unreadable FITS ({type(exc).__name__}: {exc})")
+
+    def _image_hdu(self, hdul: fits.HDUList, url: str) -> fits.PrimaryHDU | fits.ImageHDU:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AstropyWarning)
+                index = next(
+                    (
+                        i
+                        for i, h in enumerate(hdul)
+                        if isinstance(h, fits.PrimaryHDU | fits.ImageHDU) and h.header.get("NAXIS")
+                    ),
+                    None,
+                )
+                if index is None:
+                    raise TileCorrupt(f"{url}: no image HDU")
+                hdu, info = hdul[index], hdul.fileinfo(index)
+        except ArchiveError:
+            raise
+        except Exception as exc:
+            raise self.classify_error(url, exc) from exc
+        geom = tile_geometry(hdu.header, url)
+        bitpix = int(hdu.header["BITPIX"])
+        need = int(info["datLoc"]) + abs(bitpix) // 8 * geom.shape[0] * geom.shape[1]
+        size = getattr(info["file"], "size", None)
+        if size is not None and int(size) < need:
+            raise TileCorrupt(f"{url}: truncated ({size} of {need} bytes)")
+        return hdu
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """How :class:`CutoutService` talks to IBE."""
+
+    size_arcsec: float = 50.0
+    """Side of the requested cutout (IBE ``size=...arcsec``)."""
+    connect_timeout_s: float = 10.0
+    """Time-out to open a connection."""
+    read_timeout_s: float = 30.0
+    """Time-out between bytes of a response."""
+    max_workers: int = 8
+    """Threads fetching at once (all hosts together)."""
+    per_host: int = 4
+    """Requests in flight to one host at once, shared by all services in the process."""
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    """Retries of 5xx, 429, time-outs, truncated or non-FITS answers."""
+
+    def __post_init__(self) -> None:
+        if not self.size_arcsec > 0:
+            raise ValueError(f"size_arcsec must be > 0, got {self.size_arcsec}")
+        if min(self.connect_timeout_s, self.read_timeout_s) <= 0:
+            raise ValueError("time-outs must be > 0 seconds")
+        if self.max_workers < 1 or self.per_host < 1:
+            raise ValueError("max_workers and per_host must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class CutoutResult:
+    """One IBE cutout, or why there is none."""
+
+    status: Literal["ok", "off_tile", "missing", "failed"]
+    """``off_tile``: HTTP 400; ``missing``: 404; ``failed``: still failing after retries."""
+    data: np.ndarray | None = None
+    """The cutout pixels (float32), clipped at tile edges as IBE returns them."""
+    header: fits.Header | None = None
+    """The cutout's header, WCS shifted to the cutout."""
+    attempts: int = 0
+    error: str = ""
+
+
+_HOST_LOCK = threading.Lock()
+_HOST_SEMAPHORES: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+
+
+def _host_semaphore(host: str, limit: int) -> threading.BoundedSemaphore:
+    with _HOST_LOCK:
+        return _HOST_SEMAPHORES.setdefault((host, limit), threading.BoundedSemaphore(limit))
+
+
+class _RetryableError(Exception):
+    """A fault worth another try; ``wait`` is a server-suggested minimum delay."""
+
+    def __init__(self, message: str, wait: float = 0.0) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+class CutoutService:
+    """Per-source cutouts from IBE, for source lists too small to be worth reading tiles.
+
+    Picklable: HTTP sessions live in thread-local state created on first use.
+    """
+
+    def __init__(self, config: ServiceConfig | None = None) -> None:
+        self.config = config or ServiceConfig()
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.config = state["config"]
+        self._local = threading.local()
+
+    def cutout_url(
+        self, image_url: str, ra: float, dec: float, size_arcsec: float | None = None
+    ) -> str:
+        """The IBE cutout URL of a square centred on (ra, dec) (side: config.size_arcsec)."""
+        size = self.config.size_arcsec if size_arcsec is None else size_arcsec
+        return f"{image_url}?center={ra:.8f},{dec:.8f}&size={size:.6g}arcsec&gzip=false"
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = f"iic_survey/{__version__} (python-requests)"
+            self._local.session = session
+        return session
+
+    def fetch(
+        self, requests_: Sequence[tuple[str, float, float]], size_arcsec: float | None = None
+    ) -> list[CutoutResult]:
+        """Fetch cutouts for ``(image_url, ra, dec)`` triples; results in the same order.
+
+        Raises only :class:`ArchiveAccessDenied` (the server refuses us altogether).
+        """
+        if not requests_:
+            return []
+        workers = min(self.config.max_workers, len(requests_))
+        with ThreadPoolExecutor(workers, thread_name_prefix="ibe") as pool:
+            futures = [pool.submit(self.fetch_one, *r, size_arcsec) for r in requests_]
+            try:
+                return [f.result() for f in futures]
+            except ArchiveAccessDenied:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def fetch_one(
+        self, image_url: str, ra: float, dec: float, size_arcsec: float | None = None
+    ) -> CutoutResult:
+        """Fetch one cutout with retries; never raises for per-source faults."""
+        url = self.cutout_url(image_url, ra, dec, size_arcsec)
+        cfg = self.config
+        semaphore = _host_semaphore(urlsplit(url).netloc, cfg.per_host)
+        rng = random.Random()
+        error = ""
+        for attempt in range(1, cfg.retry.attempts + 1):
+            wait = 0.0
+            try:
+                with semaphore:
+                    response = self._session().get(
+                        url, timeout=(cfg.connect_timeout_s, cfg.read_timeout_s)
+                    )
+                    body = response.content
+                return self._answer(url, response, body, attempt)
+            except _RetryableError as exc:
+                error, wait = str(exc), exc.wait
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            except requests.RequestException as exc:  # e.g. a body cut short
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt < cfg.retry.attempts:
+                time.sleep(cfg.retry.delay(attempt, rng, wait))
+        logger.debug("cutout %s failed: %s", url, error)
+        return CutoutResult("failed", attempts=cfg.retry.attempts, error=error)
+
+    def _answer(
+        self, url: str, response: requests.Response, body: bytes, attempt: int
+    ) -> CutoutResult:
+        status = response.status_code
+        if status == 400:
+            return CutoutResult("off_tile", attempts=attempt, error="HTTP 400: off the tile")
+        if status == 404:
+            return CutoutResult("missing", attempts=attempt, error="HTTP 404: no such tile")
+        if status in (401, 403):
+            raise ArchiveAccessDenied(f"{url}: HTTP {status}; the server refuses our requests")
+        if status == 429 or status >= 500:
+            retry_after = response.headers.get("Retry-After", "")
+            wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
+            raise _RetryableError(f"HTTP {status}", wait)
+        if status != 200:
+            return CutoutResult("failed", attempts=attempt, error=f"HTTP {status}")
+        ctype = response.headers.get("Content-Type", "").lower()
+        if not any(t in ctype for t in _FITS_TYPES) or not body.startswith(b"SIMPLE  ="):
+            raise _RetryableError(f"not a FITS answer (Content-Type {ctype!r})")
+        data, header = _parse_fits_bytes(body, url)
+        return CutoutResult("ok", data=data, header=header, attempts=attempt)
+
+
+def _parse_fits_bytes(body: bytes, url: str) -> tuple[np.ndarray, fits.Header]:
+    """Pixels and header of a small in-memory FITS image; :class:`_RetryableError` if cut short."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            with fits.open(io.BytesIO(body), lazy_load_hdus=True) as hdul:
+                hdu = hdul[0]
+                header = hdu.header.copy()
+                tile_geometry(header, url)
+                shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+                need = int(hdul.fileinfo(0)["datLoc"]) + abs(int(header["BITPIX"])) // 8 * (
+                    shape[0] * shape[1]
+                )
+                if len(body) < need:
+                    raise _RetryableError(f"truncated FITS ({len(body)} of {need} bytes)")
+                data = np.array(hdu.data, dtype=np.float32)
+    except (_RetryableError, TileCorrupt) as exc:
+        raise _RetryableError(str(exc)) from exc
+    except Exception as exc:
+        raise _RetryableError(f"unreadable FITS ({type(exc).__name__}: {exc})") from exc
+    return data, header
+
+
+class _TimeoutSession(requests.Session):
+    """A session that puts a time-out on every request (pyvo sets none of its own)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(*args, **kwargs)
+
+
+def sia_lookup(
+    ra: float | Sequence[float] | np.ndarray,
+    dec: float | Sequence[float] | np.ndarray,
+    url: str = IRSA_SIA_URL,
+    *,
+    collection: str = "wise_allwise",
+    bands: Sequence[int] = (1, 2, 3),
+    radius_deg: float = 1.0 / 3600.0,
+    timeout_s: float = 60.0,
+) -> pd.DataFrame:
+    """The Atlas tiles that hold each position, from an SIA v2 query per position.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (source, tile, band) of a science image: ``source`` (index into the
+        inputs), ``coadd_id``, ``band``, ``access_url``, ``separation_deg`` (position to tile
+        centre). Rows are sorted by source, then separation (best tile first), then band.
+        A position that no tile holds has no rows.
+    """
+    import pyvo
+    from astropy.coordinates import SkyCoord
+
+    ras = np.atleast_1d(np.asarray(ra, dtype=np.float64))
+    decs = np.atleast_1d(np.asarray(dec, dtype=np.float64))
+    if ras.shape != decs.shape:
+        raise ValueError("ra and dec must have the same shape")
+    names = {f"W{b}": b for b in bands}
+    service = pyvo.dal.SIA2Service(url, session=_TimeoutSession(timeout_s))
+    rows: list[dict[str, Any]] = []
+    for i, (r, d) in enumerate(zip(ras, decs, strict=True)):
+        if not (np.isfinite(r) and np.isfinite(d) and abs(d) <= 90):
+            continue
+        table = service.search(pos=(r, d, radius_deg), collection=collection).to_table()
+        if len(table) == 0:
+            continue
+        here = SkyCoord(r, d, unit="deg")
+        for row in table:
+            band = names.get(str(row["energy_bandpassname"]).strip())
+            if band is None or str(row["dataproduct_subtype"]).strip() != "science":
+                continue
+            access = str(row["access_url"]).strip()
+            m = _COADD_IN_URL.search(access)
+            if not m:
+                continue
+            sep = here.separation(SkyCoord(row["s_ra"], row["s_dec"], unit="deg")).deg
+            rows.append(
+                dict(
+                    source=i,
+                    coadd_id=m.group(1),
+                    band=band,
+                    access_url=access,
+                    separation_deg=float(sep),
+                )
+            )
+    out = pd.DataFrame(rows, columns=["source", "coadd_id", "band", "access_url", "separation_deg"])
+    return out.sort_values(["source", "separation_deg", "band"], kind="stable", ignore_index=True)
