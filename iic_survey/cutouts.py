@@ -41,12 +41,9 @@ import pandas as pd
 
 from iic_survey import BANDS
 from iic_survey.archive import (
-    IRSA_SIA_URL,
     NETWORK_ERRORS,
     ArchiveError,
-    CutoutService,
     RetryPolicy,
-    ServiceConfig,
     TileArchive,
     TileGeometry,
     TileMissing,
@@ -55,6 +52,7 @@ from iic_survey.archive import (
     tile_geometry,
 )
 from iic_survey.flags import QualityFlag as Q
+from iic_survey.ibe import IRSA_SIA_URL, CutoutService, ServiceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +370,7 @@ class _Cutter:
         cand: dict[int, list[str]] = {}
         sia_rows = [int(i) for i in rows if not primary[i] and self.cfg.tile_lookup == "sia"]
         if sia_rows:
-            from iic_survey.archive import sia_lookup
+            from iic_survey.ibe import sia_lookup
 
             try:
                 found = sia_lookup(
