@@ -23,16 +23,17 @@ Files are read with :mod:`pyarrow.dataset` from an explicit file list with expli
 partition values typed as integers, over an fsspec filesystem (s3fs for ``s3://``). Building the
 dataset from ``_metadata`` instead would make every Ray worker load the whole ``_metadata``
 (hundreds of MB for AllWISE); a file list of a few KB travels with the task instead.
+
+The filesystems, the Arrow bridge without read-ahead and the translation of refused access are
+in :mod:`iic_survey.storage`; which columns a catalog must have, and of what type, is in
+:mod:`iic_survey.allwise_schema`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import logging
-import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import fsspec
@@ -41,10 +42,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from iic_survey import sky
+from iic_survey import allwise_schema, sky, storage
+
+# Names that moved to allwise_schema and storage stay importable from here.
+from iic_survey.allwise_schema import COLUMN_KINDS as COLUMN_KINDS
+from iic_survey.allwise_schema import PIPELINE_COLUMNS as PIPELINE_COLUMNS
+from iic_survey.allwise_schema import REQUIRED_COLUMNS as REQUIRED_COLUMNS
+from iic_survey.allwise_schema import CatalogSchemaError as CatalogSchemaError
+from iic_survey.allwise_schema import check_schema as check_schema
+from iic_survey.storage import IRSA_REGION as IRSA_REGION
+from iic_survey.storage import CatalogAccessError as CatalogAccessError
+from iic_survey.storage import CatalogError as CatalogError
+from iic_survey.storage import make_filesystem as make_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +63,6 @@ IRSA_ALLWISE_URL = (
     "s3://nasa-irsa-wise/wise/allwise/catalogs/p3as_psd/healpix_k5/wise-allwise.parquet"
 )
 """The real AllWISE source catalog (public bucket, region us-west-2, anonymous access)."""
-
-IRSA_REGION = "us-west-2"
-"""Region of IRSA's bucket; used for ``s3://`` unless ``AWS_REGION`` says otherwise."""
 
 CATALOG_ORDER = 5
 """HEALPix order of the partitioning (nside 32, 12,288 partitions)."""
@@ -68,65 +76,10 @@ LAYOUT = (
 )
 """The expected layout, quoted in error messages."""
 
-PIPELINE_COLUMNS: tuple[str, ...] = (
-    "cntr",
-    "designation",
-    "ra",
-    "dec",
-    "w1mpro",
-    "w2mpro",
-    "w3mpro",
-    "w1sigmpro",
-    "w2sigmpro",
-    "w3sigmpro",
-    "w1snr",
-    "w2snr",
-    "w3snr",
-    "ext_flg",
-    "ph_qual",
-    "cc_flags",
-    "coadd_id",
-    "wx",
-    "wy",
-)
-"""Columns the classification pipeline reads (identity, position, photometry, tile position)."""
-
-REQUIRED_COLUMNS: tuple[str, ...] = ("cntr", "ra", "dec")
-"""Columns every catalog must have: without them no row can be identified or placed."""
-
-_FLOAT, _INT, _STR = "floating-point", "integer", "string"
-COLUMN_KINDS: dict[str, str] = {
-    "cntr": _INT,
-    "designation": _STR,
-    "ra": _FLOAT,
-    "dec": _FLOAT,
-    "glon": _FLOAT,
-    "glat": _FLOAT,
-    **{f"w{b}{s}": _FLOAT for b in (1, 2, 3, 4) for s in ("mpro", "sigmpro", "snr", "rchi2")},
-    "ext_flg": _INT,
-    "ph_qual": _STR,
-    "cc_flags": _STR,
-    "var_flg": _STR,
-    "nb": _INT,
-    "na": _INT,
-    "coadd_id": _STR,
-    "wx": _FLOAT,
-    "wy": _FLOAT,
-}
-"""The kind of type each known AllWISE column must have (any width of that kind is accepted)."""
-
 _PART_RE = re.compile(r"^healpix_k0=(\d+)/healpix_k5=(\d+)/([^/]+\.parquet)$")
 _DIRECT_LISTING_MAX = 64
 """Up to this many order-5 pixels are looked up by listing their directories one by one
 (when no index is loaded yet); more than that builds the whole index once."""
-
-
-class CatalogError(Exception):
-    """Base class of the catalog's own errors."""
-
-
-class CatalogSchemaError(CatalogError, ValueError):
-    """The catalog lacks a required column, or a column has the wrong type."""
 
 
 class CorruptPartitionError(CatalogError, OSError):
@@ -135,144 +88,6 @@ class CorruptPartitionError(CatalogError, OSError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"cannot read catalog partition {path}: {reason}")
         self.path = path
-
-
-class CatalogAccessError(CatalogError, PermissionError):
-    """The storage refused access (S3 403 / AccessDenied, or a local permission error)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Filesystems
-
-
-def _aws_credentials_in_env() -> bool:
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
-    return any(os.environ.get(k) for k in keys)
-
-
-def make_filesystem(
-    url: str,
-    *,
-    anon: bool | None = None,
-    endpoint_url: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> tuple[fsspec.AbstractFileSystem, str]:
-    """An fsspec filesystem for ``url`` and the path of ``url`` on it.
-
-    Parameters
-    ----------
-    url
-        A local path, ``file://``, ``memory://``, ``s3://`` or any fsspec URL.
-    anon
-        For ``s3://`` only: unsigned requests. ``None`` (the default) means anonymous unless the
-        standard AWS environment names credentials (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE`` or
-        ``AWS_WEB_IDENTITY_TOKEN_FILE``), in which case botocore finds and uses them.
-    endpoint_url
-        For ``s3://`` only: another S3 endpoint (a moto server in the tests, MinIO, ...).
-    storage_options
-        Further fsspec options, passed as they are (they win over the two above).
-    """
-    protocol = fsspec.core.split_protocol(url)[0] or "file"
-    opts: dict[str, Any] = {}
-    if protocol in ("s3", "s3a"):
-        opts["anon"] = (not _aws_credentials_in_env()) if anon is None else bool(anon)
-        if endpoint_url:
-            opts["endpoint_url"] = endpoint_url
-        if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
-            opts["client_kwargs"] = {"region_name": IRSA_REGION}
-        logger.debug("s3 filesystem for %s: anon=%s endpoint=%s", url, opts["anon"], endpoint_url)
-    elif anon is not None or endpoint_url is not None:
-        raise ValueError(f"anon= and endpoint_url= apply to s3:// URLs only, not {url!r}")
-    opts.update(storage_options or {})
-    fs, path = fsspec.core.url_to_fs(url, **opts)
-    return fs, path
-
-
-class _Handler(pafs.FSSpecHandler):
-    """pyarrow's fsspec bridge, opening files without read-ahead caching.
-
-    s3fs's default read-ahead fetches a whole block (50 MB) after every read; Parquet reads
-    exact byte ranges (pre-buffered and coalesced by pyarrow), so caching only adds traffic.
-    The existence check that FSSpecHandler makes before opening is skipped: ``open`` raises
-    FileNotFoundError itself, and on S3 it would cost one more request per file.
-    """
-
-    def open_input_file(self, path: str) -> pa.PythonFile:
-        try:
-            f = self.fs.open(path, mode="rb", cache_type="none")
-        except TypeError:  # a filesystem whose open() takes no caching options
-            f = self.fs.open(path, mode="rb")
-        return pa.PythonFile(f, mode="r")
-
-
-def _arrow_fs(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
-    return pafs.PyFileSystem(_Handler(fs))
-
-
-# ---------------------------------------------------------------------------------------------
-# Schema checks
-
-
-def _kind_ok(kind: str, typ: pa.DataType) -> bool:
-    if pa.types.is_dictionary(typ):
-        typ = typ.value_type
-    if kind == _FLOAT:
-        return bool(pa.types.is_floating(typ))
-    if kind == _INT:
-        return bool(pa.types.is_integer(typ))
-    return bool(
-        pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
-    )
-
-
-def check_schema(schema: pa.Schema, required: Iterable[str], where: str) -> None:
-    """Raise :class:`CatalogSchemaError` listing missing required columns and wrong types."""
-    names = set(schema.names)
-    missing = [c for c in dict.fromkeys(required) if c not in names]
-    if missing:
-        raise CatalogSchemaError(
-            f"catalog {where} lacks required column(s) {missing}; it has {len(names)} columns"
-            f"{_did_you_mean(missing, names)}"
-        )
-    wrong = [
-        f"{f.name}: {f.type} (expected {COLUMN_KINDS[f.name]})"
-        for f in schema
-        if f.name in COLUMN_KINDS and not _kind_ok(COLUMN_KINDS[f.name], f.type)
-    ]
-    if wrong:
-        raise CatalogSchemaError(f"catalog {where} has columns of the wrong type: {wrong}")
-
-
-def _did_you_mean(missing: Sequence[str], names: Iterable[str]) -> str:
-    names = list(names)
-    hints = []
-    for m in missing:
-        close = difflib.get_close_matches(m, names, n=1)
-        if close:
-            hints.append(f"{m!r} -> {close[0]!r}")
-    return f" (did you mean: {', '.join(hints)}?)" if hints else ""
-
-
-@contextlib.contextmanager
-def _storage_errors(what: str) -> Iterator[None]:
-    """Turn storage-level permission failures into one clear :class:`CatalogAccessError`.
-
-    The botocore chain is dropped (``from None``): its text is kept in one line, the stack is
-    noise for a user whose bucket or credentials are wrong.
-    """
-    try:
-        yield
-    except CatalogError:
-        raise
-    except PermissionError as exc:
-        hint = (
-            " The IRSA bucket is public: use anonymous access (anon=True, the default when no "
-            "AWS credentials are in the environment); for a private copy, check the credentials "
-            "and the bucket policy."
-            if what.startswith(("s3://", "s3a://"))
-            else ""
-        )
-        raise CatalogAccessError(f"access denied reading {what} ({exc}).{hint}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +169,7 @@ class AllWiseCatalog:
         return {k: tuple(v) for k, v in sorted(files.items())}
 
     def _index_from_listing(self) -> dict[int, tuple[str, ...]]:
-        with _storage_errors(self.url):
+        with storage.access_errors(self.url):
             found = self.filesystem.find(self._root)
         return self._group(found)
 
@@ -384,7 +199,7 @@ class AllWiseCatalog:
             out: list[str] = []
             for p in k5:
                 d = f"{self._root}/healpix_k0={int(p) // 1024}/healpix_k5={int(p)}"
-                with _storage_errors(self.url):
+                with storage.access_errors(self.url):
                     try:
                         listed = self.filesystem.ls(d, detail=False)
                     except FileNotFoundError:
@@ -420,7 +235,7 @@ class AllWiseCatalog:
         total = 0
         for rel in self._files_k5(self._k5(pixel, order)):
             if rel not in self._counts:
-                with _storage_errors(self.url), self._open(rel) as f:
+                with storage.access_errors(self.url), self._open(rel) as f:
                     self._counts[rel] = self._footer(rel, f).num_rows
             total += self._counts[rel]
         return total
@@ -446,7 +261,7 @@ class AllWiseCatalog:
         if missing:
             raise CatalogSchemaError(
                 f"catalog {self.url} has no column(s) {missing}"
-                f"{_did_you_mean(missing, self.schema.names)}"
+                f"{allwise_schema.did_you_mean(missing, self.schema.names)}"
             )
         return cols
 
@@ -462,7 +277,7 @@ class AllWiseCatalog:
             [f"{self._root}/{rel}" for rel in rels],
             schema=self.schema,
             format=ds.ParquetFileFormat(),
-            filesystem=_arrow_fs(self.filesystem),
+            filesystem=storage.arrow_filesystem(self.filesystem),
             partitions=parts,
         )
 
@@ -472,7 +287,7 @@ class AllWiseCatalog:
         if not rels:
             return self.schema.empty_table().select(columns)
         try:
-            with _storage_errors(self.url):
+            with storage.access_errors(self.url):
                 return self._dataset(rels).to_table(columns=columns, filter=filter)
         except (CatalogError, FileNotFoundError, MemoryError):
             raise
@@ -688,7 +503,7 @@ def open_catalog(
         fs, root = filesystem, filesystem._strip_protocol(url)
     root = root.rstrip("/")
     url = url.rstrip("/")
-    with _storage_errors(url):
+    with storage.access_errors(url):
         # One listing of the root's top level (the metadata files and at most 12 k0
         # directories) says what exists, so nothing is probed with failing requests.
         try:
