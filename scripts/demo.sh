@@ -12,6 +12,8 @@ bash scripts/setup_env.sh
 export IIC_SURVEY_HOME=${IIC_SURVEY_HOME:-$PWD/runs/demo}
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 RAY_DATA_DISABLE_PROGRESS_BARS=1
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+# The head and its jobs run `python` from the project's environment.
+export PATH="$PWD/.venv/bin:$PATH"
 mkdir -p "$IIC_SURVEY_HOME"
 PY=.venv/bin/python
 RAY=.venv/bin/ray
@@ -51,13 +53,13 @@ submit() {
 }
 
 echo "[demo] 1/4 writing the synthetic WISE sky"
-submit jobs/make_sky.py --output "$IIC_SURVEY_HOME/sky"
+submit jobs/make_sky.py "$IIC_SURVEY_HOME/sky" --overwrite
 echo "[demo] 2/4 building the labelled training set from the sky's truth table"
 submit jobs/build_training_set.py --source synthetic --sky "$IIC_SURVEY_HOME/sky" \
-  --output "$IIC_SURVEY_HOME/training_set"
+  --out "$IIC_SURVEY_HOME/training_set" --overwrite
 echo "[demo] 3/4 training a demo-sized IICnet with Ray Train"
-submit jobs/train.py --preset demo --data "$IIC_SURVEY_HOME/training_set" \
-  --output "$IIC_SURVEY_HOME/model" --storage-path "$IIC_SURVEY_HOME/runs"
+submit jobs/train.py --preset demo --name "demo-$(date +%Y%m%d-%H%M%S)" --data "$IIC_SURVEY_HOME/training_set" \
+  --model-dir "$IIC_SURVEY_HOME/model" --storage-path "$IIC_SURVEY_HOME/runs"
 echo "[demo] 4/4 classifying the sky with Ray Data"
 submit jobs/classify_sky.py --healpix-order 5 --catalog "$IIC_SURVEY_HOME/sky" \
   --model "$IIC_SURVEY_HOME/model" --output "$IIC_SURVEY_HOME/catalog" --overwrite
