@@ -16,8 +16,9 @@ Data flow (a Ray Data stream; every stage is a separate operator so each scales 
   not once per chunk), and numbers its rows ``_row`` 0..n-1; ``_chunk = _row // chunk_size``
   is the deterministic chunk id (order, pixel, k). A streaming repartition cuts the pixel into
   chunk-sized blocks, so chunks of one pixel fan out over the cluster.
-* **Stamps** (:class:`iic_survey.stamps.StampMaker`) and **Classify** (an actor per GPU, the
-  model loaded once) work chunk by chunk; images never leave these two stages.
+* **Stamps** (:class:`iic_survey.stamps.StampMaker`) and **Classify**
+  (:class:`iic_survey.inference.Classify`, an actor per GPU, the model loaded once) work chunk
+  by chunk; images never leave these two stages.
 * **Write**: small result rows go to CPU tasks that stage each chunk as a part file
   (:func:`iic_survey.output.write_part`) and return one tiny receipt row per part. Nothing funnels
   the rows through one process: the driver only sees receipts (pixel, part, row count and a few
@@ -42,7 +43,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -50,31 +50,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from iic_survey import CLASSES, __version__, output, sky
-from iic_survey.flags import QualityFlag, unclassifiable
-from iic_survey.metrics import softmax
+from iic_survey import CLASSES, output, sky
+from iic_survey.flags import QualityFlag
+
+# The inference stage lives in its own module; its names stay importable from here.
+from iic_survey.inference import DEFAULT_CONFIDENCE_THRESHOLD as DEFAULT_CONFIDENCE_THRESHOLD
+from iic_survey.inference import RESULT_COLUMNS as RESULT_COLUMNS
+from iic_survey.inference import Classify as Classify
+from iic_survey.inference import OodStats as OodStats
+from iic_survey.inference import model_version as model_version
+from iic_survey.inference import result_rows as result_rows
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CONFIDENCE_THRESHOLD = 0.6
-"""Sources whose largest calibrated probability is below this are marked outliers.
-
-With three classes the largest probability lies in [1/3, 1]. The paper's errors are pairwise
-confusions (galaxy<->quasar on dark images, galaxy<->star on bright ones): two classes share the
-probability and the largest sits near 0.5. 0.6 keeps as confident only sources whose top class
-outweighs the other two together by at least 0.2; since the probabilities are temperature-
-calibrated, a flagged source is expected to be wrong at least 40 % of the time. A model directory
-may carry its own value (``meta["confidence_threshold"]``, e.g. chosen on its validation split);
-``--confidence-threshold`` overrides both.
-"""
 
 CUTOUT_MODES: tuple[str, ...] = ("tiles", "service")
 CRASH_ENV = "IIC_PIPELINE_CRASH_AFTER_COMMITS"
 """Test hook: the driver raises after this many pixel commits (simulates a crashed run)."""
-
-RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in output.COLUMNS if c != "_healpix_29")
-"""Columns the inference stage produces (``_healpix_29`` is added by the writer)."""
-_KEYS = ("_pixel", "_row", "_chunk")
 
 
 class PipelineError(RuntimeError):
@@ -371,152 +362,6 @@ class PixelReader:
         part["_chunk"] = (part["_row"] // self.chunk_size).astype(np.int32)
         for start in range(0, n, self.chunk_size):
             yield part.iloc[start : start + self.chunk_size]
-
-
-@dataclasses.dataclass(frozen=True)
-class OodStats:
-    """Training statistics of ``embed()`` features (:func:`iic_survey.evaluation.ood_statistics`).
-
-    The score is the Mahalanobis distance from the training mean; the threshold is a high
-    percentile (99 by default) of the training distances, stored in the model directory.
-    """
-
-    mean: np.ndarray
-    precision: np.ndarray
-    threshold: float
-
-    @classmethod
-    def from_model(cls, stats: Mapping[str, Any] | None) -> OodStats | None:
-        """Parse a model directory's statistics (top level or under ``"ood"``); None if absent."""
-        block = dict(stats or {})
-        block = dict(block.get("ood", block))
-        if not {"mean", "precision", "mahalanobis_threshold"} <= set(block):
-            return None
-        return cls(
-            np.asarray(block["mean"], dtype=np.float64),
-            np.asarray(block["precision"], dtype=np.float64),
-            float(block["mahalanobis_threshold"]),
-        )
-
-    def score(self, emb: np.ndarray) -> np.ndarray:
-        """Mahalanobis distance of each row of ``emb`` (N, D)."""
-        from iic_survey.evaluation import mahalanobis
-
-        return mahalanobis(emb, self.mean, self.precision)
-
-
-def result_rows(
-    batch: Mapping[str, np.ndarray],
-    logits: np.ndarray,
-    ood: np.ndarray | None,
-    *,
-    temperature: float,
-    confidence_threshold: float,
-    ood_threshold: float | None,
-    model_version: str,
-) -> dict[str, np.ndarray]:
-    """The output columns of a batch, from its logits (pure; no model needed).
-
-    Rows with unclassifiable flags get null probabilities, class, confidence, entropy and OOD
-    score, and ``is_outlier`` False (their flags say why they are not classified).
-    """
-    n = len(logits)
-    flags = np.asarray(batch["quality_flags"], dtype=np.int64)
-    bad = unclassifiable(flags)
-    probs = np.array(softmax(logits, temperature), dtype=np.float64)  # as calibrated
-    probs[bad] = np.nan
-    conf = probs.max(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -np.sum(np.where(probs > 0, probs * np.log(probs), 0.0), axis=1)
-    ent[bad] = np.nan
-    score = np.full(n, np.nan) if ood is None else np.where(bad, np.nan, ood)
-    with np.errstate(invalid="ignore"):
-        outlier = conf < confidence_threshold
-        if ood_threshold is not None:
-            outlier |= score > ood_threshold
-    outlier &= ~bad
-    labels = np.asarray(CLASSES, dtype=object)[np.argmax(np.nan_to_num(probs, nan=0.0), axis=1)]
-    labels[bad] = None
-    out = {
-        k: np.asarray(batch[k])
-        for k in (*_KEYS, "cntr", "designation", "ra", "dec", "w1mpro", "w2mpro", "w3mpro")
-    }
-    for i, name in enumerate(CLASSES):
-        out[f"p_{name}"] = probs[:, i].astype(np.float32)
-    out.update(
-        {
-            "class": labels,
-            "confidence": conf.astype(np.float32),
-            "entropy": ent.astype(np.float32),
-            "ood_score": score.astype(np.float32),
-            "is_outlier": outlier,
-            "quality_flags": flags.astype(np.int32),
-            "model_version": np.full(n, model_version, dtype=object),
-        }
-    )
-    return out
-
-
-def model_version(bundle: Any) -> str:
-    """``<arch>-<first 12 hex of the weights' sha256>`` (plus the code version that trained it)."""
-    meta = dict(getattr(bundle, "meta", None) or {})
-    sha = str(meta.get("weights_sha256") or meta.get("sha256") or "unknown")[:12]
-    code = str(meta.get("code_version") or __version__)
-    return f"{bundle.config.arch}-{sha}-v{code}"
-
-
-class Classify:
-    """Inference actor: loads the model once, turns a chunk into small result rows."""
-
-    def __init__(
-        self,
-        model_dir: str,
-        device: str,
-        model_batch_size: int,
-        confidence_threshold: float | None,
-        threads: int = 1,
-    ) -> None:
-        import torch
-
-        from iic_survey.model import load_model_dir, optimize_for_inference
-
-        if device == "cpu":
-            torch.set_num_threads(max(1, threads))
-        self.device = torch.device(device)
-        self.bundle = load_model_dir(model_dir, device=self.device)
-        # BN folded into the convolutions, channels-last weights: same outputs to fp32 rounding
-        self.model = optimize_for_inference(self.bundle.model.to(self.device).eval())
-        self.batch = model_batch_size
-        self.temperature = float(self.bundle.temperature or 1.0)
-        meta = dict(self.bundle.meta or {})
-        self.conf_threshold = float(
-            confidence_threshold
-            if confidence_threshold is not None
-            else meta.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD)
-        )
-        self.ood = OodStats.from_model(self.bundle.feature_stats)
-        if self.ood is None:
-            logger.warning("model %s has no OOD statistics: ood_score stays null", model_dir)
-        self.version = model_version(self.bundle)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from iic_survey.evaluation import predict
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torch: read-only Arrow buffers
-            logits, emb = predict(
-                self.model, batch["image"], batch["features"], self.device, self.batch
-            )
-        ood = self.ood.score(emb) if self.ood is not None else None
-        return result_rows(
-            batch,
-            logits,
-            ood,
-            temperature=self.temperature,
-            confidence_threshold=self.conf_threshold,
-            ood_threshold=self.ood.threshold if self.ood else None,
-            model_version=self.version,
-        )
 
 
 class PartWriter:

@@ -12,6 +12,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 pytest_plugins: list[str] = [
     "tests.fixtures.ray_cluster",
     "tests.fixtures.irsa",
+    "tests.fixtures.model",
     "tests.fixtures.s3",
     "tests.fixtures.sky",
 ]

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from iic_survey import output
-from tests.test_pipeline import make_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +47,19 @@ def test_missing_model_says_train_first(job, tmp_path, capsys, monkeypatch):
     assert "jobs/train.py" in err and str(tmp_path / "model") in err
 
 
-def test_bad_arguments_are_errors_not_tracebacks(job, tiny_sky, tmp_path, capsys):
-    model = make_model_dir(tmp_path / "m", tiny_sky.images_url, tiny_sky.catalog_url)
-    code = job.main(["--catalog", tiny_sky.catalog_url, "--model", model, "--healpix-order", "9"])
+def test_bad_arguments_are_errors_not_tracebacks(job, tiny_sky, tiny_model_dir, capsys):
+    code = job.main(
+        ["--catalog", tiny_sky.catalog_url, "--model", tiny_model_dir, "--healpix-order", "9"]
+    )
     assert code == 2 and "0..8" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_ray_job_submit_then_resume_in_process(job, local_ray, ray_cluster, tiny_sky, tmp_path):
+def test_ray_job_submit_then_resume_in_process(
+    job, local_ray, ray_cluster, tiny_sky, tiny_model_dir, tmp_path
+):
     """The user's command: a limited run through `ray job submit`, completed by main()."""
-    model = make_model_dir(tmp_path / "model", tiny_sky.images_url, tiny_sky.catalog_url)
+    model = tiny_model_dir
     out = str(tmp_path / "catalog")
     args = ["--catalog", tiny_sky.catalog_url, "--images", "local", "--model", model,
             "--output", out, "--healpix-order", "5", "--chunk-size", "500",

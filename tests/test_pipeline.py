@@ -14,7 +14,6 @@ import pytest
 from iic_survey import CLASSES, evaluation, output, sky
 from iic_survey.catalog import PIPELINE_COLUMNS, open_catalog
 from iic_survey.flags import UNCLASSIFIABLE, QualityFlag
-from iic_survey.model import ModelConfig, build_model, save_model_dir
 from iic_survey.pipeline import (
     CRASH_ENV,
     Classify,
@@ -29,41 +28,16 @@ from iic_survey.pipeline import (
     result_rows,
     run_pipeline,
 )
-from iic_survey.rgb import RGBParams
 from iic_survey.stamps import StampMaker
 
-TINY = ModelConfig(widths=(4, 8, 8, 8, 8, 16), head_dim=16, rfb_inter=2, cbam_reduction=4)
-"""A model small enough that CPU inference is not what a test waits for."""
-
-
-def make_model_dir(path: Path, images_url: str, catalog_url: str, seed: int = 0) -> str:
-    """An untrained tiny model directory with real OOD statistics (for plumbing tests)."""
-    model = build_model(TINY, seed=seed).eval()
-    cat = open_catalog(catalog_url)
-    rows = cat.read_pixel(int(cat.pixels()[0]), 5, columns=PIPELINE_COLUMNS).head(64)
-    made = StampMaker.from_spec(images_url)(rows)
-    import torch
-
-    logits, emb = evaluation.predict(
-        model, made["image"], made["features"], torch.device("cpu"), batch_size=64
-    )
-    stats = evaluation.ood_statistics(emb, logits, temperature=1.3)
-    extra = {
-        "rgb": RGBParams().to_dict(),
-        "temperature": 1.3,
-        "feature_stats": stats,
-        "metrics": {},
-        "meta": {"note": "untrained test model"},
-    }
-    save_model_dir(str(path), model, TINY, extra)
-    return str(path)
+# Lives in tests/fixtures/model.py; re-exported for test_faults.py and test_bad_input.py.
+from tests.fixtures.model import make_model_dir as make_model_dir
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_sky, tmp_path_factory) -> str:
-    return make_model_dir(
-        tmp_path_factory.mktemp("model") / "m", tiny_sky.images_url, tiny_sky.catalog_url
-    )
+def model_dir(tiny_model_dir: str) -> str:
+    """The session's tiny model directory (read-only: the runs share it)."""
+    return tiny_model_dir
 
 
 def config(tiny_sky, model_dir: str, out: str, **kw) -> PipelineConfig:
