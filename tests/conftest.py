@@ -18,6 +18,34 @@ pytest_plugins: list[str] = [
 ]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--remote-data",
+        action="store_true",
+        help="also run tests that reach the real IRSA / S3 / SDSS services",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `remote_data` tests unless asked for, and `gpu` tests where torch sees no GPU.
+
+    Done here rather than with ``-m`` in addopts, so that a user's own ``-m "not slow"`` does
+    not silently re-enable tests that need the internet.
+    """
+    remote = config.getoption("--remote-data")
+    gpu = None
+    for item in items:
+        if "remote_data" in item.keywords and not remote:
+            item.add_marker(pytest.mark.skip(reason="needs the internet: run with --remote-data"))
+        if "gpu" in item.keywords:
+            if gpu is None:
+                import torch
+
+                gpu = torch.cuda.is_available()
+            if not gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     """The repository root (jobs/, cluster/, pyproject.toml live here)."""
