@@ -88,6 +88,11 @@ class CorruptPartitionError(CatalogError, OSError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"cannot read catalog partition {path}: {reason}")
         self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[CorruptPartitionError], tuple[str, str]]:
+        # Ray ships exceptions from workers to the driver by pickling them.
+        return (type(self), (self.path, self.reason))
 
 
 # ---------------------------------------------------------------------------------------------

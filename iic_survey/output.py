@@ -383,6 +383,10 @@ def commit_markers(
 ) -> dict[int, dict[int, dict[str, Any]]]:
     """{order: {pixel: marker}} of every committed pixel (marker: rows, bytes, sha256, file)."""
     fs, root = resolve(out, fs)
+    # Markers are written by other processes (Ray workers); fsspec caches listings per
+    # filesystem instance (s3fs does, child folders included), so a stale listing would hide
+    # finished pixels: drop the whole listing cache.
+    fs.invalidate_cache()
     found: dict[int, dict[int, dict[str, Any]]] = {}
     for path in fs.glob(f"{root}/_done/Norder=*/Npix=*.json"):
         m = re.search(r"Norder=(\d+)/Npix=(\d+)\.json$", path)
@@ -468,6 +472,7 @@ def finalize(
                 f"count (plan order {plan[0]}, pixels at order {order}); resume "
                 f"the run, or pass allow_partial"
             )
+    fs.invalidate_cache()
     files = fs.glob(f"{root}/dataset/Norder=*/Dir=*/Npix=*.parquet")
     orphans = sorted(set(files) - {pixel_file(root, order, p) for p in done})
     if orphans:

@@ -491,6 +491,9 @@ def _dataset(config: PipelineConfig, inputs: _Inputs, plan: Plan) -> Any:
 
     from iic_survey.catalog import PIPELINE_COLUMNS
 
+    # Errors raised in our stages (a corrupt partition, a missing column) reach the driver as
+    # themselves, not wrapped in Ray's UserCodeException, so the job can name the problem.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     actors, gpus = inference_resources(config)
     chunk = chunk_rows(config, actors)
     logger.info("inference: %d actors, %g GPU each; chunks of %d rows", actors, gpus, chunk)

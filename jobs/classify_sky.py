@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import sys
 
 from iic_survey import paths
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from iic_survey import synthetic
     from iic_survey.output import OutputError
     from iic_survey.pipeline import PipelineConfig, PipelineError, run_pipeline
+    from iic_survey.storage import CatalogError
 
     catalog = args.catalog or synthetic.catalog_url(_default_sky())
     images = _images(args.images, catalog)
@@ -147,8 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         ray.init()  # under `ray job submit` this joins the job's cluster (RAY_ADDRESS)
     try:
         summary = run_pipeline(config)
-    except (PipelineError, OutputError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (PipelineError, OutputError, CatalogError, OSError, ValueError) as exc:
+        # Bad input (a missing column, a corrupt partition, a foreign or newer model directory,
+        # weights that are not a plain state_dict) is named, not dumped as a traceback.
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except pickle.UnpicklingError as exc:
+        print(
+            f"error: the model weights are not a plain state_dict and were refused "
+            f"(torch.load weights_only=True): {exc}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         if started:

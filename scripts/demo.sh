@@ -48,7 +48,7 @@ done
 
 submit() {
   "$RAY" job submit --address "http://127.0.0.1:$DASH_PORT" --working-dir . \
-    --runtime-env-json "{\"env_vars\": {\"IIC_SURVEY_HOME\": \"$IIC_SURVEY_HOME\"}}" \
+    --runtime-env-json "{\"env_vars\": {\"IIC_SURVEY_HOME\": \"$IIC_SURVEY_HOME\", \"RAY_ADDRESS\": \"127.0.0.1:$GCS_PORT\"}}" \
     -- python "$@"
 }
 

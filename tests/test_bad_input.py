@@ -260,7 +260,6 @@ def test_pixel_outside_its_order_is_a_clear_error(job, sky, model_dir, tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=MAIN_CATCHES_TOO_LITTLE)
 def test_missing_column_is_named(job, ray_cluster, sky, model_dir, tmp_path, capsys, ledger):
     cat = copy_sky(sky, tmp_path / "sky")
     rewrite_catalog(cat, lambda k5, t: t.drop_columns(["w2mpro"]))
@@ -271,7 +270,6 @@ def test_missing_column_is_named(job, ray_cluster, sky, model_dir, tmp_path, cap
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=MAIN_CATCHES_TOO_LITTLE)
 def test_wrong_dtypes_are_named(job, ray_cluster, sky, model_dir, tmp_path, capsys, ledger):
     def edit(k5: int, t: pa.Table) -> pa.Table:
         t = t.set_column(t.schema.get_field_index("ra"), "ra", t["ra"].cast(pa.string()))
@@ -294,7 +292,6 @@ def _edit_model_json(path: Path, **changes: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["other_architecture", "newer_format"])
-@pytest.mark.xfail(strict=True, reason=MAIN_CATCHES_TOO_LITTLE)
 def test_foreign_model_directory_is_refused(
     job, ray_cluster, sky, model_dir, tmp_path, capsys, ledger, fault
 ):
@@ -598,7 +595,6 @@ def test_duplicate_cntr_is_a_clear_error_and_nothing_half_written(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=CORRUPT_PARTITION_LOST)
 def test_corrupt_partition_is_named_and_a_rerun_after_repair_completes(
     job, ray_cluster, sky, model_dir, tmp_path, capsys, ledger
 ):

@@ -569,7 +569,6 @@ def test_s3_writes_stopping_mid_run_never_show_a_partial_pixel(s3_first_run, cle
     )  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason=S3_CACHE_BUG)
 def test_s3_rerun_after_failed_writes_redoes_only_the_missing_pixels(
     s3_first_run, clean, input_cntr, ledger
 ):
