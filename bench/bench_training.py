@@ -1,0 +1,424 @@
+"""Training speed: images per second through Ray Train with 1 and 2 CPU workers, in one run.
+
+    .venv/bin/python bench/bench_training.py                  # print the table
+    .venv/bin/python bench/bench_training.py --write-results  # also update bench/RESULTS.md
+    .venv/bin/python bench/bench_training.py --quality --workdir /tmp/iic_quality --write-results
+
+``--quality`` is the (long) quality run instead: a larger synthetic sky, its training set, a
+colour-cut baseline, then IICnet, fusion and colour-only trained on the same split, each
+calibrated and reported on the same test split; it writes the "### Quality on the synthetic
+sky" part of the section. Results are also kept in ``<workdir>/quality.json``.
+
+Starts its own local Ray head (the test fixture's helper: free ports, own temp dir, torn down at
+the end), builds a training set from the tiny synthetic sky in a temporary folder (or uses
+``--data``), and runs :func:`iic_survey.training.fit` once per configuration: ``--epochs``
+epochs on a fixed subset, the rate taken from the last epoch (the first one pays for worker
+start-up and caching). Each configuration trains the same model on the same rows; only the
+worker layout differs.
+
+The "## Training (bench/bench_training.py)" section of RESULTS.md is replaced; a quality run
+recorded there (``### Quality on the synthetic sky``) is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SECTION = "## Training (bench/bench_training.py)"
+QUALITY_MARK = "### Quality on the synthetic sky"
+LAYOUTS: tuple[tuple[int, float], ...] = ((1, 1.0), (2, 1.0), (1, 2.0))
+"""(workers, CPUs per worker) measured."""
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def training_set(args: argparse.Namespace, tmp: str) -> str:
+    """``--data``, or a training set built from the tiny synthetic sky under ``tmp``."""
+    from iic_survey import labels, synthetic
+
+    if args.data:
+        return str(args.data)
+    synthetic.write_sky(f"{tmp}/sky", synthetic.tiny_config())
+    labels.build_training_set(labels.TrainingSetConfig(sky=f"{tmp}/sky"), f"{tmp}/ts")
+    return f"{tmp}/ts"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every layout in :data:`LAYOUTS`; returns the numbers and the context."""
+    import ray
+
+    sys.path.insert(0, str(REPO))
+    from iic_survey import training
+    from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
+
+    rows: list[dict[str, Any]] = []
+    load_before = _load()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = training_set(args, tmp)
+        head = start_local_ray(num_cpus=4)
+        try:
+            ray.init(address=head.gcs_address, log_to_driver=False)
+            cfg = training.TrainConfig(
+                data=data,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                max_train_rows=args.rows,
+                widths=tuple(args.widths) if args.widths else None,
+                ood_rows=16,
+            )
+            for rnd in range(args.rounds):  # layouts interleaved: a load swing hits all
+                for workers, cpus in LAYOUTS:
+                    run_settings = training.RunSettings(
+                        name=f"bench-{workers}x{cpus:g}-{rnd}",
+                        storage_path=f"{tmp}/runs",
+                        num_workers=workers,
+                        cpus_per_worker=cpus,
+                        max_failures=0,
+                    )
+                    t0 = time.perf_counter()
+                    result = training.fit(cfg, run_settings)
+                    wall = time.perf_counter() - t0
+                    with result.checkpoint.as_directory() as d:
+                        _, history = training.load_state(d)
+                    rates = [h["images_per_s"] for h in history[1:]]  # epoch 0 warms up
+                    rows.append(
+                        {
+                            "workers": workers,
+                            "cpus": cpus,
+                            "round": rnd,
+                            "images": history[-1]["train_images"],
+                            "rates": rates,
+                            "rate": max(rates),
+                            "wall": wall,
+                        }
+                    )
+                    print(
+                        f"round {rnd}: {workers} worker(s) x {cpus:g} CPU: epoch rates "
+                        f"{', '.join(f'{r:.1f}' for r in rates)} images/s; fit() {wall:.0f} s",
+                        flush=True,
+                    )
+        finally:
+            ray.shutdown()
+            stop_local_ray(head)
+    return {
+        "rows": rows,
+        "config": dataclasses.asdict(cfg),
+        "load_before": load_before,
+        "rounds": args.rounds,
+        "load_after": _load(),
+        "data": "--data " + str(args.data)
+        if args.data
+        else "a training set built from the tiny synthetic sky (synthetic.tiny_config())",
+    }
+
+
+def section(res: dict[str, Any]) -> str:
+    """The RESULTS.md section for one run."""
+    import torch
+
+    cfg = res["config"]
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    model = "paper-sized IICnet" if cfg["widths"] is None else f"IICnet widths {cfg['widths']}"
+    best = {
+        (r["workers"], r["cpus"]): max(
+            x["rate"] for x in res["rows"] if (x["workers"], x["cpus"]) == (r["workers"], r["cpus"])
+        )
+        for r in res["rows"]
+    }
+    walls = {k: [x["wall"] for x in res["rows"] if (x["workers"], x["cpus"]) == k] for k in best}
+    base = best[LAYOUTS[0]]
+    lines = [
+        SECTION,
+        "",
+        f"Measured {when} on {os.cpu_count()} shared cores ({platform.machine()}), load average "
+        f"(1/5/15 min) {res['load_before']} before and {res['load_after']} after; Python "
+        f"{platform.python_version()}, torch {torch.__version__}; one local Ray head with 4 "
+        "logical CPUs. One run: every number below comes from it.",
+        "",
+        f"Data: {res['data']}; {model}, batch {cfg['batch_size']} per worker, about "
+        f"{cfg['max_train_rows']} training rows, {cfg['epochs']} epochs per fit, every "
+        f"layout fitted {res['rounds']} times, interleaved. The rate is the best epoch after "
+        "the first (training images / mean worker epoch time: data loading, "
+        "augmentation, forward, backward and the DDP all-reduce; validation excluded). Ray "
+        "Train gives each worker as many torch threads as CPUs it reserves.",
+        "",
+        "| workers x CPUs each | images/s | vs 1 x 1 | fit() wall time (s) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for (w, c), rate in best.items():
+        wall = " / ".join(f"{x:.0f}" for x in walls[(w, c)])
+        lines.append(f"| {w} x {c:g} | {rate:.1f} | {rate / base:.2f}x | {wall} |")
+    lines += ["", "Every epoch rate (images/s), in the order measured:", ""]
+    for r in res["rows"]:
+        lines.append(
+            f"- round {r['round']}, {r['workers']} x {r['cpus']:g}: "
+            + ", ".join(f"{x:.1f}" for x in r["rates"])
+        )
+    lines += [
+        "",
+        "fit() wall time includes starting the worker group, reading and caching the "
+        "data and every epoch, so it is dominated by fixed costs at this size.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: pathlib.Path, text: str, keep_quality: bool = True) -> None:
+    """Replace this section of RESULTS.md (up to the next '## '), keeping the rest.
+
+    A hand-recorded quality sub-section (``### Quality on the synthetic sky``) inside the old
+    section is carried over when ``keep_quality``.
+    """
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = old.find(SECTION)
+    quality = ""
+    if start >= 0:
+        end = old.find("\n## ", start + len(SECTION))
+        end = len(old) if end < 0 else end + 1
+        body = old[start:end]
+        if keep_quality and QUALITY_MARK in body:
+            quality = body[body.index(QUALITY_MARK) :].rstrip() + "\n"
+        old = old[:start] + old[end:]
+    new = text.rstrip() + "\n" + ("\n" + quality if quality else "")
+    path.write_text(old.rstrip() + "\n\n" + new)
+
+
+# ---------------------------------------------------------------------------------------------
+# The quality run
+
+
+def colour_cuts(data: str) -> dict[str, Any]:
+    """Baselines from the catalog alone, fitted on train and scored on test: a depth-3 decision
+    tree on W1-W2 and W2-W3 (the colour-cut family of Stern et al. / Jarrett et al.) and
+    gradient-boosted trees on all catalog features."""
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    from iic_survey import labels
+
+    cols = ["features", "label", "w1mpro", "w2mpro", "w3mpro"]
+    tr, te = (labels.read_split(data, s, columns=cols) for s in ("train", "test"))
+
+    def colours(d: dict[str, Any]) -> Any:
+        w23 = np.nan_to_num(d["w2mpro"] - d["w3mpro"], nan=0.0)  # W3 upper limits: 0
+        return np.stack([d["w1mpro"] - d["w2mpro"], w23], axis=1)
+
+    out = {}
+    for name, model, x_tr, x_te in (
+        (
+            "colour cut (tree, depth 3, W1-W2 & W2-W3)",
+            DecisionTreeClassifier(max_depth=3),
+            colours(tr),
+            colours(te),
+        ),
+        (
+            "gradient-boosted trees, all catalog features",
+            HistGradientBoostingClassifier(),
+            np.nan_to_num(tr["features"]),
+            np.nan_to_num(te["features"]),
+        ),
+    ):
+        pred = model.fit(x_tr, tr["label"]).predict(x_te)
+        y = te["label"]
+        out[name] = {
+            "accuracy": float(np.mean(pred == y)),
+            "recall": [float(np.mean(pred[y == k] == k)) for k in range(3)],
+        }
+    return out
+
+
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    """Sky -> training set -> baselines -> iicnet / fusion / colour; every step logged."""
+    import json
+
+    import ray
+
+    sys.path.insert(0, str(REPO))
+    from iic_survey import CLASSES, labels, synthetic, training
+    from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
+
+    work = pathlib.Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    sky_cfg = synthetic.SkyConfig(
+        seed=args.sky_seed, n_sources=args.sky_sources, field_size_deg=args.field_size
+    )
+    t0 = time.perf_counter()
+    if not (work / "sky" / "sky.json").exists():
+        synthetic.write_sky(work / "sky", sky_cfg)
+    if not (work / "ts" / labels.MANIFEST).exists():
+        labels.build_training_set(labels.TrainingSetConfig(sky=str(work / "sky")), str(work / "ts"))
+    prep_s = time.perf_counter() - t0
+    manifest = labels.read_manifest(str(work / "ts"))
+    res: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "sky": dataclasses.asdict(sky_cfg),
+        "counts": manifest["counts"],
+        "prep_seconds": prep_s,
+        "load_before": _load(),
+        "baselines": colour_cuts(str(work / "ts")),
+        "models": {},
+    }
+    print(json.dumps(res["baselines"], indent=1), flush=True)
+    head = start_local_ray(num_cpus=4)
+    try:
+        ray.init(address=head.gcs_address, log_to_driver=False)
+        for arch in args.archs:
+            cfg = training.TrainConfig(
+                data=str(work / "ts"),
+                arch=arch,
+                epochs=args.epochs,
+                lr=args.lr,
+                lr_halve_epoch=args.lr_halve_epoch,
+                batch_size=args.batch_size,
+                widths=tuple(args.widths) if args.widths else None,
+                ood_rows=4000,
+            )
+            run_settings = training.RunSettings(
+                name=f"quality-{arch}",
+                storage_path=str(work / "runs"),
+                model_dir=str(work / "models" / arch),
+                num_workers=1,
+                cpus_per_worker=2,
+                max_failures=1,
+            )
+            t1 = time.perf_counter()
+            summary = training.train(cfg, run_settings)
+            summary["wall_seconds"] = time.perf_counter() - t1
+            summary["config"] = dataclasses.asdict(cfg)
+            res["models"][arch] = summary
+            (work / "quality.json").write_text(json.dumps(res, indent=1, default=str))
+            print(
+                arch,
+                {k: summary[k] for k in ("accuracy", "macro_auc", "ece", "recall")},
+                flush=True,
+            )
+    finally:
+        ray.shutdown()
+        stop_local_ray(head)
+    res["load_after"] = _load()
+    res["classes"] = list(CLASSES)
+    (work / "quality.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+def quality_section(res: dict[str, Any], work: pathlib.Path) -> str:
+    """The "### Quality on the synthetic sky" text."""
+    import json
+
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    n = {s: sum(c.values()) for s, c in res["counts"].items()}
+    sky = res["sky"]
+    lines = [
+        QUALITY_MARK,
+        "",
+        f"Recorded {when} (a run, not a test), on 2 shared cores, load average {res['load_before']}"
+        f" before and {res.get('load_after', '?')} after. Command: `{res['command']}`.",
+        "",
+        f"Sky: `SkyConfig(seed={sky['seed']}, n_sources={sky['n_sources']:,}, "
+        f"field_size_deg={sky['field_size_deg']})` (default fields); training set balanced to the "
+        f"rarest class: {n['train']:,} train / {n['val']:,} val / {n['test']:,} test "
+        f"(8:1:1 by hash of cntr); sky + cutouts {res['prep_seconds']:.0f} s.",
+        "",
+        "Test split, after temperature scaling on the validation split. Per-class accuracy is the "
+        "paper's one-vs-rest accuracy; recall is the fraction of the class found.",
+        "",
+        "| model | epochs | accuracy | acc. galaxy / quasar / star (1-vs-rest) | recall "
+        "galaxy / quasar / star | macro AUC | ECE before -> after | T | train time |",
+        "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    for arch, m in res["models"].items():
+        doc = json.loads((work / "models" / arch / "report" / "report.json").read_text())
+        pc = doc["test"]["per_class"]
+        cfg = m["config"]
+        name = arch + ("" if cfg["widths"] is None else f" (widths {tuple(cfg['widths'])})")
+        acc = " / ".join(f"{100 * pc[c]['accuracy']:.1f}" for c in res["classes"])
+        rec = " / ".join(f"{100 * pc[c]['recall']:.1f}" for c in res["classes"])
+        lines.append(
+            f"| {name} | {m['epochs']} | {100 * m['accuracy']:.1f} % | {acc} | {rec} | "
+            f"{m['macro_auc']:.4f} | {m['ece_uncalibrated']:.3f} -> {m['ece']:.3f} | "
+            f"{m['temperature']:.2f} | {m['wall_seconds'] / 60:.0f} min |"
+        )
+    for name, b in res["baselines"].items():
+        rec = " / ".join(f"{100 * r:.1f}" for r in b["recall"])
+        lines.append(f"| {name} | - | {100 * b['accuracy']:.1f} % | - | {rec} | - | - | - | - |")
+    lines += [
+        "",
+        "Schedule: Adam, lr {lr}, halved from epoch {h}, batch {b}, flips and 90-degree "
+        "rotations; one Ray Train worker with 2 CPUs.".format(
+            lr=next(iter(res["models"].values()))["config"]["lr"],
+            h=next(iter(res["models"].values()))["config"]["lr_halve_epoch"],
+            b=next(iter(res["models"].values()))["config"]["batch_size"],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_quality(path: pathlib.Path, text: str) -> None:
+    """Put the quality sub-section into this benchmark's section (replacing an older one)."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = old.find(SECTION)
+    if start < 0:
+        old = old.rstrip() + "\n\n" + SECTION + "\n\n"
+        start = old.find(SECTION)
+    end = old.find("\n## ", start + len(SECTION))
+    end = len(old) if end < 0 else end + 1
+    body = old[start:end]
+    if QUALITY_MARK in body:
+        body = body[: body.index(QUALITY_MARK)]
+    body = body.rstrip() + "\n\n" + text.rstrip() + "\n"
+    path.write_text(old[:start] + body + ("\n" + old[end:] if old[end:] else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, measure, print, optionally write RESULTS.md."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None, help="a training set (default: build a tiny one)")
+    parser.add_argument("--rows", type=int, default=384, help="training rows per epoch (about)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per fit (the first untimed)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repeats of all layouts")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--widths", type=int, nargs=6, default=None, help="IICnet widths (default: paper-sized)"
+    )
+    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    q = parser.add_argument_group("quality run (--quality)")
+    q.add_argument("--quality", action="store_true", help="the quality run instead of speed")
+    q.add_argument("--workdir", default="/tmp/iic_quality", help="sky, training set, models")
+    q.add_argument("--sky-sources", type=int, default=27_000)
+    q.add_argument("--sky-seed", type=int, default=1)
+    q.add_argument("--field-size", type=float, default=0.7)
+    q.add_argument("--archs", nargs="+", default=["iicnet", "fusion", "colour"])
+    q.add_argument("--lr", type=float, default=1e-3)
+    q.add_argument("--lr-halve-epoch", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.quality:
+        res = quality(args)
+        text = quality_section(res, pathlib.Path(args.workdir))
+        print(text)
+        if args.write_results:
+            write_quality(REPO / "bench" / "RESULTS.md", text)
+        return 0
+    res = run(args)
+    text = section(res)
+    print(text)
+    if args.write_results:
+        write_section(REPO / "bench" / "RESULTS.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

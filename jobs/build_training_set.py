@@ -1,0 +1,130 @@
+"""Build a labelled cutout set (Parquet) for training.
+
+    python jobs/build_training_set.py                      # the synthetic sky's truth (offline)
+    python jobs/build_training_set.py --source sdss --paper-counts --out s3://bucket/trainset
+
+The synthetic default writes the demo sky under $IIC_SURVEY_HOME first if it is not there yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from iic_survey import labels, paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="build_training_set",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--source",
+        choices=("synthetic", "sdss"),
+        default="synthetic",
+        help="labels: the synthetic sky's truth table, or SDSS DR17 spectra x AllWISE",
+    )
+    p.add_argument(
+        "--out",
+        default=paths.default_training_set(),
+        help="training set root, local or s3:// (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sky",
+        default=paths.default_sky(),
+        help="synthetic sky root (default: %(default)s; written if missing)",
+    )
+    p.add_argument("--catalog", default="", help="AllWISE catalog URL (default: per source)")
+    p.add_argument(
+        "--images",
+        default="",
+        help="image archive: irsa, s3, s3://bucket/prefix, https://..., or a local path",
+    )
+    count = p.add_mutually_exclusive_group()
+    count.add_argument(
+        "--per-class",
+        type=int,
+        default=None,
+        help="sources per class (default: as many as the rarest class has)",
+    )
+    count.add_argument(
+        "--paper-counts",
+        action="store_true",
+        help="the paper's Table 1 counts: 7,298 galaxies, 7,215 quasars, 7,223 stars",
+    )
+    p.add_argument("--match-radius", type=float, default=2.5, help="SDSS x AllWISE radius, arcsec")
+    p.add_argument(
+        "--split-block-order",
+        type=int,
+        default=None,
+        help="deal whole HEALPix pixels of this order into splits (e.g. 8)",
+    )
+    p.add_argument(
+        "--sdss-ra",
+        type=float,
+        nargs=2,
+        default=(0.0, 360.0),
+        metavar=("LO", "HI"),
+        help="RA range of spectra to fetch, degrees",
+    )
+    p.add_argument("--sdss-stripe-deg", type=float, default=10.0, help="RA width of one query")
+    p.add_argument("--chunk-rows", type=int, default=2048, help="rows per stamp batch / part file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing training set")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> labels.TrainingSetConfig:
+    """The :class:`~iic_survey.labels.TrainingSetConfig` the arguments describe."""
+    return labels.TrainingSetConfig(
+        source=args.source,
+        catalog=args.catalog,
+        images=args.images,
+        sky=args.sky if args.source == "synthetic" else "",
+        per_class=args.per_class,
+        paper_counts=args.paper_counts,
+        match_radius_arcsec=args.match_radius,
+        split=labels.SplitConfig(block_order=args.split_block_order),
+        sdss=labels.SDSSConfig(ra_range=tuple(args.sdss_ra), stripe_deg=args.sdss_stripe_deg),
+        chunk_rows=args.chunk_rows,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the training set; print its counts. Exit status 0 on success."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = config_from_args(args)
+    if config.source == "synthetic":
+        from iic_survey import synthetic
+
+        try:
+            synthetic.SkyManifest.load(config.sky)
+        except FileNotFoundError:
+            if config.sky != paths.default_sky():
+                print(f"no synthetic sky at {config.sky}", file=sys.stderr)
+                return 2
+            logging.getLogger(__name__).info("writing the default synthetic sky to %s", config.sky)
+            synthetic.write_sky(config.sky, synthetic.SkyConfig())
+    manifest = labels.build_training_set(config, args.out, overwrite=args.overwrite)
+    print(
+        json.dumps(
+            {
+                "training_set": args.out,
+                "counts": manifest["counts"],
+                "dropped": manifest["dropped"],
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""Labelled training sets: keyed-hash splits and balancing, SDSS paging, the crossmatch."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+
+from iic_survey import CLASSES, labels, sky
+
+# ---------------------------------------------------------------------------------------------
+# Splits and balancing
+
+
+def test_hash_unit_is_blake2b_of_little_endian_int64_bytes():
+    ids = np.array([0, 1, -5, 2**62], dtype=np.int64)
+    u_ = labels.hash_unit(ids, "k")
+    for i, x in zip(ids, u_, strict=True):
+        h = hashlib.blake2b(int(i).to_bytes(8, "little", signed=True), digest_size=8, key=b"k")
+        assert x == (int.from_bytes(h.digest(), "little") >> 11) / 2**53
+    assert np.all((u_ >= 0) & (u_ < 1))
+
+
+def test_split_is_deterministic_order_free_and_8_1_1():
+    rng = np.random.default_rng(1)
+    cntr = rng.choice(10**12, 20_000, replace=False).astype(np.int64)
+    ra, dec = rng.uniform(0, 360, cntr.size), rng.uniform(-60, 60, cntr.size)
+    split = labels.assign_split(cntr, ra, dec)
+    perm = rng.permutation(cntr.size)
+    assert np.array_equal(labels.assign_split(cntr[perm], ra[perm], dec[perm]), split[perm])
+    frac = pd.Series(split).value_counts(normalize=True)
+    assert frac["train"] == pytest.approx(0.8, abs=0.01)
+    assert frac["val"] == pytest.approx(0.1, abs=0.01)
+    assert frac["test"] == pytest.approx(0.1, abs=0.01)
+    # Pinned values: the split of a source must never change between machines or releases.
+    pinned = labels.assign_split(np.arange(1, 13), np.zeros(12), np.zeros(12))
+    assert list(pinned) == [
+        "train",
+        "train",
+        "train",
+        "test",
+        "val",
+        "train",
+        "val",
+        "train",
+        "val",
+        "train",
+        "train",
+        "train",
+    ]
+    other = labels.assign_split(cntr, ra, dec, labels.SplitConfig(key="another"))
+    assert (other != split).mean() > 0.2
+
+
+def test_blocked_split_keeps_each_healpix_pixel_in_one_split():
+    rng = np.random.default_rng(2)
+    ra, dec = rng.uniform(10, 12, 5000), rng.uniform(-1, 1, 5000)
+    cntr = np.arange(5000, dtype=np.int64)
+    split = labels.assign_split(cntr, ra, dec, labels.SplitConfig(block_order=8))
+    pix = sky.pixel_of(ra, dec, 8)
+    per_pixel = pd.DataFrame({"pix": pix, "split": split}).groupby("pix")["split"].nunique()
+    assert per_pixel.max() == 1
+    assert set(split) == set(labels.SPLITS)
+
+
+def test_split_config_checks_itself():
+    with pytest.raises(ValueError, match="sum"):
+        labels.SplitConfig(fractions=(0.8, 0.1, 0.2))
+    with pytest.raises(ValueError):
+        labels.SplitConfig(block_order=30)
+
+
+def _labelled(n_per_class: dict[str, int], seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    cls = np.concatenate([[c] * n for c, n in n_per_class.items()])
+    cntr = rng.choice(10**9, cls.size, replace=False).astype(np.int64)
+    return pd.DataFrame({"cntr": cntr, "class": cls})
+
+
+def test_balance_to_rarest_class_and_to_targets():
+    df = _labelled({"galaxy": 500, "quasar": 120, "star": 300})
+    out = labels.balance(df)
+    assert out["class"].value_counts().to_dict() == dict.fromkeys(CLASSES, 120)
+    out = labels.balance(df, {"galaxy": 50, "quasar": 40, "star": 30})
+    assert out["class"].value_counts().to_dict() == {"galaxy": 50, "quasar": 40, "star": 30}
+    # Row order does not matter, and a smaller target keeps a subset of a larger one.
+    shuffled = df.sample(frac=1, random_state=3)
+    assert set(labels.balance(shuffled, 60)["cntr"]) == set(labels.balance(df, 60)["cntr"])
+    assert set(labels.balance(df, 30)["cntr"]) <= set(labels.balance(df, 60)["cntr"])
+
+
+def test_balance_keeps_all_of_a_short_class_and_rejects_bad_input(caplog):
+    df = _labelled({"galaxy": 10, "quasar": 5, "star": 10})
+    out = labels.balance(df, 8)
+    assert out["class"].value_counts().to_dict() == {"galaxy": 8, "quasar": 5, "star": 8}
+    assert "fewer than" in caplog.text
+    with pytest.raises(ValueError, match="did you mean 'quasar'"):
+        labels.balance(df, {"quasars": 3})
+    with pytest.raises(ValueError, match="no labelled sources"):
+        labels.balance(df[df["class"] != "star"])
+
+
+def test_paper_counts_match_table_1():
+    assert labels.PAPER_COUNTS == {"galaxy": 7298, "quasar": 7215, "star": 7223}
+
+
+# ---------------------------------------------------------------------------------------------
+# Crossmatch
+
+
+class MemoryCatalog:
+    """The two catalog methods the crossmatch uses, over an in-memory table; counts reads."""
+
+    def __init__(self, df: pd.DataFrame, order: int = 5) -> None:
+        self.df = df.assign(_pix=sky.pixel_of(df["ra"], df["dec"], order))
+        self.order = order
+        self.reads: list[int] = []
+
+    def pixels(self, order: int = 5) -> np.ndarray:
+        return np.unique(self.df["_pix"].to_numpy())
+
+    def read_pixel(self, pixel: int, order: int, columns: list[str] | None = None) -> pd.DataFrame:
+        self.reads.append(int(pixel))
+        rows = self.df[self.df["_pix"] == pixel].drop(columns="_pix")
+        return rows[columns] if columns else rows
+
+
+def _offset(ra, dec, sep_arcsec, pa_deg):
+    c = SkyCoord(ra * u.deg, dec * u.deg).directional_offset_by(
+        pa_deg * u.deg, sep_arcsec * u.arcsec
+    )
+    return c.ra.deg, c.dec.deg
+
+
+def test_crossmatch_agrees_with_an_independent_astropy_separation():
+    rng = np.random.default_rng(5)
+    # Sources around an order-5 pixel corner, so matches straddle pixel edges.
+    c_ra, c_dec = sky.pixel_center(4000, 5)
+    n = 3000
+    cat = pd.DataFrame(
+        {
+            "cntr": np.arange(1, n + 1, dtype=np.int64) * 7,
+            "ra": c_ra + rng.uniform(-2.5, 2.5, n),
+            "dec": c_dec + rng.uniform(-2.5, 2.5, n),
+            "w1mpro": rng.uniform(10, 16, n),
+        }
+    )
+    pick = rng.choice(n, 800, replace=False)
+    sep = rng.uniform(0, 4.0, pick.size)  # some beyond the 2.5" radius
+    lra, ldec = _offset(
+        cat["ra"].to_numpy()[pick], cat["dec"].to_numpy()[pick], sep, rng.uniform(0, 360, pick.size)
+    )
+    spectra = pd.DataFrame(
+        {
+            "specobjid": np.arange(pick.size, dtype=np.uint64) + 100,
+            "ra": lra,
+            "dec": ldec,
+            "class": rng.choice(CLASSES, pick.size),
+            "z": rng.uniform(0, 2, pick.size),
+        }
+    )
+    catalog = MemoryCatalog(cat)
+    out = labels.crossmatch(spectra, catalog, radius_arcsec=2.5, columns=["w1mpro"])
+    assert len(catalog.reads) == len(set(catalog.reads))  # each pixel read once
+
+    # Independent answer: brute-force nearest source by SkyCoord.separation.
+    cc = SkyCoord(cat["ra"].to_numpy() * u.deg, cat["dec"].to_numpy() * u.deg)
+    expect = {}
+    for i in range(len(spectra)):
+        s = SkyCoord(spectra["ra"][i] * u.deg, spectra["dec"][i] * u.deg).separation(cc).arcsec
+        j = int(np.argmin(s))
+        if s[j] <= 2.5 and (cat["cntr"][j] not in expect or s[j] < expect[cat["cntr"][j]][1]):
+            expect[int(cat["cntr"][j])] = (int(spectra["specobjid"][i]), float(s[j]))
+    got = {int(r.cntr): (int(r.specobjid), float(r.sep_arcsec)) for r in out.itertuples()}
+    assert got.keys() == expect.keys()
+    for k, (sid, s) in expect.items():
+        assert got[k][0] == sid
+        assert got[k][1] == pytest.approx(s, abs=1e-6)
+    assert {"label_ra", "label_dec", "class", "z", "w1mpro"} <= set(out.columns)
+    assert out["cntr"].is_unique
+
+
+def test_crossmatch_finds_a_counterpart_across_a_pixel_edge():
+    # A catalog source just inside pixel A, its spectrum just inside neighbour B.
+    ra0, dec0 = sky.pixel_center(4000, 5)
+    lo = sky.pixel_of(np.array([ra0]), np.array([dec0]), 5)[0]
+    ra = ra0
+    # Walk east until the pixel changes, then put the pair on both sides of the edge.
+    step = 0.5 / 3600
+    while sky.pixel_of(np.array([ra + step]), np.array([dec0]), 5)[0] == lo:
+        ra += step
+    cat = pd.DataFrame({"cntr": [1], "ra": [ra], "dec": [dec0]})
+    spec = pd.DataFrame({"ra": [ra + 1.5 / 3600], "dec": [dec0], "class": ["star"]})
+    assert sky.pixel_of(spec["ra"], spec["dec"], 5)[0] != lo
+    out = labels.crossmatch(spec, MemoryCatalog(cat), radius_arcsec=2.5)
+    assert list(out["cntr"]) == [1]
+
+
+def test_pixels_near_covers_every_pixel_a_match_circle_touches():
+    import healpy as hp
+
+    rng = np.random.default_rng(9)
+    ra, dec = rng.uniform(0, 360, 400), rng.uniform(-89, 89, 400)
+    r = 60.0  # arcsec: large, so many circles straddle edges at order 8
+    rows, pix = labels.pixels_near(ra, dec, r, order=8)
+    for i in range(len(ra)):
+        vec = hp.ang2vec(ra[i], dec[i], lonlat=True)
+        exact = set(hp.query_disc(256, vec, np.radians(r / 3600), nest=True, inclusive=False))
+        assert exact <= set(pix[rows == i])
+
+
+# ---------------------------------------------------------------------------------------------
+# SDSS: a local stand-in for SkyServer's SQL search, driven through astroquery
+
+
+class SkyServerStandIn(http.server.BaseHTTPRequestHandler):
+    """Answers ``x_results.aspx?cmd=<sql>&format=csv`` like SkyServer: a ``#Table1`` CSV,
+    silently truncated at ``cap`` rows; rows are those of ``table`` inside the query's stripe."""
+
+    table: pd.DataFrame = pd.DataFrame()
+    cap: int = 500_000
+    queries: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlparse(self.path)
+        q = urllib.parse.parse_qs(url.query)
+        sql_search = url.path.endswith("/dr17/en/tools/search/x_results.aspx")
+        if not sql_search or q.get("format") != ["csv"]:
+            self.send_error(404)
+            return
+        sql = q["cmd"][0]
+        type(self).queries.append(sql)
+        lo, hi = labels.stripe_of_sql(sql)
+        t = self.table
+        rows = t[(t["ra"] >= lo) & (t["ra"] < hi)].head(self.cap)
+        body = ("#Table1\n" + rows.to_csv(index=False)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def skyserver() -> Iterator[type[SkyServerStandIn]]:
+    """A SkyServer stand-in on 127.0.0.1, with astroquery pointed at it."""
+    from astroquery.sdss import conf
+
+    handler = type("Handler", (SkyServerStandIn,), {"queries": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with conf.set_temp("skyserver_baseurl", f"http://127.0.0.1:{server.server_port}"):
+            yield handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _spectra(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "specobjid": (rng.choice(10**15, n, replace=False) + 2**62).astype(np.uint64),
+            "ra": rng.uniform(0, 40, n),
+            "dec": rng.uniform(-5, 5, n),
+            "class": rng.choice(["GALAXY", "QSO", "STAR"], n),
+            "z": rng.uniform(0, 3, n),
+        }
+    )
+
+
+def test_fetch_sdss_pages_by_ra_and_halves_full_stripes(skyserver):
+    table = _spectra(900)
+    skyserver.table, skyserver.cap = table, 200
+    cfg = labels.SDSSConfig(ra_range=(0.0, 40.0), stripe_deg=10.0, row_cap=200)
+    out = labels.fetch_sdss(cfg)
+    assert len(out) == len(table)
+    assert set(out["specobjid"]) == set(table["specobjid"])  # uint64 ids survive
+    assert out["specobjid"].dtype == np.uint64
+    assert set(out["class"]) == set(CLASSES)
+    assert len(skyserver.queries) > 4  # full stripes were split and asked again
+    assert all("s.zWarning = 0" in q for q in skyserver.queries)
+
+
+def test_fetch_sdss_refuses_to_bisect_forever(skyserver):
+    table = _spectra(50).assign(ra=1.0)  # 50 rows at one RA: no stripe gets under the cap
+    skyserver.table, skyserver.cap = table, 10
+    cfg = labels.SDSSConfig(ra_range=(0.0, 2.0), stripe_deg=2.0, row_cap=10, min_stripe_deg=0.1)
+    with pytest.raises(RuntimeError, match="still returns"):
+        labels.fetch_sdss(cfg)
+
+
+def test_sdss_sql_is_the_documented_query_with_a_stripe():
+    sql = labels.sdss_sql(10, 20)
+    assert sql.startswith(
+        "SELECT s.specobjid, s.ra, s.dec, s.class, s.z FROM SpecObj s WHERE "
+        "s.zWarning = 0 AND s.class IN ('GALAXY','QSO','STAR')"
+    )
+    assert labels.stripe_of_sql(sql) == (10.0, 20.0)
+
+
+@pytest.mark.remote_data
+def test_real_skyserver_answers_one_small_stripe():
+    cfg = labels.SDSSConfig(ra_range=(180.0, 180.05), stripe_deg=0.05, timeout_s=120)
+    out = labels.fetch_sdss(cfg)
+    assert len(out) > 0
+    assert set(out["class"]) <= set(CLASSES)
+    assert out["ra"].between(180.0, 180.05).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The recorded SkyServer response (tests/data/sdss) on the tiny synthetic sky
+
+SDSS_DATA = __import__("pathlib").Path(__file__).parent / "data" / "sdss"
+
+
+@pytest.fixture
+def recorded(skyserver, tiny_sky):
+    """The stand-in SkyServer replaying the recorded response; its expectations."""
+    import json
+
+    from tests.data.sdss.make_recorded_response import read_sky, sky_fingerprint
+
+    expect = json.loads((SDSS_DATA / "specobj_tiny_sky.json").read_text())
+    rows, _ = read_sky(tiny_sky.root)
+    if sky_fingerprint(rows) != expect["sky"]["fingerprint"]:
+        pytest.fail("the tiny sky changed: rerun tests/data/sdss/make_recorded_response.py")
+    skyserver.table = pd.read_csv(
+        SDSS_DATA / "specobj_tiny_sky.csv", skiprows=1, dtype={"specobjid": "uint64"}
+    )
+    return expect
+
+
+def test_recorded_spectra_crossmatch_onto_their_sources(recorded, skyserver, tiny_sky):
+    from iic_survey.catalog import open_catalog
+
+    spectra = labels.fetch_sdss(labels.SDSSConfig(stripe_deg=60.0))
+    assert len(spectra) == len(skyserver.table)
+    out = labels.crossmatch(spectra, open_catalog(tiny_sky.catalog_url), radius_arcsec=2.5)
+    got = dict(zip(out["specobjid"].astype(str), out["cntr"].astype(int), strict=True))
+    for sid, cntr in recorded["match"].items():
+        if cntr < 0:
+            assert sid not in got, f"blank-sky spectrum {sid} matched {got.get(sid)}"
+        else:
+            assert got.get(sid) == cntr, f"spectrum {sid}: expected cntr {cntr}"
+    # A repeat spectrum never displaces the nearer one of the same source.
+    expected_cntrs = {c for c in recorded["match"].values() if c >= 0}
+    assert not [s for s in recorded["repeats"] if got.get(s) in expected_cntrs]
+    truth = __import__("iic_survey.synthetic", fromlist=["x"]).read_truth(tiny_sky.root)
+    cls = dict(zip(truth["cntr"], truth["class"], strict=True))
+    assert all(
+        cls[c] == k
+        for c, k in zip(out["cntr"], out["class"], strict=True)
+        if str(c) in map(str, expected_cntrs)
+    )
+
+
+@pytest.mark.slow
+def test_build_training_set_from_recorded_sdss_spectra(recorded, tiny_sky, tmp_path):
+    cfg = labels.TrainingSetConfig(
+        source="sdss",
+        catalog=tiny_sky.catalog_url,
+        images=tiny_sky.root,
+        sdss=labels.SDSSConfig(stripe_deg=90.0),
+        chunk_rows=100,
+    )
+    man = labels.build_training_set(cfg, str(tmp_path / "ts"))
+    per_class = {c: sum(man["counts"][s][c] for s in labels.SPLITS) for c in CLASSES}
+    assert len(set(per_class.values())) == 1 or man["dropped"] > 0
+    assert sum(per_class.values()) >= 3 * 100
+    test = labels.read_split(str(tmp_path / "ts"), "train")
+    assert test["image"].shape[1:] == (3, 80, 80)
+    assert {"specobjid", "z", "sep_arcsec", "label"} <= set(test)
+    assert np.all(test["sep_arcsec"] <= 2.5)
+
+
+def _build_job(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_training_set", repo_root / "jobs" / "build_training_set.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_build_job_labels_the_synthetic_sky_balanced_split_and_deterministic(
+    repo_root, tiny_sky, tmp_path, capsys
+):
+    from iic_survey import synthetic
+
+    job = _build_job(repo_root)
+    out = tmp_path / "ts"
+    assert (
+        job.main(
+            ["--sky", tiny_sky.root, "--out", str(out), "--per-class", "150", "--chunk-rows", "256"]
+        )
+        == 0
+    )
+    assert '"training_set"' in capsys.readouterr().out
+    man = labels.read_manifest(str(out))
+    per_class = {c: sum(man["counts"][s][c] for s in labels.SPLITS) for c in CLASSES}
+    assert all(140 <= n <= 150 for n in per_class.values()), per_class  # minus dropped rows
+    whole = pd.read_parquet(out)
+    truth = synthetic.read_truth(tiny_sky.root).set_index("cntr")["class"]
+    assert (whole["class"].to_numpy() == truth.loc[whole["cntr"]].to_numpy()).all()
+    assert (whole["label"].to_numpy() == labels.class_index(whole["class"])).all()
+    assert whole["cntr"].is_unique
+    # The split column is exactly the keyed hash of cntr.
+    expect = labels.assign_split(whole["cntr"], whole["ra"], whole["dec"])
+    assert (whole["split"].astype(str).to_numpy() == expect).all()
+    img = labels.read_split(str(out), "train", columns=["image", "features", "quality_flags"])
+    assert img["image"].shape[1:] == (3, 80, 80) and np.isfinite(img["image"]).all()
+    assert img["features"].shape[1] == len(man["feature_names"])
+    assert man["rgb"] and man["feature_names"]
+    # Existing output is refused; --overwrite rebuilds the same rows.
+    with pytest.raises(FileExistsError):
+        job.main(["--sky", tiny_sky.root, "--out", str(out), "--per-class", "150"])
+    assert (
+        job.main(["--sky", tiny_sky.root, "--out", str(out), "--per-class", "150", "--overwrite"])
+        == 0
+    )
+    again = pd.read_parquet(out)
+    assert set(again["cntr"]) == set(whole["cntr"])

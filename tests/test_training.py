@@ -1,0 +1,291 @@
+"""Training: the LR schedule, sky-respecting augmentation, the training-set format, Ray Train."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from iic_survey import CLASSES, labels, training
+
+FEATURES = ("w1_w2", "w2_w3", "w1", "w1_sigma", "w2_sigma", "w3_sigma", "w3_detected")
+
+
+def make_fake_training_set(root: Path, n: int = 240, seed: int = 0) -> dict:
+    """A tiny, learnable training set in the real on-disk format (no sky, no cutouts).
+
+    Class k puts a bright blob in channel k: separable, so a few steps lower the loss.
+    """
+    rng = np.random.default_rng(seed)
+    label = np.arange(n) % 3
+    yy, xx = np.mgrid[:80, :80]
+    blob = np.exp(-((yy - 40) ** 2 + (xx - 40) ** 2) / 50.0).astype(np.float32)
+    images = rng.normal(0, 0.1, (n, 3, 80, 80)).astype(np.float32)
+    images[np.arange(n), label] += blob
+    features = rng.normal(0, 1, (n, len(FEATURES))).astype(np.float32)
+    features[:, 0] += label
+    features[:, 6] = 1.0
+    cntr = rng.choice(10**9, n, replace=False).astype(np.int64) + 1
+    df = pd.DataFrame(
+        {
+            "cntr": cntr,
+            "ra": rng.uniform(10, 11, n),
+            "dec": rng.uniform(-1, 1, n),
+            "label": label.astype(np.int64),
+            "class": np.asarray(CLASSES, dtype=object)[label],
+            "quality_flags": np.zeros(n, dtype=np.uint32),
+            "healpix_k5": np.zeros(n, dtype=np.int64),
+        }
+    )
+    df["split"] = labels.assign_split(df["cntr"], df["ra"], df["dec"])
+    w = labels.TrainingSetWriter(str(root))
+    for part in np.array_split(np.arange(n), 2):
+        w.write(df.iloc[part], images[part], features[part])
+    return w.close(
+        {
+            "source": "fake",
+            "feature_names": list(FEATURES),
+            "rgb": {"stretch": "fake"},
+            "cutout": {},
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces
+
+
+def test_lr_schedule_is_the_papers_and_a_pure_function_of_the_epoch():
+    cfg = training.TrainConfig(data="x")
+    assert (cfg.epochs, cfg.lr, cfg.lr_halve_epoch) == (200, 1e-4, 50)
+    assert [training.lr_at(e, cfg) for e in (0, 49, 50, 199)] == [1e-4, 1e-4, 5e-5, 5e-5]
+    short = dataclasses.replace(cfg, lr=1e-3, lr_halve_epoch=2)
+    assert [training.lr_at(e, short) for e in range(4)] == [1e-3, 1e-3, 5e-4, 5e-4]
+    with pytest.raises(ValueError):
+        training.lr_at(-1, cfg)
+
+
+def test_train_config_checks_itself():
+    with pytest.raises(ValueError, match="did you mean 'fusion'"):
+        training.TrainConfig(data="x", arch="fusoin")
+    with pytest.raises(ValueError, match="precision"):
+        training.TrainConfig(data="x", precision="fp8")
+    with pytest.raises(ValueError, match="epochs"):
+        training.TrainConfig(data="x", epochs=0)
+    with pytest.raises(ValueError, match="did you mean 'epochs'"):
+        training.TrainConfig.from_dict({"data": "x", "epoch": 3})
+    cfg = training.TrainConfig(data="x", widths=[8, 8, 8, 8, 8, 8])
+    assert training.TrainConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+
+
+def _dihedral_group(img: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of a square, computed independently with numpy."""
+    a = img.numpy()
+    out = []
+    for m in (a, a[..., ::-1]):
+        for k in range(4):
+            out.append(torch.from_numpy(np.ascontiguousarray(np.rot90(m, k, axes=(-2, -1)))))
+    return out
+
+
+def test_augmentation_only_applies_dihedral_transforms_and_keeps_flux():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 80, 80)
+    y = training.augment(x, g)
+    assert y.shape == x.shape
+    # Flux of every channel of every image is kept (pixels are only permuted)...
+    torch.testing.assert_close(y.sum(dim=(2, 3)), x.sum(dim=(2, 3)))
+    torch.testing.assert_close(torch.sort(y.flatten(1)).values, torch.sort(x.flatten(1)).values)
+    # ...and each output is one of the 8 symmetries of its input, the same for all channels.
+    seen = set()
+    for i in range(len(x)):
+        group = _dihedral_group(x[i])
+        hits = [j for j, t in enumerate(group) if torch.equal(t, y[i])]
+        assert hits, f"image {i} is not a dihedral transform of its input"
+        seen.add(hits[0])
+    assert len(seen) == 8  # all symmetries are used
+
+
+def test_dihedral_matches_numpy_for_every_element():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    group = _dihedral_group(x)
+    for j in range(8):
+        torch.testing.assert_close(training.dihedral(x, j % 4, j >= 4), group[j])
+
+
+def test_autocast_dtype():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training.autocast_dtype("auto", cpu) is None
+    assert training.autocast_dtype("fp32", cuda) is None
+    assert training.autocast_dtype("fp16", cuda) is torch.float16
+    assert training.autocast_dtype("bf16", cuda) is torch.bfloat16
+
+
+def test_model_config_finds_w3_features_by_name():
+    cfg = training.model_config_for(training.TrainConfig(data="x", arch="fusion"), list(FEATURES))
+    assert cfg.w3_flag_index == 6 and cfg.w3_feature_indices == (1, 5) and cfg.n_features == 7
+    cfg = training.model_config_for(training.TrainConfig(data="x"), ["a", "b"])
+    assert cfg.w3_flag_index is None and cfg.w3_feature_indices == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# The training-set format
+
+
+def test_training_set_round_trips_through_pyarrow(tmp_path):
+    man = make_fake_training_set(tmp_path / "ts", n=60)
+    assert labels.read_manifest(str(tmp_path / "ts"))["feature_names"] == list(FEATURES)
+    assert sum(sum(c.values()) for c in man["counts"].values()) == 60
+    train = labels.read_split(str(tmp_path / "ts"), "train")
+    assert train["image"].shape[1:] == (3, 80, 80) and train["image"].dtype == np.float32
+    assert train["features"].shape[1:] == (7,)
+    assert not (tmp_path / "ts.partial").exists()
+    whole = pd.read_parquet(tmp_path / "ts")  # plain pandas sees the split as a column
+    assert set(whole["split"]) == set(labels.SPLITS) and len(whole) == 60
+    with pytest.raises(FileExistsError):
+        labels.TrainingSetWriter(str(tmp_path / "ts"))
+    with pytest.raises(FileNotFoundError, match="build_training_set"):
+        labels.read_manifest(str(tmp_path / "nothing"))
+
+
+@pytest.mark.slow
+def test_training_set_round_trips_through_ray_data(ray_cluster, tmp_path):
+    make_fake_training_set(tmp_path / "ts", n=60)
+    ds = labels.read_split_ray(
+        str(tmp_path / "ts"), "train", columns=["image", "features", "label"]
+    )
+    batch = ds.take_batch(1000, batch_format="numpy")
+    expect = labels.read_split(str(tmp_path / "ts"), "train")
+    assert batch["image"].shape == (len(expect["label"]), 3, 80, 80)
+    assert batch["image"].dtype == np.float32
+    np.testing.assert_array_equal(
+        np.sort(batch["image"].sum(axis=(1, 2, 3))), np.sort(expect["image"].sum(axis=(1, 2, 3)))
+    )
+    it = ds.iterator().iter_torch_batches(batch_size=8)
+    first = next(iter(it))
+    assert tuple(first["image"].shape) == (8, 3, 80, 80)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Train, in process (the job tests drive the same code through `ray job submit`)
+
+TINY = {
+    "widths": (4, 8, 8, 8, 8, 8),
+    "head_dim": 16,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "shuffle_buffer": 64,
+}
+
+
+@pytest.mark.slow
+def test_fit_checkpoints_every_epoch_and_resumes_without_repeating(ray_cluster, tmp_path):
+    make_fake_training_set(tmp_path / "ts", n=120)
+    cfg = training.TrainConfig(data=str(tmp_path / "ts"), epochs=2, **TINY)
+    run = training.RunSettings(
+        name="resume", storage_path=str(tmp_path / "runs"), num_workers=2, max_failures=0
+    )
+    result = training.fit(cfg, run)
+    with result.checkpoint.as_directory() as d:
+        state, history = training.load_state(d)
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert state["epoch"] == 1 and state["starts"] == [0]
+    assert all(h["workers"] == 2 for h in history)
+    # Rerun with the same name and more epochs: continues at epoch 2, never repeats 0 or 1.
+    result = training.fit(dataclasses.replace(cfg, epochs=3), run)
+    with result.checkpoint.as_directory() as d:
+        state, history = training.load_state(d)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert state["starts"] == [0, 2]
+    assert [h["lr"] for h in history] == [training.lr_at(e, cfg) for e in range(3)]
+    best = training.best_checkpoint(result)
+    assert best.path in {c.path for c, _ in result.best_checkpoints}
+
+
+# ---------------------------------------------------------------------------------------------
+# Finalising: calibration, report, OOD statistics, the model directory (no Ray needed)
+
+
+def _checkpoint(tmp: Path, model, epoch: int, history: list[dict]):
+    import json
+
+    from ray.train import Checkpoint
+
+    tmp.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "epoch": epoch, "starts": [0]}, tmp / "state.pt")
+    (tmp / "history.json").write_text(json.dumps(history))
+    return Checkpoint.from_directory(str(tmp))
+
+
+def test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path):
+    from iic_survey import evaluation, pipeline
+    from iic_survey.model import build_model, load_model_dir
+
+    man = make_fake_training_set(tmp_path / "ts", n=150)
+    cfg = training.TrainConfig(data=str(tmp_path / "ts"), epochs=2, **TINY)
+    mcfg = training.model_config_for(cfg, man["feature_names"])
+    model = build_model(mcfg, seed=0)
+    hist = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 - e / 10,
+            "val_loss": 1.1 - e / 10,
+            "train_acc": 0.4,
+            "val_acc": 0.4,
+            "lr": 1e-3,
+        }
+        for e in range(2)
+    ]
+    ck = _checkpoint(tmp_path / "ck", model, 1, hist)
+    summary = evaluation.finalize_local(
+        cfg,
+        mcfg,
+        best_checkpoint=ck,
+        latest_checkpoint=ck,
+        model_dir=str(tmp_path / "model"),
+        use_gpu=False,
+        manifest=man,
+        run_meta={"run_name": "t"},
+    )
+    bundle = load_model_dir(tmp_path / "model")
+    assert bundle.temperature == pytest.approx(summary["temperature"]) and bundle.temperature > 0
+    assert bundle.rgb == man["rgb"]
+    assert bundle.metrics["test"]["n"] == bundle.meta["n_test"] > 0
+    assert len(bundle.metrics["history"]) == 2
+    ood = pipeline.OodStats.from_model(bundle.feature_stats)
+    assert ood is not None and ood.mean.shape == (16,) and ood.precision.shape == (16, 16)
+    assert ood.threshold > 0
+    report = tmp_path / "model" / evaluation.REPORT_DIR
+    assert {"report.json", "report.md", "history.png", "roc.png", "confusion.png"} <= {
+        p.name for p in report.iterdir()
+    }
+    assert "| galaxy |" in (report / "report.md").read_text()
+    # The weights load with weights_only=True (what the classify job does).
+    torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
+
+
+def test_ood_statistics_flag_far_away_embeddings():
+    from iic_survey import evaluation
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(0, 1, (2000, 8))
+    stats = evaluation.ood_statistics(emb, rng.normal(0, 1, (2000, 3)), temperature=1.0)
+    d_in = evaluation.mahalanobis(
+        rng.normal(0, 1, (500, 8)), np.array(stats["mean"]), np.array(stats["precision"])
+    )
+    d_out = evaluation.mahalanobis(
+        rng.normal(6, 1, (500, 8)), np.array(stats["mean"]), np.array(stats["precision"])
+    )
+    assert np.mean(d_in > stats["mahalanobis_threshold"]) < 0.05
+    assert np.mean(d_out > stats["mahalanobis_threshold"]) > 0.95
+    # Independent check of the distance against scipy's.
+    from scipy.spatial.distance import mahalanobis as scipy_maha
+
+    x = rng.normal(0, 1, 8)
+    mean, prec = np.array(stats["mean"]), np.array(stats["precision"])
+    ours = evaluation.mahalanobis(x[None], mean, prec)[0]
+    assert ours == pytest.approx(scipy_maha(x, mean, prec), rel=1e-5)
