@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify AllWISE sources (star / galaxy / quasar) into a HATS catalog.",
     )
     p.add_argument("--healpix-order", type=int, default=5, help="order of work/output pixels (0-8)")
-    p.add_argument("--catalog", help="AllWISE catalog root (default: the synthetic sky's)")
+    p.add_argument(
+        "--catalog",
+        help="AllWISE catalog root, or a synthetic sky's root (default: the embedded sky)",
+    )
     p.add_argument(
         "--images",
         help="Atlas images: local (the synthetic sky's), s3, irsa, s3://..., https://... or a "
@@ -82,6 +85,17 @@ def _default_sky() -> str:
     return root
 
 
+def _catalog(spec: str | None) -> str:
+    """The catalog URL: the default sky's, or a synthetic sky root's (given as its root)."""
+    from iic_survey import synthetic
+
+    if spec is None:
+        return synthetic.catalog_url(_default_sky())
+    if "://" not in spec and os.path.isfile(os.path.join(spec, "sky.json")):
+        return synthetic.catalog_url(spec)
+    return spec
+
+
 def _images(spec: str | None, catalog: str) -> str:
     from iic_survey import synthetic
 
@@ -112,12 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from iic_survey import synthetic
     from iic_survey.output import OutputError
     from iic_survey.pipeline import PipelineConfig, PipelineError, run_pipeline
     from iic_survey.storage import CatalogError
 
-    catalog = args.catalog or synthetic.catalog_url(_default_sky())
+    catalog = _catalog(args.catalog)
     images = _images(args.images, catalog)
     mode = args.cutout_mode or (
         "service" if images == "irsa" or images.startswith("http") else "tiles"
