@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import pathlib
+import pickle
 import tempfile
 from typing import Any
 
@@ -629,7 +630,13 @@ def load_model_dir(
             f"{weights} has sha256 {digest}, model.json records "
             f"{doc['weights'].get('sha256')}: the file is corrupt or was replaced"
         )
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{weights} is not a plain state_dict and was refused by "
+            f"torch.load(weights_only=True): {str(exc).splitlines()[0]}"
+        ) from None
     model = build_model(cfg)
     expected, found = set(model.state_dict()), set(state)
     if expected != found:

@@ -68,27 +68,6 @@ STAMP_MARGIN_PX = 20
 """Half a 37-px stamp plus a little: rows this close to a damaged tile may use it."""
 
 
-MAIN_CATCHES_TOO_LITTLE = (
-    "bug: jobs/classify_sky.py main() catches only PipelineError, OutputError and "
-    "FileNotFoundError around run_pipeline, so bad input found when the inputs are opened "
-    "(iic_survey.catalog.CatalogError / CatalogSchemaError, ValueError from "
-    "model.load_model_dir, pickle.UnpicklingError) ends in a traceback, not 'error: ...' + "
-    "exit 1; fix: catch CatalogError, ValueError and pickle.UnpicklingError there too"
-)
-PICKLE_NOT_NAMED = (
-    MAIN_CATCHES_TOO_LITTLE + "; and model.load_model_dir lets torch's UnpicklingError through "
-    "without naming the file: wrap it in ValueError(f'{weights} is not a plain state_dict "
-    "(refused by torch.load(weights_only=True))')"
-)
-CORRUPT_PARTITION_LOST = (
-    "bug: a corrupt partition ends in ray.exceptions.UnserializableException: "
-    "catalog.CorruptPartitionError(path, reason) cannot be unpickled (its args hold one "
-    "message; add __reduce__ returning (cls, (self.path, self.reason))); Ray Data also wraps "
-    "UDF errors in UserCodeException (set DataContext.raise_original_map_exception=True in "
-    "pipeline._dataset), and classify_sky.main does not catch CatalogError"
-)
-
-
 # ------------------------------------------------------------------------------------ helpers
 
 
@@ -379,7 +358,6 @@ def test_model_weights_that_are_not_a_state_dict_are_never_unpickled(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=PICKLE_NOT_NAMED)
 def test_job_refuses_a_pickle_payload_model(job, ray_cluster, sky, model_dir, tmp_path, capsys):
     marker = tmp_path / "pwned"
     bad = tmp_path / "model"

@@ -495,15 +495,6 @@ class Reader(threading.Thread):
         self.looks += 1
 
 
-S3_CACHE_BUG = (
-    "bug: output.commit_markers / finished_pixels / finalize list _done/ through the driver's "
-    "s3fs listing cache (fsspec caches the S3FileSystem instance and its dircache), so the "
-    "markers that Ray workers write during a resumed run stay invisible and finalize raises "
-    "'N planned pixels unfinished'; fix: fs.invalidate_cache(<root>/_done) (and the staging "
-    "and dataset folders) before listing in iic_survey/output.py"
-)
-
-
 @pytest.fixture(scope="module")
 def s3_first_run(ray_cluster, faulty_s3, tiny_sky, model_dir, clean) -> Iterator[dict[str, Any]]:
     """A run whose S3 writes fail now and then (503) and then for good (403) after 2 commits,
