@@ -121,6 +121,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ep = [h["epoch"] + 1 for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -131,6 +132,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     b.plot(ep, [h["val_acc"] for h in history], "s-", label="validation")
     b.set(xlabel="epoch", ylabel="accuracy")
     for ax in (a, b):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -19,7 +19,11 @@ neighbours never straddle splits). Both are pure functions of the ids: stable ac
 machines, row order and Python versions (``hash()`` is salted per process; BLAKE2b is not).
 
 Images are made by :class:`iic_survey.stamps.StampMaker`, exactly as the sky pipeline makes
-them, so training and inference cannot drift apart. :mod:`iic_survey.dataset` writes the result.
+them, so training and inference cannot drift apart. :class:`TrainingSetWriter` stores the set
+as Parquet, one folder per split (``<root>/split=train/part-*.parquet``, a hive partition, so
+``pandas.read_parquet(root)`` sees a ``split`` column), with the 3x80x80 image and the catalog
+features as ``arrow.fixed_shape_tensor`` columns, and a ``_manifest.json`` beside them (feature
+names, RGB parameters, counts) that the training job reads.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -387,11 +391,6 @@ def crossmatch(
         len(available),
     )
     return out.reset_index(drop=True)
-
-
-def iter_pixels(catalog: Any, order: int = 5) -> Iterator[int]:
-    """The catalog's pixels at ``order``, in index order (a small helper for the job)."""
-    yield from (int(p) for p in np.asarray(catalog.pixels(order), dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------

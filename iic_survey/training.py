@@ -355,6 +355,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "val_seconds": val_s,
             "images_per_s": n / max(t_sum / world, 1e-9),
             "workers": world,
+            "torch_threads": torch.get_num_threads(),  # Ray sets it to the CPUs reserved
         }
         history = [*history, row]
         if rank == 0:

@@ -438,3 +438,16 @@ def test_build_job_labels_the_synthetic_sky_balanced_split_and_deterministic(
     )
     again = pd.read_parquet(out)
     assert set(again["cntr"]) == set(whole["cntr"])
+
+
+@pytest.mark.slow
+def test_ensure_builds_a_missing_training_set_once(tiny_sky, tmp_path, monkeypatch):
+    calls = []
+    real = labels.build_training_set
+    monkeypatch.setattr(
+        labels, "build_training_set", lambda *a, **k: calls.append(a) or real(*a, **k)
+    )
+    man = labels.ensure_synthetic_training_set(str(tmp_path / "ts"), tiny_sky.root, per_class=20)
+    assert sum(sum(c.values()) for c in man["counts"].values()) <= 60 and len(calls) == 1
+    again = labels.ensure_synthetic_training_set(str(tmp_path / "ts"), tiny_sky.root)
+    assert again["counts"] == man["counts"] and len(calls) == 1  # found, not rebuilt

@@ -99,4 +99,10 @@ def test_rerun_after_an_interrupted_run_continues_from_its_checkpoint(local_ray,
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     bundle = load_model_dir(tmp_path / "model")
     assert bundle.meta["starts"] == [0, 1]
-    assert [h["epoch"] for h in bundle.metrics["history"]] == [0, 1]
+    history = bundle.metrics["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    cfg = training.TrainConfig(data="x", lr=1e-3)
+    assert [h["lr"] for h in history] == [training.lr_at(e, cfg) for e in (0, 1)]
+    # The best checkpoint (lowest validation loss) is the one the model directory holds.
+    best = min(history, key=lambda h: h["val_loss"])["epoch"]
+    assert bundle.meta["best_epoch"] == best

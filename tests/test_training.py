@@ -171,7 +171,7 @@ def test_training_set_round_trips_through_ray_data(ray_cluster, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Ray Train, in process (the job tests drive the same code through `ray job submit`)
+# Ray Train runs themselves are tested through `ray job submit` (tests/test_train_job.py)
 
 TINY = {
     "widths": (4, 8, 8, 8, 8, 8),
@@ -180,30 +180,6 @@ TINY = {
     "lr": 1e-3,
     "shuffle_buffer": 64,
 }
-
-
-@pytest.mark.slow
-def test_fit_checkpoints_every_epoch_and_resumes_without_repeating(ray_cluster, tmp_path):
-    make_fake_training_set(tmp_path / "ts", n=120)
-    cfg = training.TrainConfig(data=str(tmp_path / "ts"), epochs=2, **TINY)
-    run = training.RunSettings(
-        name="resume", storage_path=str(tmp_path / "runs"), num_workers=2, max_failures=0
-    )
-    result = training.fit(cfg, run)
-    with result.checkpoint.as_directory() as d:
-        state, history = training.load_state(d)
-    assert [h["epoch"] for h in history] == [0, 1]
-    assert state["epoch"] == 1 and state["starts"] == [0]
-    assert all(h["workers"] == 2 for h in history)
-    # Rerun with the same name and more epochs: continues at epoch 2, never repeats 0 or 1.
-    result = training.fit(dataclasses.replace(cfg, epochs=3), run)
-    with result.checkpoint.as_directory() as d:
-        state, history = training.load_state(d)
-    assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert state["starts"] == [0, 2]
-    assert [h["lr"] for h in history] == [training.lr_at(e, cfg) for e in range(3)]
-    best = training.best_checkpoint(result)
-    assert best.path in {c.path for c, _ in result.best_checkpoints}
 
 
 # ---------------------------------------------------------------------------------------------
