@@ -26,7 +26,6 @@ from iic_survey import catalog as cat
 from iic_survey import sky
 from tests.fixtures.s3 import BUCKET, RequestLog, upload_tree
 
-
 SEAM = (0.3, 0.2, 1.0)
 """A cone across the ra = 0/360 seam: (ra, dec, radius in degrees)."""
 
