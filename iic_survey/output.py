@@ -113,6 +113,14 @@ def _canonical(obj: Any) -> Any:
         raise ValueError(f"run arguments must be JSON-serialisable: {err}") from err
 
 
+def run_args(out: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, Any]:
+    """The arguments a run recorded in ``_run.json`` (catalog, images, model ...); {} if none."""
+    fs, root = resolve(out, fs)
+    if not fs.exists(f"{root}/_run.json"):
+        return {}
+    return dict(_read_json(fs, f"{root}/_run.json").get("args") or {})
+
+
 def prepare_output(
     out: str,
     run_args: Mapping[str, Any],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,12 +33,13 @@ from matplotlib.ticker import FuncFormatter
 from iic_survey import CLASSES, __version__, metrics, sky
 from iic_survey.export import iter_pixels, read_properties
 from iic_survey.flags import QualityFlag
+from iic_survey.output import run_args
 
 logger = logging.getLogger(__name__)
 
 StampSource = Callable[[pd.DataFrame], np.ndarray]
 """Rows (cntr, designation, ra, dec, ...) -> RGB images (N, 3, H, W) or (N, H, W, 3), float in
-[0, 1] or uint8, one per row in order. The lead's wiring uses iic_survey.cutouts + rgb."""
+[0, 1] or uint8, one per row in order. :func:`archive_stamps` makes one from an image archive."""
 
 _COLUMNS = [
     "_healpix_29",
@@ -347,6 +349,66 @@ def _grid(rows: pd.DataFrame, images: np.ndarray, title: str, size: tuple[float,
     return fig
 
 
+def display_stretch(images: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """Scale each (3, H, W) image so its ``percentile`` pixel is 1 (faint sources become visible).
+
+    The network's inputs use one fixed stretch for the whole sky, so a W1 = 16 source is nearly
+    black; for looking at examples each stamp is brightened by its own factor (colours within a
+    stamp, i.e. the W1:W2:W3 ratios, are kept).
+    """
+    a = np.nan_to_num(np.asarray(images, dtype=np.float32))
+    top = np.percentile(a.reshape(len(a), -1), percentile, axis=1).reshape(-1, 1, 1, 1)
+    return np.clip(a / np.maximum(top, 1e-6), 0, 1)
+
+
+def archive_stamps(
+    images: str,
+    *,
+    model_dir: str | None = None,
+    endpoint_url: str | None = None,
+) -> StampSource:
+    """Example cutouts made the way the pipeline makes its inputs, from an image archive.
+
+    Parameters
+    ----------
+    images
+        An image archive spec for :meth:`iic_survey.stamps.StampMaker.from_spec` (``irsa``,
+        ``s3``, ``s3://...``, a local ``p3am_cdd`` or synthetic sky root); a catalog records the
+        one it was classified from in ``_run.json``.
+    model_dir
+        A model directory whose RGB settings to use (default: :class:`~iic_survey.rgb.RGBParams`).
+    endpoint_url
+        Another S3 endpoint (a local S3 server).
+
+    Raises
+    ------
+    FileNotFoundError
+        A local archive that does not exist (checked now, not at the first grid).
+    """
+    from iic_survey.cutouts import cut_sources
+    from iic_survey.rgb import make_rgb
+    from iic_survey.stamps import StampMaker
+
+    rgb = None
+    if model_dir:
+        doc = json.loads((Path(model_dir) / "model.json").read_text())
+        rgb = dict(doc.get("rgb") or {}) or None
+    maker = StampMaker.from_spec(images, rgb_params=rgb, endpoint_url=endpoint_url)
+    if maker.archive.kind == "local" and not Path(maker.archive.root).is_dir():
+        raise FileNotFoundError(f"image archive {maker.archive.root} not found")
+
+    def stamps(rows: pd.DataFrame) -> np.ndarray:
+        # The image half of StampMaker (the catalog features are not needed to look at them);
+        # per-row faults (a missing tile ...) give blank stamps and flags, not errors.
+        cut = cut_sources(
+            rows[["cntr", "ra", "dec"]].reset_index(drop=True), maker.archive, maker.cutout
+        )
+        images, _ = make_rgb(cut.stamps, maker.rgb)  # (N, 3, 80, 80)
+        return display_stretch(images)
+
+    return stamps
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -375,8 +437,13 @@ def write_report(
     stamps: StampSource | None = None,
     config: ReportConfig | None = None,
     filesystem: Any = None,
+    no_stamps_reason: str = "No image source was given",
 ) -> Path:
-    """Write the figures and ``report.md`` for a catalog into ``out_dir``; return the .md path."""
+    """Write the figures and ``report.md`` for a catalog into ``out_dir``; return the .md path.
+
+    ``stamps`` draws the example cutout grids (see :func:`archive_stamps`); without it the
+    report says ``no_stamps_reason`` where the grids would be.
+    """
     cfg = config or ReportConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -398,7 +465,7 @@ def write_report(
     md += _summary_md(tally, npart, props)
     md += _sky_section(tally, out)
     md += _confidence_section(tally, out)
-    md += _examples_section(tally, out, stamps)
+    md += _examples_section(tally, out, stamps, no_stamps_reason)
     if tally.truth is not None:
         md += _truth_section(tally, out)
     path = out / "report.md"
@@ -489,10 +556,12 @@ def _confidence_section(t: _Tally, out: Path) -> list[str]:
     return ["## Confidence", "", "![Confidence per class](confidence.png)", ""]
 
 
-def _examples_section(t: _Tally, out: Path, stamps: StampSource | None) -> list[str]:
+def _examples_section(
+    t: _Tally, out: Path, stamps: StampSource | None, no_stamps_reason: str
+) -> list[str]:
     md = ["## Example cutouts", ""]
     if stamps is None:
-        return [*md, "No image source was given, so the cutout grids were skipped.", ""]
+        return [*md, f"{no_stamps_reason.rstrip('.')}, so the cutout grids were skipped.", ""]
     for name in (*CLASSES, "outlier"):
         rows = t.examples.get(name)
         if rows is None or rows.empty:
@@ -598,7 +667,12 @@ def _truth_section(t: _Tally, out: Path) -> list[str]:
 
 
 def cli(argv: Sequence[str] | None = None, stamps: StampSource | None = None) -> int:
-    """``python -m iic_survey report CATALOG [--out-dir DIR] [--truth PATH] ...``."""
+    """``python -m iic_survey report CATALOG [--out-dir DIR] [--truth PATH] [--images SPEC] ...``.
+
+    The example cutouts are cut from ``--images``, by default the image archive the catalog was
+    classified from (recorded in its ``_run.json``); ``--no-cutouts`` skips them. An archive
+    that cannot be reached costs the grids, never the rest of the report.
+    """
     parser = argparse.ArgumentParser(prog="iic_survey report", description=__doc__.split("\n")[0])
     parser.add_argument("catalog", help="catalog path or URL")
     parser.add_argument("--out-dir", help="where to write (default: CATALOG/report if local)")
@@ -606,6 +680,15 @@ def cli(argv: Sequence[str] | None = None, stamps: StampSource | None = None) ->
     parser.add_argument("--map-order", type=int, default=ReportConfig.map_order)
     parser.add_argument("--examples", type=int, default=ReportConfig.n_examples)
     parser.add_argument("--dpi", type=int, default=ReportConfig.dpi)
+    cut = parser.add_argument_group("example cutouts")
+    cut.add_argument(
+        "--images",
+        help="image archive: irsa, s3, s3://..., https://... or a local directory "
+        "(default: the one the catalog was classified from)",
+    )
+    cut.add_argument("--model-dir", help="take the RGB settings from this model directory")
+    cut.add_argument("--endpoint-url", help="S3 endpoint for an s3:// image archive")
+    cut.add_argument("--no-cutouts", action="store_true", help="skip the example cutout grids")
     args = parser.parse_args(argv)
     out_dir = args.out_dir
     if out_dir is None:
@@ -613,6 +696,23 @@ def cli(argv: Sequence[str] | None = None, stamps: StampSource | None = None) ->
             parser.error("--out-dir is required for a remote catalog")
         out_dir = str(Path(args.catalog.removeprefix("file://")) / "report")
     config = ReportConfig(map_order=args.map_order, n_examples=args.examples, dpi=args.dpi)
-    path = write_report(args.catalog, out_dir, args.truth, stamps=stamps, config=config)
+    reason = "No image source was given"
+    if stamps is None and args.no_cutouts:
+        reason = "--no-cutouts was given"
+    elif stamps is None:
+        spec = args.images or run_args(args.catalog).get("images")
+        if not spec:
+            reason = "The catalog records no image archive and --images was not given"
+        else:
+            try:
+                stamps = archive_stamps(
+                    spec, model_dir=args.model_dir, endpoint_url=args.endpoint_url
+                )
+            except (OSError, ValueError) as err:
+                logger.warning("no example cutouts: %s", err)
+                reason = f"The image archive could not be used (`{err}`)"
+    path = write_report(
+        args.catalog, out_dir, args.truth, stamps=stamps, config=config, no_stamps_reason=reason
+    )
     logger.info("report: %s", path)
     return 0

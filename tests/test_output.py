@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import healpy as hp
@@ -87,11 +88,15 @@ def write_catalog(
     fs: fsspec.AbstractFileSystem | None = None,
     chunk_rows: int = 400,
     finalize: bool = True,
+    run_args: dict[str, Any] | None = None,
 ) -> dict[int, int]:
-    """Write ``df`` as the pipeline would: plan, stage chunks in any order, commit, finalize."""
+    """Write ``df`` as the pipeline would: plan, stage chunks in any order, commit, finalize.
+
+    ``run_args`` are recorded in ``_run.json`` besides the order and a model name."""
     pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), order)
     counts = {int(p): int(n) for p, n in zip(*np.unique(pixels, return_counts=True), strict=True)}
-    output.prepare_output(out, {"healpix_order": order, "model": "test"}, fs=fs)
+    args = {"healpix_order": order, "model": "test", **(run_args or {})}
+    output.prepare_output(out, args, fs=fs)
     output.write_plan(out, order, counts, fs=fs)
     for pixel in counts:
         rows = df[pixels == pixel].sample(frac=1.0, random_state=pixel)  # any order

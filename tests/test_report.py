@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,6 +89,78 @@ def test_a_failing_image_source_is_reported_not_fatal(tmp_path: Path, catalog: s
     cfg = report.ReportConfig(dpi=DPI, map_order=3)
     text = report.write_report(catalog, tmp_path, stamps=broken, config=cfg).read_text()
     assert text.count("archive unreachable") == 4
+
+
+@pytest.fixture(scope="module")
+def sky_catalog(tmp_path_factory: pytest.TempPathFactory, tiny_sky: Any) -> str:
+    """A classified catalog of the tiny sky's real sources, recording the sky as its images."""
+    cols = ["cntr", "designation", "ra", "dec", "w1mpro", "w2mpro", "w3mpro"]
+    src = pd.read_parquet(tiny_sky.catalog_url, columns=cols)
+    rows, _ = fake_results(len(src), seed=7)
+    for name in cols:
+        rows[name] = src[name].to_numpy()
+    out = str(tmp_path_factory.mktemp("sky_rep") / "catalog")
+    write_catalog(out, rows, order=5, run_args={"images": tiny_sky.root})
+    return out
+
+
+def test_cli_cuts_example_grids_from_the_recorded_archive(tmp_path: Path, sky_catalog: str) -> None:
+    out = tmp_path / "rep"
+    argv = [sky_catalog, "--out-dir", str(out), "--map-order", "5", "--dpi", str(DPI)]
+    assert report.cli([*argv, "--examples", "4"]) == 0
+    text = (out / "report.md").read_text()
+    assert "skipped" not in text and "failed" not in text
+    for name in (*CLASSES, "outlier"):
+        path = out / f"examples_{name}.png"
+        assert f"(examples_{name}.png)" in text
+        _check_png(path, report.FIGSIZES["examples"])
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("RGB")).astype(float)
+        # real cutouts: every panel holds a bright source on a darker sky, not blank squares
+        h, w = a.shape[:2]
+        panels = [
+            a[r * h // 2 : (r + 1) * h // 2, c * w // 2 : (c + 1) * w // 2]
+            for r in (0, 1)
+            for c in (0, 1)
+        ]
+        assert all(p.max() - np.median(p) > 100 for p in panels), name
+
+
+def test_stamps_match_the_pipeline_inputs(tiny_sky: Any, sky_catalog: str) -> None:
+    from iic_survey.stamps import StampMaker
+
+    rows = pd.read_parquet(tiny_sky.catalog_url).head(6).reset_index(drop=True)
+    shown = report.archive_stamps(tiny_sky.root)(rows)
+    seen = StampMaker.from_spec(tiny_sky.root)(rows)["image"]
+    assert shown.shape == seen.shape == (6, 3, 80, 80)
+    assert shown.min() >= 0 and shown.max() <= 1
+    # a per-stamp brightness factor only (then clipped to [0, 1]): the W1:W2:W3 ratios the
+    # network sees are kept
+    for a, b in zip(shown, seen, strict=True):
+        mid = (a > 0.01) & (a < 0.99)
+        assert mid.sum() > 100
+        ratio = a[mid] / b[mid]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+        assert np.all(a[b <= 0] == 0)
+
+
+def test_cli_without_a_usable_archive_still_writes_the_report(
+    tmp_path: Path, sky_catalog: str, catalog: str
+) -> None:
+    base = ["--map-order", "3", "--dpi", "30"]
+    gone = tmp_path / "gone"
+    assert (
+        report.cli([sky_catalog, "--out-dir", str(tmp_path / "a"), "--images", str(gone), *base])
+        == 0
+    )
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert "could not be used" in text and str(gone) in text
+    assert not list((tmp_path / "a").glob("examples_*.png"))
+    assert report.cli([sky_catalog, "--out-dir", str(tmp_path / "b"), "--no-cutouts", *base]) == 0
+    assert "--no-cutouts was given" in (tmp_path / "b" / "report.md").read_text()
+    # a catalog that records no archive (written without one) says so
+    assert report.cli([catalog, "--out-dir", str(tmp_path / "c"), *base]) == 0
+    assert "records no image archive" in (tmp_path / "c" / "report.md").read_text()
 
 
 def test_examples_are_deterministic_and_confident(catalog: str) -> None:
