@@ -339,6 +339,10 @@ def _grid(rows: pd.DataFrame, images: np.ndarray, title: str, size: tuple[float,
     axes = fig.subplots(ncol, ncol, squeeze=False).ravel()
     for ax, (_, row), img in zip(axes, rows.iterrows(), _rgb(images), strict=False):
         ax.imshow(img, interpolation="nearest")
+        h, w = img.shape[:2]  # a reticle: two ticks pointing at the catalog position
+        cy, cx, gap = (h - 1) / 2, (w - 1) / 2, 0.08 * w
+        ax.plot([cx - 2.5 * gap, cx - gap], [cy, cy], color="cyan", lw=0.8)
+        ax.plot([cx, cx], [cy - 2.5 * gap, cy - gap], color="cyan", lw=0.8)
         ax.set_title(
             f"{row['designation'] or row['cntr']}\n{row['class']} p={row['confidence']:.2f}",
             fontsize=7,

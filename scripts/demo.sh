@@ -65,4 +65,8 @@ submit jobs/classify_sky.py --healpix-order 5 --catalog "$IIC_SURVEY_HOME/sky" \
   --model "$IIC_SURVEY_HOME/model" --output "$IIC_SURVEY_HOME/catalog" --overwrite
 
 $PY -m iic_survey summary "$IIC_SURVEY_HOME/catalog"
+echo "[demo] writing the visual report (sky maps, confidences, cutout grids, truth metrics)"
+$PY -m iic_survey report "$IIC_SURVEY_HOME/catalog" --truth "$IIC_SURVEY_HOME/sky/truth.parquet" \
+  --model-dir "$IIC_SURVEY_HOME/model" --out-dir "$IIC_SURVEY_HOME/report"
+echo "[demo] report: $IIC_SURVEY_HOME/report/report.md"
 echo "[demo] catalog: $IIC_SURVEY_HOME/catalog   (took $(( $(date +%s) - START )) s)"
