@@ -2,18 +2,17 @@
 
 For batch sizes 1, 64 and 256 it measures images per second of the plain eval-mode model
 ("eager"), of ``optimize_for_inference(model)`` (BN folded into the convolutions, channels-last
-weights) and, with ``--compile``, of ``optimize_for_inference(model, compile=True)`` (compiled
-afresh for each batch size, as an inference actor with a fixed batch size would be). The
+weights) and, with ``--compile``, of ``optimize_for_inference(model, compile=True,
+dynamic=False)`` (one static graph per batch size, as for an actor with a fixed batch). The
 achieved FLOP rate is ``2 x MACs x images/s``, MACs as counted by ``iic_survey.model.count_macs``
 (convolutions and matmuls only); the reference is the best ``torch.matmul`` rate of square fp32
-matrices, measured in the same run with the same threads between the model measurements. The
-goal is a ratio >= 0.5.
+matrices, measured in the same run with the same threads. The goal is a ratio >= 0.5.
 
-Other people share the machine. Before each measurement the script waits (up to
-``--max-wait`` s) until the other processes use less than ``--max-busy`` of the CPUs, and every
-timing window records the share of the CPUs this process actually got (its CPU time / threads /
-wall time): a window where others took the cores shows a share well below 1. The reported rate
-is the best window; the median and the best window's share are shown next to it. Run::
+Other people share the machine, so the script times short windows of every row in turn
+for ``--budget`` seconds and records, per window, the share of the CPUs this process actually
+got (its CPU time / threads / wall time). Only windows where it had the cores (share >= 0.9)
+count, and the fastest of those is reported for both the model and the matmul, so the two sides
+of each ratio are measured under the same conditions. Run::
 
     python bench/bench_model.py [--compile] [--write]
 
@@ -50,63 +49,33 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_busy(seconds: float = 2.0) -> float:
-    """Fraction of all CPUs busy over the next ``seconds`` (from /proc/stat; 0 if unavailable)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    try:
-        t0, i0 = sample()
-        time.sleep(seconds)
-        t1, i1 = sample()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+Sample = tuple[float, float]  # (calls per second, CPU share) of one timing window
 
 
-def wait_for_quiet(max_busy: float, max_wait_s: float) -> float:
-    """Wait until other processes use under ``max_busy`` of the CPUs; returns the last reading."""
-    deadline = time.monotonic() + max_wait_s
-    busy = cpu_busy()
-    while busy >= max_busy and time.monotonic() < deadline:
-        busy = cpu_busy(5.0)
-    return busy
+def window(fn: Callable[[], object], calls: int) -> Sample:
+    """Time ``calls`` calls of ``fn``; the CPU share is CPU time / threads / wall time."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(calls):
+        fn()
+    wall = time.perf_counter() - t0
+    return calls / wall, (time.process_time() - c0) / (torch.get_num_threads() * wall)
 
 
-@functools.cache
-def _threads() -> int:
-    return torch.get_num_threads()
-
-
-def windows(fn: Callable[[], object], seconds: float, repeats: int) -> list[tuple[float, float]]:
-    """(calls per second, CPU share) of ``fn`` in ``repeats`` windows of ``seconds / repeats``."""
-    fn()  # warm-up (oneDNN primitive creation, compilation)
+def calls_for(fn: Callable[[], object], seconds: float) -> int:
+    """Warm ``fn`` up and return how many calls fill about ``seconds``."""
+    fn()
     t0 = time.perf_counter()
     fn()
-    per_call = max(time.perf_counter() - t0, 1e-6)
-    n = max(1, round(seconds / repeats / per_call))
-    out = []
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(n):
-            fn()
-        wall = time.perf_counter() - t0
-        out.append((n / wall, (time.process_time() - c0) / (_threads() * wall)))
-    return out
+    return max(1, round(seconds / max(time.perf_counter() - t0, 1e-6)))
 
 
-def matmul_rate(seconds: float, repeats: int) -> tuple[float, int]:
-    """Best fp32 ``torch.matmul`` FLOP rate over a few square sizes, and the size that gave it."""
-    best, best_n = 0.0, 0
-    for n in (1024, 2048, 3072):
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        calls = windows(functools.partial(torch.matmul, a, b), seconds / 3, repeats)
-        rate = max(r for r, _ in calls) * 2 * n**3
-        if rate > best:
-            best, best_n = rate, n
-    return best, best_n
+def pick(samples: list[Sample], min_share: float) -> tuple[Sample, int]:
+    """The fastest window among those that had the CPUs (share >= min_share), and their count.
+
+    Falls back to the fastest window of all when no window had the CPUs to itself.
+    """
+    clean = [x for x in samples if x[1] >= min_share]
+    return max(clean or samples), len(clean)
 
 
 def run(args: argparse.Namespace) -> str:
@@ -115,33 +84,50 @@ def run(args: argparse.Namespace) -> str:
     cfg = ModelConfig()
     model = build_model(cfg, seed=0).eval()
     macs = count_macs(model)["total"]
-    optimized = optimize_for_inference(model)
-    names = ["eager", "optimized"] + (["compiled"] if args.compile else [])
-    mm_rates: list[tuple[float, int]] = []
-    rows, busy_seen, compile_s = [], [], []
-    for name in names:
-        for batch in args.batches:
-            busy_seen.append(wait_for_quiet(args.max_busy, args.max_wait))
-            mm_rates.append(matmul_rate(args.seconds / 2, args.repeats))
-            images = torch.rand(batch, 3, cfg.image_size, cfg.image_size)
-            net: torch.nn.Module = {"eager": model, "optimized": optimized}.get(name, model)
-            with torch.inference_mode():
+    nets: dict[str, torch.nn.Module] = {"eager": model, "optimized": optimize_for_inference(model)}
+    if args.compile:
+        nets["compiled"] = optimize_for_inference(model, compile=True, dynamic=False)
+    jobs: dict[tuple[str, int], tuple[Callable[[], object], int]] = {}
+    compile_s: list[float] = []
+    with torch.inference_mode():
+        for name, net in nets.items():
+            for batch in args.batches:
+                fn = functools.partial(
+                    net, torch.rand(batch, 3, cfg.image_size, cfg.image_size), None
+                )
+                t0 = time.perf_counter()
+                n = calls_for(fn, args.window)
                 if name == "compiled":
-                    torch._dynamo.reset()  # a static graph for this batch size
-                    net = optimize_for_inference(model, compile=True)
-                    t0 = time.perf_counter()
-                    net(images, None)
                     compile_s.append(time.perf_counter() - t0)
-                calls = windows(functools.partial(net, images, None), args.seconds, args.repeats)
-            best, share = max(calls)
-            median = statistics.median(r for r, _ in calls)
-            rows.append((name, batch, best * batch, median * batch, share))
-            print(
-                f"{name:>9} batch {batch:>3}: {best * batch:8.1f} img/s (median "
-                f"{median * batch:.1f}, CPU share {share:.2f}, others busy {busy_seen[-1]:.2f})"
-            )
-    mm, mm_n = max(mm_rates)
+                jobs[(name, batch)] = (fn, n)
+        for size in (1024, 2048, 3072):
+            a, b = torch.randn(size, size), torch.randn(size, size)
+            matmul = functools.partial(torch.matmul, a, b)
+            jobs[("matmul", size)] = (matmul, calls_for(matmul, args.window / 2))
+        # Round-robin short windows until the time budget is spent, so that every measurement
+        # gets its share of the quiet moments on a machine other people are using.
+        samples: dict[tuple[str, int], list[Sample]] = {k: [] for k in jobs}
+        deadline = time.monotonic() + args.budget
+        rounds = 0
+        while rounds < args.min_rounds or time.monotonic() < deadline:
+            for key, (call, n) in jobs.items():
+                samples[key].append(window(call, n))
+            rounds += 1
     load_after = os.getloadavg()
+
+    mm_best = {size: pick(samples[("matmul", size)], args.min_share) for size in (1024, 2048, 3072)}
+    mm_size, ((mm_calls, mm_share), mm_clean) = max(
+        mm_best.items(), key=lambda kv: kv[1][0][0] * kv[0] ** 3
+    )
+    mm = mm_calls * 2 * mm_size**3
+    rows = []
+    for (name, batch), got in samples.items():
+        if name == "matmul":
+            continue
+        (best, share), clean = pick(got, args.min_share)
+        median = statistics.median(r for r, _ in got)
+        rows.append((name, batch, best * batch, median * batch, share, clean, len(got)))
+        print(f"{name:>9} batch {batch:>3}: {best * batch:8.1f} img/s, share {share:.2f}")
 
     today = datetime.date.today().isoformat()
     la, lb = load_before, load_after
@@ -151,34 +137,36 @@ def run(args: argparse.Namespace) -> str:
         f"Run {today} on {cpu_name()} ({os.cpu_count()} CPUs), {args.threads} threads "
         f"(`torch.set_num_threads`), torch {torch.__version__}, Python "
         f"{platform.python_version()}. Load average (1/5/15 min) before {la[0]:.2f}/{la[1]:.2f}/"
-        f"{la[2]:.2f}, after {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}; other processes' CPU use "
-        f"just before each measurement: {min(busy_seen):.0%} to {max(busy_seen):.0%}.",
+        f"{la[2]:.2f}, after {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}: the machine was shared.",
         "",
-        f"IICnet default config: {macs / 1e6:.2f} M MACs per 1x3x80x80 image "
-        "(`torch.utils.flop_counter` FLOPs / 2). fp32 matmul rate: "
-        f"{mm / 1e9:.1f} GFLOP/s (best `torch.matmul` window on square 1024-3072 matrices, "
-        f"measured before each model measurement; best size {mm_n}; lowest of the "
-        f"{len(mm_rates)} bests {min(mm_rates)[0] / 1e9:.1f}). Images/s: best of "
-        f"{args.repeats} windows over ~{args.seconds:.0f} s, median in brackets; CPU share: the "
-        "best window's CPU time / threads / wall time (1 = this process had both cores); "
-        "ratio = 2 x MACs x best images/s / matmul rate.",
+        f"Method: {rounds} rounds over {args.budget / 60:.0f} min, each timing every row below "
+        f"for ~{args.window:.1f} s and `torch.matmul` on square fp32 matrices of side 1024, "
+        "2048 and 3072 for half that. A window's CPU share is its CPU time / threads / wall "
+        f"time; only windows with share >= {args.min_share} (this process had the cores) "
+        "count, and the fastest of them is reported (the median of all windows in brackets). "
+        f"fp32 matmul rate: **{mm / 1e9:.1f} GFLOP/s** (side {mm_size}, share {mm_share:.2f}, "
+        f"{mm_clean} clean windows). IICnet default config: {macs / 1e6:.2f} M MACs per "
+        "1x3x80x80 image (`torch.utils.flop_counter` FLOPs / 2). "
+        "Ratio = 2 x MACs x images/s / matmul rate; goal >= 0.5.",
         "",
-        "| variant | batch | images/s | CPU share | GFLOP/s | ratio to matmul |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | batch | images/s | CPU share | clean windows | GFLOP/s | ratio to matmul |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, batch, best, median, share in rows:
+    for name, batch, best, median, share, clean, total in rows:
         flops = 2 * macs * best
-        rate = f"{best:.1f} ({median:.1f})"
         lines.append(
-            f"| {name} | {batch} | {rate} | {share:.2f} | {flops / 1e9:.1f} | {flops / mm:.2f} |"
+            f"| {name} | {batch} | {best:.1f} ({median:.1f}) | {share:.2f} | {clean}/{total} "
+            f"| {flops / 1e9:.1f} | **{flops / mm:.2f}** |"
         )
-    compiled = f" (first call {min(compile_s):.0f}-{max(compile_s):.0f} s)" if compile_s else ""
+    compiled = (
+        f" (compile + first calls {min(compile_s):.0f}-{max(compile_s):.0f} s)" if compile_s else ""
+    )
     lines += [
         "",
         "Variants: eager = `model.eval()` under `torch.inference_mode()`; optimized = "
         "`optimize_for_inference(model)` (BN folded into convs, channels-last weights); "
-        "compiled = `optimize_for_inference(model, compile=True)`, i.e. also `torch.compile` "
-        f"with Inductor freezing, compiled for each batch size{compiled}.",
+        "compiled = `optimize_for_inference(model, compile=True, dynamic=False)`: also "
+        f"`torch.compile` with Inductor freezing, one static graph per batch size{compiled}.",
         "",
     ]
     return "\n".join(lines)
@@ -202,14 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=6.0, help="timing per measurement")
-    parser.add_argument("--repeats", type=int, default=6, help="windows per measurement")
+    parser.add_argument("--window", type=float, default=0.5, help="seconds per timing window")
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds of round-robin")
+    parser.add_argument("--min-rounds", type=int, default=3, help="rounds even past the budget")
+    parser.add_argument("--min-share", type=float, default=0.9, help="CPU share of a clean window")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")
-    parser.add_argument(
-        "--max-busy", type=float, default=0.15, help="wait until others use less of the CPUs"
-    )
-    parser.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait at most")
     args = parser.parse_args(argv)
     text = run(args)
     print(text)

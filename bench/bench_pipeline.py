@@ -156,7 +156,7 @@ def stage_costs(
     from iic_survey import output
     from iic_survey.catalog import PIPELINE_COLUMNS, open_catalog
     from iic_survey.cutouts import CutoutConfig
-    from iic_survey.pipeline import Classify, PartWriter, PixelReader, result_rows
+    from iic_survey.pipeline import CPU_MODEL_BATCH, Classify, PartWriter, PixelReader, result_rows
     from iic_survey.stamps import StampMaker
 
     torch.set_num_threads(1)
@@ -174,7 +174,7 @@ def stage_costs(
     t0 = time.perf_counter()
     made = [maker(c) for c in chunks]
     res["stamps_s"] = (time.perf_counter() - t0) / n
-    classify = Classify(model_dir, "cpu", 256, None, threads=1)
+    classify = Classify(model_dir, "cpu", CPU_MODEL_BATCH, None, threads=1)
     sample = {k: v[:n_infer] for k, v in made[0].items()}
     classify({k: v[:8] for k, v in sample.items()})  # warm-up
     t0 = time.perf_counter()
@@ -218,7 +218,7 @@ def _inference_alone(
     from ray.data import ActorPoolStrategy
 
     from iic_survey.catalog import PIPELINE_COLUMNS, open_catalog
-    from iic_survey.pipeline import Classify
+    from iic_survey.pipeline import CPU_MODEL_BATCH, Classify
     from iic_survey.stamps import StampMaker
 
     cat = open_catalog(manifest.catalog_url)
@@ -235,7 +235,7 @@ def _inference_alone(
         fn_constructor_kwargs=dict(
             model_dir=model_dir,
             device="cpu",
-            model_batch_size=256,
+            model_batch_size=CPU_MODEL_BATCH,
             confidence_threshold=None,
             threads=1,
         ),

@@ -435,7 +435,9 @@ def model_summary(config: ModelConfig | None = None) -> str:
     return "\n".join(lines)
 
 
-def optimize_for_inference(model: Classifier, compile: bool = False) -> nn.Module:
+def optimize_for_inference(
+    model: Classifier, compile: bool = False, dynamic: bool | None = None
+) -> nn.Module:
     """A copy of ``model`` made faster for inference; outputs equal the original's to fp32 rounding.
 
     Folds every BatchNorm into its convolution, freezes the parameters and stores the weights
@@ -443,8 +445,9 @@ def optimize_for_inference(model: Classifier, compile: bool = False) -> nn.Modul
     cores on GPU; the original model is left untouched. Call the result under
     ``torch.inference_mode()``. With ``compile=True`` it is also ``torch.compile``-d with
     Inductor freezing (constant-folded weights, fused ReLU/attention ops); that costs tens of
-    seconds on the first call and again for each new batch size (after the second one,
-    shapes become dynamic), and needs a C++ compiler on CPU.
+    seconds on the first call and needs a C++ compiler on CPU. ``dynamic`` goes to
+    ``torch.compile``: False compiles one static graph per batch size (fastest; pad a short
+    last batch), None lets torch switch to a dynamic-batch graph at the second batch size.
     """
     fast = copy.deepcopy(model).eval()
     for module in fast.modules():
@@ -453,7 +456,8 @@ def optimize_for_inference(model: Classifier, compile: bool = False) -> nn.Modul
     fast.requires_grad_(False)
     fast = fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if compile:
-        return torch.compile(fast, options={"freezing": True})  # type: ignore[return-value]
+        compiled = torch.compile(fast, dynamic=dynamic, options={"freezing": True})
+        return compiled  # type: ignore[return-value]
     return fast
 
 

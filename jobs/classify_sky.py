@@ -58,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="classify at most N pixels this run")
     p.add_argument("--overwrite", action="store_true", help="delete a previous output first")
     p.add_argument("--chunk-size", type=int, help="rows per chunk (default: fit the object store)")
-    p.add_argument("--model-batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument(
+        "--model-batch-size",
+        type=int,
+        help="images per forward pass (default: 16 on CPU, 256 on GPU)",
+    )
     p.add_argument("--inference-actors", type=int, help="inference actors (default: one per GPU)")
     p.add_argument("--num-gpus-per-actor", type=float, help="GPUs per actor (default 1 if any)")
     p.add_argument(

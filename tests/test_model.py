@@ -265,6 +265,21 @@ def test_optimize_for_inference_keeps_outputs(arch: str) -> None:
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()), "original left untouched"
 
 
+def test_the_cpu_model_batch_keeps_outputs() -> None:
+    """The pipeline's small CPU forward batches (a speed-up) give the outputs of one big batch."""
+    from iic_survey.evaluation import predict
+    from iic_survey.pipeline import CPU_MODEL_BATCH
+
+    net = M.optimize_for_inference(M.build_model(M.ModelConfig(arch="fusion"), seed=0).eval())
+    images, features = inputs(2 * CPU_MODEL_BATCH + 3)  # a short last batch too
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        small = predict(net, images.numpy(), features.numpy(), cpu, CPU_MODEL_BATCH)
+        big = predict(net, images.numpy(), features.numpy(), cpu, 256)
+    for a, b in zip(small, big, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_inference_keeps_outputs() -> None:
