@@ -437,7 +437,8 @@ def quality_section(res: dict[str, Any], work: pathlib.Path) -> str:
         f"Sky: `SkyConfig(seed={sky['seed']}, n_sources={sky['n_sources']:,}, "
         f"field_size_deg={sky['field_size_deg']})` (default fields); training set balanced to the "
         f"rarest class: {n['train']:,} train / {n['val']:,} val / {n['test']:,} test "
-        f"(8:1:1 by hash of cntr); sky + cutouts {res['prep_seconds']:.0f} s.",
+        f"(8:1:1 by hash of cntr); sky + cutouts "
+        + (f"{res['prep_seconds']:.0f} s." if res["prep_seconds"] >= 1 else "from an earlier run."),
         "",
         "Test split, after temperature scaling on the validation split. Per-class accuracy is the "
         "paper's one-vs-rest accuracy; recall is the fraction of the class found.",
