@@ -124,6 +124,9 @@ class PipelineConfig:
     """``tiles`` (read each tile once; the sky path) or ``service`` (IBE per source)."""
     cutout_threads: int = 4
     """Threads reading tiles inside one cutout task."""
+    service_timeout_s: float = 30.0
+    """Read time-out of one IBE cutout request (``cutout_mode="service"``), in seconds; a
+    request that times out is retried, then the source is flagged FETCH_FAILED."""
     confidence_threshold: float | None = None
     """Outlier when confidence is below this; None: the model's value or the default (0.6)."""
     endpoint_url: str | None = None
@@ -158,6 +161,8 @@ class PipelineConfig:
         for name in ("chunk_size", "model_batch_size", "cutout_threads", "commit_concurrency"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.service_timeout_s > 0:
+            raise ValueError(f"service_timeout_s must be > 0, got {self.service_timeout_s}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got {self.limit}")
         if self.inference_actors is not None and self.inference_actors < 1:
@@ -447,9 +452,14 @@ def _open_inputs(config: PipelineConfig) -> _Inputs:
 
 def _stamp_maker(config: PipelineConfig, rgb_params: Mapping[str, Any]) -> Any:
     from iic_survey.cutouts import CutoutConfig
+    from iic_survey.ibe import ServiceConfig
     from iic_survey.stamps import StampMaker
 
-    cut = CutoutConfig(method=config.cutout_mode, max_workers=config.cutout_threads)
+    cut = CutoutConfig(
+        method=config.cutout_mode,
+        max_workers=config.cutout_threads,
+        service=ServiceConfig(read_timeout_s=config.service_timeout_s),
+    )
     s3 = config.endpoint_url if config.images.startswith("s3") else None
     return StampMaker.from_spec(
         config.images, cutout=cut, rgb_params=rgb_params or None, endpoint_url=s3

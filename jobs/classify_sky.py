@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("tiles", "service"),
         help="read whole tiles (default) or ask IBE per source (default for --images irsa)",
     )
+    p.add_argument(
+        "--service-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for one IBE cutout (service mode) before retrying (default 30)",
+    )
     p.add_argument("--confidence-threshold", type=float, help="outlier below this confidence")
     p.add_argument("--endpoint-url", help="S3 endpoint for s3:// URLs (a local S3 server)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             inference_actors=args.inference_actors,
             num_gpus_per_actor=args.num_gpus_per_actor,
             cutout_mode=mode,
+            service_timeout_s=args.service_timeout,
             confidence_threshold=args.confidence_threshold,
             endpoint_url=args.endpoint_url,
         )

@@ -38,6 +38,8 @@ def test_parser(job):
         p.parse_args(["--cone", "10,5"])
     with pytest.raises(SystemExit):
         p.parse_args(["--cutout-mode", "tile"])
+    assert p.parse_args([]).service_timeout == 30.0
+    assert p.parse_args(["--service-timeout", "90"]).service_timeout == 90.0
 
 
 def test_missing_model_says_train_first(job, tmp_path, capsys, monkeypatch):

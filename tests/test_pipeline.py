@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -73,6 +74,18 @@ def test_config_checks():
     with pytest.raises(ValueError, match="empty"):
         PipelineConfig(**{**kw, "catalog": " "})
     assert PipelineConfig(**kw, pixels=(5, 3, 5)).pixels == (3, 5)
+    with pytest.raises(ValueError, match="service_timeout_s"):
+        PipelineConfig(**kw, service_timeout_s=0)
+
+
+def test_the_service_timeout_reaches_the_cutout_service(tiny_sky):
+    from iic_survey.pipeline import _stamp_maker
+
+    cfg = PipelineConfig(tiny_sky.catalog_url, "irsa", "m", "o", cutout_mode="service")
+    assert _stamp_maker(cfg, {}).cutout.service.read_timeout_s == 30.0
+    quick = dataclasses.replace(cfg, service_timeout_s=2.5)
+    maker = _stamp_maker(quick, {})
+    assert maker.cutout.method == "service" and maker.cutout.service.read_timeout_s == 2.5
 
 
 def test_chunks_fit_the_object_store(monkeypatch):
