@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        print(f"unknown command {command!r}{hint}; commands: {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        print(
+            f"unknown command {command!r}{hint}; commands: {', '.join(COMMANDS)}", file=sys.stderr
+        )
         return 2
     return COMMANDS[command](rest)
 
