@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from results_md import write_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTION = "## Cutouts (bench/bench_cutouts.py)"
@@ -190,18 +191,6 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: pathlib.Path, text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sky", default=os.path.join(tempfile.gettempdir(), "iic_bench_sky"))
@@ -222,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         text = report(run(args))
     sys.stdout.write(text)
     if args.write_results:
-        write_section(REPO / "bench" / "RESULTS.md", text)
+        write_section(SECTION, text)
     return 0
 
 

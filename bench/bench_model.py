@@ -32,11 +32,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from results_md import RESULTS, write_section
 
 from iic_survey.model import ModelConfig, build_model, count_macs, optimize_for_inference
 
 SECTION = "## Model speed (bench/bench_model.py)"
-RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def cpu_name() -> str:
@@ -172,18 +172,6 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: pathlib.Path = RESULTS) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next '## '), keeping the rest."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -200,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     text = run(args)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
     return 0
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from results_md import write_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.fixtures.ray_cluster starts and stops the local head
@@ -425,19 +426,6 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: pathlib.Path, text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        rest = "\n" + old[end + 1 :] if end >= 0 else ""
-        new = old[:start] + text.rstrip("\n") + "\n" + rest
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -458,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(res)
     sys.stdout.write(text)
     if args.write_results:
-        write_section(REPO / "bench" / "RESULTS.md", text)
+        write_section(SECTION, text)
     return 0
 
 

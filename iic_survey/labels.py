@@ -29,7 +29,6 @@ names, RGB parameters, counts) that the training job reads.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from iic_survey import CLASSES, sky
+from iic_survey._util import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,6 @@ SDSS_SQL = (
 """One RA stripe of the spectroscopic label query."""
 
 _SQL_STRIPE = re.compile(r"s\.ra >= ([-+0-9.e]+) AND s\.ra < ([-+0-9.e]+)")
-
-
-def _did_you_mean(name: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def class_index(classes: pd.Series | np.ndarray) -> np.ndarray:
@@ -157,7 +152,7 @@ def balance(
     elif isinstance(targets, Mapping):
         unknown = [c for c in targets if c not in CLASSES]
         if unknown:
-            raise ValueError(f"unknown class {unknown[0]!r}{_did_you_mean(unknown[0], CLASSES)}")
+            raise ValueError(f"unknown class {unknown[0]!r}{did_you_mean(unknown[0], CLASSES)}")
         want = {c: int(targets.get(c, 0)) for c in CLASSES}
     else:
         want = dict.fromkeys(CLASSES, int(targets))
@@ -509,7 +504,7 @@ def read_manifest(root: str) -> dict[str, Any]:
 def split_path(root: str, split: str) -> str:
     """Folder of one split."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}{_did_you_mean(split, SPLITS)}")
+        raise ValueError(f"unknown split {split!r}{did_you_mean(split, SPLITS)}")
     return f"{root.rstrip('/')}/split={split}"
 
 
@@ -587,7 +582,7 @@ class TrainingSetConfig:
         if self.source not in ("synthetic", "sdss"):
             raise ValueError(
                 f"unknown label source {self.source!r}"
-                f"{_did_you_mean(self.source, ('synthetic', 'sdss'))}"
+                f"{did_you_mean(self.source, ('synthetic', 'sdss'))}"
             )
         if self.source == "synthetic" and not self.sky:
             raise ValueError("the synthetic label source needs TrainingSetConfig(sky=<sky root>)")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -43,21 +42,15 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.flop_counter import FlopCounterMode
 
 from iic_survey import CLASSES, __version__
+from iic_survey._util import config_from_dict, did_you_mean
+from iic_survey.rgb import FEATURE_NAMES
 
 logger = logging.getLogger(__name__)
 
 ARCHS: tuple[str, ...] = ("iicnet", "fusion", "colour")
 """Architectures :func:`build_model` knows: image only, image + catalog features, features only."""
 
-DEFAULT_FEATURE_NAMES: tuple[str, ...] = (
-    "w1_w2",
-    "w2_w3",
-    "w1",
-    "w1_sigma",
-    "w2_sigma",
-    "w3_sigma",
-    "w3_detected",
-)
+DEFAULT_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES
 """Catalog feature order the defaults of :class:`ModelConfig` assume (``rgb.FEATURE_NAMES``)."""
 
 FORMAT_VERSION = 1
@@ -66,11 +59,6 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
 EXTRA_KEYS: tuple[str, ...] = ("rgb", "temperature", "feature_stats", "metrics", "meta")
-
-
-def _did_you_mean(name: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +97,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(
-                f"unknown arch {self.arch!r}{_did_you_mean(self.arch, ARCHS)}; use one of {ARCHS}"
+                f"unknown arch {self.arch!r}{did_you_mean(self.arch, ARCHS)}; use one of {ARCHS}"
             )
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(
@@ -152,14 +140,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            raise ValueError(
-                f"unknown ModelConfig field {unknown[0]!r}{_did_you_mean(unknown[0], names)}"
-            )
-        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
+        return config_from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,7 +530,7 @@ def save_model_dir(
     unknown = [k for k in extra if k not in EXTRA_KEYS]
     if unknown:
         raise ValueError(
-            f"unknown extra key {unknown[0]!r}{_did_you_mean(unknown[0], EXTRA_KEYS)}; "
+            f"unknown extra key {unknown[0]!r}{did_you_mean(unknown[0], EXTRA_KEYS)}; "
             f"allowed: {EXTRA_KEYS}"
         )
     model = _unwrap(model)

@@ -38,7 +38,6 @@ same catalog as one uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import os
@@ -51,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from iic_survey import CLASSES, output, sky
+from iic_survey._util import did_you_mean
 from iic_survey.flags import QualityFlag
 
 # The inference stage lives in its own module; its names stay importable from here.
@@ -70,11 +70,6 @@ CRASH_ENV = "IIC_PIPELINE_CRASH_AFTER_COMMITS"
 
 class PipelineError(RuntimeError):
     """The run cannot produce a correct catalog (input changed, rows lost); says what to do."""
-
-
-def _did_you_mean(value: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 CPU_MODEL_BATCH = 16
@@ -172,7 +167,7 @@ class PipelineConfig:
         if self.cutout_mode not in CUTOUT_MODES:
             raise ValueError(
                 f"unknown cutout_mode {self.cutout_mode!r}"
-                f"{_did_you_mean(self.cutout_mode, CUTOUT_MODES)}"
+                f"{did_you_mean(self.cutout_mode, CUTOUT_MODES)}"
             )
         if self.confidence_threshold is not None and not 0 <= self.confidence_threshold <= 1:
             raise ValueError(

@@ -29,7 +29,6 @@ exceeds ``saturation_dn`` (a heuristic; ``None`` turns it off).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import itertools
 import math
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from iic_survey._util import did_you_mean
 from iic_survey.flags import QualityFlag
 
 BAND_NAMES: tuple[str, ...] = ("W1", "W2", "W3")
@@ -51,11 +51,6 @@ _SIGMA_FROM_QUANTILES = 0.5  # (q84 - q16) / 2 = sigma for a Gaussian
 _Q16, _Q84 = 0.15865525, 0.84134475
 _MIN_BORDER = 8  # fewer finite border pixels than this: estimate from the whole stamp
 _RESIZE_BANDS = 4  # row bands of the resize; measured fastest for 37 -> 80 px
-
-
-def _did_you_mean(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +130,7 @@ class RGBParams:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in d if k not in names]
         if unknown:
-            hints = "".join(_did_you_mean(k, names) for k in unknown)
+            hints = "".join(did_you_mean(k, names) for k in unknown)
             raise ValueError(f"unknown RGBParams keys {unknown}{hints}")
         missing = [n for n in names if n not in d]
         if missing:

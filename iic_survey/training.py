@@ -17,7 +17,6 @@ functions so they are tested without Ray.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from iic_survey._util import config_from_dict, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,6 @@ CRASH_MARKER_ENV = "IIC_TRAIN_CRASH_MARKER"
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
-
-
-def _did_you_mean(name: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +88,10 @@ class TrainConfig:
         from iic_survey.model import ARCHS
 
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}{_did_you_mean(self.arch, ARCHS)}")
+            raise ValueError(f"unknown arch {self.arch!r}{did_you_mean(self.arch, ARCHS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(
-                f"unknown precision {self.precision!r}{_did_you_mean(self.precision, PRECISIONS)}"
+                f"unknown precision {self.precision!r}{did_you_mean(self.precision, PRECISIONS)}"
             )
         for name in ("epochs", "batch_size", "lr_halve_epoch", "shuffle_buffer", "ood_rows"):
             if int(getattr(self, name)) < 1:
@@ -114,14 +110,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of ``dataclasses.asdict``; unknown keys are an error."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig field {unknown[0]!r}{_did_you_mean(unknown[0], names)}"
-            )
-        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
+        return config_from_dict(cls, d)
 
 
 @dataclasses.dataclass(frozen=True)

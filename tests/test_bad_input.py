@@ -21,7 +21,6 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -43,6 +42,7 @@ from astropy.wcs import WCS
 
 from iic_survey import CLASSES, export, model, synthetic, training
 from iic_survey.flags import UNCLASSIFIABLE, QualityFlag
+from tests.fixtures.jobs import load_job
 from tests.test_pipeline import make_model_dir
 
 SKY = synthetic.SkyConfig(
@@ -74,13 +74,7 @@ STAMP_MARGIN_PX = 20
 @pytest.fixture(scope="module")
 def job(repo_root: Path) -> ModuleType:
     """jobs/classify_sky.py as a module (jobs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "classify_sky_bad_input", repo_root / "jobs" / "classify_sky.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job(repo_root / "jobs" / "classify_sky.py", "classify_sky_bad_input")
 
 
 @pytest.fixture(scope="module")

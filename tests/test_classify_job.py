@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pandas as pd
 import pytest
 
 from iic_survey import output
+from tests.fixtures.jobs import load_job
 
 
 @pytest.fixture(scope="module")
 def job(repo_root):
     """The job module, imported from its file (jobs/ is not a package)."""
-    sys.path.insert(0, str(repo_root))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "classify_sky", repo_root / "jobs" / "classify_sky.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(repo_root))
+    return load_job(repo_root / "jobs" / "classify_sky.py", "classify_sky")
 
 
 def test_parser(job):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
 import json
 import pathlib
 import re
@@ -26,6 +25,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from tests.fixtures.jobs import load_job
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -449,9 +450,7 @@ def test_command_line_parses_with_the_job(
     job = REPO / tokens[1]
     if not job.exists():
         pytest.skip(f"{tokens[1]} is not written yet")
-    spec = importlib.util.spec_from_file_location(f"_job_{job.stem}", job)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_job(job)
     assert hasattr(module, "build_parser"), f"{tokens[1]} must expose build_parser()"
     try:
         module.build_parser().parse_args(tokens[2:])

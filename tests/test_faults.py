@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -51,6 +50,7 @@ import pytest
 from iic_survey import CLASSES, export, output
 from iic_survey.flags import UNCLASSIFIABLE, QualityFlag
 from iic_survey.pipeline import PipelineConfig, run_pipeline
+from tests.fixtures.jobs import load_job
 from tests.fixtures.s3 import s3_filesystem
 from tests.test_pipeline import make_model_dir
 
@@ -68,13 +68,7 @@ OUT_BUCKET = "iic-faults-out"
 @pytest.fixture(scope="module")
 def job(repo_root: Path) -> ModuleType:
     """jobs/classify_sky.py as a module (jobs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "classify_sky_faults", repo_root / "jobs" / "classify_sky.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job(repo_root / "jobs" / "classify_sky.py", "classify_sky_faults")
 
 
 @pytest.fixture(scope="module")

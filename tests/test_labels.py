@@ -16,6 +16,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 
 from iic_survey import CLASSES, labels, sky
+from tests.fixtures.jobs import load_job
 
 # ---------------------------------------------------------------------------------------------
 # Splits and balancing
@@ -389,14 +390,7 @@ def test_build_training_set_from_recorded_sdss_spectra(recorded, tiny_sky, tmp_p
 
 
 def _build_job(repo_root):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "build_training_set", repo_root / "jobs" / "build_training_set.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job(repo_root / "jobs" / "build_training_set.py", "build_training_set")
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ each written file for wx/wy); realism by what a classifier or a photometrist wou
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import re
@@ -26,6 +25,7 @@ from astropy.stats import sigma_clipped_stats
 from astropy.wcs import WCS
 
 from iic_survey import CLASSES, synthetic, tiles
+from tests.fixtures.jobs import load_job
 
 log = logging.getLogger(__name__)
 
@@ -395,9 +395,7 @@ def test_roots_that_are_not_skies_are_refused(tmp_path):
 
 
 def test_make_sky_job(repo_root, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_sky", repo_root / "jobs" / "make_sky.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job(repo_root / "jobs" / "make_sky.py", "make_sky")
     root = tmp_path / "sky"
     args = [str(root), "--n-sources", "200", "--fields", "226.072,-0.752", "--field-size", "0.1"]
     assert job.main([*args, "--bands", "1,2,3,4", "--seed", "2"]) == 0

@@ -6,7 +6,6 @@ and recovers, an interrupted run, and its resumption.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from iic_survey import training
 from iic_survey.model import load_model_dir
+from tests.fixtures.jobs import load_job
 from tests.test_training import make_fake_training_set
 
 TINY_ARGS = shlex.split(
@@ -26,11 +26,7 @@ TINY_ARGS = shlex.split(
 @pytest.fixture(scope="module")
 def train_job(repo_root: Path) -> ModuleType:
     """jobs/train.py imported as a module (for build_parser / presets)."""
-    spec = importlib.util.spec_from_file_location("train_job", repo_root / "jobs" / "train.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job(repo_root / "jobs" / "train.py", "train_job")
 
 
 def test_parser_defaults_are_the_papers_schedule(train_job):
