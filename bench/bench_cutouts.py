@@ -57,7 +57,7 @@ def _load() -> str:
 
 
 def _sky(path: str, n_sources: int) -> Any:
-    from iic_survey import synthetic
+    from iic_survey.synthetic import sky as synthetic
 
     if (pathlib.Path(path) / "sky.json").is_file():
         return synthetic.SkyManifest.load(path)
@@ -78,7 +78,7 @@ def _fullest_pixel(catalog_url: str) -> tuple[int, pd.DataFrame]:
 
 def per_source(df: pd.DataFrame, archive: Any, bands: tuple[int, ...], size: int) -> np.ndarray:
     """The naive way: for every source and band, open its tile and read one small section."""
-    from iic_survey.archive import tile_geometry
+    from iic_survey.inputs.archive import tile_geometry
 
     h = size // 2
     out = np.full((len(df), len(bands), size, size), np.nan, dtype=np.float32)
@@ -98,7 +98,8 @@ def inference_rate(batch: int, repeats: int) -> tuple[float, str]:
     """IICnet CPU images/s with one torch thread."""
     import torch
 
-    from iic_survey.model import ModelConfig, build_model
+    from iic_survey.model.config import ModelConfig
+    from iic_survey.model.network import build_model
 
     torch.set_num_threads(1)
     model = build_model(ModelConfig(arch="iicnet"), seed=0).eval()
@@ -116,8 +117,9 @@ def inference_rate(batch: int, repeats: int) -> tuple[float, str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from iic_survey.archive import TileArchive
-    from iic_survey.cutouts import CutoutConfig, cut_sources
+    from iic_survey.inputs.archive import TileArchive
+    from iic_survey.stamps.cutouts import CutoutConfig
+    from iic_survey.stamps.cutter import cut_sources
 
     res: dict[str, Any] = {
         "load_before": _load(),
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res["naive_agrees"] = bool(np.array_equal(naive[same], ref.stamps[same]))
 
     try:
-        from iic_survey.rgb import RGBParams, make_rgb
+        from iic_survey.stamps.rgb import RGBParams, make_rgb
     except ImportError:  # pragma: no cover - the RGB stage is another module
         res["rgb"] = "iic_survey.rgb not available"
         return res

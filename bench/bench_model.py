@@ -34,7 +34,9 @@ from collections.abc import Callable
 import torch
 from results_md import RESULTS, write_section
 
-from iic_survey.model import ModelConfig, build_model, count_macs, optimize_for_inference
+from iic_survey.model.config import ModelConfig
+from iic_survey.model.network import build_model, optimize_for_inference
+from iic_survey.model.size import count_macs
 
 SECTION = "## Model speed (bench/bench_model.py)"
 

@@ -69,7 +69,7 @@ def _load() -> str:
 
 
 def _sky(path: str, n_sources: int) -> Any:
-    from iic_survey import synthetic
+    from iic_survey.synthetic import sky as synthetic
 
     if (pathlib.Path(path) / "sky.json").is_file():
         return synthetic.SkyManifest.load(path)
@@ -81,11 +81,14 @@ def _model_dir(path: pathlib.Path, manifest: Any) -> str:
     """The paper-sized IICnet (untrained) with OOD statistics, as a model directory."""
     import torch
 
-    from iic_survey import evaluation
-    from iic_survey.catalog import PIPELINE_COLUMNS, open_catalog
-    from iic_survey.model import ModelConfig, build_model, save_model_dir
-    from iic_survey.rgb import RGBParams
-    from iic_survey.stamps import StampMaker
+    from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
+    from iic_survey.inputs.catalog import open_catalog
+    from iic_survey.model import ood
+    from iic_survey.model.config import ModelConfig
+    from iic_survey.model.directory import save_model_dir
+    from iic_survey.model.network import build_model
+    from iic_survey.stamps.maker import StampMaker
+    from iic_survey.stamps.rgb import RGBParams
 
     if (path / "model.json").is_file():
         return str(path)
@@ -94,11 +97,11 @@ def _model_dir(path: pathlib.Path, manifest: Any) -> str:
     cat = open_catalog(manifest.catalog_url)
     rows = cat.read_pixel(int(manifest.pixels[0]), 5, columns=PIPELINE_COLUMNS).head(256)
     made = StampMaker.from_spec(manifest.images_url)(rows)
-    logits, emb = evaluation.predict(model, made["image"], made["features"], torch.device("cpu"))
+    logits, emb = ood.predict(model, made["image"], made["features"], torch.device("cpu"))
     extra = {
         "rgb": RGBParams().to_dict(),
         "temperature": 1.0,
-        "feature_stats": evaluation.ood_statistics(emb, logits, 1.0),
+        "feature_stats": ood.ood_statistics(emb, logits, 1.0),
         "meta": {"note": "untrained, for benchmarks"},
     }
     save_model_dir(path, model, cfg, extra)
@@ -154,11 +157,15 @@ def stage_costs(
     """Seconds per source of each stage, on one core of this process, one thread each."""
     import torch
 
-    from iic_survey import output
-    from iic_survey.catalog import PIPELINE_COLUMNS, open_catalog
-    from iic_survey.cutouts import CutoutConfig
-    from iic_survey.pipeline import CPU_MODEL_BATCH, Classify, PartWriter, PixelReader, result_rows
-    from iic_survey.stamps import StampMaker
+    from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
+    from iic_survey.inputs.catalog import open_catalog
+    from iic_survey.output import commit
+    from iic_survey.output import writer as output
+    from iic_survey.stamps.cutouts import CutoutConfig
+    from iic_survey.stamps.maker import StampMaker
+    from iic_survey.survey.classify import Classify, result_rows
+    from iic_survey.survey.config import CPU_MODEL_BATCH
+    from iic_survey.survey.stages import PartWriter, PixelReader
 
     torch.set_num_threads(1)
     cat = open_catalog(manifest.catalog_url)
@@ -205,7 +212,7 @@ def stage_costs(
         t0 = time.perf_counter()
         rec = pd.concat([writer(r) for r in results])
         for pixel, staged in rec.groupby("pixel")["rows"].sum().items():
-            output.commit_pixel(out, 5, int(pixel), int(staged))
+            commit.commit_pixel(out, 5, int(pixel), int(staged))
         res["write_s"] = (time.perf_counter() - t0) / int(rec["rows"].sum())
         res["receipt_bytes_per_source"] = rec.memory_usage(deep=True).sum() / rec["rows"].sum()
     return res
@@ -218,9 +225,11 @@ def _inference_alone(
     import ray
     from ray.data import ActorPoolStrategy
 
-    from iic_survey.catalog import PIPELINE_COLUMNS, open_catalog
-    from iic_survey.pipeline import CPU_MODEL_BATCH, Classify
-    from iic_survey.stamps import StampMaker
+    from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
+    from iic_survey.inputs.catalog import open_catalog
+    from iic_survey.stamps.maker import StampMaker
+    from iic_survey.survey.classify import Classify
+    from iic_survey.survey.config import CPU_MODEL_BATCH
 
     cat = open_catalog(manifest.catalog_url)
     frames = [cat.read_pixel(p, 5, columns=PIPELINE_COLUMNS) for p in pixels]
@@ -253,8 +262,10 @@ def _inference_alone(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from iic_survey.catalog import open_catalog
-    from iic_survey.pipeline import PipelineConfig, chunk_rows, run_pipeline
+    from iic_survey.inputs.catalog import open_catalog
+    from iic_survey.survey.config import PipelineConfig
+    from iic_survey.survey.run import run_pipeline
+    from iic_survey.survey.stages import chunk_rows
     from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
 
     res: dict[str, Any] = {"load_before": _load(), "nproc": os.cpu_count()}

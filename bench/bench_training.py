@@ -47,7 +47,8 @@ def _load() -> str:
 
 def training_set(args: argparse.Namespace, tmp: str) -> str:
     """``--data``, or a training set built from the tiny synthetic sky under ``tmp``."""
-    from iic_survey import labels, synthetic
+    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.training import build as labels
 
     if args.data:
         return str(args.data)
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     sys.path.insert(0, str(REPO))
-    from iic_survey import training
+    from iic_survey.training import checkpoints, config
+    from iic_survey.training import fit as training
     from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
 
     rows: list[dict[str, Any]] = []
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         head = start_local_ray(num_cpus=4)
         try:
             ray.init(address=head.gcs_address, log_to_driver=False)
-            cfg = training.TrainConfig(
+            cfg = config.TrainConfig(
                 data=data,
                 epochs=args.epochs,
                 batch_size=args.batch_size,
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             for rnd in range(args.rounds):  # layouts interleaved: a load swing hits all
                 for workers, cpus in LAYOUTS:
-                    run_settings = training.RunSettings(
+                    run_settings = config.RunSettings(
                         name=f"bench-{workers}x{cpus:g}-{rnd}",
                         storage_path=f"{tmp}/runs",
                         num_workers=workers,
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     result = training.fit(cfg, run_settings)
                     wall = time.perf_counter() - t0
                     with result.checkpoint.as_directory() as d:
-                        _, history = training.load_state(d)
+                        _, history = checkpoints.load_state(d)
                     rates = [h["images_per_s"] for h in history[1:]]  # epoch 0 warms up
                     rows.append(
                         {
@@ -208,10 +210,10 @@ def colour_cuts(data: str) -> dict[str, Any]:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.tree import DecisionTreeClassifier
 
-    from iic_survey import labels
+    from iic_survey.training import trainingset
 
     cols = ["features", "label", "w1mpro", "w2mpro", "w3mpro"]
-    tr, te = (labels.read_split(data, s, columns=cols) for s in ("train", "test"))
+    tr, te = (trainingset.read_split(data, s, columns=cols) for s in ("train", "test"))
 
     def colours(d: dict[str, Any]) -> Any:
         w23 = np.nan_to_num(d["w2mpro"] - d["w3mpro"], nan=0.0)  # W3 upper limits: 0
@@ -248,7 +250,11 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     sys.path.insert(0, str(REPO))
-    from iic_survey import CLASSES, labels, synthetic, training
+    from iic_survey.core.constants import CLASSES
+    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.training import build as labels
+    from iic_survey.training import config, trainingset
+    from iic_survey.training import fit as training
     from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
 
     work = pathlib.Path(args.workdir)
@@ -259,10 +265,10 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     if not (work / "sky" / "sky.json").exists():
         synthetic.write_sky(work / "sky", sky_cfg)
-    if not (work / "ts" / labels.MANIFEST).exists():
+    if not (work / "ts" / trainingset.MANIFEST).exists():
         labels.build_training_set(labels.TrainingSetConfig(sky=str(work / "sky")), str(work / "ts"))
     prep_s = time.perf_counter() - t0
-    manifest = labels.read_manifest(str(work / "ts"))
+    manifest = trainingset.read_manifest(str(work / "ts"))
     # A rerun keeps the models an earlier run already trained with the same settings.
     qfile = work / "quality.json"
     previous = json.loads(qfile.read_text()) if qfile.exists() else {}
@@ -280,7 +286,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ray.init(address=head.gcs_address, log_to_driver=False)
         for arch in args.archs:
-            cfg = training.TrainConfig(
+            cfg = config.TrainConfig(
                 data=str(work / "ts"),
                 arch=arch,
                 epochs=args.epochs,
@@ -296,7 +302,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"{arch}: kept from the earlier run ({done['model_dir']})", flush=True)
                 res["models"][arch] = {**done, "reused_from_earlier_run": True}
                 continue
-            run_settings = training.RunSettings(
+            run_settings = config.RunSettings(
                 name=f"quality-{arch}",
                 storage_path=str(work / "runs"),
                 model_dir=str(work / "models" / arch),
@@ -347,12 +353,14 @@ def depth_breakdown(res: dict[str, Any], work: pathlib.Path) -> dict[str, Any]:
     import torch
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from iic_survey import CLASSES, labels, metrics
-    from iic_survey.evaluation import predict
-    from iic_survey.model import load_model_dir
+    from iic_survey.core import metrics
+    from iic_survey.core.constants import CLASSES
+    from iic_survey.model.directory import load_model_dir
+    from iic_survey.model.ood import predict
+    from iic_survey.training import trainingset
 
     cols = ["cntr", "image", "features", "label", "w1mpro"]
-    test = labels.read_split(str(work / "ts"), "test", columns=cols)
+    test = trainingset.read_split(str(work / "ts"), "test", columns=cols)
     y, w1 = np.asarray(test["label"]), np.asarray(test["w1mpro"], dtype=float)
     probas: dict[str, Any] = {}
     for arch in res["models"]:
@@ -362,7 +370,7 @@ def depth_breakdown(res: dict[str, Any], work: pathlib.Path) -> dict[str, Any]:
                 bundle.model, test["image"], test["features"], torch.device("cpu"), 64
             )
         probas[arch] = metrics.softmax(logits, bundle.temperature or 1.0)
-    train = labels.read_split(str(work / "ts"), "train", columns=["features", "label"])
+    train = trainingset.read_split(str(work / "ts"), "train", columns=["features", "label"])
     gbt = HistGradientBoostingClassifier(random_state=0)
     gbt.fit(np.nan_to_num(train["features"]), train["label"])
     probas["gradient-boosted trees (catalog)"] = gbt.predict_proba(np.nan_to_num(test["features"]))

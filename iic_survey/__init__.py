@@ -1,11 +1,12 @@
-"""iic_survey: star / galaxy / quasar classification of AllWISE sources with IICnet on Ray."""
+"""iic_survey: star / galaxy / quasar classification of AllWISE sources with IICnet on Ray.
+
+The package is laid out along the data flow (see README, "Layout"): ``core`` (HEALPix maths,
+flags, metrics) -> ``inputs`` (the AllWISE catalog and the Atlas image archive) -> ``stamps``,
+``model``, ``output``, ``synthetic`` -> ``survey`` (the sky run), ``training`` and ``report``.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from iic_survey.core.constants import BANDS, CLASSES, __version__
 
-CLASSES: tuple[str, ...] = ("galaxy", "quasar", "star")
-"""Class names in the index order of every probability vector, label and logit."""
-
-BANDS: tuple[int, ...] = (1, 2, 3)
-"""WISE bands the model sees, mapped to image channels 0, 1, 2."""
+__all__ = ["BANDS", "CLASSES", "__version__"]

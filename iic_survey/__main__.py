@@ -16,9 +16,14 @@ import logging
 import sys
 from collections.abc import Callable
 
+from iic_survey.model import directory
+from iic_survey.output import export as output_export
+from iic_survey.output import reader as export
+from iic_survey.report import cli
+from iic_survey.synthetic import cli as synthetic_cli
+
 
 def _summary(argv: list[str]) -> int:
-    from iic_survey import export
 
     parser = argparse.ArgumentParser(prog="iic_survey summary")
     parser.add_argument("catalog", help="path or URL of an output catalog")
@@ -28,27 +33,23 @@ def _summary(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    from iic_survey import report
 
-    return report.cli(argv)
+    return cli.cli(argv)
 
 
 def _export(argv: list[str]) -> int:
-    from iic_survey import export
 
-    return export.cli(argv)
+    return output_export.cli(argv)
 
 
 def _model_info(argv: list[str]) -> int:
-    from iic_survey import model
 
-    return model.cli(argv)
+    return directory.cli(argv)
 
 
 def _make_sky(argv: list[str]) -> int:
-    from iic_survey import synthetic
 
-    return synthetic.cli(argv)
+    return synthetic_cli.cli(argv)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

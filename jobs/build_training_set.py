@@ -13,7 +13,9 @@ import json
 import logging
 import sys
 
-from iic_survey import labels, paths
+from iic_survey.core import paths
+from iic_survey.training import build as labels
+from iic_survey.training import sdss, splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +90,8 @@ def config_from_args(args: argparse.Namespace) -> labels.TrainingSetConfig:
         per_class=args.per_class,
         paper_counts=args.paper_counts,
         match_radius_arcsec=args.match_radius,
-        split=labels.SplitConfig(block_order=args.split_block_order),
-        sdss=labels.SDSSConfig(ra_range=tuple(args.sdss_ra), stripe_deg=args.sdss_stripe_deg),
+        split=splits.SplitConfig(block_order=args.split_block_order),
+        sdss=sdss.SDSSConfig(ra_range=tuple(args.sdss_ra), stripe_deg=args.sdss_stripe_deg),
         chunk_rows=args.chunk_rows,
     )
 
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = config_from_args(args)
     if config.source == "synthetic":
-        from iic_survey import synthetic
+        from iic_survey.synthetic import sky as synthetic
 
         try:
             synthetic.SkyManifest.load(config.sky)

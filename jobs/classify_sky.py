@@ -16,7 +16,7 @@ import os
 import pickle
 import sys
 
-from iic_survey import paths
+from iic_survey.core import paths
 
 logger = logging.getLogger("classify_sky")
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _default_sky() -> str:
     """The embedded synthetic sky's root, written with the demo settings if missing."""
-    from iic_survey import synthetic
+    from iic_survey.synthetic import sky as synthetic
 
     root = paths.default_sky()
     try:
@@ -97,7 +97,7 @@ def _default_sky() -> str:
 
 def _catalog(spec: str | None) -> str:
     """The catalog URL: the default sky's, or a synthetic sky root's (given as its root)."""
-    from iic_survey import synthetic
+    from iic_survey.synthetic import sky as synthetic
 
     if spec is None:
         return synthetic.catalog_url(_default_sky())
@@ -107,7 +107,7 @@ def _catalog(spec: str | None) -> str:
 
 
 def _images(spec: str | None, catalog: str) -> str:
-    from iic_survey import synthetic
+    from iic_survey.synthetic import sky as synthetic
 
     if spec is None:
         spec = "s3" if catalog.startswith("s3://") else "local"
@@ -136,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from iic_survey.output import OutputError
-    from iic_survey.pipeline import PipelineConfig, PipelineError, run_pipeline
-    from iic_survey.storage import CatalogError
+    from iic_survey.inputs.storage import CatalogError
+    from iic_survey.output.writer import OutputError
+    from iic_survey.survey.config import PipelineConfig, PipelineError
+    from iic_survey.survey.run import run_pipeline
 
     catalog = _catalog(args.catalog)
     images = _images(args.images, catalog)

@@ -12,19 +12,20 @@ import logging
 import sys
 import time
 
-from iic_survey import synthetic
+from iic_survey.synthetic import cli
+from iic_survey.synthetic import sky as synthetic
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, write the sky, print a summary; exit status 2 on bad arguments."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    synthetic.add_sky_arguments(parser)
+    cli.add_sky_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     try:
         manifest = synthetic.write_sky(
-            args.root, synthetic.config_from_args(args), overwrite=args.overwrite
+            args.root, cli.config_from_args(args), overwrite=args.overwrite
         )
     except (ValueError, FileExistsError) as exc:
         print(f"make_sky: error: {exc}", file=sys.stderr)

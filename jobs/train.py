@@ -15,7 +15,10 @@ import logging
 import sys
 from typing import Any
 
-from iic_survey import labels, paths, training
+from iic_survey.core import paths
+from iic_survey.training import build as labels
+from iic_survey.training import config as training_config
+from iic_survey.training import fit as training
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -37,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    d = training.TrainConfig(data="")
+    d = training_config.TrainConfig(data="")
     p = argparse.ArgumentParser(
         prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=training.PRECISIONS,
+        choices=training_config.PRECISIONS,
         default=d.precision,
         help="autocast on GPU: auto = bf16 where supported, else fp16",
     )
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    config = training.TrainConfig(
+    config = training_config.TrainConfig(
         data=args.data,
         arch=args.arch,
         epochs=args.epochs,
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.num_workers
     if workers is None:
         workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 2
-    run = training.RunSettings(
+    run = training_config.RunSettings(
         name=args.name,
         storage_path=args.storage_path,
         model_dir=args.model_dir,

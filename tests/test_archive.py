@@ -15,20 +15,16 @@ from astropy.io import fits
 from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 
-from iic_survey.archive import (
+from iic_survey.inputs.archive import (
     IRSA_IBE_URL,
     IRSA_S3_URL,
-    ArchiveAccessDenied,
-    CutoutService,
-    RetryPolicy,
-    ServiceConfig,
     TileArchive,
-    TileCorrupt,
-    TileMissing,
     normalize_coadd_id,
-    sia_lookup,
     tile_key,
 )
+from iic_survey.inputs.errors import ArchiveAccessDenied, TileCorrupt, TileMissing
+from iic_survey.inputs.ibe import CutoutService, ServiceConfig, sia_lookup
+from iic_survey.inputs.retry import RetryPolicy
 from tests.fixtures.irsa import AtlasPair, IrsaServer
 
 A, B = "1512p000_ac51", "1527p000_ac51"

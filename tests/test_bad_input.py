@@ -40,8 +40,12 @@ import torch
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from iic_survey import CLASSES, export, model, synthetic, training
-from iic_survey.flags import UNCLASSIFIABLE, QualityFlag
+from iic_survey.core.constants import CLASSES
+from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
+from iic_survey.model import directory
+from iic_survey.output import reader as export
+from iic_survey.synthetic import sky as synthetic
+from iic_survey.training import checkpoints
 from tests.fixtures.jobs import load_job
 from tests.test_pipeline import make_model_dir
 
@@ -258,9 +262,9 @@ def test_wrong_dtypes_are_named(job, ray_cluster, sky, model_dir, tmp_path, caps
 
 
 def _edit_model_json(path: Path, **changes: Any) -> None:
-    doc = json.loads((path / model.META_FILE).read_text())
+    doc = json.loads((path / directory.META_FILE).read_text())
     doc.update(changes)
-    (path / model.META_FILE).write_text(json.dumps(doc))
+    (path / directory.META_FILE).write_text(json.dumps(doc))
 
 
 @pytest.mark.slow
@@ -270,12 +274,12 @@ def test_foreign_model_directory_is_refused(
 ):
     bad = tmp_path / "model"
     shutil.copytree(model_dir, bad)
-    doc = json.loads((bad / model.META_FILE).read_text())
+    doc = json.loads((bad / directory.META_FILE).read_text())
     if fault == "other_architecture":  # weights of an iicnet, model.json says fusion
         _edit_model_json(bad, config={**doc["config"], "arch": "fusion"})
         expect = "does not fit a 'fusion' model"
     else:
-        _edit_model_json(bad, format_version=model.FORMAT_VERSION + 1)
+        _edit_model_json(bad, format_version=directory.FORMAT_VERSION + 1)
         expect = "upgrade iic_survey"
     code, msg = run_job(job, capsys, job_args(sky.catalog_url, str(bad), tmp_path / "out"))
     assert code != 0 and expect in msg and str(bad) in msg, msg
@@ -333,14 +337,14 @@ def test_model_weights_that_are_not_a_state_dict_are_never_unpickled(
     shutil.copytree(model_dir, bad)
     obj: Any = _Payload(marker)
     if payload == "whole_module":  # a pickled nn.Module (not a state_dict): code by reference
-        obj = {"model": model.load_model_dir(model_dir).model, "hook": _Payload(marker)}
-    _plant(bad / model.WEIGHTS_FILE, obj)
-    doc = json.loads((bad / model.META_FILE).read_text())  # the hash matches: only
+        obj = {"model": directory.load_model_dir(model_dir).model, "hook": _Payload(marker)}
+    _plant(bad / directory.WEIGHTS_FILE, obj)
+    doc = json.loads((bad / directory.META_FILE).read_text())  # the hash matches: only
     _edit_model_json(  # weights_only=True stands between the file and its code
-        bad, weights={**doc["weights"], "sha256": model._sha256(bad / model.WEIGHTS_FILE)}
+        bad, weights={**doc["weights"], "sha256": directory._sha256(bad / directory.WEIGHTS_FILE)}
     )
     with pytest.raises((pickle.UnpicklingError, ValueError), match=r"(?i)weights.only"):
-        model.load_model_dir(bad)
+        directory.load_model_dir(bad)
     assert not marker.exists(), "the checkpoint's pickle was executed"
     ledger.append(
         {
@@ -356,13 +360,13 @@ def test_job_refuses_a_pickle_payload_model(job, ray_cluster, sky, model_dir, tm
     marker = tmp_path / "pwned"
     bad = tmp_path / "model"
     shutil.copytree(model_dir, bad)
-    _plant(bad / model.WEIGHTS_FILE, _Payload(marker))
-    doc = json.loads((bad / model.META_FILE).read_text())
+    _plant(bad / directory.WEIGHTS_FILE, _Payload(marker))
+    doc = json.loads((bad / directory.META_FILE).read_text())
     _edit_model_json(
-        bad, weights={**doc["weights"], "sha256": model._sha256(bad / model.WEIGHTS_FILE)}
+        bad, weights={**doc["weights"], "sha256": directory._sha256(bad / directory.WEIGHTS_FILE)}
     )
     code, msg = run_job(job, capsys, job_args(sky.catalog_url, str(bad), tmp_path / "out"))
-    assert code != 0 and str(bad / model.WEIGHTS_FILE) in msg, msg
+    assert code != 0 and str(bad / directory.WEIGHTS_FILE) in msg, msg
     assert not marker.exists(), "the model's pickle was executed"
     assert not (tmp_path / "out").exists()
 
@@ -372,10 +376,10 @@ def test_training_checkpoint_that_is_not_a_state_dict_is_never_unpickled(tmp_pat
     marker = tmp_path / "pwned"
     ck = tmp_path / "checkpoint"
     ck.mkdir()
-    _plant(ck / training.STATE_FILE, {"epoch": 3, "model": _Payload(marker)})
-    (ck / training.HISTORY_FILE).write_text("[]")
+    _plant(ck / checkpoints.STATE_FILE, {"epoch": 3, "model": _Payload(marker)})
+    (ck / checkpoints.HISTORY_FILE).write_text("[]")
     with pytest.raises((pickle.UnpicklingError, ValueError), match=r"(?i)weights.only"):
-        training.load_state(ck)
+        checkpoints.load_state(ck)
     assert not marker.exists(), "the checkpoint's pickle was executed"
     ledger.append(
         {

@@ -22,8 +22,9 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from fsspec.implementations.local import LocalFileSystem
 
-from iic_survey import catalog as cat
-from iic_survey import sky
+from iic_survey.core import sky
+from iic_survey.inputs import allwise_schema, storage
+from iic_survey.inputs import catalog as cat
 from tests.fixtures.s3 import BUCKET, RequestLog, upload_tree
 
 SEAM = (0.3, 0.2, 1.0)
@@ -213,8 +214,8 @@ def test_column_projection_reads_requested_columns_only(
 ) -> None:
     root, _ = local
     c = cat.open_catalog(str(root))
-    df = c.read_pixel(1, 5, columns=list(cat.PIPELINE_COLUMNS))
-    assert list(df.columns) == list(cat.PIPELINE_COLUMNS)
+    df = c.read_pixel(1, 5, columns=list(allwise_schema.PIPELINE_COLUMNS))
+    assert list(df.columns) == list(allwise_schema.PIPELINE_COLUMNS)
     full = c.read_pixel(1, 5)
     assert set(full.columns) == set(c.schema.names)
 
@@ -274,16 +275,16 @@ def test_missing_root_names_url_and_layout(tmp_path: Path) -> None:
 def test_missing_required_columns_are_listed(tmp_path: Path) -> None:
     write_catalog(tmp_path, pixels=(0,), drop=("coadd_id", "wx"))
     cat.open_catalog(str(tmp_path))  # fine for a cone search: ra, dec, cntr are there
-    with pytest.raises(cat.CatalogSchemaError, match=r"\['coadd_id', 'wx'\]"):
-        cat.open_catalog(str(tmp_path), require=cat.PIPELINE_COLUMNS)
+    with pytest.raises(allwise_schema.CatalogSchemaError, match=r"\['coadd_id', 'wx'\]"):
+        cat.open_catalog(str(tmp_path), require=allwise_schema.PIPELINE_COLUMNS)
     c = cat.open_catalog(str(tmp_path))
-    with pytest.raises(cat.CatalogSchemaError, match="did you mean"):
+    with pytest.raises(allwise_schema.CatalogSchemaError, match="did you mean"):
         c.read_pixel(0, 5, columns=["cntr", "w1mpr"])
 
 
 def test_wrong_dtypes_are_refused(tmp_path: Path) -> None:
     write_catalog(tmp_path, pixels=(0,), cast={"ra": pa.string(), "cntr": pa.float64()})
-    with pytest.raises(cat.CatalogSchemaError, match="wrong type") as err:
+    with pytest.raises(allwise_schema.CatalogSchemaError, match="wrong type") as err:
         cat.open_catalog(str(tmp_path))
     assert "ra: string" in str(err.value) and "cntr: double" in str(err.value)
 
@@ -459,7 +460,7 @@ def test_s3_access_denied_is_a_clear_permission_error(
 ) -> None:
     with pytest.raises(PermissionError, match="access denied reading s3://private-copy") as err:
         cat.open_catalog(s3_catalogs["private"], endpoint_url=s3_server)
-    assert isinstance(err.value, cat.CatalogAccessError)
+    assert isinstance(err.value, storage.CatalogAccessError)
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no botocore stack
 
 
@@ -489,7 +490,7 @@ def sky_manifest(request: pytest.FixtureRequest) -> Any:
 
 
 def test_tiny_sky_catalog(sky_manifest: Any) -> None:
-    c = cat.open_catalog(sky_manifest.catalog_url, require=cat.PIPELINE_COLUMNS)
+    c = cat.open_catalog(sky_manifest.catalog_url, require=allwise_schema.PIPELINE_COLUMNS)
     assert c.has_metadata
     np.testing.assert_array_equal(c.pixels(), sorted(sky_manifest.pixels))
     assert sum(c.count(int(p)) for p in c.pixels()) == sky_manifest.n_sources
@@ -513,11 +514,11 @@ def test_tiny_sky_on_s3(
     root = request.getfixturevalue("s3_sky")
     assert root == "s3://nasa-irsa-wise/wise/allwise"
     url = f"{root}/catalogs/p3as_psd/healpix_k5/wise-allwise.parquet"
-    c = cat.open_catalog(url, endpoint_url=s3_server, require=cat.PIPELINE_COLUMNS)
+    c = cat.open_catalog(url, endpoint_url=s3_server, require=allwise_schema.PIPELINE_COLUMNS)
     pixels = c.pixels()
     s3_requests.clear()
     pixel = int(pixels[0])
-    df = c.read_pixel(pixel, 5, list(cat.PIPELINE_COLUMNS))
+    df = c.read_pixel(pixel, 5, list(allwise_schema.PIPELINE_COLUMNS))
     assert len(df) == c.count(pixel)
     assert set(_objects(s3_requests, "GET")) == {rel(pixel)}, s3_requests.snapshot()
 
@@ -529,7 +530,7 @@ def test_tiny_sky_on_s3(
 @pytest.mark.remote_data
 def test_real_allwise_bucket() -> None:
     c = cat.open_catalog(cat.IRSA_ALLWISE_URL, anon=True)
-    missing = [col for col in cat.PIPELINE_COLUMNS if col not in c.schema.names]
+    missing = [col for col in allwise_schema.PIPELINE_COLUMNS if col not in c.schema.names]
     assert not missing
     pixel = int(sky.pixel_of(np.array([150.0]), np.array([2.2]), 5)[0])  # COSMOS
     df = c.read_pixel(pixel, 5, columns=["cntr", "ra", "dec", "w1mpro"])

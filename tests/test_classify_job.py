@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from iic_survey import output
+from iic_survey.output import writer as output
 from tests.fixtures.jobs import load_job
 
 

@@ -15,16 +15,14 @@ from astropy.io import fits
 from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 
-from iic_survey import cutouts
-from iic_survey.archive import (
-    ArchiveAccessDenied,
-    RetryPolicy,
-    ServiceConfig,
-    TileArchive,
-    normalize_coadd_id,
-)
-from iic_survey.cutouts import CutoutConfig, Stamps, cut_sources, cut_stamps
-from iic_survey.flags import QualityFlag as Q
+from iic_survey.core.flags import QualityFlag as Q
+from iic_survey.inputs.archive import TileArchive, normalize_coadd_id
+from iic_survey.inputs.errors import ArchiveAccessDenied
+from iic_survey.inputs.ibe import ServiceConfig
+from iic_survey.inputs.retry import RetryPolicy
+from iic_survey.stamps import cutter
+from iic_survey.stamps.cutouts import CutoutConfig, Stamps, cut_stamps
+from iic_survey.stamps.cutter import cut_sources
 from tests.fixtures.irsa import AtlasPair, IrsaServer
 
 A, B = "1512p000_ac51", "1527p000_ac51"
@@ -171,13 +169,13 @@ def test_one_read_per_tile_and_band(
     atlas_pair: AtlasPair, local: TileArchive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[tuple[str, int]] = []
-    real = cutouts._Cutter._read_band
+    real = cutter._Cutter._read_band
 
     def counting(self: object, cid: str, band: int, rows: np.ndarray) -> object:
         reads.append((cid, band))
         return real(self, cid, band, rows)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cutouts._Cutter, "_read_band", counting)
+    monkeypatch.setattr(cutter._Cutter, "_read_band", counting)
     many = pd.concat([atlas_pair.sources] * 20, ignore_index=True)
     cut_sources(many, local, CFG)
     assert sorted(reads) == sorted((t, b) for t in (A, B) for b in (1, 2, 3))

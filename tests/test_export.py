@@ -10,7 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iic_survey import CLASSES, export, output, sky
+from iic_survey.core import sky
+from iic_survey.core.constants import CLASSES
+from iic_survey.output import export as output_export
+from iic_survey.output import reader as export
+from iic_survey.output import schema
 from tests.test_output import ORDER, fake_results, write_catalog
 
 
@@ -70,7 +74,7 @@ def test_filters_columns_and_pixels(catalog: str, results) -> None:
     assert set(got["cntr"]) == set(df.loc[h1 == h1[0], "cntr"])
 
     empty = export.read(catalog, cone=(10.0, -60.0, 1.0))
-    assert len(empty) == 0 and list(empty.columns) == output.OUTPUT_SCHEMA.names
+    assert len(empty) == 0 and list(empty.columns) == schema.OUTPUT_SCHEMA.names
     assert list(empty["class"].cat.categories) == list(CLASSES)
 
 
@@ -106,19 +110,19 @@ def test_export_keeps_units_and_descriptions(tmp_path: Path, catalog: str, suffi
     from astropy.table import Table
 
     dest = tmp_path / f"quasars{suffix}"
-    export.export(catalog, str(dest), classes=["quasar", "star"], cone=(150.0, 20.0, 5.0))
+    output_export.export(catalog, str(dest), classes=["quasar", "star"], cone=(150.0, 20.0, 5.0))
     back = Table.read(dest)
     rows = export.read(catalog, classes=["quasar", "star"], cone=(150.0, 20.0, 5.0))
     assert len(back) == len(rows) > 0
     assert back["ra"].unit == "deg" and back["w1mpro"].unit == "mag"
     for name in ("ra", "p_quasar", "class", "quality_flags", "is_outlier"):
         # XML may re-wrap the DESCRIPTION text: compare words
-        assert back[name].description.split() == output.COLUMN_DOCS[name]["description"].split()
+        assert back[name].description.split() == schema.COLUMN_DOCS[name]["description"].split()
     np.testing.assert_allclose(np.asarray(back["ra"]), rows["ra"])
     assert [str(c) for c in back["class"]] == rows["class"].astype(str).tolist()
     assert np.asarray(back["cntr"]).tolist() == rows["cntr"].tolist()
     with pytest.raises(FileExistsError):
-        export.export(catalog, str(dest))
+        output_export.export(catalog, str(dest))
     if suffix == ".fits":
         from astropy.io import fits
 
@@ -133,22 +137,25 @@ def test_export_masks_nulls_and_refuses_bad_requests(tmp_path: Path, results) ->
     df = results[0].iloc[:200].copy()
     df["class"] = pd.Categorical(df["class"], categories=list(CLASSES))
     dest = tmp_path / "sel.xml"
-    export.export(df, str(dest))
+    output_export.export(df, str(dest))
     back = Table.read(dest)
     null = df["p_star"].isna().to_numpy()
     assert null.any()
     assert np.array_equal(np.ma.getmaskarray(back["p_star"]), null)
     with pytest.raises(ValueError, match="format"):
-        export.export(df, str(tmp_path / "sel.csv"))
+        output_export.export(df, str(tmp_path / "sel.csv"))
     with pytest.raises(ValueError, match="max_rows"):
-        export.export(df, str(tmp_path / "big.fits"), max_rows=10)
+        output_export.export(df, str(tmp_path / "big.fits"), max_rows=10)
     with pytest.raises(TypeError, match="catalog path"):
-        export.export(df, str(tmp_path / "q.fits"), classes=["star"])
+        output_export.export(df, str(tmp_path / "q.fits"), classes=["star"])
 
 
 def test_cli_and_summary(tmp_path: Path, catalog: str, results) -> None:
     dest = tmp_path / "q.fits"
-    assert export.cli([catalog, str(dest), "--class", "quasar", "--columns", "cntr,ra,dec"]) == 0
+    assert (
+        output_export.cli([catalog, str(dest), "--class", "quasar", "--columns", "cntr,ra,dec"])
+        == 0
+    )
     from astropy.table import Table
 
     back = Table.read(dest)

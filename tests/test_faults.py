@@ -47,9 +47,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iic_survey import CLASSES, export, output
-from iic_survey.flags import UNCLASSIFIABLE, QualityFlag
-from iic_survey.pipeline import PipelineConfig, run_pipeline
+from iic_survey.core.constants import CLASSES
+from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
+from iic_survey.output import reader as export
+from iic_survey.output import schema
+from iic_survey.survey.config import PipelineConfig
+from iic_survey.survey.run import run_pipeline
 from tests.fixtures.jobs import load_job
 from tests.fixtures.s3 import s3_filesystem
 from tests.test_pipeline import make_model_dir
@@ -128,7 +131,7 @@ def tally(got: pd.DataFrame, want_cntr: pd.Series) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def input_cntr(tiny_sky: Any) -> pd.Series:
-    from iic_survey.catalog import open_catalog
+    from iic_survey.inputs.catalog import open_catalog
 
     cat = open_catalog(tiny_sky.catalog_url)
     return cat.read_pixels(tiny_sky.pixels, 5, columns=["cntr"])["cntr"]
@@ -280,7 +283,7 @@ def test_driver_killed_after_k_pixels_then_rerun_equals_clean_run(
     before = markers(out)
     k = len(before)
     assert 1 <= k < n, f"killed after {k} of {n} pixels: {log.read_text()[-2000:]}"
-    files = {p: output.pixel_file(str(out), 5, p) for p in before}
+    files = {p: schema.pixel_file(str(out), 5, p) for p in before}
     stamp = {p: _fingerprint(f) for p, f in files.items()}
     # a reader of the interrupted catalog sees exactly the k committed pixels, complete
     partial = catalog_of(out)
@@ -322,7 +325,7 @@ def test_driver_killed_after_k_pixels_then_rerun_equals_clean_run(
 def test_flaky_cutout_service_flags_what_still_fails_and_loses_nothing(
     ray_cluster, job, irsa, tiny_sky, model_dir, clean, tmp_path, ledger
 ):
-    from iic_survey.catalog import open_catalog
+    from iic_survey.inputs.catalog import open_catalog
 
     cat = open_catalog(tiny_sky.catalog_url)
     counts = {int(p): cat.count(int(p), 5) for p in tiny_sky.pixels}
@@ -473,10 +476,10 @@ class Reader(threading.Thread):
             time.sleep(0.1)
 
     def look(self) -> None:
-        fs, root = output.resolve(self.url, self.fs)
+        fs, root = schema.resolve(self.url, self.fs)
         for order, pixel in export.partitions(self.url, self.fs):
-            marker = json.loads(fs.cat_file(output.marker_path(root, order, pixel)))
-            data = fs.cat_file(output.pixel_file(root, order, pixel))
+            marker = json.loads(fs.cat_file(schema.marker_path(root, order, pixel)))
+            data = fs.cat_file(schema.pixel_file(root, order, pixel))
             rows = export.read(self.url, pixels=(order, [pixel]), filesystem=self.fs)
             if hashlib.sha256(data).hexdigest() != marker["sha256"]:
                 self.violations.append(f"pixel {pixel}: file differs from its marker")

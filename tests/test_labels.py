@@ -15,7 +15,10 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from iic_survey import CLASSES, labels, sky
+from iic_survey.core import sky
+from iic_survey.core.constants import CLASSES
+from iic_survey.training import build as labels
+from iic_survey.training import crossmatch, sdss, splits, trainingset
 from tests.fixtures.jobs import load_job
 
 # ---------------------------------------------------------------------------------------------
@@ -24,7 +27,7 @@ from tests.fixtures.jobs import load_job
 
 def test_hash_unit_is_blake2b_of_little_endian_int64_bytes():
     ids = np.array([0, 1, -5, 2**62], dtype=np.int64)
-    u_ = labels.hash_unit(ids, "k")
+    u_ = splits.hash_unit(ids, "k")
     for i, x in zip(ids, u_, strict=True):
         h = hashlib.blake2b(int(i).to_bytes(8, "little", signed=True), digest_size=8, key=b"k")
         assert x == (int.from_bytes(h.digest(), "little") >> 11) / 2**53
@@ -35,15 +38,15 @@ def test_split_is_deterministic_order_free_and_8_1_1():
     rng = np.random.default_rng(1)
     cntr = rng.choice(10**12, 20_000, replace=False).astype(np.int64)
     ra, dec = rng.uniform(0, 360, cntr.size), rng.uniform(-60, 60, cntr.size)
-    split = labels.assign_split(cntr, ra, dec)
+    split = splits.assign_split(cntr, ra, dec)
     perm = rng.permutation(cntr.size)
-    assert np.array_equal(labels.assign_split(cntr[perm], ra[perm], dec[perm]), split[perm])
+    assert np.array_equal(splits.assign_split(cntr[perm], ra[perm], dec[perm]), split[perm])
     frac = pd.Series(split).value_counts(normalize=True)
     assert frac["train"] == pytest.approx(0.8, abs=0.01)
     assert frac["val"] == pytest.approx(0.1, abs=0.01)
     assert frac["test"] == pytest.approx(0.1, abs=0.01)
     # Pinned values: the split of a source must never change between machines or releases.
-    pinned = labels.assign_split(np.arange(1, 13), np.zeros(12), np.zeros(12))
+    pinned = splits.assign_split(np.arange(1, 13), np.zeros(12), np.zeros(12))
     assert list(pinned) == [
         "train",
         "train",
@@ -58,7 +61,7 @@ def test_split_is_deterministic_order_free_and_8_1_1():
         "train",
         "train",
     ]
-    other = labels.assign_split(cntr, ra, dec, labels.SplitConfig(key="another"))
+    other = splits.assign_split(cntr, ra, dec, splits.SplitConfig(key="another"))
     assert (other != split).mean() > 0.2
 
 
@@ -66,18 +69,18 @@ def test_blocked_split_keeps_each_healpix_pixel_in_one_split():
     rng = np.random.default_rng(2)
     ra, dec = rng.uniform(10, 12, 5000), rng.uniform(-1, 1, 5000)
     cntr = np.arange(5000, dtype=np.int64)
-    split = labels.assign_split(cntr, ra, dec, labels.SplitConfig(block_order=8))
+    split = splits.assign_split(cntr, ra, dec, splits.SplitConfig(block_order=8))
     pix = sky.pixel_of(ra, dec, 8)
     per_pixel = pd.DataFrame({"pix": pix, "split": split}).groupby("pix")["split"].nunique()
     assert per_pixel.max() == 1
-    assert set(split) == set(labels.SPLITS)
+    assert set(split) == set(splits.SPLITS)
 
 
 def test_split_config_checks_itself():
     with pytest.raises(ValueError, match="sum"):
-        labels.SplitConfig(fractions=(0.8, 0.1, 0.2))
+        splits.SplitConfig(fractions=(0.8, 0.1, 0.2))
     with pytest.raises(ValueError):
-        labels.SplitConfig(block_order=30)
+        splits.SplitConfig(block_order=30)
 
 
 def _labelled(n_per_class: dict[str, int], seed: int = 0) -> pd.DataFrame:
@@ -89,25 +92,25 @@ def _labelled(n_per_class: dict[str, int], seed: int = 0) -> pd.DataFrame:
 
 def test_balance_to_rarest_class_and_to_targets():
     df = _labelled({"galaxy": 500, "quasar": 120, "star": 300})
-    out = labels.balance(df)
+    out = splits.balance(df)
     assert out["class"].value_counts().to_dict() == dict.fromkeys(CLASSES, 120)
-    out = labels.balance(df, {"galaxy": 50, "quasar": 40, "star": 30})
+    out = splits.balance(df, {"galaxy": 50, "quasar": 40, "star": 30})
     assert out["class"].value_counts().to_dict() == {"galaxy": 50, "quasar": 40, "star": 30}
     # Row order does not matter, and a smaller target keeps a subset of a larger one.
     shuffled = df.sample(frac=1, random_state=3)
-    assert set(labels.balance(shuffled, 60)["cntr"]) == set(labels.balance(df, 60)["cntr"])
-    assert set(labels.balance(df, 30)["cntr"]) <= set(labels.balance(df, 60)["cntr"])
+    assert set(splits.balance(shuffled, 60)["cntr"]) == set(splits.balance(df, 60)["cntr"])
+    assert set(splits.balance(df, 30)["cntr"]) <= set(splits.balance(df, 60)["cntr"])
 
 
 def test_balance_keeps_all_of_a_short_class_and_rejects_bad_input(caplog):
     df = _labelled({"galaxy": 10, "quasar": 5, "star": 10})
-    out = labels.balance(df, 8)
+    out = splits.balance(df, 8)
     assert out["class"].value_counts().to_dict() == {"galaxy": 8, "quasar": 5, "star": 8}
     assert "fewer than" in caplog.text
     with pytest.raises(ValueError, match="did you mean 'quasar'"):
-        labels.balance(df, {"quasars": 3})
+        splits.balance(df, {"quasars": 3})
     with pytest.raises(ValueError, match="no labelled sources"):
-        labels.balance(df[df["class"] != "star"])
+        splits.balance(df[df["class"] != "star"])
 
 
 def test_paper_counts_match_table_1():
@@ -170,7 +173,7 @@ def test_crossmatch_agrees_with_an_independent_astropy_separation():
         }
     )
     catalog = MemoryCatalog(cat)
-    out = labels.crossmatch(spectra, catalog, radius_arcsec=2.5, columns=["w1mpro"])
+    out = crossmatch.crossmatch(spectra, catalog, radius_arcsec=2.5, columns=["w1mpro"])
     assert len(catalog.reads) == len(set(catalog.reads))  # each pixel read once
 
     # Independent answer: brute-force nearest source by SkyCoord.separation.
@@ -202,7 +205,7 @@ def test_crossmatch_finds_a_counterpart_across_a_pixel_edge():
     cat = pd.DataFrame({"cntr": [1], "ra": [ra], "dec": [dec0]})
     spec = pd.DataFrame({"ra": [ra + 1.5 / 3600], "dec": [dec0], "class": ["star"]})
     assert sky.pixel_of(spec["ra"], spec["dec"], 5)[0] != lo
-    out = labels.crossmatch(spec, MemoryCatalog(cat), radius_arcsec=2.5)
+    out = crossmatch.crossmatch(spec, MemoryCatalog(cat), radius_arcsec=2.5)
     assert list(out["cntr"]) == [1]
 
 
@@ -212,7 +215,7 @@ def test_pixels_near_covers_every_pixel_a_match_circle_touches():
     rng = np.random.default_rng(9)
     ra, dec = rng.uniform(0, 360, 400), rng.uniform(-89, 89, 400)
     r = 60.0  # arcsec: large, so many circles straddle edges at order 8
-    rows, pix = labels.pixels_near(ra, dec, r, order=8)
+    rows, pix = crossmatch.pixels_near(ra, dec, r, order=8)
     for i in range(len(ra)):
         vec = hp.ang2vec(ra[i], dec[i], lonlat=True)
         exact = set(hp.query_disc(256, vec, np.radians(r / 3600), nest=True, inclusive=False))
@@ -240,7 +243,7 @@ class SkyServerStandIn(http.server.BaseHTTPRequestHandler):
             return
         sql = q["cmd"][0]
         type(self).queries.append(sql)
-        lo, hi = labels.stripe_of_sql(sql)
+        lo, hi = sdss.stripe_of_sql(sql)
         t = self.table
         rows = t[(t["ra"] >= lo) & (t["ra"] < hi)].head(self.cap)
         body = ("#Table1\n" + rows.to_csv(index=False)).encode()
@@ -287,8 +290,8 @@ def _spectra(n: int, seed: int = 0) -> pd.DataFrame:
 def test_fetch_sdss_pages_by_ra_and_halves_full_stripes(skyserver):
     table = _spectra(900)
     skyserver.table, skyserver.cap = table, 200
-    cfg = labels.SDSSConfig(ra_range=(0.0, 40.0), stripe_deg=10.0, row_cap=200)
-    out = labels.fetch_sdss(cfg)
+    cfg = sdss.SDSSConfig(ra_range=(0.0, 40.0), stripe_deg=10.0, row_cap=200)
+    out = sdss.fetch_sdss(cfg)
     assert len(out) == len(table)
     assert set(out["specobjid"]) == set(table["specobjid"])  # uint64 ids survive
     assert out["specobjid"].dtype == np.uint64
@@ -300,24 +303,24 @@ def test_fetch_sdss_pages_by_ra_and_halves_full_stripes(skyserver):
 def test_fetch_sdss_refuses_to_bisect_forever(skyserver):
     table = _spectra(50).assign(ra=1.0)  # 50 rows at one RA: no stripe gets under the cap
     skyserver.table, skyserver.cap = table, 10
-    cfg = labels.SDSSConfig(ra_range=(0.0, 2.0), stripe_deg=2.0, row_cap=10, min_stripe_deg=0.1)
+    cfg = sdss.SDSSConfig(ra_range=(0.0, 2.0), stripe_deg=2.0, row_cap=10, min_stripe_deg=0.1)
     with pytest.raises(RuntimeError, match="still returns"):
-        labels.fetch_sdss(cfg)
+        sdss.fetch_sdss(cfg)
 
 
 def test_sdss_sql_is_the_documented_query_with_a_stripe():
-    sql = labels.sdss_sql(10, 20)
+    sql = sdss.sdss_sql(10, 20)
     assert sql.startswith(
         "SELECT s.specobjid, s.ra, s.dec, s.class, s.z FROM SpecObj s WHERE "
         "s.zWarning = 0 AND s.class IN ('GALAXY','QSO','STAR')"
     )
-    assert labels.stripe_of_sql(sql) == (10.0, 20.0)
+    assert sdss.stripe_of_sql(sql) == (10.0, 20.0)
 
 
 @pytest.mark.remote_data
 def test_real_skyserver_answers_one_small_stripe():
-    cfg = labels.SDSSConfig(ra_range=(180.0, 180.05), stripe_deg=0.05, timeout_s=120)
-    out = labels.fetch_sdss(cfg)
+    cfg = sdss.SDSSConfig(ra_range=(180.0, 180.05), stripe_deg=0.05, timeout_s=120)
+    out = sdss.fetch_sdss(cfg)
     assert len(out) > 0
     assert set(out["class"]) <= set(CLASSES)
     assert out["ra"].between(180.0, 180.05).all()
@@ -347,11 +350,11 @@ def recorded(skyserver, tiny_sky):
 
 
 def test_recorded_spectra_crossmatch_onto_their_sources(recorded, skyserver, tiny_sky):
-    from iic_survey.catalog import open_catalog
+    from iic_survey.inputs.catalog import open_catalog
 
-    spectra = labels.fetch_sdss(labels.SDSSConfig(stripe_deg=60.0))
+    spectra = sdss.fetch_sdss(sdss.SDSSConfig(stripe_deg=60.0))
     assert len(spectra) == len(skyserver.table)
-    out = labels.crossmatch(spectra, open_catalog(tiny_sky.catalog_url), radius_arcsec=2.5)
+    out = crossmatch.crossmatch(spectra, open_catalog(tiny_sky.catalog_url), radius_arcsec=2.5)
     got = dict(zip(out["specobjid"].astype(str), out["cntr"].astype(int), strict=True))
     for sid, cntr in recorded["match"].items():
         if cntr < 0:
@@ -376,14 +379,14 @@ def test_build_training_set_from_recorded_sdss_spectra(recorded, tiny_sky, tmp_p
         source="sdss",
         catalog=tiny_sky.catalog_url,
         images=tiny_sky.root,
-        sdss=labels.SDSSConfig(stripe_deg=90.0),
+        sdss=sdss.SDSSConfig(stripe_deg=90.0),
         chunk_rows=100,
     )
     man = labels.build_training_set(cfg, str(tmp_path / "ts"))
-    per_class = {c: sum(man["counts"][s][c] for s in labels.SPLITS) for c in CLASSES}
+    per_class = {c: sum(man["counts"][s][c] for s in splits.SPLITS) for c in CLASSES}
     assert len(set(per_class.values())) == 1 or man["dropped"] > 0
     assert sum(per_class.values()) >= 3 * 100
-    test = labels.read_split(str(tmp_path / "ts"), "train")
+    test = trainingset.read_split(str(tmp_path / "ts"), "train")
     assert test["image"].shape[1:] == (3, 80, 80)
     assert {"specobjid", "z", "sep_arcsec", "label"} <= set(test)
     assert np.all(test["sep_arcsec"] <= 2.5)
@@ -397,7 +400,7 @@ def _build_job(repo_root):
 def test_build_job_labels_the_synthetic_sky_balanced_split_and_deterministic(
     repo_root, tiny_sky, tmp_path, capsys
 ):
-    from iic_survey import synthetic
+    from iic_survey.synthetic import sky as synthetic
 
     job = _build_job(repo_root)
     out = tmp_path / "ts"
@@ -408,18 +411,18 @@ def test_build_job_labels_the_synthetic_sky_balanced_split_and_deterministic(
         == 0
     )
     assert '"training_set"' in capsys.readouterr().out
-    man = labels.read_manifest(str(out))
-    per_class = {c: sum(man["counts"][s][c] for s in labels.SPLITS) for c in CLASSES}
+    man = trainingset.read_manifest(str(out))
+    per_class = {c: sum(man["counts"][s][c] for s in splits.SPLITS) for c in CLASSES}
     assert all(140 <= n <= 150 for n in per_class.values()), per_class  # minus dropped rows
     whole = pd.read_parquet(out)
     truth = synthetic.read_truth(tiny_sky.root).set_index("cntr")["class"]
     assert (whole["class"].to_numpy() == truth.loc[whole["cntr"]].to_numpy()).all()
-    assert (whole["label"].to_numpy() == labels.class_index(whole["class"])).all()
+    assert (whole["label"].to_numpy() == splits.class_index(whole["class"])).all()
     assert whole["cntr"].is_unique
     # The split column is exactly the keyed hash of cntr.
-    expect = labels.assign_split(whole["cntr"], whole["ra"], whole["dec"])
+    expect = splits.assign_split(whole["cntr"], whole["ra"], whole["dec"])
     assert (whole["split"].astype(str).to_numpy() == expect).all()
-    img = labels.read_split(str(out), "train", columns=["image", "features", "quality_flags"])
+    img = trainingset.read_split(str(out), "train", columns=["image", "features", "quality_flags"])
     assert img["image"].shape[1:] == (3, 80, 80) and np.isfinite(img["image"]).all()
     assert img["features"].shape[1] == len(man["feature_names"])
     assert man["rgb"] and man["feature_names"]

@@ -15,7 +15,8 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 from sklearn.exceptions import UndefinedMetricWarning
 
-from iic_survey import CLASSES, metrics
+from iic_survey.core import metrics
+from iic_survey.core.constants import CLASSES
 
 K = 3
 

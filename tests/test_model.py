@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from iic_survey import CLASSES
-from iic_survey import model as M
+from iic_survey.core.constants import CLASSES
+from iic_survey.model import config, directory
+from iic_survey.model import network as M
+from iic_survey.model import size as model_size
 
 # Narrow IICnets (same layers, far fewer channels) keep tests that train or run many forward
 # passes at a few seconds on two shared cores; size, speed-up and shape tests use the defaults.
@@ -24,7 +26,7 @@ TINY: dict[str, Any] = dict(
 TINIER: dict[str, Any] = dict(
     widths=(4, 8, 8, 16, 16, 32), rfb_inter=2, cbam_reduction=4, head_dim=32, dropout=0.0
 )
-F_DEFAULT = M.ModelConfig().n_features
+F_DEFAULT = config.ModelConfig().n_features
 
 
 def inputs(b: int, seed: int = 0, size: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,7 +39,7 @@ def inputs(b: int, seed: int = 0, size: int = 80) -> tuple[torch.Tensor, torch.T
 
 @pytest.fixture(scope="module")
 def iicnet() -> M.Classifier:
-    return M.build_model(M.ModelConfig(), seed=0).eval()
+    return M.build_model(config.ModelConfig(), seed=0).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,8 +47,8 @@ def iicnet() -> M.Classifier:
 
 
 def test_size_matches_paper_table3(iicnet: M.Classifier) -> None:
-    params = M.count_params(iicnet)
-    macs = M.count_macs(iicnet)
+    params = model_size.count_params(iicnet)
+    macs = model_size.count_macs(iicnet)
     assert abs(params / 1.75e6 - 1) <= 0.05, params
     assert abs(macs["total"] / 218.66e6 - 1) <= 0.10, macs["total"]
     # The per-layer counts add up, and the expensive part is the image encoder.
@@ -55,16 +57,16 @@ def test_size_matches_paper_table3(iicnet: M.Classifier) -> None:
 
 
 def test_model_summary_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    text = M.model_summary()
+    text = model_size.model_summary()
     assert "image.rfb" in text and "M parameters" in text and "M MACs" in text
-    assert M.cli(["--arch", "fusion"]) == 0
+    assert directory.cli(["--arch", "fusion"]) == 0
     assert "colour.mlp" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("arch", M.ARCHS)
+@pytest.mark.parametrize("arch", config.ARCHS)
 @pytest.mark.parametrize("batch", [1, 5])
 def test_output_shapes_no_squeeze(arch: str, batch: int) -> None:
-    cfg = M.ModelConfig(arch=arch)
+    cfg = config.ModelConfig(arch=arch)
     net = M.build_model(cfg, seed=0).eval()
     images, features = inputs(batch)
     with torch.no_grad():
@@ -79,22 +81,25 @@ def test_output_shapes_no_squeeze(arch: str, batch: int) -> None:
 def test_unused_inputs_may_be_none() -> None:
     images, features = inputs(2)
     with torch.no_grad():
-        assert M.build_model(M.ModelConfig(**TINY)).eval()(images, None).shape == (2, 3)
-        assert M.build_model(M.ModelConfig(arch="colour")).eval()(None, features).shape == (2, 3)
+        assert M.build_model(config.ModelConfig(**TINY)).eval()(images, None).shape == (2, 3)
+        assert M.build_model(config.ModelConfig(arch="colour")).eval()(None, features).shape == (
+            2,
+            3,
+        )
     with pytest.raises(ValueError, match="needs catalog features"):
-        M.build_model(M.ModelConfig(arch="fusion", **TINY))(images, None)
+        M.build_model(config.ModelConfig(arch="fusion", **TINY))(images, None)
     with pytest.raises(ValueError, match=r"features must be \(B, 7\)"):
-        M.build_model(M.ModelConfig(arch="colour"))(None, features[:, :5])
+        M.build_model(config.ModelConfig(arch="colour"))(None, features[:, :5])
 
 
 def test_train_mode_batch_of_one() -> None:
-    net = M.build_model(M.ModelConfig(arch="fusion", **TINY)).train()
+    net = M.build_model(config.ModelConfig(arch="fusion", **TINY)).train()
     images, features = inputs(1)
     assert net(images, features).shape == (1, 3)
 
 
 def test_gradients_reach_the_stem() -> None:
-    net = M.build_model(M.ModelConfig(arch="fusion", **TINY), seed=0).train()
+    net = M.build_model(config.ModelConfig(arch="fusion", **TINY), seed=0).train()
     images, features = inputs(4)
     loss = nn.functional.cross_entropy(net(images, features), torch.tensor([0, 1, 2, 0]))
     loss.backward()
@@ -154,7 +159,7 @@ def test_cbam_attention_maps_in_unit_interval_and_not_constant() -> None:
 
 
 def test_nan_inputs_give_finite_output() -> None:
-    net = M.build_model(M.ModelConfig(arch="fusion", **TINY), seed=0).eval()
+    net = M.build_model(config.ModelConfig(arch="fusion", **TINY), seed=0).eval()
     images, features = inputs(3)
     images[0, 2, :10] = float("nan")
     images[1, 0, 5, 5] = float("inf")
@@ -164,7 +169,7 @@ def test_nan_inputs_give_finite_output() -> None:
 
 
 def test_undetected_w3_ignores_w3_values() -> None:
-    net = M.build_model(M.ModelConfig(arch="colour"), seed=0).eval()
+    net = M.build_model(config.ModelConfig(arch="colour"), seed=0).eval()
     _, features = inputs(4)
     features[:, 6] = 0.0  # W3 undetected
     other = features.clone()
@@ -179,7 +184,7 @@ def test_undetected_w3_ignores_w3_values() -> None:
 
 
 def test_seeded_build_is_deterministic_and_leaves_global_rng() -> None:
-    cfg = M.ModelConfig(arch="fusion", **TINY)
+    cfg = config.ModelConfig(arch="fusion", **TINY)
     images, features = inputs(2)
     state = torch.random.get_rng_state()
     a, b = M.build_model(cfg, seed=3).eval(), M.build_model(cfg, seed=3).eval()
@@ -192,15 +197,15 @@ def test_seeded_build_is_deterministic_and_leaves_global_rng() -> None:
 
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="did you mean 'fusion'"):
-        M.ModelConfig(arch="fuson")
+        config.ModelConfig(arch="fuson")
     with pytest.raises(ValueError, match="multiple of 8"):
-        M.ModelConfig(image_size=84)
+        config.ModelConfig(image_size=84)
     with pytest.raises(ValueError, match="out of range"):
-        M.ModelConfig(n_features=5)
+        config.ModelConfig(n_features=5)
     with pytest.raises(ValueError, match="did you mean 'head_dim'"):
-        M.ModelConfig.from_dict({"head_dims": 3})
-    cfg = M.ModelConfig(arch="colour", n_features=4, w3_flag_index=None, w3_feature_indices=())
-    assert M.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+        config.ModelConfig.from_dict({"head_dims": 3})
+    cfg = config.ModelConfig(arch="colour", n_features=4, w3_flag_index=None, w3_feature_indices=())
+    assert config.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_tiny_model_overfits_64_stamps() -> None:
@@ -215,7 +220,7 @@ def test_tiny_model_overfits_64_stamps() -> None:
     blob = torch.exp(-r2[None] / (2 * width[:, None, None] ** 2))  # (n, 80, 80)
     noise = 0.05 * torch.randn(n, 3, 80, 80, generator=g)
     images = colour[:, :, None, None] * blob[:, None] + noise  # (n, 3, 80, 80)
-    net = M.build_model(M.ModelConfig(**TINIER), seed=0).train()
+    net = M.build_model(config.ModelConfig(**TINIER), seed=0).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(30):
         opt.zero_grad()
@@ -242,7 +247,7 @@ def test_tiny_model_overfits_64_stamps() -> None:
 
 @pytest.mark.parametrize("arch", ["iicnet", "fusion"])
 def test_optimize_for_inference_keeps_outputs(arch: str) -> None:
-    net = M.build_model(M.ModelConfig(arch=arch), seed=0)
+    net = M.build_model(config.ModelConfig(arch=arch), seed=0)
     # Non-trivial BN statistics, so that folding them is actually tested.
     with torch.no_grad():
         for mod in net.modules():
@@ -267,10 +272,10 @@ def test_optimize_for_inference_keeps_outputs(arch: str) -> None:
 
 def test_the_cpu_model_batch_keeps_outputs() -> None:
     """The pipeline's small CPU forward batches (a speed-up) give the outputs of one big batch."""
-    from iic_survey.evaluation import predict
-    from iic_survey.pipeline import CPU_MODEL_BATCH
+    from iic_survey.model.ood import predict
+    from iic_survey.survey.config import CPU_MODEL_BATCH
 
-    net = M.optimize_for_inference(M.build_model(M.ModelConfig(arch="fusion"), seed=0).eval())
+    net = M.optimize_for_inference(M.build_model(config.ModelConfig(arch="fusion"), seed=0).eval())
     images, features = inputs(2 * CPU_MODEL_BATCH + 3)  # a short last batch too
     cpu = torch.device("cpu")
     with torch.inference_mode():
@@ -283,7 +288,7 @@ def test_the_cpu_model_batch_keeps_outputs() -> None:
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_inference_keeps_outputs() -> None:
-    net = M.build_model(M.ModelConfig(), seed=0).eval()
+    net = M.build_model(config.ModelConfig(), seed=0).eval()
     fast = M.optimize_for_inference(net, compile=True)
     images, features = inputs(4)
     with torch.inference_mode():
@@ -297,7 +302,7 @@ def test_compiled_inference_keeps_outputs() -> None:
 
 
 def saved(tmp_path: pathlib.Path, arch: str = "fusion") -> tuple[pathlib.Path, M.Classifier]:
-    cfg = M.ModelConfig(arch=arch, **TINY)
+    cfg = config.ModelConfig(arch=arch, **TINY)
     net = M.build_model(cfg, seed=1).eval()
     extra = {
         "rgb": {"stretch": "asinh", "q": 8.0},
@@ -306,7 +311,7 @@ def saved(tmp_path: pathlib.Path, arch: str = "fusion") -> tuple[pathlib.Path, M
         "metrics": {"accuracy": 0.9, "auc_star": float("nan")},
         "meta": {"run": "test"},
     }
-    return M.save_model_dir(tmp_path / "model", net, cfg, extra), net
+    return directory.save_model_dir(tmp_path / "model", net, cfg, extra), net
 
 
 def test_save_load_round_trip(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -320,7 +325,7 @@ def test_save_load_round_trip(tmp_path: pathlib.Path, monkeypatch: pytest.Monkey
         return real_load(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch, "load", spy)
-    bundle = M.load_model_dir(path, expect_arch="fusion")
+    bundle = directory.load_model_dir(path, expect_arch="fusion")
     assert calls == [True]
     assert isinstance(real_load(path / "weights.pt", weights_only=True), dict)
     assert bundle.config == net.config and bundle.classes == CLASSES
@@ -342,20 +347,20 @@ def _edit_json(path: pathlib.Path, **changes: object) -> None:
 
 def test_load_refuses_newer_format(tmp_path: pathlib.Path) -> None:
     path, _ = saved(tmp_path)
-    _edit_json(path, format_version=M.FORMAT_VERSION + 1)
+    _edit_json(path, format_version=directory.FORMAT_VERSION + 1)
     with pytest.raises(ValueError, match="newer than this iic_survey"):
-        M.load_model_dir(path)
+        directory.load_model_dir(path)
 
 
 def test_load_refuses_other_architecture(tmp_path: pathlib.Path) -> None:
     path, _ = saved(tmp_path)
     with pytest.raises(ValueError, match="holds a 'fusion' model, but 'iicnet'"):
-        M.load_model_dir(path, expect_arch="iicnet")
+        directory.load_model_dir(path, expect_arch="iicnet")
     # model.json claiming another arch than the weights: the keys do not fit.
     doc = json.loads((path / "model.json").read_text())
     _edit_json(path, config={**doc["config"], "arch": "iicnet"})
     with pytest.raises(ValueError, match=r"does not fit a .iicnet. model.*unexpected keys"):
-        M.load_model_dir(path)
+        directory.load_model_dir(path)
 
 
 def test_load_refuses_missing_keys_and_bad_hash(tmp_path: pathlib.Path) -> None:
@@ -364,31 +369,31 @@ def test_load_refuses_missing_keys_and_bad_hash(tmp_path: pathlib.Path) -> None:
     del state["fc2.bias"]
     torch.save(state, path / "weights.pt")
     with pytest.raises(ValueError, match="sha256"):
-        M.load_model_dir(path)
+        directory.load_model_dir(path)
     doc = json.loads((path / "model.json").read_text())
-    _edit_json(path, weights={**doc["weights"], "sha256": M._sha256(path / "weights.pt")})
+    _edit_json(path, weights={**doc["weights"], "sha256": directory._sha256(path / "weights.pt")})
     with pytest.raises(ValueError, match=r"missing keys \['fc2.bias'\]"):
-        M.load_model_dir(path)
+        directory.load_model_dir(path)
     doc = json.loads((path / "model.json").read_text())
     del doc["config"]
     (path / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"lacks required keys \['config'\]"):
-        M.load_model_dir(path)
+        directory.load_model_dir(path)
     with pytest.raises(FileNotFoundError, match="not a model directory"):
-        M.load_model_dir(tmp_path / "nowhere")
+        directory.load_model_dir(tmp_path / "nowhere")
 
 
 def test_save_checks_its_inputs(tmp_path: pathlib.Path) -> None:
-    cfg = M.ModelConfig(**TINY)
+    cfg = config.ModelConfig(**TINY)
     net = M.build_model(cfg)
     with pytest.raises(ValueError, match="did you mean 'temperature'"):
-        M.save_model_dir(tmp_path, net, cfg, {"temperatur": 1.0})
+        directory.save_model_dir(tmp_path, net, cfg, {"temperatur": 1.0})
     with pytest.raises(ValueError, match="not from the given config"):
-        M.save_model_dir(tmp_path, net, dataclasses.replace(cfg, head_dim=8))
+        directory.save_model_dir(tmp_path, net, dataclasses.replace(cfg, head_dim=8))
     with pytest.raises(ValueError, match="temperature must be"):
-        M.save_model_dir(tmp_path, net, cfg, {"temperature": 0.0})
+        directory.save_model_dir(tmp_path, net, cfg, {"temperature": 0.0})
     with pytest.raises(TypeError, match="Classifier"):
-        M.save_model_dir(tmp_path, M.optimize_for_inference(net, compile=False).image, cfg)  # type: ignore[arg-type]
+        directory.save_model_dir(tmp_path, M.optimize_for_inference(net, compile=False).image, cfg)  # type: ignore[arg-type]
 
 
 def test_save_unwraps_ddp_like_wrappers(tmp_path: pathlib.Path) -> None:
@@ -397,9 +402,11 @@ def test_save_unwraps_ddp_like_wrappers(tmp_path: pathlib.Path) -> None:
             super().__init__()
             self.module = inner
 
-    cfg = M.ModelConfig(**TINY)
+    cfg = config.ModelConfig(**TINY)
     net = M.build_model(cfg, seed=2).eval()
-    path = M.save_model_dir(tmp_path / "m", Wrapper(net), cfg)
+    path = directory.save_model_dir(tmp_path / "m", Wrapper(net), cfg)
     images, _ = inputs(2)
     with torch.no_grad():
-        torch.testing.assert_close(M.load_model_dir(path).model(images, None), net(images, None))
+        torch.testing.assert_close(
+            directory.load_model_dir(path).model(images, None), net(images, None)
+        )

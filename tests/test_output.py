@@ -15,9 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from iic_survey import CLASSES, output, sky
-from iic_survey.export import read, validate_catalog
-from iic_survey.flags import QualityFlag
+from iic_survey.core import sky
+from iic_survey.core.constants import CLASSES
+from iic_survey.core.flags import QualityFlag
+from iic_survey.output import commit, schema
+from iic_survey.output import finalize as output_finalize
+from iic_survey.output import writer as output
+from iic_survey.output.reader import read
+from iic_survey.output.validate import validate_catalog
 
 ORDER = 3
 
@@ -104,9 +109,11 @@ def write_catalog(
             output.write_part(
                 out, order, pixel, f"{pixel}-{i:04d}", rows[start : start + chunk_rows], fs
             )
-        assert output.commit_if_complete(out, order, pixel, counts[pixel], fs)
+        assert commit.commit_if_complete(out, order, pixel, counts[pixel], fs)
     if finalize:
-        output.finalize(out, fs, {"iic_model_sha256": "0" * 64, "iic_input_catalog": "fake"})
+        output_finalize.finalize(
+            out, fs, {"iic_model_sha256": "0" * 64, "iic_input_catalog": "fake"}
+        )
     return counts
 
 
@@ -123,13 +130,13 @@ def catalog(tmp_path_factory: pytest.TempPathFactory, results) -> str:
 
 
 def test_schema_documents_every_column() -> None:
-    for field in output.OUTPUT_SCHEMA:
+    for field in schema.OUTPUT_SCHEMA:
         assert field.metadata[b"description"], field.name
         assert b"unit" in field.metadata
-    assert set(output.COLUMN_DOCS) == set(output.OUTPUT_SCHEMA.names)
-    assert output.OUTPUT_SCHEMA.field("ra").metadata[b"unit"] == b"deg"
-    assert output.OUTPUT_SCHEMA.field("class").type == pa.dictionary(pa.int8(), pa.string())
-    assert json.loads(output.OUTPUT_SCHEMA.metadata[b"iic_survey.classes"]) == list(CLASSES)
+    assert set(schema.COLUMN_DOCS) == set(schema.OUTPUT_SCHEMA.names)
+    assert schema.OUTPUT_SCHEMA.field("ra").metadata[b"unit"] == b"deg"
+    assert schema.OUTPUT_SCHEMA.field("class").type == pa.dictionary(pa.int8(), pa.string())
+    assert json.loads(schema.OUTPUT_SCHEMA.metadata[b"iic_survey.classes"]) == list(CLASSES)
 
 
 def test_catalog_is_strictly_valid_hats(catalog: str, results) -> None:
@@ -219,13 +226,13 @@ def test_retried_chunk_is_staged_once_and_commit_is_idempotent(tmp_path: Path, r
     output.write_part(out, ORDER, pixel, "c0", rows.iloc[:half])
     output.write_part(out, ORDER, pixel, "c0", rows.iloc[:half])  # a retry: same chunk id
     assert output.staged_rows(out, ORDER, pixel) == half
-    assert not output.commit_if_complete(out, ORDER, pixel, len(rows))
+    assert not commit.commit_if_complete(out, ORDER, pixel, len(rows))
     output.write_part(out, ORDER, pixel, "c1", rows.iloc[half:])
-    assert output.commit_pixel(out, ORDER, pixel, len(rows)) == len(rows)
-    assert output.commit_pixel(out, ORDER, pixel, len(rows)) == len(rows)  # again: a no-op
-    assert output.commit_if_complete(out, ORDER, pixel, len(rows))
+    assert commit.commit_pixel(out, ORDER, pixel, len(rows)) == len(rows)
+    assert commit.commit_pixel(out, ORDER, pixel, len(rows)) == len(rows)  # again: a no-op
+    assert commit.commit_if_complete(out, ORDER, pixel, len(rows))
     with pytest.raises(output.OutputError, match="the input changed"):
-        output.commit_pixel(out, ORDER, pixel, len(rows) + 1)
+        commit.commit_pixel(out, ORDER, pixel, len(rows) + 1)
     assert output.finished_pixels(out, ORDER).tolist() == [pixel]
     # no temporary files are left beside the pixel file
     assert not [p for p in (tmp_path / "c").rglob(".*")]
@@ -237,53 +244,53 @@ def test_commit_refuses_missing_or_duplicated_rows(tmp_path: Path, results) -> N
     pixel, rows = _pixel_rows(results[0])
     output.write_part(out, ORDER, pixel, "c0", rows.iloc[:10])
     with pytest.raises(output.OutputError, match=r"10 rows staged in 1 parts, \d+ planned"):
-        output.commit_pixel(out, ORDER, pixel, len(rows))
+        commit.commit_pixel(out, ORDER, pixel, len(rows))
     output.write_part(out, ORDER, pixel, "c1", rows.iloc[5:])  # rows 5..9 staged twice
     with pytest.raises(output.OutputError, match="planned"):
-        output.commit_pixel(out, ORDER, pixel, len(rows))
+        commit.commit_pixel(out, ORDER, pixel, len(rows))
     with pytest.raises(output.OutputError, match="repeated cntr"):
-        output.commit_pixel(out, ORDER, pixel, len(rows) + 5)
-    assert not output.is_finished(out, ORDER, pixel)
+        commit.commit_pixel(out, ORDER, pixel, len(rows) + 5)
+    assert not commit.is_finished(out, ORDER, pixel)
 
 
 def test_rows_are_checked_against_the_schema(results) -> None:
     pixel, rows = _pixel_rows(results[0])
-    table = output.as_output_table(rows, ORDER, pixel)
-    assert table.schema == output.OUTPUT_SCHEMA
+    table = schema.as_output_table(rows, ORDER, pixel)
+    assert table.schema == schema.OUTPUT_SCHEMA
     assert table.column("p_galaxy").null_count == int(rows["p_galaxy"].isna().sum())
     with pytest.raises(ValueError, match=r"missing \['entropy'\]"):
-        output.as_output_table(rows.drop(columns="entropy"), ORDER, pixel)
+        schema.as_output_table(rows.drop(columns="entropy"), ORDER, pixel)
     with pytest.raises(ValueError, match=r"unknown \['colour'\]"):
-        output.as_output_table(rows.assign(colour=1), ORDER, pixel)
+        schema.as_output_table(rows.assign(colour=1), ORDER, pixel)
     with pytest.raises(ValueError, match="outside"):
-        output.as_output_table(rows, ORDER, pixel + 1)
+        schema.as_output_table(rows, ORDER, pixel + 1)
     # a row just across the edge (input pixelisation rounding) stays, clamped into the pixel
     shift = 2 * (29 - ORDER)
     neighbour = int(hp.get_all_neighbours(2**ORDER, pixel, nest=True)[0])
     ra, dec = hp.pix2ang(2**ORDER, neighbour, nest=True, lonlat=True)
     edge = rows.copy()
     edge.iloc[0, [edge.columns.get_loc("ra"), edge.columns.get_loc("dec")]] = [ra, dec]
-    h29 = output.as_output_table(edge, ORDER, pixel).column("_healpix_29").to_numpy()
+    h29 = schema.as_output_table(edge, ORDER, pixel).column("_healpix_29").to_numpy()
     assert np.all(h29 >> shift == pixel)
     far = edge.copy()
     far.iloc[0, [far.columns.get_loc("ra"), far.columns.get_loc("dec")]] = [0.0, -80.0]
     with pytest.raises(ValueError, match="1 of"):
-        output.as_output_table(far, ORDER, pixel)
+        schema.as_output_table(far, ORDER, pixel)
     bad = rows.copy()
     bad["class"] = bad["class"].astype(object)
     bad.iloc[0, bad.columns.get_loc("class")] = "QSO"
     with pytest.raises(ValueError, match="QSO"):
-        output.as_output_table(bad, ORDER, pixel)
+        schema.as_output_table(bad, ORDER, pixel)
     with pytest.raises(ValueError, match="'cntr' has 1 nulls"):
-        output.as_output_table(rows.assign(cntr=[None, *rows["cntr"].tolist()[1:]]), ORDER, pixel)
+        schema.as_output_table(rows.assign(cntr=[None, *rows["cntr"].tolist()[1:]]), ORDER, pixel)
     # a row without coordinates keeps its place in its pixel
     nan = rows.copy()
     nan.iloc[0, nan.columns.get_loc("ra")] = np.nan
-    t = output.as_output_table(nan, ORDER, pixel)
+    t = schema.as_output_table(nan, ORDER, pixel)
     assert t.column("_healpix_29")[0].as_py() == pixel << (2 * (29 - ORDER))
     assert t.column("ra").null_count == 1
     # the pipeline may pass an Arrow table with plain string classes
-    t2 = output.as_output_table(pa.Table.from_pandas(rows, preserve_index=False), ORDER, pixel)
+    t2 = schema.as_output_table(pa.Table.from_pandas(rows, preserve_index=False), ORDER, pixel)
     assert t2.column("class").to_pylist() == table.column("class").to_pylist()
 
 
@@ -324,9 +331,9 @@ def test_partial_runs_resume_and_finalize_checks(tmp_path: Path, results, caplog
         read(out)["_healpix_29"].to_numpy() >> (2 * (29 - ORDER))
     )  # ignored by readers
     with pytest.raises(output.OutputError, match="1 planned pixels unfinished"):
-        output.finalize(out)
+        output_finalize.finalize(out)
     with pytest.raises(output.OutputError, match="no commit marker"):
-        output.finalize(out, allow_partial=True)
+        output_finalize.finalize(out, allow_partial=True)
     with pytest.raises(output.OutputError, match="different pixels or counts"):
         output.write_plan(out, ORDER, {**counts, last: counts[last] + 1})
     # resume: same arguments, the unfinished pixel is staged and committed again
@@ -335,8 +342,8 @@ def test_partial_runs_resume_and_finalize_checks(tmp_path: Path, results, caplog
     assert "pixels already finished" in caplog.text
     pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
     output.write_part(out, ORDER, last, "x", df[pixels == last])
-    output.commit_pixel(out, ORDER, last, counts[last])
-    output.finalize(out)
+    commit.commit_pixel(out, ORDER, last, counts[last])
+    output_finalize.finalize(out)
     assert validate_catalog(out) == []
 
 
@@ -348,7 +355,7 @@ def test_validate_catalog_finds_damage(tmp_path: Path, results) -> None:
     p = table.column("p_star").to_numpy(zero_copy_only=False).copy()
     p[0] = 0.99 if p[0] < 0.5 else 0.01
     table = table.set_column(table.schema.get_field_index("p_star"), "p_star", pa.array(p))
-    pq.write_table(table.cast(output.OUTPUT_SCHEMA), f)
+    pq.write_table(table.cast(schema.OUTPUT_SCHEMA), f)
     problems = validate_catalog(str(out))
     assert any("checksum" in s for s in problems)
     assert any("do not sum to 1" in s for s in problems)

@@ -12,24 +12,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iic_survey import CLASSES, evaluation, output, sky
-from iic_survey.catalog import PIPELINE_COLUMNS, open_catalog
-from iic_survey.flags import UNCLASSIFIABLE, QualityFlag
-from iic_survey.pipeline import (
-    CRASH_ENV,
-    Classify,
-    OodStats,
-    PartWriter,
-    PipelineConfig,
-    PipelineError,
-    PixelReader,
-    assign_pixels,
-    chunk_rows,
-    plan_run,
-    result_rows,
-    run_pipeline,
-)
-from iic_survey.stamps import StampMaker
+from iic_survey.core import sky
+from iic_survey.core.constants import CLASSES
+from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
+from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
+from iic_survey.inputs.catalog import open_catalog
+from iic_survey.model import ood as model_ood
+from iic_survey.model.ood import OodStats
+from iic_survey.output import commit, schema
+from iic_survey.output import writer as output
+from iic_survey.stamps.maker import StampMaker
+from iic_survey.survey.classify import Classify, result_rows
+from iic_survey.survey.config import PipelineConfig, PipelineError
+from iic_survey.survey.plan import assign_pixels, plan_run
+from iic_survey.survey.run import CRASH_ENV, run_pipeline
+from iic_survey.survey.stages import PartWriter, PixelReader, chunk_rows
 
 # Lives in tests/fixtures/model.py; re-exported for test_faults.py and test_bad_input.py.
 from tests.fixtures.model import make_model_dir as make_model_dir
@@ -79,7 +76,7 @@ def test_config_checks():
 
 
 def test_the_service_timeout_reaches_the_cutout_service(tiny_sky):
-    from iic_survey.pipeline import _stamp_maker
+    from iic_survey.survey.stages import _stamp_maker
 
     cfg = PipelineConfig(tiny_sky.catalog_url, "irsa", "m", "o", cutout_mode="service")
     assert _stamp_maker(cfg, {}).cutout.service.read_timeout_s == 30.0
@@ -163,12 +160,12 @@ def test_result_rows_probabilities_and_outliers():
 def test_ood_stats_roundtrip():
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(200, 5))
-    stats = evaluation.ood_statistics(emb, rng.normal(size=(200, 3)), temperature=1.0)
+    stats = model_ood.ood_statistics(emb, rng.normal(size=(200, 3)), temperature=1.0)
     ood = OodStats.from_model(json.loads(json.dumps({"ood": stats})))
     assert ood is not None and ood.threshold == stats["mahalanobis_threshold"]
     np.testing.assert_allclose(
         ood.score(emb[:7]),
-        evaluation.mahalanobis(emb[:7], np.array(stats["mean"]), np.array(stats["precision"])),
+        model_ood.mahalanobis(emb[:7], np.array(stats["mean"]), np.array(stats["precision"])),
     )
     assert OodStats.from_model(stats) is not None
     assert OodStats.from_model({}) is None and OodStats.from_model(None) is None
@@ -234,8 +231,8 @@ def test_stages_without_ray_commit_a_pixel(tiny_sky, model_dir, tmp_path):
     rec = pd.concat(receipts)
     assert rec["rows"].sum() == n and rec["part"].is_unique
     assert rec[[f"n_{c}" for c in CLASSES] + ["n_unclassified"]].to_numpy().sum() == n
-    assert output.commit_pixel(out, 5, pixel, n) == n
-    table = pd.read_parquet(output.pixel_file(out, 5, pixel))
+    assert commit.commit_pixel(out, 5, pixel, n) == n
+    table = pd.read_parquet(schema.pixel_file(out, 5, pixel))
     assert len(table) == n and table["cntr"].is_unique
     assert table["_healpix_29"].is_monotonic_increasing
     assert table["model_version"].iloc[0] == classify.version

@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from iic_survey import CLASSES, report
+from iic_survey.core.constants import CLASSES
+from iic_survey.report import cli, config, examples, figures
+from iic_survey.report import sections as report
+from iic_survey.report import tally as report_tally
 from tests.test_output import fake_results, write_catalog
 
 DPI = 50
@@ -48,7 +51,7 @@ def _check_png(path: Path, size_in: tuple[float, float], rows: int = 1) -> None:
 
 @pytest.mark.slow
 def test_full_report(tmp_path: Path, catalog: str, results) -> None:
-    cfg = report.ReportConfig(dpi=DPI, n_examples=9, map_order=5)
+    cfg = config.ReportConfig(dpi=DPI, n_examples=9, map_order=5)
     md = report.write_report(catalog, tmp_path, results[1], stamps=fake_stamps, config=cfg)
     text = md.read_text()
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
@@ -61,11 +64,11 @@ def test_full_report(tmp_path: Path, catalog: str, results) -> None:
         assert f"]({name})" in text
     # the fake catalog covers a small cap: every map gets a zoom panel (two rows)
     for name in ("sky_density", "sky_class_fractions", "sky_outliers"):
-        _check_png(tmp_path / f"{name}.png", report.FIGSIZES[name], rows=2)
+        _check_png(tmp_path / f"{name}.png", config.FIGSIZES[name], rows=2)
     for c in (*CLASSES, "outlier"):
-        _check_png(tmp_path / f"examples_{c}.png", report.FIGSIZES["examples"])
+        _check_png(tmp_path / f"examples_{c}.png", config.FIGSIZES["examples"])
     for name in ("confidence", "confusion", "roc", "completeness_purity"):
-        _check_png(tmp_path / f"{name}.png", report.FIGSIZES[name])
+        _check_png(tmp_path / f"{name}.png", config.FIGSIZES[name])
     df = results[0]
     assert f"{len(df):,} sources" in text
     assert f"| quasar | {int((df['class'] == 'quasar').sum()):,} |" in text
@@ -73,7 +76,7 @@ def test_full_report(tmp_path: Path, catalog: str, results) -> None:
 
 
 def test_report_without_images_or_truth(tmp_path: Path, catalog: str) -> None:
-    cfg = report.ReportConfig(dpi=DPI, map_order=4)
+    cfg = config.ReportConfig(dpi=DPI, map_order=4)
     md = report.write_report(catalog, tmp_path, config=cfg)
     text = md.read_text()
     assert "No image source was given" in text
@@ -86,7 +89,7 @@ def test_a_failing_image_source_is_reported_not_fatal(tmp_path: Path, catalog: s
     def broken(rows: pd.DataFrame) -> np.ndarray:
         raise OSError("archive unreachable")
 
-    cfg = report.ReportConfig(dpi=DPI, map_order=3)
+    cfg = config.ReportConfig(dpi=DPI, map_order=3)
     text = report.write_report(catalog, tmp_path, stamps=broken, config=cfg).read_text()
     assert text.count("archive unreachable") == 4
 
@@ -107,13 +110,13 @@ def sky_catalog(tmp_path_factory: pytest.TempPathFactory, tiny_sky: Any) -> str:
 def test_cli_cuts_example_grids_from_the_recorded_archive(tmp_path: Path, sky_catalog: str) -> None:
     out = tmp_path / "rep"
     argv = [sky_catalog, "--out-dir", str(out), "--map-order", "5", "--dpi", str(DPI)]
-    assert report.cli([*argv, "--examples", "4"]) == 0
+    assert cli.cli([*argv, "--examples", "4"]) == 0
     text = (out / "report.md").read_text()
     assert "skipped" not in text and "failed" not in text
     for name in (*CLASSES, "outlier"):
         path = out / f"examples_{name}.png"
         assert f"(examples_{name}.png)" in text
-        _check_png(path, report.FIGSIZES["examples"])
+        _check_png(path, config.FIGSIZES["examples"])
         with Image.open(path) as im:
             a = np.asarray(im.convert("RGB")).astype(float)
         # real cutouts: every panel holds a bright source on a darker sky, not blank squares
@@ -127,10 +130,10 @@ def test_cli_cuts_example_grids_from_the_recorded_archive(tmp_path: Path, sky_ca
 
 
 def test_stamps_match_the_pipeline_inputs(tiny_sky: Any, sky_catalog: str) -> None:
-    from iic_survey.stamps import StampMaker
+    from iic_survey.stamps.maker import StampMaker
 
     rows = pd.read_parquet(tiny_sky.catalog_url).head(6).reset_index(drop=True)
-    shown = report.archive_stamps(tiny_sky.root)(rows)
+    shown = examples.archive_stamps(tiny_sky.root)(rows)
     seen = StampMaker.from_spec(tiny_sky.root)(rows)["image"]
     assert shown.shape == seen.shape == (6, 3, 80, 80)
     assert shown.min() >= 0 and shown.max() <= 1
@@ -150,27 +153,26 @@ def test_cli_without_a_usable_archive_still_writes_the_report(
     base = ["--map-order", "3", "--dpi", "30"]
     gone = tmp_path / "gone"
     assert (
-        report.cli([sky_catalog, "--out-dir", str(tmp_path / "a"), "--images", str(gone), *base])
-        == 0
+        cli.cli([sky_catalog, "--out-dir", str(tmp_path / "a"), "--images", str(gone), *base]) == 0
     )
     text = (tmp_path / "a" / "report.md").read_text()
     assert "could not be used" in text and str(gone) in text
     assert not list((tmp_path / "a").glob("examples_*.png"))
-    assert report.cli([sky_catalog, "--out-dir", str(tmp_path / "b"), "--no-cutouts", *base]) == 0
+    assert cli.cli([sky_catalog, "--out-dir", str(tmp_path / "b"), "--no-cutouts", *base]) == 0
     assert "--no-cutouts was given" in (tmp_path / "b" / "report.md").read_text()
     # a catalog that records no archive (written without one) says so
-    assert report.cli([catalog, "--out-dir", str(tmp_path / "c"), *base]) == 0
+    assert cli.cli([catalog, "--out-dir", str(tmp_path / "c"), *base]) == 0
     assert "records no image archive" in (tmp_path / "c" / "report.md").read_text()
 
 
 def test_examples_are_deterministic_and_confident(catalog: str) -> None:
-    from iic_survey.export import iter_pixels
+    from iic_survey.output.reader import iter_pixels
 
-    cfg = report.ReportConfig(n_examples=5, example_min_confidence=0.9)
+    cfg = config.ReportConfig(n_examples=5, example_min_confidence=0.9)
     picks = []
     for _ in range(2):
-        tally = report._Tally(cfg, None)
-        for _, _, df in iter_pixels(catalog, report._COLUMNS):
+        tally = report_tally._Tally(cfg, None)
+        for _, _, df in iter_pixels(catalog, config._COLUMNS):
             tally.add(df)
         picks.append({k: v["cntr"].tolist() for k, v in tally.examples.items()})
         assert (tally.examples["star"]["class"] == "star").all()
@@ -185,7 +187,7 @@ def test_truth_metrics_agree_with_sklearn(results) -> None:
 
     df, truth = results
     matched = df.merge(truth.rename(columns={"class": "true_class"}), on="cntr")
-    m = report.truth_metrics(matched)
+    m = report_tally.truth_metrics(matched)
     true = matched["true_class"].to_numpy()
     pred = matched["class"].fillna("unclassified").to_numpy()
     labels = [*CLASSES, "unclassified"]
@@ -209,7 +211,7 @@ def test_completeness_purity_bins() -> None:
         }
     )
     values = np.r_[np.zeros(6), np.ones(6)] + 0.5
-    curves = report.binned_completeness_purity(matched, values, [0, 1, 2], min_n=1)
+    curves = report_tally.binned_completeness_purity(matched, values, [0, 1, 2], min_n=1)
     x, comp, pur = curves["star"]
     np.testing.assert_allclose(x, [0.5, 1.5])
     np.testing.assert_allclose(comp, [4 / 6, np.nan])
@@ -232,23 +234,23 @@ def test_cli_and_config_checks(tmp_path: Path, catalog: str, results) -> None:
         "--dpi",
         "30",
     ]
-    assert report.cli(argv) == 0
+    assert cli.cli(argv) == 0
     assert (out / "report.md").exists() and (out / "roc.png").exists()
     with pytest.raises(ValueError, match="too fine"):
-        report.ReportConfig(map_order=12)
+        config.ReportConfig(map_order=12)
     with pytest.raises(ValueError, match="increasing"):
-        report.ReportConfig(w1_edges=(10.0, 9.0))
+        config.ReportConfig(w1_edges=(10.0, 9.0))
     with pytest.raises(ValueError, match="cntr and class"):
-        report.load_truth(pd.DataFrame({"cntr": [1]}))
+        report_tally.load_truth(pd.DataFrame({"cntr": [1]}))
     with pytest.raises(ValueError, match="QSO"):
-        report.load_truth(pd.DataFrame({"cntr": [1], "class": ["QSO"]}))
+        report_tally.load_truth(pd.DataFrame({"cntr": [1], "class": ["QSO"]}))
 
 
 def test_map_views() -> None:
     order = 3
-    assert [v["kind"] for v in report._views(np.ones(12 * 4**order), order)] == ["moll"]
+    assert [v["kind"] for v in figures._views(np.ones(12 * 4**order), order)] == ["moll"]
     few = np.zeros(12 * 4**order)
     few[[0, 1]] = 5  # two pixels near RA 45, Dec 5..10: a zoom around them
-    views = report._views(few, order)
+    views = figures._views(few, order)
     assert [v["kind"] for v in views] == ["moll", "cart"]
     assert 30 < views[1]["rot"][0] < 60 and views[1]["latra"][0] < 5 < views[1]["latra"][1]

@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iic_survey import rgb
-from iic_survey.flags import QualityFlag as Q
+from iic_survey.core.flags import QualityFlag as Q
+from iic_survey.stamps import features, rgb
 
 S = 37
 YY, XX = np.mgrid[:S, :S]
@@ -304,26 +304,28 @@ def catalog_frame() -> pd.DataFrame:
 
 
 def test_catalog_features_values_and_fills() -> None:
-    f = rgb.catalog_features(catalog_frame())
-    assert f.shape == (4, len(rgb.FEATURE_NAMES)) and f.dtype == np.float32
+    f = features.catalog_features(catalog_frame())
+    assert f.shape == (4, len(features.FEATURE_NAMES)) and f.dtype == np.float32
     assert np.isfinite(f).all()
-    col = {name: f[:, i] for i, name in enumerate(rgb.FEATURE_NAMES)}
+    col = {name: f[:, i] for i, name in enumerate(features.FEATURE_NAMES)}
     np.testing.assert_allclose(col["w1_w2"], [1.0, 0.5, 0.1, 0.0], atol=1e-6)
-    np.testing.assert_allclose(col["w2_w3"], [3.0, rgb.W2_W3_FILL, rgb.W2_W3_FILL, 3.0], atol=1e-6)
-    np.testing.assert_allclose(col["w1"], [15.0, 16.0, 14.0, rgb.W1_FILL])
-    np.testing.assert_allclose(col["w1_sigma"], [0.03, 0.05, rgb.SIGMA_FILL, 0.03], rtol=1e-6)
     np.testing.assert_allclose(
-        col["w3_sigma"], [0.1, rgb.SIGMA_FILL, rgb.SIGMA_FILL, 0.1], rtol=1e-6
+        col["w2_w3"], [3.0, features.W2_W3_FILL, features.W2_W3_FILL, 3.0], atol=1e-6
+    )
+    np.testing.assert_allclose(col["w1"], [15.0, 16.0, 14.0, features.W1_FILL])
+    np.testing.assert_allclose(col["w1_sigma"], [0.03, 0.05, features.SIGMA_FILL, 0.03], rtol=1e-6)
+    np.testing.assert_allclose(
+        col["w3_sigma"], [0.1, features.SIGMA_FILL, features.SIGMA_FILL, 0.1], rtol=1e-6
     )
     assert col["w3_detected"].tolist() == [1.0, 0.0, 0.0, 1.0]
 
 
 def test_catalog_flags() -> None:
     df = catalog_frame()
-    flags = rgb.catalog_flags(df)
+    flags = features.catalog_flags(df)
     assert has(flags, Q.W3_UNDETECTED).tolist() == [False, True, True, False]
     assert has(flags, Q.BAD_INPUT).tolist() == [False, False, False, True]
-    assert rgb.w3_undetected(df).tolist() == [False, True, True, False]
+    assert features.w3_undetected(df).tolist() == [False, True, True, False]
 
 
 def test_catalog_features_accept_nullable_and_object_columns() -> None:
@@ -332,19 +334,22 @@ def test_catalog_features_accept_nullable_and_object_columns() -> None:
     obj = catalog_frame().astype(object)
     obj.loc[1, "w2sigmpro"] = None
     for frame in (df, obj):
-        f = rgb.catalog_features(frame)
+        f = features.catalog_features(frame)
         assert np.isfinite(f).all() and len(f) == 4
-    assert rgb.catalog_features(df)[0, rgb.FEATURE_NAMES.index("w3_detected")] == 0.0
+    assert features.catalog_features(df)[0, features.FEATURE_NAMES.index("w3_detected")] == 0.0
 
 
 def test_catalog_features_refuse_bad_frames() -> None:
     with pytest.raises(ValueError, match=r"\['w3snr'\]"):
-        rgb.catalog_features(catalog_frame().drop(columns="w3snr"))
+        features.catalog_features(catalog_frame().drop(columns="w3snr"))
     bad = catalog_frame().astype(object)
     bad.loc[2, "w1mpro"] = "bright"
     with pytest.raises(ValueError, match="w1mpro"):
-        rgb.catalog_features(bad)
-    assert rgb.catalog_features(catalog_frame().iloc[:0]).shape == (0, len(rgb.FEATURE_NAMES))
+        features.catalog_features(bad)
+    assert features.catalog_features(catalog_frame().iloc[:0]).shape == (
+        0,
+        len(features.FEATURE_NAMES),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 
-from iic_survey import sky
+from iic_survey.core import sky
 
 RNG = np.random.default_rng(7)
 RA = RNG.uniform(0, 360, 500)

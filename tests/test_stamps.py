@@ -8,12 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iic_survey.archive import ArchiveAccessDenied, RetryPolicy, ServiceConfig, TileArchive
-from iic_survey.catalog import PIPELINE_COLUMNS, open_catalog
-from iic_survey.cutouts import CutoutConfig, cut_sources
-from iic_survey.flags import QualityFlag
-from iic_survey.rgb import FEATURE_NAMES, RGBParams, make_rgb
-from iic_survey.stamps import StampMaker, column_array
+from iic_survey.core.flags import QualityFlag
+from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
+from iic_survey.inputs.archive import TileArchive
+from iic_survey.inputs.catalog import open_catalog
+from iic_survey.inputs.errors import ArchiveAccessDenied
+from iic_survey.inputs.ibe import ServiceConfig
+from iic_survey.inputs.retry import RetryPolicy
+from iic_survey.stamps.cutouts import CutoutConfig
+from iic_survey.stamps.cutter import cut_sources
+from iic_survey.stamps.features import FEATURE_NAMES
+from iic_survey.stamps.maker import StampMaker, column_array
+from iic_survey.stamps.rgb import RGBParams, make_rgb
 
 
 @pytest.fixture(scope="module")

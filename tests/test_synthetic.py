@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pathlib
 import re
 
 import healpy as hp
@@ -24,7 +25,10 @@ from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 from astropy.wcs import WCS
 
-from iic_survey import CLASSES, synthetic, tiles
+from iic_survey.core.constants import CLASSES
+from iic_survey.inputs import tile_header, tiles
+from iic_survey.synthetic import population, rendering
+from iic_survey.synthetic import sky as synthetic
 from tests.fixtures.jobs import load_job
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ def _image(tiny_sky, coadd_id: str, band: int) -> tuple[np.ndarray, fits.Header]
 
 
 def test_layout_is_the_archives(tiny_sky):
-    root = synthetic.pathlib.Path(tiny_sky.root)
+    root = pathlib.Path(tiny_sky.root)
     cat_root = root / "catalogs/p3as_psd/healpix_k5/wise-allwise.parquet"
     assert tiny_sky.catalog_url == str(cat_root)
     assert tiny_sky.images_url == str(root / "images/p3am_cdd")
@@ -128,7 +132,7 @@ def test_positions_names_and_galactic_coordinates(sky_df):
     g = c.galactic
     assert np.allclose(sky_df["glon"], g.l.deg, atol=1e-9)
     assert np.allclose(sky_df["glat"], g.b.deg, atol=1e-9)
-    assert synthetic.designations(np.array([148.81342]), np.array([69.07427])) == [
+    assert population.designations(np.array([148.81342]), np.array([69.07427])) == [
         "J095515.22+690427.3"
     ]
     names = sky_df["designation"]
@@ -184,7 +188,7 @@ def test_sources_in_tile_overlaps_are_in_every_tile(tiny_sky, sky_df):
             box = img[round(yi) - 1 : round(yi) + 2, round(xi) - 1 : round(xi) + 2]
             peaks.setdefault(int(s), []).append(float(np.nanmax(box) - bg))
     for values in peaks.values():
-        assert min(values) > 10 * synthetic.BAND_MODELS[1].noise_dn
+        assert min(values) > 10 * rendering.BAND_MODELS[1].noise_dn
         assert max(values) / min(values) < 1.3
 
 
@@ -197,7 +201,7 @@ def test_truth_is_separate_and_complete(tiny_sky, sky_df):
     assert set(truth["class"]) == set(CLASSES)
     assert len(truth) == tiny_sky.n_sources == 2000
     assert synthetic.SkyManifest.load(tiny_sky.root) == tiny_sky
-    doc = json.loads((synthetic.pathlib.Path(tiny_sky.root) / "sky.json").read_text())
+    doc = json.loads((pathlib.Path(tiny_sky.root) / "sky.json").read_text())
     assert synthetic.SkyConfig.from_dict(doc["config"]) == synthetic.tiny_config()
     # Every kind of trouble the cutout code must survive is present.
     for col in ("empty_centre", "hidden_companion", "saturated", "near_bright_star"):
@@ -277,7 +281,7 @@ def test_catalog_photometry_matches_the_images(tiny_sky, sky_df):
             r = np.hypot(xx - (x - 1), yy - (y - 1))
             bg = sigma_clipped_stats(img[(r > 20) & (r < 30)], sigma=2.5)[1]
             flux = np.nansum(img[r <= 12] - bg)
-            diffs.append(tiles.MAGZP[1] - 2.5 * np.log10(flux) - mag)
+            diffs.append(tile_header.MAGZP[1] - 2.5 * np.log10(flux) - mag)
     diffs = np.abs(np.array(diffs))
     log.info("aperture - w1mpro: median %.3f, max %.3f mag", np.median(diffs), diffs.max())
     assert np.median(diffs) < 0.06 and np.mean(diffs < 0.2) >= 0.9
@@ -289,8 +293,12 @@ def test_w3_is_shallow_and_noisy(tiny_sky, sky_df):
     img1, _ = _image(tiny_sky, tiny_sky.tiles[0], 1)
     img3, _ = _image(tiny_sky, tiny_sky.tiles[0], 3)
     # In magnitudes, W3's pixel noise is ~5 mag brighter than W1's.
-    n1 = sigma_clipped_stats(img1[np.isfinite(img1)])[2] * 10 ** (0.4 * (20.5 - tiles.MAGZP[1]))
-    n3 = sigma_clipped_stats(img3[np.isfinite(img3)])[2] * 10 ** (0.4 * (20.5 - tiles.MAGZP[3]))
+    n1 = sigma_clipped_stats(img1[np.isfinite(img1)])[2] * 10 ** (
+        0.4 * (20.5 - tile_header.MAGZP[1])
+    )
+    n3 = sigma_clipped_stats(img3[np.isfinite(img3)])[2] * 10 ** (
+        0.4 * (20.5 - tile_header.MAGZP[3])
+    )
     assert n3 > 30 * n1
 
 
@@ -309,7 +317,7 @@ def test_artefacts(tiny_sky, sky_df):
             if st.shape != r.shape:
                 continue
             excess = np.nansum(st[r <= 2.5] - np.nanmedian(st[(r > 6) & (r <= 10)]))
-            listed = 10 ** (-0.4 * (mag - tiles.MAGZP[1])) * 0.5  # ~half the PSF in r <= 2.5
+            listed = 10 ** (-0.4 * (mag - tile_header.MAGZP[1])) * 0.5  # ~half the PSF in r <= 2.5
             found.append(excess / listed)
     assert len(found) >= 5 and np.mean(np.array(found) < 0.4) >= 0.75, found
     # Saturated stars have flat tops; some image has a NaN patch.
@@ -335,7 +343,7 @@ SMALL = {"n_sources": 300, "fields": ((226.072, -0.752),), "field_size_deg": 0.1
 
 
 def _digest(root) -> dict[str, str]:
-    root = synthetic.pathlib.Path(root)
+    root = pathlib.Path(root)
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
@@ -417,7 +425,7 @@ def test_demo_sky_is_fast_and_small(tmp_path):
     start = time.process_time()
     manifest = synthetic.write_sky(tmp_path / "demo", synthetic.SkyConfig())
     cpu = time.process_time() - start
-    size = sum(p.stat().st_size for p in synthetic.pathlib.Path(manifest.root).rglob("*"))
+    size = sum(p.stat().st_size for p in pathlib.Path(manifest.root).rglob("*"))
     log.info("demo sky: %d sources, %.1f s CPU, %.1f MB", manifest.n_sources, cpu, size / 1e6)
     assert manifest.n_sources == 10_000 and len(manifest.pixels) >= 8
     assert cpu < 60 and size < 150e6

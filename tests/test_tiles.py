@@ -8,7 +8,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from iic_survey import tiles
+from iic_survey.inputs import tile_header, tiles
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_projection_matches_astropy():
     rng = np.random.default_rng(3)
     grid = tiles.tile_grid().sample(40, random_state=1)
     for cid, ra0, dec0 in zip(grid["coadd_id"], grid["ra"], grid["dec"], strict=True):
-        wcs = tiles.tile_wcs(cid)
+        wcs = tile_header.tile_wcs(cid)
         px = rng.uniform(1, 4095, (50, 2))
         ra, dec = wcs.pixel_to_world_values(px[:, 0] - 1, px[:, 1] - 1)
         x, y, front = tiles.world_to_tile_pixel(ra, dec, ra0, dec0)
@@ -96,7 +96,7 @@ def test_tiles_containing_agrees_with_a_brute_force_search(reference):
         )
         expected = set()
         for j in np.nonzero(near < 1.2)[0]:
-            wcs = tiles.tile_wcs(reference["coadd_id"][j])
+            wcs = tile_header.tile_wcs(reference["coadd_id"][j])
             x, y = wcs.world_to_pixel_values(ra[i], dec[i])
             if max(abs(x + 1 - 2048), abs(y + 1 - 2048)) <= 2047.5:
                 expected.add(reference["coadd_id"][j])
@@ -119,8 +119,8 @@ def test_tiles_containing_scalar_and_best_tiles():
 
 def test_wcs_and_header_of_a_crop():
     cid = "0904m213_ac51"
-    crop = tiles.Crop(100, 200, 300, 250)
-    hdr = tiles.tile_header(cid, 2, crop)
+    crop = tile_header.Crop(100, 200, 300, 250)
+    hdr = tile_header.tile_header(cid, 2, crop)
     assert hdr["BUNIT"] == "DN" and hdr["MAGZP"] == 19.5 and hdr["MAGZPUNC"] > 0
     assert hdr["BAND"] == 2 and hdr["COADDID"] == cid
     assert (hdr["CTYPE1"], hdr["CTYPE2"]) == ("RA---SIN", "DEC--SIN")
@@ -128,7 +128,7 @@ def test_wcs_and_header_of_a_crop():
     assert (hdr["NAXIS1"], hdr["NAXIS2"]) == (300, 250)
     assert (hdr["CRPIX1"], hdr["CRPIX2"]) == (1948.0, 1848.0)
     assert (hdr["CRVAL1"], hdr["CRVAL2"]) == tiles.tile_center(cid)
-    full = tiles.tile_wcs(cid)
+    full = tile_header.tile_wcs(cid)
     assert tuple(full.wcs.crpix) == (2048.0, 2048.0)
     # A position lands on the same full-tile pixel through the crop's header.
     cropped = WCS(fits.Header(hdr))
@@ -136,19 +136,19 @@ def test_wcs_and_header_of_a_crop():
     x, y = cropped.world_to_pixel_values(ra, dec)
     assert x + crop.x0 == pytest.approx(150.0, abs=1e-6)
     assert y + crop.y0 == pytest.approx(300.0, abs=1e-6)
-    assert tiles.tile_wcs(cid, crop=crop).wcs.crpix[0] == 1948.0
+    assert tile_header.tile_wcs(cid, crop=crop).wcs.crpix[0] == 1948.0
     for band, zp in ((1, 20.5), (3, 18.0), (4, 13.0)):
-        assert tiles.tile_header(cid, band)["MAGZP"] == zp
+        assert tile_header.tile_header(cid, band)["MAGZP"] == zp
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"band": 5}, "unknown WISE band"),
-        ({"band": 1, "crop": tiles.Crop(4000, 0, 200, 10)}, "reaches past"),
-        ({"band": 1, "crop": tiles.Crop(-1, 0, 20, 10)}, "x0, y0 >= 0"),
+        ({"band": 1, "crop": tile_header.Crop(4000, 0, 200, 10)}, "reaches past"),
+        ({"band": 1, "crop": tile_header.Crop(-1, 0, 20, 10)}, "x0, y0 >= 0"),
     ],
 )
 def test_bad_header_requests(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        tiles.tile_header("0000p000", **kwargs)
+        tile_header.tile_header("0000p000", **kwargs)

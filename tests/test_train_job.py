@@ -13,8 +13,8 @@ from types import ModuleType
 
 import pytest
 
-from iic_survey import training
-from iic_survey.model import load_model_dir
+from iic_survey.model.directory import load_model_dir
+from iic_survey.training import config, loop
 from tests.fixtures.jobs import load_job
 from tests.test_training import make_fake_training_set
 
@@ -67,7 +67,7 @@ def test_a_worker_killed_mid_epoch_recovers_and_the_job_writes_a_model_dir(local
     make_fake_training_set(tmp_path / "ts", n=150)
     marker = tmp_path / "crashed"
     args = _args(tmp_path, "kill", max_failures=1)
-    env = {training.CRASH_ENV: "1:1", training.CRASH_MARKER_ENV: str(marker)}
+    env = {loop.CRASH_ENV: "1:1", loop.CRASH_MARKER_ENV: str(marker)}
     result = _submit(local_ray, args, env)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
@@ -86,7 +86,7 @@ def test_rerun_after_an_interrupted_run_continues_from_its_checkpoint(local_ray,
     make_fake_training_set(tmp_path / "ts", n=150)
     args = _args(tmp_path, "resume", max_failures=0)
     # No failures allowed: the death at epoch 1 ends the job, after epoch 0's checkpoint.
-    env = {training.CRASH_ENV: "1:1", training.CRASH_MARKER_ENV: str(tmp_path / "crashed")}
+    env = {loop.CRASH_ENV: "1:1", loop.CRASH_MARKER_ENV: str(tmp_path / "crashed")}
     first = _submit(local_ray, args, env)
     assert first.returncode != 0, "the interrupted run should have failed"
     assert not (tmp_path / "model").exists()
@@ -97,8 +97,8 @@ def test_rerun_after_an_interrupted_run_continues_from_its_checkpoint(local_ray,
     assert bundle.meta["starts"] == [0, 1]
     history = bundle.metrics["history"]
     assert [h["epoch"] for h in history] == [0, 1]
-    cfg = training.TrainConfig(data="x", lr=1e-3)
-    assert [h["lr"] for h in history] == [training.lr_at(e, cfg) for e in (0, 1)]
+    cfg = config.TrainConfig(data="x", lr=1e-3)
+    assert [h["lr"] for h in history] == [loop.lr_at(e, cfg) for e in (0, 1)]
     # The best checkpoint (lowest validation loss) is the one the model directory holds.
     best = min(history, key=lambda h: h["val_loss"])["epoch"]
     assert bundle.meta["best_epoch"] == best

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from iic_survey import CLASSES, labels, training
+from iic_survey.core.constants import CLASSES
+from iic_survey.training import config, loop, splits, trainingset
 
 FEATURES = ("w1_w2", "w2_w3", "w1", "w1_sigma", "w2_sigma", "w3_sigma", "w3_detected")
 
@@ -41,8 +42,8 @@ def make_fake_training_set(root: Path, n: int = 240, seed: int = 0) -> dict:
             "healpix_k5": np.zeros(n, dtype=np.int64),
         }
     )
-    df["split"] = labels.assign_split(df["cntr"], df["ra"], df["dec"])
-    w = labels.TrainingSetWriter(str(root))
+    df["split"] = splits.assign_split(df["cntr"], df["ra"], df["dec"])
+    w = trainingset.TrainingSetWriter(str(root))
     for part in np.array_split(np.arange(n), 2):
         w.write(df.iloc[part], images[part], features[part])
     return w.close(
@@ -60,26 +61,26 @@ def make_fake_training_set(root: Path, n: int = 240, seed: int = 0) -> dict:
 
 
 def test_lr_schedule_is_the_papers_and_a_pure_function_of_the_epoch():
-    cfg = training.TrainConfig(data="x")
+    cfg = config.TrainConfig(data="x")
     assert (cfg.epochs, cfg.lr, cfg.lr_halve_epoch) == (200, 1e-4, 50)
-    assert [training.lr_at(e, cfg) for e in (0, 49, 50, 199)] == [1e-4, 1e-4, 5e-5, 5e-5]
+    assert [loop.lr_at(e, cfg) for e in (0, 49, 50, 199)] == [1e-4, 1e-4, 5e-5, 5e-5]
     short = dataclasses.replace(cfg, lr=1e-3, lr_halve_epoch=2)
-    assert [training.lr_at(e, short) for e in range(4)] == [1e-3, 1e-3, 5e-4, 5e-4]
+    assert [loop.lr_at(e, short) for e in range(4)] == [1e-3, 1e-3, 5e-4, 5e-4]
     with pytest.raises(ValueError):
-        training.lr_at(-1, cfg)
+        loop.lr_at(-1, cfg)
 
 
 def test_train_config_checks_itself():
     with pytest.raises(ValueError, match="did you mean 'fusion'"):
-        training.TrainConfig(data="x", arch="fusoin")
+        config.TrainConfig(data="x", arch="fusoin")
     with pytest.raises(ValueError, match="precision"):
-        training.TrainConfig(data="x", precision="fp8")
+        config.TrainConfig(data="x", precision="fp8")
     with pytest.raises(ValueError, match="epochs"):
-        training.TrainConfig(data="x", epochs=0)
+        config.TrainConfig(data="x", epochs=0)
     with pytest.raises(ValueError, match="did you mean 'epochs'"):
-        training.TrainConfig.from_dict({"data": "x", "epoch": 3})
-    cfg = training.TrainConfig(data="x", widths=[8, 8, 8, 8, 8, 8])
-    assert training.TrainConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+        config.TrainConfig.from_dict({"data": "x", "epoch": 3})
+    cfg = config.TrainConfig(data="x", widths=[8, 8, 8, 8, 8, 8])
+    assert config.TrainConfig.from_dict(dataclasses.asdict(cfg)) == cfg
 
 
 def _dihedral_group(img: torch.Tensor) -> list[torch.Tensor]:
@@ -95,7 +96,7 @@ def _dihedral_group(img: torch.Tensor) -> list[torch.Tensor]:
 def test_augmentation_only_applies_dihedral_transforms_and_keeps_flux():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 3, 80, 80)
-    y = training.augment(x, g)
+    y = loop.augment(x, g)
     assert y.shape == x.shape
     # Flux of every channel of every image is kept (pixels are only permuted)...
     torch.testing.assert_close(y.sum(dim=(2, 3)), x.sum(dim=(2, 3)))
@@ -114,21 +115,21 @@ def test_dihedral_matches_numpy_for_every_element():
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
     group = _dihedral_group(x)
     for j in range(8):
-        torch.testing.assert_close(training.dihedral(x, j % 4, j >= 4), group[j])
+        torch.testing.assert_close(loop.dihedral(x, j % 4, j >= 4), group[j])
 
 
 def test_autocast_dtype():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert training.autocast_dtype("auto", cpu) is None
-    assert training.autocast_dtype("fp32", cuda) is None
-    assert training.autocast_dtype("fp16", cuda) is torch.float16
-    assert training.autocast_dtype("bf16", cuda) is torch.bfloat16
+    assert loop.autocast_dtype("auto", cpu) is None
+    assert loop.autocast_dtype("fp32", cuda) is None
+    assert loop.autocast_dtype("fp16", cuda) is torch.float16
+    assert loop.autocast_dtype("bf16", cuda) is torch.bfloat16
 
 
 def test_model_config_finds_w3_features_by_name():
-    cfg = training.model_config_for(training.TrainConfig(data="x", arch="fusion"), list(FEATURES))
+    cfg = config.model_config_for(config.TrainConfig(data="x", arch="fusion"), list(FEATURES))
     assert cfg.w3_flag_index == 6 and cfg.w3_feature_indices == (1, 5) and cfg.n_features == 7
-    cfg = training.model_config_for(training.TrainConfig(data="x"), ["a", "b"])
+    cfg = config.model_config_for(config.TrainConfig(data="x"), ["a", "b"])
     assert cfg.w3_flag_index is None and cfg.w3_feature_indices == ()
 
 
@@ -138,28 +139,28 @@ def test_model_config_finds_w3_features_by_name():
 
 def test_training_set_round_trips_through_pyarrow(tmp_path):
     man = make_fake_training_set(tmp_path / "ts", n=60)
-    assert labels.read_manifest(str(tmp_path / "ts"))["feature_names"] == list(FEATURES)
+    assert trainingset.read_manifest(str(tmp_path / "ts"))["feature_names"] == list(FEATURES)
     assert sum(sum(c.values()) for c in man["counts"].values()) == 60
-    train = labels.read_split(str(tmp_path / "ts"), "train")
+    train = trainingset.read_split(str(tmp_path / "ts"), "train")
     assert train["image"].shape[1:] == (3, 80, 80) and train["image"].dtype == np.float32
     assert train["features"].shape[1:] == (7,)
     assert not (tmp_path / "ts.partial").exists()
     whole = pd.read_parquet(tmp_path / "ts")  # plain pandas sees the split as a column
-    assert set(whole["split"]) == set(labels.SPLITS) and len(whole) == 60
+    assert set(whole["split"]) == set(splits.SPLITS) and len(whole) == 60
     with pytest.raises(FileExistsError):
-        labels.TrainingSetWriter(str(tmp_path / "ts"))
+        trainingset.TrainingSetWriter(str(tmp_path / "ts"))
     with pytest.raises(FileNotFoundError, match="build_training_set"):
-        labels.read_manifest(str(tmp_path / "nothing"))
+        trainingset.read_manifest(str(tmp_path / "nothing"))
 
 
 @pytest.mark.slow
 def test_training_set_round_trips_through_ray_data(ray_cluster, tmp_path):
     make_fake_training_set(tmp_path / "ts", n=60)
-    ds = labels.read_split_ray(
+    ds = trainingset.read_split_ray(
         str(tmp_path / "ts"), "train", columns=["image", "features", "label"]
     )
     batch = ds.take_batch(1000, batch_format="numpy")
-    expect = labels.read_split(str(tmp_path / "ts"), "train")
+    expect = trainingset.read_split(str(tmp_path / "ts"), "train")
     assert batch["image"].shape == (len(expect["label"]), 3, 80, 80)
     assert batch["image"].dtype == np.float32
     np.testing.assert_array_equal(
@@ -198,12 +199,14 @@ def _checkpoint(tmp: Path, model, epoch: int, history: list[dict]):
 
 
 def test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path):
-    from iic_survey import evaluation, pipeline
-    from iic_survey.model import build_model, load_model_dir
+    from iic_survey.model import ood as model_ood
+    from iic_survey.model.directory import load_model_dir
+    from iic_survey.model.network import build_model
+    from iic_survey.training import finalize as evaluation
 
     man = make_fake_training_set(tmp_path / "ts", n=150)
-    cfg = training.TrainConfig(data=str(tmp_path / "ts"), epochs=2, **TINY)
-    mcfg = training.model_config_for(cfg, man["feature_names"])
+    cfg = config.TrainConfig(data=str(tmp_path / "ts"), epochs=2, **TINY)
+    mcfg = config.model_config_for(cfg, man["feature_names"])
     model = build_model(mcfg, seed=0)
     hist = [
         {
@@ -232,7 +235,7 @@ def test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path):
     assert bundle.rgb == man["rgb"]
     assert bundle.metrics["test"]["n"] == bundle.meta["n_test"] > 0
     assert len(bundle.metrics["history"]) == 2
-    ood = pipeline.OodStats.from_model(bundle.feature_stats)
+    ood = model_ood.OodStats.from_model(bundle.feature_stats)
     assert ood is not None and ood.mean.shape == (16,) and ood.precision.shape == (16, 16)
     assert ood.threshold > 0
     report = tmp_path / "model" / evaluation.REPORT_DIR
@@ -245,15 +248,15 @@ def test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path):
 
 
 def test_ood_statistics_flag_far_away_embeddings():
-    from iic_survey import evaluation
+    from iic_survey.model import ood as model_ood
 
     rng = np.random.default_rng(0)
     emb = rng.normal(0, 1, (2000, 8))
-    stats = evaluation.ood_statistics(emb, rng.normal(0, 1, (2000, 3)), temperature=1.0)
-    d_in = evaluation.mahalanobis(
+    stats = model_ood.ood_statistics(emb, rng.normal(0, 1, (2000, 3)), temperature=1.0)
+    d_in = model_ood.mahalanobis(
         rng.normal(0, 1, (500, 8)), np.array(stats["mean"]), np.array(stats["precision"])
     )
-    d_out = evaluation.mahalanobis(
+    d_out = model_ood.mahalanobis(
         rng.normal(6, 1, (500, 8)), np.array(stats["mean"]), np.array(stats["precision"])
     )
     assert np.mean(d_in > stats["mahalanobis_threshold"]) < 0.05
@@ -263,5 +266,5 @@ def test_ood_statistics_flag_far_away_embeddings():
 
     x = rng.normal(0, 1, 8)
     mean, prec = np.array(stats["mean"]), np.array(stats["precision"])
-    ours = evaluation.mahalanobis(x[None], mean, prec)[0]
+    ours = model_ood.mahalanobis(x[None], mean, prec)[0]
     assert ours == pytest.approx(scipy_maha(x, mean, prec), rel=1e-5)

@@ -54,7 +54,8 @@ def sky_fingerprint(catalog: pd.DataFrame) -> str:
 
 def read_sky(root: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(catalog cntr/ra/dec, truth cntr/class) of a synthetic sky."""
-    from iic_survey import catalog, synthetic
+    from iic_survey.inputs import catalog
+    from iic_survey.synthetic import sky as synthetic
 
     cat = catalog.open_catalog(synthetic.catalog_url(root))
     rows = cat.read_pixels(cat.pixels(5), 5, columns=["cntr", "ra", "dec"])
@@ -139,7 +140,7 @@ def to_skyserver_csv(table: pd.DataFrame) -> str:
 
 
 def main() -> int:
-    from iic_survey import synthetic
+    from iic_survey.synthetic import sky as synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         synthetic.write_sky(f"{tmp}/sky", synthetic.tiny_config())

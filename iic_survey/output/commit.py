@@ -1,0 +1,148 @@
+"""TODO docstring for output.commit (from output)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from iic_survey.core import sky
+from iic_survey.output.schema import (
+    OUTPUT_SCHEMA,
+    marker_path,
+    pixel_file,
+    resolve,
+    staging_dir,
+)
+from iic_survey.output.writer import (
+    OutputError,
+    _file_metadata,
+    _parquet_bytes,
+    _parts,
+    _put,
+    _read_json,
+    staged_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def is_finished(
+    out: str, order: int, pixel: int, fs: fsspec.AbstractFileSystem | None = None
+) -> bool:
+    """Whether a pixel has been committed (its marker exists)."""
+    fs, root = resolve(out, fs)
+    return bool(fs.exists(marker_path(root, order, pixel)))
+
+
+def commit_pixel(
+    out: str,
+    order: int,
+    pixel: int,
+    expected_rows: int,
+    fs: fsspec.AbstractFileSystem | None = None,
+) -> int:
+    """Turn a pixel's staged parts into its final, sorted file; return its row count.
+
+    Idempotent and safe to race: a pixel already committed with ``expected_rows`` rows is left as
+    it is (leftover parts are removed), and two concurrent commits write identical bytes.
+
+    Raises
+    ------
+    OutputError
+        If the staged rows do not add up to ``expected_rows`` (a chunk is missing or was staged
+        twice under different ids), if a ``cntr`` repeats, or if the pixel was committed before
+        with a different count.
+    """
+    if int(expected_rows) < 1:
+        raise ValueError(f"pixel {pixel}: expected_rows must be >= 1 (do not plan empty pixels)")
+    fs, root = resolve(out, fs)
+    marker = marker_path(root, order, pixel)
+    if fs.exists(marker):
+        return _already_committed(fs, root, order, pixel, int(expected_rows))
+    parts = _parts(fs, root, order, pixel)
+    try:
+        tables = []
+        for part in parts:
+            with fs.open(part, "rb") as f:
+                tables.append(pq.read_table(f, schema=OUTPUT_SCHEMA))
+    except FileNotFoundError:
+        if fs.exists(marker):  # a concurrent commit finished first and removed the parts
+            return _already_committed(fs, root, order, pixel, int(expected_rows))
+        raise
+    table = pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
+    if table.num_rows != int(expected_rows):
+        raise OutputError(
+            f"pixel {pixel} (order {order}): {table.num_rows} rows staged in "
+            f"{len(parts)} parts, {expected_rows} planned; a chunk is missing or "
+            f"duplicated under another chunk id"
+        )
+    cntr = table.column("cntr").to_numpy()
+    uniq, counts = np.unique(cntr, return_counts=True)
+    if len(uniq) != len(cntr):
+        raise OutputError(
+            f"pixel {pixel} (order {order}): {len(cntr) - len(uniq)} repeated cntr "
+            f"values (e.g. {uniq[counts > 1][:5].tolist()}); each source must be "
+            f"staged once"
+        )
+    table = table.sort_by([("_healpix_29", "ascending"), ("cntr", "ascending")])
+    table = table.replace_schema_metadata(_file_metadata(fs, root))
+    data = _parquet_bytes(table)
+    _put(fs, pixel_file(root, order, pixel), data)
+    info = {
+        "order": order,
+        "pixel": int(pixel),
+        "rows": table.num_rows,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "file": sky.hats_path(order, pixel),
+    }
+    _put(fs, marker, json.dumps(info, sort_keys=True).encode())
+    _remove_staging(fs, root, order, pixel)
+    logger.debug("committed pixel %d (order %d): %d rows", pixel, order, table.num_rows)
+    return table.num_rows
+
+
+def _already_committed(
+    fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int, expected_rows: int
+) -> int:
+    rows = int(_read_json(fs, marker_path(root, order, pixel))["rows"])
+    if rows != expected_rows:
+        raise OutputError(
+            f"pixel {pixel} (order {order}) was committed with {rows} rows, but "
+            f"{expected_rows} are planned now: the input changed; start a new output"
+        )
+    _remove_staging(fs, root, order, pixel)
+    return rows
+
+
+def _remove_staging(fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(staging_dir(root, order, pixel), recursive=True)
+
+
+def commit_if_complete(
+    out: str,
+    order: int,
+    pixel: int,
+    expected_rows: int,
+    fs: fsspec.AbstractFileSystem | None = None,
+) -> bool:
+    """Commit a pixel when its staged rows reach ``expected_rows``; return whether it is finished.
+
+    Meant to be called by a writer task after each :func:`write_part`: the task that stages the
+    last chunk commits the pixel.
+    """
+    fs, root = resolve(out, fs)
+    if fs.exists(marker_path(root, order, pixel)):
+        return True
+    if staged_rows(root, order, pixel, fs) < int(expected_rows):
+        return False
+    commit_pixel(root, order, pixel, expected_rows, fs)
+    return True

@@ -1,0 +1,139 @@
+"""TODO docstring for output.export (from export)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.output.reader import read
+from iic_survey.output.schema import COLUMN_DOCS, resolve
+
+logger = logging.getLogger(__name__)
+_FORMATS = {
+    ".fits": "fits",
+    ".fit": "fits",
+    ".fits.gz": "fits",
+    ".vot": "votable",
+    ".xml": "votable",
+    ".votable": "votable",
+}
+
+
+# ---------------------------------------------------------------- FITS / VOTable
+
+
+def to_astropy(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> Any:
+    """An astropy Table of ``df`` with the catalog's units and descriptions (nulls masked)."""
+    from astropy.table import MaskedColumn, Table
+
+    table = Table(meta=dict(meta or {}))
+    for name in df.columns:
+        s = df[name]
+        null = s.isna().to_numpy()
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            values = np.array(
+                ["" if n else str(v) for v, n in zip(s, null, strict=True)], dtype=str
+            )
+        elif pd.api.types.is_bool_dtype(s):
+            values = s.fillna(False).to_numpy(dtype=bool)
+        elif pd.api.types.is_integer_dtype(s):
+            values = s.to_numpy(dtype=np.dtype(s.dtype.name.lower()), na_value=0)
+        else:
+            values = s.to_numpy(dtype=np.dtype(s.dtype.name.lower()), na_value=np.nan)
+        doc = COLUMN_DOCS.get(str(name), {})
+        table[str(name)] = MaskedColumn(
+            values, mask=null, unit=doc.get("unit") or None, description=doc.get("description")
+        )
+    return table
+
+
+def export(
+    source: pd.DataFrame | str,
+    dest: str,
+    *,
+    overwrite: bool = False,
+    max_rows: int = 5_000_000,
+    filesystem: fsspec.AbstractFileSystem | None = None,
+    **query: Any,
+) -> str:
+    """Write a selection to FITS (``.fits``) or VOTable (``.vot``/``.xml``), units kept.
+
+    ``source`` is a DataFrame from :func:`read` or a catalog path; with a path, ``query`` goes to
+    :func:`read` (``columns``, ``classes``, ``min_confidence``, ``cone``, ``pixels``). Column
+    descriptions go to the VOTable DESCRIPTION elements and to FITS ``TCOMMn`` keywords (and the
+    astropy column header, which ``Table.read`` restores). ``dest`` may be an fsspec URL.
+    """
+    suffix = next(
+        (s for s in sorted(_FORMATS, key=len, reverse=True) if str(dest).lower().endswith(s)), None
+    )
+    if suffix is None:
+        raise ValueError(f"cannot tell the format of {dest!r}: use one of {sorted(_FORMATS)}")
+    meta: dict[str, Any] = {"ORIGIN": "iic_survey", "IICVERS": __version__}
+    if isinstance(source, pd.DataFrame):
+        if query:
+            raise TypeError(f"query arguments {sorted(query)} need a catalog path, not a frame")
+        df = source
+    else:
+        df = read(source, filesystem=filesystem, **query)
+        meta["CATALOG"] = str(source)[-60:]
+    if len(df) > max_rows:
+        raise ValueError(
+            f"{len(df)} rows selected, more than max_rows={max_rows}: narrow the "
+            f"query (cone, classes, pixels) or raise max_rows"
+        )
+    fs, out = resolve(dest)
+    if fs.exists(out) and not overwrite:
+        raise FileExistsError(f"{dest} exists; pass overwrite=True")
+    table = to_astropy(df, meta)
+    sink = io.BytesIO()
+    if _FORMATS[suffix] == "fits":
+        from astropy.io import fits
+
+        table.write(sink, format="fits")  # astropy keeps descriptions in its header block
+        with fits.open(io.BytesIO(sink.getvalue())) as hdul:
+            header = hdul[1].header
+            for i, name in enumerate(table.colnames, start=1):
+                if table[name].description:  # TCOMMn: what TOPCAT and other readers show
+                    header.insert(f"TTYPE{i}", (f"TCOMM{i}", table[name].description), after=True)
+            sink = io.BytesIO()
+            hdul.writeto(sink)
+    else:
+        table.write(sink, format="votable")
+    fs.makedirs(fs._parent(out), exist_ok=True)
+    fs.pipe_file(out, sink.getvalue())
+    logger.info("wrote %d rows to %s", len(df), dest)
+    return str(dest)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m iic_survey export CATALOG DEST [--class quasar] [--cone RA DEC R] ...``."""
+    parser = argparse.ArgumentParser(prog="iic_survey export", description=export.__doc__)
+    parser.add_argument("catalog", help="catalog path or URL")
+    parser.add_argument("dest", help="output .fits, .vot or .xml")
+    parser.add_argument("--columns", help="comma-separated columns (default: all)")
+    parser.add_argument("--class", dest="classes", action="append", choices=CLASSES)
+    parser.add_argument("--min-confidence", type=float)
+    parser.add_argument("--cone", nargs=3, type=float, metavar=("RA", "DEC", "RADIUS_DEG"))
+    parser.add_argument("--max-rows", type=int, default=5_000_000)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    dest = export(
+        args.catalog,
+        args.dest,
+        overwrite=args.overwrite,
+        max_rows=args.max_rows,
+        columns=args.columns.split(",") if args.columns else None,
+        classes=args.classes,
+        min_confidence=args.min_confidence,
+        cone=tuple(args.cone) if args.cone else None,
+    )
+    logger.info("exported to %s", dest)
+    return 0

@@ -1,0 +1,239 @@
+"""Getting rows out of a classification catalog: queries, checks, and FITS / VOTable export.
+
+A query is two steps, like LSDB's searches: a coarse step picks the pixel files that can hold
+matching rows (from ``partition_info.csv`` and the HEALPix maths in :mod:`iic_survey.sky`), and a
+fine step picks the rows (Parquet filters for class and confidence, an exact angular distance
+for cones). Only the files the first step keeps are opened. Before :func:`output.finalize`, the
+committed pixels are those with a ``_done`` marker; a pixel file without one is ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from iic_survey.core import sky
+from iic_survey.core.constants import CLASSES
+from iic_survey.core.flags import QualityFlag
+from iic_survey.output.schema import OUTPUT_SCHEMA, resolve
+from iic_survey.output.writer import commit_markers
+
+PROB_COLUMNS = tuple(f"p_{c}" for c in CLASSES)
+
+
+def _check_names(names: Sequence[str], allowed: Sequence[str], what: str) -> None:
+    for name in names:
+        if name not in allowed:
+            close = difflib.get_close_matches(str(name), list(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown {what} {name!r}{hint}; known: {', '.join(allowed)}")
+
+
+def partitions(
+    path: str, filesystem: fsspec.AbstractFileSystem | None = None
+) -> list[tuple[int, int]]:
+    """(order, pixel) of every committed partition, sorted.
+
+    A finalized catalog lists them in ``partition_info.csv``; an unfinished one in its commit
+    markers.
+    """
+    fs, root = resolve(path, filesystem)
+    info = f"{root}/partition_info.csv"
+    if fs.exists(f"{root}/hats.properties") and fs.exists(info):
+        with fs.open(info, "rb") as f:
+            df = pd.read_csv(f)
+        return sorted(zip(df["Norder"].astype(int), df["Npix"].astype(int), strict=True))
+    found = commit_markers(root, fs)
+    if not found and not fs.exists(f"{root}/_run.json"):
+        raise FileNotFoundError(
+            f"{path} is not an iic_survey catalog (no hats.properties, "
+            f"partition_info.csv, _done markers or _run.json)"
+        )
+    return sorted((k, p) for k, pix in found.items() for p in pix)
+
+
+def _pixel_file(root: str, order: int, pixel: int) -> str:
+    return f"{root}/dataset/{sky.hats_path(order, pixel)}"
+
+
+def _select(
+    parts: list[tuple[int, int]],
+    cone: tuple[float, float, float] | None,
+    pixels: tuple[int, Sequence[int]] | None,
+) -> list[tuple[int, int]]:
+    """The coarse step: partitions that can hold rows in the cone and the pixel set."""
+    keep = parts
+    if cone is not None:
+        ra, dec, r = (float(v) for v in cone)
+        near = {k: set(sky.cone_pixels(ra, dec, r, k).tolist()) for k in {k for k, _ in keep}}
+        keep = [(k, p) for k, p in keep if p in near[k]]
+    if pixels is not None:
+        q, qpix = sky.check_order(pixels[0]), sky.check_pixels(np.asarray(pixels[1]), pixels[0])
+        wanted = set(qpix.tolist())
+        out = []
+        for k, p in keep:
+            if q <= k:
+                hit = int(sky.parent(p, k, q)[0]) in wanted
+            else:
+                hit = bool(np.any(sky.parent(qpix, q, k) == p))
+            if hit:
+                out.append((k, p))
+        keep = out
+    return keep
+
+
+def angular_separation_deg(
+    ra1: np.ndarray, dec1: np.ndarray, ra2: float, dec2: float
+) -> np.ndarray:
+    """Great-circle distance in degrees (Vincenty formula: stable at all separations)."""
+    l1, b1, l2, b2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (ra1, dec1, ra2, dec2))
+    dl = l1 - l2
+    num = np.hypot(
+        np.cos(b1) * np.sin(dl), np.cos(b2) * np.sin(b1) - np.sin(b2) * np.cos(b1) * np.cos(dl)
+    )
+    den = np.sin(b2) * np.sin(b1) + np.cos(b2) * np.cos(b1) * np.cos(dl)
+    return np.asarray(np.degrees(np.arctan2(num, den)))
+
+
+def read(
+    path: str,
+    columns: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    min_confidence: float | None = None,
+    cone: tuple[float, float, float] | None = None,
+    pixels: tuple[int, Sequence[int]] | None = None,
+    filesystem: fsspec.AbstractFileSystem | None = None,
+) -> pd.DataFrame:
+    """Rows of a catalog matching every given condition, opening only the files that can match.
+
+    Parameters
+    ----------
+    path
+        Catalog root (local path or fsspec URL such as ``s3://bucket/catalog``).
+    columns
+        Columns to return (default: all, in schema order).
+    classes
+        Keep rows whose ``class`` is one of these (rows without a class are dropped).
+    min_confidence
+        Keep rows with ``confidence >= min_confidence``.
+    cone
+        ``(ra, dec, radius)`` in degrees: keep rows within the radius (exact distance).
+    pixels
+        ``(order, [pixel, ...])`` NESTED HEALPix pixels at any order: keep rows inside them.
+    filesystem
+        An fsspec filesystem for ``path`` (default: inferred from the URL).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ordered by partition then ``_healpix_29``; ``class`` is a categorical with the
+        categories in ``CLASSES`` order.
+    """
+    fs, root = resolve(path, filesystem)
+    names = list(OUTPUT_SCHEMA.names)
+    wanted = names if columns is None else list(columns)
+    _check_names(wanted, names, "column")
+    filters: list[tuple[str, str, Any]] = []
+    if classes is not None:
+        _check_names(list(classes), CLASSES, "class")
+        filters.append(("class", "in", list(classes)))
+    if min_confidence is not None:
+        filters.append(("confidence", ">=", float(min_confidence)))
+    need = set(wanted) | ({"ra", "dec"} if cone else set()) | ({"_healpix_29"} if pixels else set())
+    read_cols = [c for c in names if c in need]
+
+    tables = []
+    for order, pixel in _select(partitions(root, fs), cone, pixels):
+        with fs.open(_pixel_file(root, order, pixel), "rb") as f:
+            table = pq.read_table(f, columns=read_cols, filters=filters or None)
+        mask = np.ones(table.num_rows, dtype=bool)
+        if cone is not None:
+            ra = table.column("ra").to_numpy(zero_copy_only=False)
+            dec = table.column("dec").to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                mask &= angular_separation_deg(ra, dec, cone[0], cone[1]) <= float(cone[2])
+        if pixels is not None:
+            q = sky.check_order(pixels[0])
+            h29 = table.column("_healpix_29").to_numpy()
+            mask &= np.isin(h29 >> (2 * (sky.MAX_ORDER - q)), np.asarray(pixels[1], np.int64))
+        tables.append(table.filter(pa.array(mask)).select(wanted))
+    if not tables:
+        tables = [OUTPUT_SCHEMA.empty_table().select(wanted)]
+    table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+    return _to_pandas(table)
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    if "class" in table.column_names:
+        i = table.column_names.index("class")
+        table = table.set_column(i, "class", table.column("class").cast(pa.string()))
+    df = table.to_pandas()
+    if "class" in df.columns:
+        df["class"] = pd.Categorical(df["class"], categories=list(CLASSES))
+    return df
+
+
+def iter_pixels(
+    path: str,
+    columns: Sequence[str] | None = None,
+    filesystem: fsspec.AbstractFileSystem | None = None,
+) -> Iterator[tuple[int, int, pd.DataFrame]]:
+    """(order, pixel, rows) for each committed partition in turn: flat memory at any sky size."""
+    fs, root = resolve(path, filesystem)
+    cols = list(OUTPUT_SCHEMA.names if columns is None else columns)
+    _check_names(cols, OUTPUT_SCHEMA.names, "column")
+    for order, pixel in partitions(root, fs):
+        with fs.open(_pixel_file(root, order, pixel), "rb") as f:
+            yield order, pixel, _to_pandas(pq.read_table(f, columns=cols))
+
+
+def read_properties(
+    path: str, filesystem: fsspec.AbstractFileSystem | None = None
+) -> dict[str, str]:
+    """The key/value pairs of ``hats.properties`` (empty if the catalog is not finalized)."""
+    fs, root = resolve(path, filesystem)
+    if not fs.exists(f"{root}/hats.properties"):
+        return {}
+    props = {}
+    with fs.open(f"{root}/hats.properties", "rb") as f:
+        for line in f.read().decode().splitlines():
+            if line.strip() and not line.lstrip().startswith(("#", "!")):
+                key, _, value = line.partition("=")
+                value = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m[1], m[1]), value)
+                props[key.strip()] = value
+    return props
+
+
+def summary_text(path: str, filesystem: fsspec.AbstractFileSystem | None = None) -> str:
+    """A few lines on a catalog: rows per class, outliers and quality flags."""
+    counts = dict.fromkeys((*CLASSES, "unclassified"), 0)
+    flags = dict.fromkeys((f.name for f in QualityFlag), 0)
+    rows = outliers = npart = 0
+    orders = set()
+    for order, _, df in iter_pixels(path, ["class", "is_outlier", "quality_flags"], filesystem):
+        npart += 1
+        orders.add(order)
+        rows += len(df)
+        outliers += int(df["is_outlier"].sum())
+        vc = df["class"].value_counts()
+        for c in CLASSES:
+            counts[c] += int(vc.get(c, 0))
+        counts["unclassified"] += int(df["class"].isna().sum())
+        q = df["quality_flags"].to_numpy()
+        for f in QualityFlag:
+            flags[str(f.name)] += int(np.count_nonzero(q & int(f)))
+    pct = (lambda n: f"{100 * n / rows:.2f} %") if rows else (lambda n: "-")
+    lines = [f"catalog: {path}", f"rows: {rows} in {npart} pixels (order {sorted(orders)})"]
+    lines += [f"  {c:<13} {n:>12}  {pct(n)}" for c, n in counts.items()]
+    lines.append(f"outliers: {outliers} ({pct(outliers)})")
+    lines.append("quality flags (rows with the bit set):")
+    lines += [f"  {name:<18} {n:>12}  {pct(n)}" for name, n in flags.items() if n]
+    return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""The classification catalog's format: its schema, column docs and file layout.
+
+The output is a HATS catalog (IVOA HATS note 1.0), so ``hats.read_hats``, ``lsdb.open_catalog``
+and plain ``pandas.read_parquet`` open it as it is::
+
+    hats.properties                           written last: the catalog is complete
+    partition_info.csv                        Norder,Npix
+    dataset/_common_metadata, _metadata       schema (+ units, descriptions), footers
+    dataset/Norder=K/Dir=D/Npix=N.parquet     one file per pixel, sorted by _healpix_29
+    _run.json                                 the run's arguments (refuses a mismatched resume)
+    _plan.json                                planned rows per pixel (optional)
+    _done/Norder=K/Npix=N.json                commit marker: rows + sha256 of the pixel file
+    _staging/Norder=K/Npix=N/part-<chunk>.parquet   chunks waiting for their pixel's commit
+
+Every pixel file has :data:`OUTPUT_SCHEMA`: the AllWISE identity, position and photometry of
+each source, the calibrated class probabilities, the most probable class, confidence, entropy,
+out-of-distribution score, outlier and quality flags, and the model version. :data:`COLUMNS`
+is the single source of names, types, units and descriptions (the README's column table and the
+exporters use :data:`COLUMN_DOCS`, made from it). :func:`as_output_table` conforms one pixel's
+result rows to the schema, computing the HATS spatial index ``_healpix_29``.
+
+Writing these files (staging, commit, finalize) is :mod:`iic_survey.output`; reading them is
+:mod:`iic_survey.export`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import fsspec
+import healpy as hp
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from iic_survey.core import sky
+from iic_survey.core.constants import CLASSES
+from iic_survey.core.flags import QualityFlag
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "iic_survey.classification_catalog"
+FORMAT_VERSION = 1
+
+_UNCLASSIFIABLE = "; null when unclassifiable (see quality_flags)"
+_FLAG_BITS = ", ".join(f"{int(f)}={f.name}" for f in QualityFlag)
+
+# name: (arrow type, nullable, unit, description). The README's column table is made from this.
+COLUMNS: dict[str, tuple[pa.DataType, bool, str, str]] = {
+    "_healpix_29": (pa.int64(), False, "", "HEALPix NESTED order-29 index of (ra, dec), the "
+                    "HATS spatial index (rows without coordinates: first index of their pixel)"),
+    "cntr": (pa.int64(), False, "", "AllWISE unique source identifier (allwise_p3as_psd.cntr)"),
+    "designation": (pa.string(), True, "", "AllWISE source designation (Jhhmmss.ss+ddmmss.s)"),
+    "ra": (pa.float64(), True, "deg", "Right ascension (ICRS) from AllWISE"),
+    "dec": (pa.float64(), True, "deg", "Declination (ICRS) from AllWISE"),
+    "w1mpro": (pa.float64(), True, "mag", "AllWISE W1 (3.4 um) profile-fit magnitude (Vega)"),
+    "w2mpro": (pa.float64(), True, "mag", "AllWISE W2 (4.6 um) profile-fit magnitude (Vega)"),
+    "w3mpro": (pa.float64(), True, "mag", "AllWISE W3 (12 um) profile-fit magnitude (Vega)"),
+    "p_galaxy": (pa.float32(), True, "", "Calibrated galaxy probability" + _UNCLASSIFIABLE),
+    "p_quasar": (pa.float32(), True, "", "Calibrated quasar probability" + _UNCLASSIFIABLE),
+    "p_star": (pa.float32(), True, "", "Calibrated star probability" + _UNCLASSIFIABLE),
+    "class": (pa.dictionary(pa.int8(), pa.string()), True, "",
+              "Most probable class (galaxy, quasar, star)" + _UNCLASSIFIABLE),
+    "confidence": (pa.float32(), True, "", "Largest calibrated class probability"),
+    "entropy": (pa.float32(), True, "", "Entropy of the class probabilities in nats (0..ln 3)"),
+    "ood_score": (pa.float32(), True, "", "Out-of-distribution score of the image embedding "
+                  "(larger = less like the training set)"),
+    "is_outlier": (pa.bool_(), False, "", "Low confidence or out of distribution"),
+    "quality_flags": (pa.int32(), False, "", f"Bitmask of QualityFlag bits: {_FLAG_BITS}"),
+    "model_version": (pa.string(), False, "", "Model identity (code version and weights hash)"),
+}  # fmt: skip
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field(name, typ, nullable=nullable, metadata={"unit": unit, "description": desc})
+        for name, (typ, nullable, unit, desc) in COLUMNS.items()
+    ],
+    metadata={
+        "iic_survey.format": FORMAT_NAME,
+        "iic_survey.format_version": str(FORMAT_VERSION),
+        "iic_survey.classes": json.dumps(list(CLASSES)),
+        "iic_survey.quality_flags": json.dumps({f.name: int(f) for f in QualityFlag}),
+    },
+)
+"""Arrow schema of every pixel file; units and descriptions live in the field metadata."""
+
+COLUMN_DOCS: dict[str, dict[str, str]] = {
+    name: {"type": str(typ), "unit": unit, "description": desc}
+    for name, (typ, _, unit, desc) in COLUMNS.items()
+}
+"""Column name -> {type, unit, description}, for the README table and the exporters."""
+
+
+# ---------------------------------------------------------------- layout
+
+
+def resolve(
+    path: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and protocol-less root path of a catalog path or URL."""
+    if fs is None:
+        fs, root = fsspec.core.url_to_fs(str(path))
+    else:
+        root = fs._strip_protocol(str(path))
+    return fs, str(root).rstrip("/") or "/"
+
+
+def pixel_file(root: str, order: int, pixel: int) -> str:
+    """Path of a committed pixel file: ``<root>/dataset/Norder=K/Dir=D/Npix=N.parquet``."""
+    return f"{root}/dataset/{sky.hats_path(order, pixel)}"
+
+
+def staging_dir(root: str, order: int, pixel: int) -> str:
+    """Folder of a pixel's staged chunk files."""
+    return f"{root}/_staging/Norder={sky.check_order(order)}/Npix={int(pixel)}"
+
+
+def marker_path(root: str, order: int, pixel: int) -> str:
+    """Path of a pixel's commit marker."""
+    return f"{root}/_done/Norder={sky.check_order(order)}/Npix={int(pixel)}.json"
+
+
+# ---------------------------------------------------------------- rows -> schema
+
+
+def _class_array(values: pd.Series) -> pa.Array:
+    raw = values.astype(object)
+    unknown = raw.notna() & ~raw.isin(CLASSES)
+    if unknown.any():
+        raise ValueError(
+            f"'class' holds values outside {CLASSES}: {sorted(set(raw[unknown].astype(str)))[:5]}"
+        )
+    codes = np.asarray(pd.Categorical(raw, categories=list(CLASSES)).codes, dtype=np.int8)
+    return pa.DictionaryArray.from_arrays(
+        pa.array(codes, mask=codes < 0, type=pa.int8()), pa.array(CLASSES, type=pa.string())
+    )
+
+
+def as_output_table(rows: pd.DataFrame | pa.Table, order: int, pixel: int) -> pa.Table:
+    """Conform result rows of one pixel to :data:`OUTPUT_SCHEMA`.
+
+    ``_healpix_29`` is computed from ra/dec when absent. Probabilities given as NaN become null.
+
+    Raises
+    ------
+    ValueError
+        On missing or unknown columns, nulls in a non-nullable column, an unknown class name, or
+        rows whose position lies outside ``pixel``.
+    """
+    df = rows.to_pandas() if isinstance(rows, pa.Table) else rows
+    missing = [c for c in COLUMNS if c not in df.columns and c != "_healpix_29"]
+    extra = [c for c in df.columns if c not in COLUMNS]
+    if missing or extra:
+        raise ValueError(
+            f"result rows do not match the output schema: missing {missing}, "
+            f"unknown {extra}; see iic_survey.output.COLUMNS"
+        )
+    arrays: list[pa.Array] = []
+    for field in OUTPUT_SCHEMA:
+        if field.name == "_healpix_29" and field.name not in df.columns:
+            arr = pa.array(_healpix_29_of(df, order, pixel), type=pa.int64())
+        elif field.name == "class":
+            arr = _class_array(df["class"])
+        else:
+            arr = pa.array(df[field.name], from_pandas=True).cast(field.type)
+        if not field.nullable and arr.null_count:
+            raise ValueError(f"column {field.name!r} has {arr.null_count} nulls but is required")
+        arrays.append(arr)
+    return _keep_inside(pa.Table.from_arrays(arrays, schema=OUTPUT_SCHEMA), order, pixel)
+
+
+def _keep_inside(table: pa.Table, order: int, pixel: int) -> pa.Table:
+    """Clamp the few rows a float rounding puts just across the pixel edge; refuse the rest.
+
+    The input catalog assigns rows to pixels with its own code; a source within rounding
+    distance of an edge can land in a neighbour. Such a row stays in the pixel it came from
+    (its ra/dec untouched, ``_healpix_29`` clamped to the pixel's range) rather than failing a
+    sky-wide run. Many rows outside the pixel mean a real bug, and raise.
+    """
+    shift = 2 * (sky.MAX_ORDER - order)
+    h29 = table.column("_healpix_29").to_numpy()
+    outside = (h29 >> shift) != int(pixel)
+    n_out = int(outside.sum())
+    if n_out == 0:
+        return table
+    neighbours = hp.get_all_neighbours(sky.nside(order), int(pixel), nest=True)
+    far = outside & ~np.isin(h29 >> shift, neighbours)
+    if far.any() or n_out > max(3, 0.01 * len(h29)):
+        raise ValueError(
+            f"{n_out} of {len(h29)} rows lie outside pixel {pixel} at order {order} "
+            f"(e.g. cntr {table.column('cntr').to_numpy()[outside][:3].tolist()})"
+        )
+    logger.warning("pixel %d: %d rows just outside the pixel kept in it", pixel, n_out)
+    lo, hi = int(pixel) << shift, ((int(pixel) + 1) << shift) - 1
+    i = table.schema.get_field_index("_healpix_29")
+    return table.set_column(i, table.schema.field(i), pa.array(np.clip(h29, lo, hi)))
+
+
+def _healpix_29_of(df: pd.DataFrame, order: int, pixel: int) -> np.ndarray:
+    ra = df["ra"].to_numpy(dtype=np.float64, na_value=np.nan)
+    dec = df["dec"].to_numpy(dtype=np.float64, na_value=np.nan)
+    ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90) & (ra >= 0) & (ra <= 360)
+    out = np.full(len(ra), int(pixel) << (2 * (sky.MAX_ORDER - order)), dtype=np.int64)
+    if ok.any():
+        out[ok] = sky.healpix_29(ra[ok], dec[ok])
+    return out

@@ -1,0 +1,276 @@
+"""A look at a classification catalog: sky maps, confidence, example cutouts, and truth metrics.
+
+:func:`write_report` reads the catalog one pixel file at a time (memory stays flat at any sky
+size), accumulates per-pixel counts on a HEALPix map, per-class confidence histograms and a
+deterministic sample of example rows, and writes PNG figures plus ``report.md`` linking them.
+With a truth table ``(cntr, class)`` it adds the confusion matrix, ROC curves, and completeness
+and purity against W1 magnitude and Galactic latitude (for the matched rows only).
+
+Figures are drawn with matplotlib's object API on an Agg canvas: no pyplot, so importing or
+running this never changes the caller's matplotlib backend. Maps use healpy's Mollweide
+projector; a catalog covering under 10 % of the sky also gets a zoomed panel.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from pathlib import Path
+from typing import Any
+
+import healpy as hp
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from iic_survey.core import sky
+from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.output.reader import iter_pixels, read_properties
+from iic_survey.report.config import _COLOURS, _COLUMNS, FIGSIZES, ReportConfig, StampSource
+from iic_survey.report.figures import _grid, _map_figure, _Panel, _save, _views
+from iic_survey.report.tally import (
+    _Tally,
+    binned_completeness_purity,
+    galactic_latitude,
+    load_truth,
+    truth_metrics,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def write_report(
+    catalog_path: str,
+    out_dir: str | Path,
+    truth: str | pd.DataFrame | None = None,
+    *,
+    stamps: StampSource | None = None,
+    config: ReportConfig | None = None,
+    filesystem: Any = None,
+    no_stamps_reason: str = "No image source was given",
+) -> Path:
+    """Write the figures and ``report.md`` for a catalog into ``out_dir``; return the .md path.
+
+    ``stamps`` draws the example cutout grids (see :func:`archive_stamps`); without it the
+    report says ``no_stamps_reason`` where the grids would be.
+    """
+    cfg = config or ReportConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tally = _Tally(cfg, load_truth(truth) if truth is not None else None)
+    npart = 0
+    for _, _, df in iter_pixels(catalog_path, _COLUMNS, filesystem):
+        tally.add(df)
+        npart += 1
+    if tally.rows == 0:
+        raise ValueError(f"{catalog_path} has no rows")
+    props = read_properties(catalog_path, filesystem)
+    md = [
+        f"# Classification report: `{catalog_path}`",
+        "",
+        f"Written by iic_survey {__version__} on {datetime.date.today().isoformat()}. "
+        f"Model: {', '.join(sorted(tally.models)) or 'unknown'}.",
+        "",
+    ]
+    md += _summary_md(tally, npart, props)
+    md += _sky_section(tally, out)
+    md += _confidence_section(tally, out)
+    md += _examples_section(tally, out, stamps, no_stamps_reason)
+    if tally.truth is not None:
+        md += _truth_section(tally, out)
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    logger.info("report for %s written to %s", catalog_path, path)
+    return path
+
+
+def _summary_md(t: _Tally, npart: int, props: dict[str, str]) -> list[str]:
+    n = t.rows
+    unclassified = n - int(t.per_class.sum())
+    md = [
+        "## Summary",
+        "",
+        f"{n:,} sources in {npart} HEALPix pixels"
+        + (f" (order {props['hats_order']})" if "hats_order" in props else "")
+        + ".",
+        "",
+        "| class | sources | fraction |",
+        "|---|---:|---:|",
+    ]
+    for i, c in enumerate(CLASSES):
+        md.append(f"| {c} | {int(t.per_class[i].sum()):,} | {t.per_class[i].sum() / n:.2%} |")
+    md.append(f"| unclassified | {unclassified:,} | {unclassified / n:.2%} |")
+    md += [
+        "",
+        f"Outliers (`is_outlier`): {int(t.outliers.sum()):,} ({t.outliers.sum() / n:.2%}).",
+        "",
+        "| quality flag | sources | fraction |",
+        "|---|---:|---:|",
+    ]
+    md += [f"| {k} | {v:,} | {v / n:.2%} |" for k, v in t.flag_counts.items() if v]
+    if "iic_run_args" in props:
+        md += ["", f"Run arguments: `{props['iic_run_args']}`"]
+    return [*md, ""]
+
+
+def _sky_section(t: _Tally, out: Path) -> list[str]:
+    order, seen = t.config.map_order, t.counts > 0
+    n = np.maximum(t.counts, 1)
+    area = hp.nside2pixarea(sky.nside(order), degrees=True)
+    density = np.where(seen, np.log10(n / area), hp.UNSEEN)
+    lo, hi = (float(density[seen].min()), float(density[seen].max())) if seen.any() else (0, 1)
+    outliers = np.where(seen, t.outliers / n, hp.UNSEEN)
+    top = max(float(outliers[seen].max()) if seen.any() else 0.0, 0.05)
+    figures = {
+        "sky_density": [_Panel("Source density", density, "log10(sources / deg²)", "viridis",
+                               lo, hi)],
+        "sky_class_fractions": [
+            _Panel(f"{c} fraction", np.where(seen, t.per_class[i] / n, hp.UNSEEN),
+                   "fraction of sources", "magma", 0.0, 1.0)
+            for i, c in enumerate(CLASSES)
+        ],
+        "sky_outliers": [_Panel("Outlier fraction", outliers, "fraction of sources", "inferno",
+                                0.0, top)],
+    }  # fmt: skip
+    views = _views(t.counts, order)
+    for name, panels in figures.items():
+        _save(_map_figure(panels, views, name, t.config.dpi), out / f"{name}.png", t.config.dpi)
+    note = " A zoomed panel shows the covered area." if len(views) > 1 else ""
+    return [
+        "## Sky maps",
+        "",
+        f"HEALPix order {order} (nside {sky.nside(order)}), Mollweide, "
+        f"equatorial coordinates; grey = no sources.{note}",
+        "",
+        "![Source density](sky_density.png)",
+        "",
+        "![Class fractions](sky_class_fractions.png)",
+        "",
+        "![Outlier fraction](sky_outliers.png)",
+        "",
+    ]
+
+
+def _confidence_section(t: _Tally, out: Path) -> list[str]:
+    fig = Figure(figsize=FIGSIZES["confidence"], layout="constrained")
+    axes = fig.subplots(1, len(CLASSES), sharey=True)
+    edges = np.linspace(1 / 3, 1, t.config.confidence_bins + 1)
+    for ax, c, h in zip(axes, CLASSES, t.conf_hist, strict=True):
+        ax.stairs(h, edges, baseline=0.5, fill=True, color=_COLOURS[c], alpha=0.8)
+        ax.set_yscale("log")
+        ax.set_ylim(0.5, max(2 * t.conf_hist.max(), 10))
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_title(f"classified as {c} ({int(h.sum()):,})")
+    axes[0].set_ylabel("sources")
+    _save(fig, out / "confidence.png", t.config.dpi)
+    return ["## Confidence", "", "![Confidence per class](confidence.png)", ""]
+
+
+def _examples_section(
+    t: _Tally, out: Path, stamps: StampSource | None, no_stamps_reason: str
+) -> list[str]:
+    md = ["## Example cutouts", ""]
+    if stamps is None:
+        return [*md, f"{no_stamps_reason.rstrip('.')}, so the cutout grids were skipped.", ""]
+    for name in (*CLASSES, "outlier"):
+        rows = t.examples.get(name)
+        if rows is None or rows.empty:
+            md += [f"No {name} examples to show.", ""]
+            continue
+        rows = rows.drop(columns="_key").reset_index(drop=True)
+        try:
+            images = stamps(rows)
+        except Exception as err:  # a broken image source must not lose the rest of the report
+            logger.warning("cutouts for the %s examples failed: %s", name, err)
+            md += [f"Cutouts for the {name} examples failed: `{err}`.", ""]
+            continue
+        what = "outliers" if name == "outlier" else f"confident {name} examples"
+        fig = _grid(rows, images, f"{len(rows)} {what}", FIGSIZES["examples"])
+        _save(fig, out / f"examples_{name}.png", t.config.dpi)
+        md += [f"![{what}](examples_{name}.png)", ""]
+    return md
+
+
+def _truth_section(t: _Tally, out: Path) -> list[str]:
+    cfg = t.config
+    matched = pd.concat(t.matched) if t.matched else pd.DataFrame()
+    md = ["## Against the truth table", ""]
+    if matched.empty:
+        return [
+            *md,
+            f"None of the {0 if t.truth is None else len(t.truth)} truth rows is in the catalog.",
+            "",
+        ]
+    m = truth_metrics(matched)
+    md += [
+        f"{m['n_matched']:,} catalog sources have a true class ({m['n_unclassified']:,} of "
+        f"them unclassifiable). Accuracy {m['accuracy']:.3f}.",
+        "",
+        "| class | precision (purity) | recall (completeness) | F1 | ROC AUC | true sources |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c, v in m["per_class"].items():
+        md.append(
+            f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | "
+            f"{v['auc']:.3f} | {v['n_true']:,} |"
+        )
+    fig = Figure(figsize=FIGSIZES["confusion"], layout="constrained")
+    ax = fig.subplots()
+    conf = m["confusion"]
+    frac = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(conf):
+        ax.text(
+            j,
+            i,
+            f"{v}\n{frac[i, j]:.2f}",
+            ha="center",
+            va="center",
+            color="white" if frac[i, j] > 0.5 else "black",
+            fontsize=9,
+        )
+    ax.set_xticks(range(len(m["columns"])), m["columns"])
+    ax.set_yticks(range(len(CLASSES)), CLASSES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    _save(fig, out / "confusion.png", cfg.dpi)
+
+    fig = Figure(figsize=FIGSIZES["roc"], layout="constrained")
+    ax = fig.subplots()
+    for c, v in m["per_class"].items():
+        ax.plot(v["fpr"], v["tpr"], color=_COLOURS[c], label=f"{c} (AUC {v['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="0.5")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right")
+    _save(fig, out / "roc.png", cfg.dpi)
+
+    fig = Figure(figsize=FIGSIZES["completeness_purity"], layout="constrained")
+    axes = fig.subplots(2, 2, sharey=True)
+    ra, dec = matched["ra"].to_numpy(dtype=float), matched["dec"].to_numpy(dtype=float)
+    by = [
+        ("W1 (mag)", matched["w1mpro"].to_numpy(dtype=float, na_value=np.nan), cfg.w1_edges),
+        ("|b| (deg)", np.abs(galactic_latitude(ra, dec)), cfg.glat_edges),
+    ]
+    for r, (label, values, edges) in enumerate(by):
+        curves = binned_completeness_purity(matched, values, edges, cfg.min_per_bin)
+        for c, (x, comp, pur) in curves.items():
+            axes[r][0].plot(x, comp, "o-", color=_COLOURS[c], label=c)
+            axes[r][1].plot(x, pur, "o-", color=_COLOURS[c], label=c)
+        for k, what in enumerate(("completeness", "purity")):
+            axes[r][k].set_xlabel(label)
+            axes[r][k].set_ylabel(what)
+            axes[r][k].set_ylim(0, 1.02)
+            axes[r][k].legend()
+    _save(fig, out / "completeness_purity.png", cfg.dpi)
+    return [
+        *md,
+        "",
+        "![Confusion matrix](confusion.png)",
+        "",
+        "![ROC curves](roc.png)",
+        "",
+        "![Completeness and purity](completeness_purity.png)",
+        "",
+    ]

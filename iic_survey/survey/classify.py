@@ -1,0 +1,154 @@
+"""The inference stage: a chunk of stamps -> logits -> small, calibrated result rows.
+
+:class:`Classify` is the pipeline's Ray actor (one per GPU): it loads the model directory once
+and turns each chunk into the output's columns; images never leave it. The arithmetic that
+turns logits into those columns, :func:`result_rows`, is pure (temperature-scaled softmax,
+confidence, entropy, outlier flag), and :class:`OodStats` scores how far a source's embedding
+lies from the training set. :mod:`iic_survey.pipeline` wires this stage into the Ray Data stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.core.flags import unclassifiable
+from iic_survey.core.metrics import softmax
+from iic_survey.model.directory import load_model_dir
+from iic_survey.model.network import optimize_for_inference
+from iic_survey.model.ood import OodStats, predict
+from iic_survey.output import schema
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIDENCE_THRESHOLD = 0.6
+"""Sources whose largest calibrated probability is below this are marked outliers.
+
+With three classes the largest probability lies in [1/3, 1]. The paper's errors are pairwise
+confusions (galaxy<->quasar on dark images, galaxy<->star on bright ones): two classes share the
+probability and the largest sits near 0.5. 0.6 keeps as confident only sources whose top class
+outweighs the other two together by at least 0.2; since the probabilities are temperature-
+calibrated, a flagged source is expected to be wrong at least 40 % of the time. A model directory
+may carry its own value (``meta["confidence_threshold"]``, e.g. chosen on its validation split);
+``--confidence-threshold`` overrides both.
+"""
+
+RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in schema.COLUMNS if c != "_healpix_29")
+"""Columns the inference stage produces (``_healpix_29`` is added by the writer)."""
+_KEYS = ("_pixel", "_row", "_chunk")
+
+
+def result_rows(
+    batch: Mapping[str, np.ndarray],
+    logits: np.ndarray,
+    ood: np.ndarray | None,
+    *,
+    temperature: float,
+    confidence_threshold: float,
+    ood_threshold: float | None,
+    model_version: str,
+) -> dict[str, np.ndarray]:
+    """The output columns of a batch, from its logits (pure; no model needed).
+
+    Rows with unclassifiable flags get null probabilities, class, confidence, entropy and OOD
+    score, and ``is_outlier`` False (their flags say why they are not classified).
+    """
+    n = len(logits)
+    flags = np.asarray(batch["quality_flags"], dtype=np.int64)
+    bad = unclassifiable(flags)
+    probs = np.array(softmax(logits, temperature), dtype=np.float64)  # as calibrated
+    probs[bad] = np.nan
+    conf = probs.max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.sum(np.where(probs > 0, probs * np.log(probs), 0.0), axis=1)
+    ent[bad] = np.nan
+    score = np.full(n, np.nan) if ood is None else np.where(bad, np.nan, ood)
+    with np.errstate(invalid="ignore"):
+        outlier = conf < confidence_threshold
+        if ood_threshold is not None:
+            outlier |= score > ood_threshold
+    outlier &= ~bad
+    labels = np.asarray(CLASSES, dtype=object)[np.argmax(np.nan_to_num(probs, nan=0.0), axis=1)]
+    labels[bad] = None
+    out = {
+        k: np.asarray(batch[k])
+        for k in (*_KEYS, "cntr", "designation", "ra", "dec", "w1mpro", "w2mpro", "w3mpro")
+    }
+    for i, name in enumerate(CLASSES):
+        out[f"p_{name}"] = probs[:, i].astype(np.float32)
+    out.update(
+        {
+            "class": labels,
+            "confidence": conf.astype(np.float32),
+            "entropy": ent.astype(np.float32),
+            "ood_score": score.astype(np.float32),
+            "is_outlier": outlier,
+            "quality_flags": flags.astype(np.int32),
+            "model_version": np.full(n, model_version, dtype=object),
+        }
+    )
+    return out
+
+
+def model_version(bundle: Any) -> str:
+    """``<arch>-<first 12 hex of the weights' sha256>`` (plus the code version that trained it)."""
+    meta = dict(getattr(bundle, "meta", None) or {})
+    sha = str(meta.get("weights_sha256") or meta.get("sha256") or "unknown")[:12]
+    code = str(meta.get("code_version") or __version__)
+    return f"{bundle.config.arch}-{sha}-v{code}"
+
+
+class Classify:
+    """Inference actor: loads the model once, turns a chunk into small result rows."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        device: str,
+        model_batch_size: int,
+        confidence_threshold: float | None,
+        threads: int = 1,
+    ) -> None:
+        import torch
+
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.device = torch.device(device)
+        self.bundle = load_model_dir(model_dir, device=self.device)
+        # BN folded into the convolutions, channels-last weights: same outputs to fp32 rounding
+        self.model = optimize_for_inference(self.bundle.model.to(self.device).eval())
+        self.batch = model_batch_size
+        self.temperature = float(self.bundle.temperature or 1.0)
+        meta = dict(self.bundle.meta or {})
+        self.conf_threshold = float(
+            confidence_threshold
+            if confidence_threshold is not None
+            else meta.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD)
+        )
+        self.ood = OodStats.from_model(self.bundle.feature_stats)
+        if self.ood is None:
+            logger.warning("model %s has no OOD statistics: ood_score stays null", model_dir)
+        self.version = model_version(self.bundle)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch: read-only Arrow buffers
+            logits, emb = predict(
+                self.model, batch["image"], batch["features"], self.device, self.batch
+            )
+        ood = self.ood.score(emb) if self.ood is not None else None
+        return result_rows(
+            batch,
+            logits,
+            ood,
+            temperature=self.temperature,
+            confidence_threshold=self.conf_threshold,
+            ood_threshold=self.ood.threshold if self.ood else None,
+            model_version=self.version,
+        )

@@ -1,0 +1,248 @@
+"""The sky pipeline: AllWISE rows -> cutouts -> RGB -> IICnet -> a HATS classification catalog.
+
+Data flow (a Ray Data stream; every stage is a separate operator so each scales on its own)::
+
+    work units -> read pixel -> chunks -> StampMaker -> Classify -> write parts -> receipts
+    (driver)      (CPU tasks)   (stream.   (CPU tasks:   (actor pool: (CPU tasks:   (driver:
+                                repart.)   each tile     model loaded one part per  counts rows,
+                                           read once)    once, GPU)   chunk)        commits pixels)
+
+* **Plan** (driver, no data read for orders <= 5): the pixels at the chosen order, the rows each
+  holds (from ``_metadata`` row counts; deeper than order 5 from the positions of the parent
+  partition), minus the pixels already committed (resume).
+* **Read**: one task per work unit reads a pixel (deeper than order 5: its order-5 parent once,
+  split into the targeted children), sorts it by ``coadd_id``, ``wy``, ``cntr`` (a chunk then
+  touches few tiles, and only a band of rows of each: remote tiles are read about once in all,
+  not once per chunk), and numbers its rows ``_row`` 0..n-1; ``_chunk = _row // chunk_size``
+  is the deterministic chunk id (order, pixel, k). A streaming repartition cuts the pixel into
+  chunk-sized blocks, so chunks of one pixel fan out over the cluster.
+* **Stamps** (:class:`iic_survey.stamps.StampMaker`) and **Classify**
+  (:class:`iic_survey.inference.Classify`, an actor per GPU, the model loaded once) work chunk
+  by chunk; images never leave these two stages.
+* **Write**: small result rows go to CPU tasks that stage each chunk as a part file
+  (:func:`iic_survey.output.write_part`) and return one tiny receipt row per part. Nothing funnels
+  the rows through one process: the driver only sees receipts (pixel, part, row count and a few
+  counters), and when a pixel's staged rows reach its planned count it starts a Ray task that
+  commits it (:func:`iic_survey.output.commit_pixel`: concatenate, sort by ``_healpix_29``,
+  atomic write, then the done marker). Finally :func:`iic_survey.output.finalize` writes the HATS
+  metadata from the committed files' footers.
+
+Exactly once: a part's name is a function of its rows (chunk, first row, row count), so a
+retried task rewrites its own part; before a run, staged parts of unfinished pixels are removed
+(a crashed run may have staged them under another batching); a pixel is committed only when its
+staged rows equal the planned count, and :func:`~iic_survey.output.commit_pixel` re-checks the
+count and that no ``cntr`` repeats. A rerun skips committed pixels, so crash + rerun gives the
+same catalog as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from iic_survey.core.constants import CLASSES
+from iic_survey.output import commit as output_commit
+from iic_survey.output import finalize, schema
+from iic_survey.output import writer as output
+from iic_survey.survey.config import PipelineConfig, PipelineError
+from iic_survey.survey.plan import Plan, plan_run
+from iic_survey.survey.stages import COUNTERS, _dataset, _open_inputs
+
+logger = logging.getLogger(__name__)
+CRASH_ENV = "IIC_PIPELINE_CRASH_AFTER_COMMITS"
+"""Test hook: the driver raises after this many pixel commits (simulates a crashed run)."""
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a run did."""
+
+    output: str
+    order: int
+    pixels_selected: int
+    pixels_skipped: int
+    pixels_done: int
+    rows: int
+    elapsed_s: float
+    partial: bool
+    counters: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sources_per_s(self) -> float:
+        """Rows classified per second of wall time."""
+        return self.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def text(self) -> str:
+        """A human-readable report."""
+        c = self.counters
+        lines = [
+            f"catalog: {self.output}{'  (partial: rerun to complete)' if self.partial else ''}",
+            f"pixels (order {self.order}): {self.pixels_done} classified, {self.pixels_skipped} "
+            f"already done, {self.pixels_selected} selected",
+            f"sources: {self.rows:,} in {self.elapsed_s:.1f} s "
+            f"({self.sources_per_s:,.0f} sources/s)",
+            "classes: "
+            + ", ".join(f"{k} {c.get(f'n_{k}', 0):,}" for k in CLASSES)
+            + f", unclassified {c.get('n_unclassified', 0):,}",
+            f"outliers: {c.get('n_outlier', 0):,}",
+            "flags: "
+            + (
+                ", ".join(f"{k[5:]} {v:,}" for k, v in c.items() if k.startswith("flag_") and v)
+                or "none"
+            ),
+        ]
+        return "\n".join(lines)
+
+
+def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[int]) -> None:
+    """Remove parts a crashed run left for pixels this run redoes (they may overlap ours)."""
+    fsys, root = schema.resolve(config.output, fs)
+    base = schema.staging_dir(root, order, 0).rsplit("/", 1)[0]
+    if not fsys.exists(base):
+        return
+    want = {f"Npix={int(p)}" for p in todo}
+    stale = [p for p in fsys.ls(base, detail=False) if p.rstrip("/").rsplit("/", 1)[-1] in want]
+    if stale:
+        logger.info("removing staged parts of %d unfinished pixels from an earlier run", len(stale))
+        fsys.rm(stale, recursive=True)
+
+
+def run_pipeline(config: PipelineConfig) -> Summary:
+    """Classify the selected pixels into the output catalog; resumable, exactly once per source.
+
+    Raises
+    ------
+    PipelineError
+        If a pixel's staged rows do not add up to its planned count (input changed, rows lost).
+    iic_survey.output.OutputError
+        If the output holds something else, or a run with other arguments (use ``overwrite``).
+    """
+    import ray
+
+    t0 = time.monotonic()
+    inputs = _open_inputs(config)
+    resumed = output.prepare_output(
+        config.output, config.run_args(inputs.model_id), config.overwrite, inputs.fs
+    )
+    finished: list[int] = []
+    if resumed:
+        finished = output.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
+    plan = plan_run(config, inputs.catalog, finished)
+    if not plan.counts:
+        raise PipelineError(
+            "no catalog sources in the selected pixels; check --pixels/--cone and the order"
+        )
+    output.write_plan(config.output, plan.order, plan.counts, inputs.fs)
+    logger.info(
+        "plan: %d pixels selected, %d already done, %d to classify (%d sources)",
+        len(plan.counts),
+        len(plan.finished),
+        len(plan.todo),
+        plan.todo_rows,
+    )
+    counters: Counter[str] = Counter()
+    if plan.todo:
+        _clear_staging(config, inputs.fs, plan.order, plan.todo)
+        ds = _dataset(config, inputs, plan)
+        _drive(config, plan, ds, inputs.fs, counters, t0, ray)
+    props = {
+        "iic_model": inputs.model_id,
+        "iic_input_catalog": config.catalog,
+        "iic_images": config.images,
+    }
+    url = finalize.finalize(config.output, inputs.fs, props, allow_partial=plan.partial)
+    summary = Summary(
+        url,
+        plan.order,
+        len(plan.counts),
+        len(plan.finished),
+        len(plan.todo),
+        plan.todo_rows,
+        time.monotonic() - t0,
+        plan.partial,
+        dict(counters),
+    )
+    logger.info("done:\n%s", summary.text())
+    return summary
+
+
+def _drive(
+    config: PipelineConfig,
+    plan: Plan,
+    ds: Any,
+    fs: Any,
+    counters: Counter[str],
+    t0: float,
+    ray: Any,
+) -> None:
+    """Consume receipts, commit pixels as their counts complete, log progress.
+
+    On any error the stream is closed at once (Ray Data cancels its tasks and kills its actors,
+    so no stale task stages parts behind a later rerun) and commits in flight are let finish
+    (they are idempotent), then the error propagates.
+    """
+    commit = ray.remote(num_cpus=0)(output_commit.commit_pixel)
+    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+    staged: Counter[int] = Counter()
+    pending: dict[Any, int] = {}
+    done: set[int] = set()
+    last_log = time.monotonic()
+
+    def collect(block: bool) -> None:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if block else 0)
+            if not ready:
+                return
+            ray.get(ready[0])  # raises the commit's error, if any
+            done.add(pending.pop(ready[0]))
+            if crash_after and len(done) >= crash_after:
+                raise RuntimeError(f"{CRASH_ENV}={crash_after}: simulated crash")
+            block = False
+
+    def receive(rec: dict[str, Any]) -> None:
+        pixel = int(rec["pixel"])
+        staged[pixel] += int(rec["rows"])
+        counters.update({k: int(rec[k]) for k in COUNTERS})
+        expected = int(plan.counts[pixel])
+        if staged[pixel] > expected:
+            raise PipelineError(f"pixel {pixel}: {staged[pixel]} rows staged, {expected} planned")
+        if staged[pixel] == expected:
+            while len(pending) >= config.commit_concurrency:
+                collect(block=True)
+            pending[commit.remote(config.output, plan.order, pixel, expected, fs)] = pixel
+
+    stream = ds.iter_batches(batch_format="pandas", batch_size=None)
+    try:
+        for receipts in stream:
+            for rec in receipts.to_dict("records"):
+                receive(rec)
+            collect(block=False)
+            if time.monotonic() - last_log >= config.progress_interval_s:
+                last_log = time.monotonic()
+                rows = sum(staged.values())
+                logger.info(
+                    "progress: %d/%d pixels committed, %s sources, %.0f sources/s",
+                    len(done),
+                    len(plan.todo),
+                    f"{rows:,}",
+                    rows / max(last_log - t0, 1e-9),
+                )
+        while pending:
+            collect(block=True)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # shuts the executor down now, not when the traceback is collected
+        if pending:
+            ray.wait(list(pending), num_returns=len(pending), timeout=120)
+    missing = {p: (staged[p], plan.counts[p]) for p in plan.todo if p not in done}
+    if missing:
+        raise PipelineError(
+            f"{len(missing)} pixels did not receive all their rows (staged, planned): "
+            f"{dict(list(missing.items())[:5])}; rerun to resume them"
+        )

@@ -1,0 +1,262 @@
+"""TODO docstring for survey.stages (from pipeline)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from iic_survey.core.constants import CLASSES
+from iic_survey.core.flags import QualityFlag
+from iic_survey.inputs import allwise_schema, storage
+from iic_survey.inputs import catalog as catalog_mod
+from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
+from iic_survey.inputs.ibe import ServiceConfig
+from iic_survey.model.directory import load_model_dir
+from iic_survey.output import writer as output
+from iic_survey.stamps.cutouts import CutoutConfig
+from iic_survey.stamps.maker import StampMaker
+from iic_survey.survey.classify import (
+    RESULT_COLUMNS,
+    Classify,
+    model_version,
+)
+from iic_survey.survey.config import CPU_MODEL_BATCH, GPU_MODEL_BATCH, PipelineConfig, PipelineError
+from iic_survey.survey.plan import Plan, assign_pixels, plan_run
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------ stages
+
+
+class PixelReader:
+    """Read unit -> chunks of one pixel's rows, sorted by tile, numbered ``_row`` (Ray tasks)."""
+
+    def __init__(self, catalog: Any, columns: Sequence[str], order: int, chunk_size: int) -> None:
+        self.catalog, self.columns = catalog, list(columns)
+        self.order, self.chunk_size = order, chunk_size
+
+    def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
+        for text in batch["unit"]:
+            unit = json.loads(text)
+            rows = self.catalog.read_pixel(
+                unit["read_pixel"], unit["read_order"], columns=self.columns
+            )
+            if unit["read_order"] == self.order:
+                owner = np.full(len(rows), unit["read_pixel"], dtype=np.int64)
+            else:
+                owner = assign_pixels(
+                    rows["ra"].to_numpy(np.float64, na_value=np.nan),
+                    rows["dec"].to_numpy(np.float64, na_value=np.nan),
+                    self.order,
+                    unit["read_pixel"],
+                    unit["read_order"],
+                )
+            for pixel, planned in zip(unit["pixels"], unit["counts"], strict=True):
+                part = rows[owner == pixel]
+                if len(part) != planned:
+                    raise PipelineError(
+                        f"pixel {pixel} (order {self.order}) has {len(part)} rows, {planned} were "
+                        f"planned: the catalog changed during the run; rerun with --overwrite"
+                    )
+                yield from self._chunks(part, pixel)
+
+    def _chunks(self, part: pd.DataFrame, pixel: int) -> Iterator[pd.DataFrame]:
+        part = part.sort_values(["coadd_id", "wy", "cntr"], kind="stable", na_position="last")
+        part = part.reset_index(drop=True)
+        n = len(part)
+        part["_pixel"] = np.full(n, pixel, dtype=np.int64)
+        part["_row"] = np.arange(n, dtype=np.int64)
+        part["_chunk"] = (part["_row"] // self.chunk_size).astype(np.int32)
+        for start in range(0, n, self.chunk_size):
+            yield part.iloc[start : start + self.chunk_size]
+
+
+class PartWriter:
+    """Result rows -> staged part files (one per pixel chunk in the batch) -> receipt rows."""
+
+    def __init__(self, out: str, order: int, fs: Any = None) -> None:
+        self.out, self.order, self.fs = out, order, fs
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        receipts = []
+        for (pixel, chunk), rows in batch.groupby(["_pixel", "_chunk"], sort=True):
+            first = int(rows["_row"].min())
+            chunk_id = f"c{int(chunk):06d}-r{first:09d}-n{len(rows)}"
+            n = output.write_part(
+                self.out, self.order, int(pixel), chunk_id, rows[list(RESULT_COLUMNS)], fs=self.fs
+            )
+            receipts.append({"pixel": int(pixel), "part": chunk_id, "rows": n, **_counters(rows)})
+        return pd.DataFrame(receipts, columns=["pixel", "part", "rows", *COUNTERS])
+
+
+COUNTERS: tuple[str, ...] = (
+    *(f"n_{c}" for c in CLASSES),
+    "n_unclassified",
+    "n_outlier",
+    *(f"flag_{f.name}" for f in QualityFlag if f.name),
+)
+"""Per-part counters a receipt carries to the driver's summary."""
+
+
+def _counters(rows: pd.DataFrame) -> dict[str, int]:
+    cls = rows["class"].astype(object)
+    flags = rows["quality_flags"].to_numpy(np.int64)
+    out = {f"n_{c}": int((cls == c).sum()) for c in CLASSES}
+    out["n_unclassified"] = int(cls.isna().sum())
+    out["n_outlier"] = int(rows["is_outlier"].to_numpy(bool).sum())
+    for f in QualityFlag:
+        out[f"flag_{f.name}"] = int(((flags & int(f)) != 0).sum())
+    return out
+
+
+# ------------------------------------------------------------------------------ build and run
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """What the driver opens once: the catalog, the output's filesystem, the model's identity."""
+
+    catalog: Any
+    fs: Any
+    model_id: str
+    rgb: dict[str, Any]
+
+
+def _open_inputs(config: PipelineConfig) -> _Inputs:
+
+    if not os.path.isdir(config.model_dir) or not os.path.exists(
+        os.path.join(config.model_dir, "model.json")
+    ):
+        raise FileNotFoundError(
+            f"no model directory at {config.model_dir} (model.json + weights.pt); "
+            f"train one first: ray job submit --working-dir . -- python jobs/train.py"
+        )
+    bundle = load_model_dir(config.model_dir, device="cpu")
+    endpoint = config.endpoint_url if config.catalog.startswith("s3://") else None
+    cat = catalog_mod.open_catalog(
+        config.catalog, require=allwise_schema.PIPELINE_COLUMNS, endpoint_url=endpoint
+    )
+    fs = None
+    if config.output.startswith("s3://") and config.endpoint_url:
+        fs = storage.make_filesystem(config.output, endpoint_url=config.endpoint_url)[0]
+    return _Inputs(cat, fs, model_version(bundle), dict(bundle.rgb or {}))
+
+
+def _stamp_maker(config: PipelineConfig, rgb_params: Mapping[str, Any]) -> Any:
+
+    cut = CutoutConfig(
+        method=config.cutout_mode,
+        max_workers=config.cutout_threads,
+        service=ServiceConfig(read_timeout_s=config.service_timeout_s),
+    )
+    s3 = config.endpoint_url if config.images.startswith("s3") else None
+    return StampMaker.from_spec(
+        config.images, cutout=cut, rgb_params=rgb_params or None, endpoint_url=s3
+    )
+
+
+def inference_resources(config: PipelineConfig) -> tuple[int, float]:
+    """(actors, GPUs per actor) for the inference pool, from the cluster's resources."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus, cpus = float(res.get("GPU", 0.0)), float(res.get("CPU", 1.0))
+    per = (
+        config.num_gpus_per_actor
+        if config.num_gpus_per_actor is not None
+        else (1.0 if gpus >= 1 else 0.0)
+    )
+    if per > 0:
+        if gpus < per:
+            raise PipelineError(
+                f"{per} GPUs per inference actor asked for, the cluster has {gpus:g}"
+            )
+        return config.inference_actors or max(1, int(gpus // per)), per
+    # CPU only: inference costs ~25x cutouts + RGB per source, so it gets 3/4 of the CPUs.
+    return config.inference_actors or max(1, int(cpus * 3 // 4)), 0.0
+
+
+IMAGE_BYTES_PER_ROW = 3 * 80 * 80 * 4
+"""Bytes of one source's model input between the cutout and inference stages."""
+
+
+def chunk_rows(config: PipelineConfig, actors: int) -> int:
+    """``config.chunk_size``, or the largest chunk (128..2048 rows) of which eight per inference
+    actor fit in half the object store (Ray Data's share): big chunks amortise task overheads,
+    but too few in flight starve the actors (measured: bench/RESULTS.md, Pipeline)."""
+    import ray
+
+    if config.chunk_size is not None:
+        return int(config.chunk_size)
+    store = float(ray.cluster_resources().get("object_store_memory", 8e9))
+    return int(np.clip(store / 2 / (8 * max(actors, 1) * IMAGE_BYTES_PER_ROW), 128, 2048))
+
+
+def _dataset(config: PipelineConfig, inputs: _Inputs, plan: Plan) -> Any:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    # Errors raised in our stages (a corrupt partition, a missing column) reach the driver as
+    # themselves, not wrapped in Ray's UserCodeException, so the job can name the problem.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+    actors, gpus = inference_resources(config)
+    chunk = chunk_rows(config, actors)
+    logger.info("inference: %d actors, %g GPU each; chunks of %d rows", actors, gpus, chunk)
+    items = [{"unit": json.dumps(u)} for u in plan.units]
+    reader = PixelReader(inputs.catalog, PIPELINE_COLUMNS, plan.order, chunk)
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(reader, batch_size=1, batch_format="pandas", num_cpus=0.5)
+    ds = ds.repartition(target_num_rows_per_block=chunk)  # chunks of a pixel fan out
+    # A memory reservation (a worker's ~250 MB plus stamps and images of a chunk, ~100 kB a row,
+    # with room for copies; measured) keeps the scheduler from packing more cutout tasks than
+    # fit, and keeps Ray from fusing this CPU stage into the inference actors (fusion needs
+    # identical resource requests).
+    ds = ds.map_batches(
+        _stamp_maker(config, inputs.rgb),
+        batch_size=chunk,
+        batch_format="pandas",
+        num_cpus=1,
+        memory=(288 << 20) + chunk * 200_000,
+    )
+    device = "cuda" if gpus > 0 else "cpu"
+    ds = ds.map_batches(
+        Classify,
+        fn_constructor_kwargs=dict(
+            model_dir=config.model_dir,
+            device=device,
+            model_batch_size=config.model_batch_size
+            or (GPU_MODEL_BATCH if device == "cuda" else CPU_MODEL_BATCH),
+            confidence_threshold=config.confidence_threshold,
+            threads=int(config.cpus_per_actor),
+        ),
+        compute=ActorPoolStrategy(size=actors),
+        batch_size=chunk,
+        batch_format="numpy",
+        num_gpus=gpus if gpus > 0 else None,
+        num_cpus=config.cpus_per_actor,
+    )
+    writer = PartWriter(config.output, plan.order, inputs.fs)
+    return ds.map_batches(writer, batch_size=chunk, batch_format="pandas", num_cpus=0.25)
+
+
+def build_pipeline(config: PipelineConfig) -> tuple[Plan, Any]:
+    """The plan and the lazy dataset of a run; its rows are the receipts of staged parts.
+
+    Reads only the output's commit markers (for resume) and the catalog's counts; writes
+    nothing until the dataset is executed. Executing it stages parts but commits nothing:
+    :func:`run_pipeline` does that (and prepares the output first).
+    """
+    inputs = _open_inputs(config)
+    finished: list[int] = []
+    if not config.overwrite:
+        finished = output.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
+    plan = plan_run(config, inputs.catalog, finished)
+    return plan, _dataset(config, inputs, plan)

@@ -1,0 +1,77 @@
+"""TODO docstring for synthetic.cli (from synthetic)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from iic_survey.synthetic.sky import DEFAULT_FIELDS, SkyConfig, tiny_config, write_sky
+
+log = logging.getLogger(__name__)
+
+
+def add_sky_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that build a :class:`SkyConfig` (shared by the CLI and jobs/make_sky.py)."""
+    d = SkyConfig.__dataclass_fields__
+    parser.add_argument("root", help="directory to write the sky into (new or empty)")
+    parser.add_argument("--tiny", action="store_true", help="the 2,000-source test sky")
+    parser.add_argument("--seed", type=int, default=d["seed"].default)
+    parser.add_argument("--n-sources", type=int, default=d["n_sources"].default)
+    parser.add_argument(
+        "--field-size",
+        type=float,
+        default=d["field_size_deg"].default,
+        help="side of each field in degrees",
+    )
+    parser.add_argument("--fields", help="field centres 'ra,dec;ra,dec;...' (default: 4 fields)")
+    parser.add_argument("--bands", default="1,2,3", help="image bands, e.g. 1,2,3,4")
+    parser.add_argument(
+        "--no-artefacts",
+        action="store_true",
+        help="no saturated stars, NaN patches or halo detections",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a sky at ROOT")
+
+
+def config_from_args(args: argparse.Namespace) -> SkyConfig:
+    """The :class:`SkyConfig` that parsed :func:`add_sky_arguments` options describe."""
+    if args.tiny:
+        return tiny_config(args.seed)
+    try:
+        fields = (
+            tuple(tuple(float(v) for v in f.split(",")) for f in args.fields.split(";") if f)
+            if args.fields
+            else DEFAULT_FIELDS
+        )
+        bands = tuple(int(b) for b in args.bands.split(",") if b)
+    except ValueError as exc:
+        raise ValueError(f"cannot parse --fields/--bands: {exc}") from exc
+    if any(len(f) != 2 for f in fields):
+        raise ValueError(f"--fields needs 'ra,dec' pairs separated by ';', got {args.fields!r}")
+    return SkyConfig(
+        seed=args.seed,
+        n_sources=args.n_sources,
+        fields=fields,  # type: ignore[arg-type]
+        field_size_deg=args.field_size,
+        bands=bands,
+        artefacts=not args.no_artefacts,
+    )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m iic_survey make-sky ROOT [--tiny] [--seed N] [--n-sources N] ...``."""
+    parser = argparse.ArgumentParser(prog="iic_survey make-sky", description=__doc__.split("\n")[0])
+    add_sky_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        manifest = write_sky(args.root, config_from_args(args), overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as exc:
+        parser.error(str(exc))
+    log.info(
+        "sky %s: %d sources, %d order-5 pixels, %d tiles",
+        manifest.root,
+        manifest.n_sources,
+        len(manifest.pixels),
+        len(manifest.tiles),
+    )
+    return 0
