@@ -321,7 +321,7 @@ def test_missing_tile_is_flagged_and_warned_once(
         [df, pd.DataFrame({"ra": [90.4] * 3, "dec": [-21.3] * 3, "coadd_id": ["0904m213"] * 3})],
         ignore_index=True,
     )
-    with caplog.at_level(logging.WARNING, logger="iic_survey.cutouts"):
+    with caplog.at_level(logging.WARNING, logger="iic_survey.stamps"):
         out = cut_sources(df, local, CFG)
     assert out.flags[0] == out.flags[1] == 0
     for i in (2, 3, 4):
@@ -347,7 +347,7 @@ def test_damaged_band_is_flagged(
                 del hdul[0].header[key]
     src = atlas_pair.sources
     ref = cut_sources(src, TileArchive.from_spec(str(atlas_pair.root)), CFG)
-    with caplog.at_level(logging.WARNING, logger="iic_survey.cutouts"):
+    with caplog.at_level(logging.WARNING, logger="iic_survey.stamps"):
         out = cut_sources(src, copied, CFG)
     on_b = np.asarray(ref.tile == B)
     want = Q.BAND_MISSING if damage == "remove" else Q.FETCH_FAILED

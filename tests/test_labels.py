@@ -364,7 +364,7 @@ def test_recorded_spectra_crossmatch_onto_their_sources(recorded, skyserver, tin
     # A repeat spectrum never displaces the nearer one of the same source.
     expected_cntrs = {c for c in recorded["match"].values() if c >= 0}
     assert not [s for s in recorded["repeats"] if got.get(s) in expected_cntrs]
-    truth = __import__("iic_survey.synthetic", fromlist=["x"]).read_truth(tiny_sky.root)
+    truth = __import__("iic_survey.synthetic.sky", fromlist=["x"]).read_truth(tiny_sky.root)
     cls = dict(zip(truth["cntr"], truth["class"], strict=True))
     assert all(
         cls[c] == k

@@ -238,5 +238,5 @@ def test_report_with_absent_class_prints_na() -> None:
 
 
 def test_metrics_does_not_import_torch() -> None:
-    code = "import sys, iic_survey.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, iic_survey.core.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
