@@ -1,4 +1,4 @@
-"""Small helpers the package's modules share: suggestions for misspelt names, configs from dicts."""
+"""What every config and option parser shares: 'did you mean' hints, configs from JSON dicts."""
 
 from __future__ import annotations
 
@@ -10,10 +10,26 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The one of ``choices`` closest to ``name`` (difflib's ratio >= 0.6), or None."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return close[0] if close else None
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    near = closest(name, choices)
+    return f" (did you mean {near!r}?)" if near is not None else ""
+
+
+def check_choice(what: str, value: str, allowed: Iterable[str]) -> None:
+    """Raise ValueError naming ``what``, the allowed values and the closest one if ``value`` is
+    not among ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(
+            f"{what} must be one of {allowed}, got {value!r}{did_you_mean(value, allowed)}"
+        )
 
 
 def config_from_dict(cls: type[T], d: dict[str, Any]) -> T:

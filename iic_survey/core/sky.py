@@ -40,6 +40,14 @@ def check_pixels(pixels: np.ndarray | int, order: int) -> np.ndarray:
     return arr
 
 
+def valid_coordinates(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """True where (ra, dec) is a position on the sky: finite, ra in [0, 360], dec in [-90, 90]."""
+    ra = np.asarray(ra, dtype=np.float64)
+    dec = np.asarray(dec, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90) & (ra >= 0) & (ra <= 360)
+
+
 def pixel_of(ra: np.ndarray, dec: np.ndarray, order: int) -> np.ndarray:
     """NESTED pixel index at ``order`` of each (ra, dec) in degrees.
 
@@ -50,7 +58,7 @@ def pixel_of(ra: np.ndarray, dec: np.ndarray, order: int) -> np.ndarray:
     """
     ra = np.asarray(ra, dtype=np.float64)
     dec = np.asarray(dec, dtype=np.float64)
-    bad = ~np.isfinite(ra) | ~np.isfinite(dec) | (np.abs(dec) > 90) | (ra < 0) | (ra > 360)
+    bad = ~valid_coordinates(ra, dec)
     if np.any(bad):
         raise ValueError(f"{int(np.sum(bad))} coordinates are NaN or out of range")
     return np.asarray(hp.ang2pix(nside(order), ra, dec, nest=True, lonlat=True), dtype=np.int64)

@@ -409,7 +409,7 @@ def _from_arrow(exc: BaseException) -> bool:
 
 def _pixel_or_minus_one(ra: np.ndarray, dec: np.ndarray, order: int) -> np.ndarray:
     """Pixel of each position, -1 where the position is NaN or out of range (logged)."""
-    good = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90) & (ra >= 0) & (ra <= 360)
+    good = sky.valid_coordinates(ra, dec)
     out = np.full(ra.shape, -1, dtype=np.int64)
     out[good] = sky.pixel_of(ra[good], dec[good], order)
     if not good.all():

@@ -201,7 +201,7 @@ def _keep_inside(table: pa.Table, order: int, pixel: int) -> pa.Table:
 def _healpix_29_of(df: pd.DataFrame, order: int, pixel: int) -> np.ndarray:
     ra = df["ra"].to_numpy(dtype=np.float64, na_value=np.nan)
     dec = df["dec"].to_numpy(dtype=np.float64, na_value=np.nan)
-    ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90) & (ra >= 0) & (ra <= 360)
+    ok = sky.valid_coordinates(ra, dec)
     out = np.full(len(ra), int(pixel) << (2 * (sky.MAX_ORDER - order)), dtype=np.int64)
     if ok.any():
         out[ok] = sky.healpix_29(ra[ok], dec[ok])

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from iic_survey.core import sky
 from iic_survey.core.constants import BANDS
 from iic_survey.inputs.ibe import IRSA_SIA_URL, ServiceConfig
 from iic_survey.inputs.retry import RetryPolicy
@@ -145,9 +146,7 @@ def _coordinates(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"cut_sources needs columns {missing}; got {list(df.columns)}")
     ra = pd.to_numeric(df["ra"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     dec = pd.to_numeric(df["dec"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra <= 360) & (np.abs(dec) <= 90)
-    return ra, dec, ok
+    return ra, dec, sky.valid_coordinates(ra, dec)
 
 
 def cut_stamps(

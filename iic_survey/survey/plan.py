@@ -53,8 +53,7 @@ def assign_pixels(
     """
     ra = np.asarray(ra, dtype=np.float64)
     dec = np.asarray(dec, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90) & (ra >= 0) & (ra <= 360)
+    ok = sky.valid_coordinates(ra, dec)
     out = np.full(len(ra), int(parent) << (2 * (order - parent_order)), dtype=np.int64)
     if ok.any():
         out[ok] = sky.pixel_of(ra[ok], dec[ok], order)
