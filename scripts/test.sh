@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Run the whole test suite (the README's test command). Every service the tests need (a local
+# Check the import layers, then run the whole test suite (the README's test command). Every service the tests need (a local
 # Ray head, a moto S3 server, an IRSA-like HTTP server) is started by the tests themselves.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 MPLBACKEND=Agg
+# The package's import layers (pyproject.toml, [tool.importlinter]): an upward import or an
+# import circle fails here, before the tests run.
+echo "[test] lint-imports"
+.venv/bin/lint-imports --no-cache
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
