@@ -14,8 +14,8 @@ import logging
 import sys
 
 from iic_survey.core import paths
+from iic_survey.synthetic import sky as synthetic
 from iic_survey.training import build as labels
-from iic_survey.training import sdss, splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,20 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> labels.TrainingSetConfig:
-    """The :class:`~iic_survey.labels.TrainingSetConfig` the arguments describe."""
-    return labels.TrainingSetConfig(
-        source=args.source,
-        catalog=args.catalog,
-        images=args.images,
-        sky=args.sky if args.source == "synthetic" else "",
-        per_class=args.per_class,
-        paper_counts=args.paper_counts,
-        match_radius_arcsec=args.match_radius,
-        split=splits.SplitConfig(block_order=args.split_block_order),
-        sdss=sdss.SDSSConfig(ra_range=tuple(args.sdss_ra), stripe_deg=args.sdss_stripe_deg),
-        chunk_rows=args.chunk_rows,
-    )
+def _sky_ready(root: str) -> bool:
+    """Whether the synthetic sky at ``root`` is there, writing the default sky if it is missing."""
+    try:
+        synthetic.SkyManifest.load(root)
+    except FileNotFoundError:
+        if root != paths.default_sky():
+            print(f"no synthetic sky at {root}", file=sys.stderr)
+            return False
+        logging.getLogger(__name__).info("writing the default synthetic sky to %s", root)
+        synthetic.write_sky(root, synthetic.SkyConfig())
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,29 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    config = config_from_args(args)
-    if config.source == "synthetic":
-        from iic_survey.synthetic import sky as synthetic
-
-        try:
-            synthetic.SkyManifest.load(config.sky)
-        except FileNotFoundError:
-            if config.sky != paths.default_sky():
-                print(f"no synthetic sky at {config.sky}", file=sys.stderr)
-                return 2
-            logging.getLogger(__name__).info("writing the default synthetic sky to %s", config.sky)
-            synthetic.write_sky(config.sky, synthetic.SkyConfig())
+    config = labels.TrainingSetConfig.from_args(args)
+    if config.source == "synthetic" and not _sky_ready(config.sky):
+        return 2
     manifest = labels.build_training_set(config, args.out, overwrite=args.overwrite)
-    print(
-        json.dumps(
-            {
-                "training_set": args.out,
-                "counts": manifest["counts"],
-                "dropped": manifest["dropped"],
-            },
-            indent=1,
-        )
-    )
+    summary = {
+        "training_set": args.out,
+        "counts": manifest["counts"],
+        "dropped": manifest["dropped"],
+    }
+    print(json.dumps(summary, indent=1))
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from iic_survey.core import sky
+from iic_survey.core import hashing, sky
 from iic_survey.core.constants import CLASSES
 from iic_survey.training import build as labels
 from iic_survey.training import crossmatch, sdss, splits, trainingset
@@ -25,13 +25,29 @@ from tests.fixtures.jobs import load_job
 # Splits and balancing
 
 
-def test_hash_unit_is_blake2b_of_little_endian_int64_bytes():
-    ids = np.array([0, 1, -5, 2**62], dtype=np.int64)
-    u_ = splits.hash_unit(ids, "k")
-    for i, x in zip(ids, u_, strict=True):
-        h = hashlib.blake2b(int(i).to_bytes(8, "little", signed=True), digest_size=8, key=b"k")
-        assert x == (int.from_bytes(h.digest(), "little") >> 11) / 2**53
-    assert np.all((u_ >= 0) & (u_ < 1))
+def _splitmix64(x: int, key: int) -> int:
+    """Reference splitmix64 of ``x + golden * (key + 1)``, one Python int at a time."""
+    mask = 2**64 - 1
+    z = (x + 0x9E3779B97F4A7C15 * (key + 1)) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def test_hash_unit_is_splitmix64_of_the_id_under_a_key():
+    # The reference itself: the first two outputs of splitmix64 seeded with 0 (Vigna's
+    # splitmix64.c), which are our hash of id 0 under keys 0 and 1.
+    assert [_splitmix64(0, 0), _splitmix64(0, 1)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+    ids = np.array([0, 1, -5, 2**62, 2**63 - 1, -(2**63)], dtype=np.int64)
+    for key in (0, 7, 2**64 - 1, "k", "iic-split-v1"):
+        k = key
+        if isinstance(key, str):
+            k = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+        want = [_splitmix64(int(i) & (2**64 - 1), k) for i in ids]
+        assert hashing.keyed_hash(ids, key).tolist() == want
+        u_ = hashing.hash_unit(ids, key)
+        assert u_.tolist() == [(h >> 11) / 2**53 for h in want]
+        assert np.all((u_ >= 0) & (u_ < 1))
 
 
 def test_split_is_deterministic_order_free_and_8_1_1():
@@ -50,13 +66,13 @@ def test_split_is_deterministic_order_free_and_8_1_1():
     assert list(pinned) == [
         "train",
         "train",
+        "test",
         "train",
         "test",
         "val",
         "train",
         "val",
         "train",
-        "val",
         "train",
         "train",
         "train",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from iic_survey.core.constants import CLASSES
+from iic_survey.core.hashing import HASH_NAME
 from iic_survey.training import config, loop, splits, trainingset
 
 FEATURES = ("w1_w2", "w2_w3", "w1", "w1_sigma", "w2_sigma", "w3_sigma", "w3_detected")
@@ -153,6 +155,21 @@ def test_training_set_round_trips_through_pyarrow(tmp_path):
         trainingset.read_manifest(str(tmp_path / "nothing"))
 
 
+def test_a_training_set_split_with_another_hash_is_refused(tmp_path):
+    root = tmp_path / "ts"
+    assert make_fake_training_set(root, n=30)["split_hash"] == HASH_NAME
+    path = root / trainingset.MANIFEST
+    manifest = json.loads(path.read_text())
+    for old in ("blake2b-keyed", None):  # another hash, or none recorded (a set from before)
+        if old is None:
+            manifest.pop("split_hash")
+        else:
+            manifest["split_hash"] = old
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=r"build_training_set\.py --overwrite"):
+            trainingset.read_manifest(str(root))
+
+
 @pytest.mark.slow
 def test_training_set_round_trips_through_ray_data(ray_cluster, tmp_path):
     make_fake_training_set(tmp_path / "ts", n=60)
@@ -220,16 +237,15 @@ def test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path):
         for e in range(2)
     ]
     ck = _checkpoint(tmp_path / "ck", model, 1, hist)
-    summary = evaluation.finalize_local(
-        cfg,
-        mcfg,
+    run = evaluation.FinishedRun(
         best_checkpoint=ck,
         latest_checkpoint=ck,
         model_dir=str(tmp_path / "model"),
-        use_gpu=False,
         manifest=man,
         run_meta={"run_name": "t"},
+        use_gpu=False,
     )
+    summary = evaluation.finalize_local(cfg, mcfg, run)
     bundle = load_model_dir(tmp_path / "model")
     assert bundle.temperature == pytest.approx(summary["temperature"]) and bundle.temperature > 0
     assert bundle.rgb == man["rgb"]

@@ -13,21 +13,24 @@ spectrum needs (its own, plus any neighbour its match circle reaches), a fine st
 those pixels once and runs ``astropy.coordinates.match_coordinates_sky`` on it. So it scales
 with the number of pixels the labels touch, never with the size of the catalog.
 
-Classes are balanced by keeping, per class, the rows with the smallest keyed BLAKE2b hash of
-``cntr``; the 8:1:1 split is another keyed hash of ``cntr`` (or of a HEALPix pixel, so that
-neighbours never straddle splits). Both are pure functions of the ids: stable across runs,
-machines, row order and Python versions (``hash()`` is salted per process; BLAKE2b is not).
+Classes are balanced by keeping, per class, the rows with the smallest keyed hash of ``cntr``;
+the 8:1:1 split is another keyed hash of ``cntr`` (or of a HEALPix pixel, so that neighbours
+never straddle splits); see :mod:`iic_survey.training.splits`. Both are pure functions of the
+ids (:func:`iic_survey.core.hashing.hash_unit`): stable across runs, machines, row order and
+Python versions (``hash()`` is salted per process; splitmix64 is not).
 
-Images are made by :class:`iic_survey.stamps.StampMaker`, exactly as the sky pipeline makes
-them, so training and inference cannot drift apart. :class:`TrainingSetWriter` stores the set
-as Parquet, one folder per split (``<root>/split=train/part-*.parquet``, a hive partition, so
+Images are made by :class:`iic_survey.stamps.maker.StampMaker`, exactly as the sky pipeline
+makes them, so training and inference cannot drift apart.
+:class:`~iic_survey.training.trainingset.TrainingSetWriter` stores the set as Parquet, one
+folder per split (``<root>/split=train/part-*.parquet``, a hive partition, so
 ``pandas.read_parquet(root)`` sees a ``split`` column), with the 3x80x80 image and the catalog
 features as ``arrow.fixed_shape_tensor`` columns, and a ``_manifest.json`` beside them (feature
-names, RGB parameters, counts) that the training job reads.
+names, RGB parameters, the split hash, counts) that the training job reads.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -68,7 +71,8 @@ class TrainingSetConfig:
     catalog: str = ""
     """AllWISE catalog URL; empty: the synthetic sky's (``synthetic``) or IRSA's (``sdss``)."""
     images: str = ""
-    """Image archive spec for :class:`~iic_survey.stamps.StampMaker`; empty: the sky's or ``s3``."""
+    """Image archive spec for :class:`~iic_survey.stamps.maker.StampMaker`; empty: the sky's or
+    ``s3``."""
     sky: str = ""
     """Synthetic sky root (``synthetic`` source): holds ``truth.parquet`` and defaults the rest."""
     per_class: int | None = None
@@ -98,6 +102,22 @@ class TrainingSetConfig:
             raise ValueError(f"per_class must be >= 1 or None, got {self.per_class}")
         if self.chunk_rows < 1 or self.match_radius_arcsec <= 0:
             raise ValueError("chunk_rows and match_radius_arcsec must be positive")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainingSetConfig:
+        """The config that ``jobs/build_training_set.py``'s options describe."""
+        return cls(
+            source=args.source,
+            catalog=args.catalog,
+            images=args.images,
+            sky=args.sky if args.source == "synthetic" else "",
+            per_class=args.per_class,
+            paper_counts=args.paper_counts,
+            match_radius_arcsec=args.match_radius,
+            split=SplitConfig(block_order=args.split_block_order),
+            sdss=SDSSConfig(ra_range=tuple(args.sdss_ra), stripe_deg=args.sdss_stripe_deg),
+            chunk_rows=args.chunk_rows,
+        )
 
     def targets(self) -> int | Mapping[str, int] | None:
         """The per-class counts :func:`balance` is given."""
@@ -134,8 +154,8 @@ def build_training_set(
 ) -> dict[str, Any]:
     """Label, balance, split and cut a training set; write it to ``out``; return its manifest.
 
-    Rows go through :class:`~iic_survey.stamps.StampMaker` in ``coadd_id`` order, in chunks of
-    ``chunk_rows``, so each tile is opened about once and memory stays bounded.
+    Rows go through :class:`~iic_survey.stamps.maker.StampMaker` in ``coadd_id`` order, in
+    chunks of ``chunk_rows``, so each tile is opened about once and memory stays bounded.
     """
 
     rows = labelled_sources(config)

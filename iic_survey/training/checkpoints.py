@@ -1,4 +1,10 @@
-"""TODO docstring for training.checkpoints (from training)."""
+"""A training checkpoint's files, and the best checkpoint of a finished run.
+
+The worker loop (:mod:`iic_survey.training.loop`) writes each epoch's checkpoint as
+:data:`STATE_FILE` (weights, optimiser and scaler state, epoch, starts; loadable with
+``weights_only``) beside :data:`HISTORY_FILE` (one JSON row per epoch so far). Resuming and
+finalising both read them back with :func:`load_state`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,9 @@ from typing import Any
 import torch
 
 STATE_FILE = "state.pt"
+"""The training state of a checkpoint (``torch.save`` of plain tensors and numbers)."""
 HISTORY_FILE = "history.json"
+"""The per-epoch history of a checkpoint, as JSON."""
 
 
 def load_state(checkpoint_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

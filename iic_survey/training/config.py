@@ -1,12 +1,23 @@
-"""TODO docstring for training.config (from training)."""
+"""The configs of a training run: what is trained (:class:`TrainConfig`) and where it runs.
+
+:class:`TrainConfig` is the model's identity (architecture, schedule, seed); ``dataclasses.asdict``
+of it is Ray Train's ``train_loop_config`` and goes into the model directory's ``meta``.
+:class:`RunSettings` says where and how a run executes (workers, GPUs, checkpoint storage) and
+is not part of the model. Both are built from ``jobs/train.py``'s parsed options by ``from_args``;
+:func:`model_config_for` derives the network's :class:`~iic_survey.model.config.ModelConfig`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
+from iic_survey.core import paths
 from iic_survey.core.config import config_from_dict, did_you_mean
 from iic_survey.model.config import ARCHS, ModelConfig
+
+T = TypeVar("T")
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 """``auto``: bf16 autocast on a GPU that supports it, else fp16 on GPU, fp32 on CPU."""
@@ -17,7 +28,7 @@ class TrainConfig:
     """One training run. ``dataclasses.asdict`` of it is Ray Train's ``train_loop_config``."""
 
     data: str
-    """Root of the training set written by :func:`iic_survey.labels.write_training_set`."""
+    """Root of the training set written by :func:`iic_survey.training.build.build_training_set`."""
     arch: str = "iicnet"
     """``iicnet`` (image), ``fusion`` (image + catalog features) or ``colour`` (features)."""
     epochs: int = 200
@@ -78,6 +89,11 @@ class TrainConfig:
         """Inverse of ``dataclasses.asdict``; unknown keys are an error."""
         return config_from_dict(cls, d)
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        """The config that ``jobs/train.py``'s options describe (options named like the fields)."""
+        return _from_namespace(cls, args)
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
@@ -106,20 +122,132 @@ class RunSettings:
         if self.max_failures < -1:
             raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides: Any) -> RunSettings:
+        """The settings that ``jobs/train.py``'s options describe, with ``overrides`` for the
+        ones the job resolves itself (``num_workers``, ``use_gpu``)."""
+        return _from_namespace(cls, args, **overrides)
+
+
+def _from_namespace(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """A config dataclass from the parsed options named like its fields (lists become tuples);
+    fields without an option keep their defaults."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    values = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    return config_from_dict(cls, {**values, **overrides})
+
 
 # ---------------------------------------------------------------------------------------------
-# The driver
+# The command line of jobs/train.py: one option per field, read back by ``from_args``
 
 
-def model_config_from_dict(d: dict[str, Any]) -> Any:
-    """``ModelConfig.from_dict`` (kept here so workers import model.py lazily)."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a training run, in groups, as :meth:`TrainConfig.from_args` and
+    :meth:`RunSettings.from_args` read them (defaults: the paper's schedule)."""
+    d = TrainConfig(data="")
+    _add_model_arguments(parser.add_argument_group("data and model"), d)
+    _add_schedule_arguments(parser.add_argument_group("schedule"), d)
+    _add_run_arguments(parser.add_argument_group("where and how it runs"), d)
 
-    return ModelConfig.from_dict(d)
+
+def _add_model_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
+    g.add_argument(
+        "--data",
+        default=paths.default_training_set(),
+        help="training set root, local or s3:// (default: %(default)s)",
+    )
+    g.add_argument("--arch", choices=ARCHS, default=d.arch)
+    g.add_argument(
+        "--widths",
+        type=int,
+        nargs=6,
+        default=None,
+        help="IICnet channel widths (stem, RFB, conv2..conv5); default: paper-sized",
+    )
+    g.add_argument("--head-dim", type=int, default=None, help="penultimate (embedding) width")
+    g.add_argument(
+        "--ood-rows",
+        type=int,
+        default=d.ood_rows,
+        help="training rows whose embeddings give the OOD statistics",
+    )
 
 
-def model_config_for(config: TrainConfig, feature_names: list[str]) -> Any:
+def _add_schedule_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument(
+        "--lr-halve-epoch",
+        type=int,
+        default=d.lr_halve_epoch,
+        help="0-based epoch from which the learning rate is halved",
+    )
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per worker")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="no random flips / 90-degree rotations",
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
+        help="autocast on GPU: auto = bf16 where supported, else fp16",
+    )
+    g.add_argument(
+        "--max-train-rows",
+        type=int,
+        default=None,
+        help="train on a stable subset of about this many rows",
+    )
+    g.add_argument("--seed", type=int, default=d.seed)
+
+
+def _add_run_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
+    r = RunSettings()
+    g.add_argument(
+        "--cache",
+        choices=("auto", "yes", "no"),
+        default=d.cache,
+        help="hold train + val in Ray's object store (auto: when small)",
+    )
+    g.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="Ray Train workers (default: one per GPU, or 2 on CPU)",
+    )
+    g.add_argument(
+        "--use-gpu",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="auto: use GPUs if the Ray cluster has any",
+    )
+    g.add_argument("--cpus-per-worker", type=float, default=r.cpus_per_worker)
+    g.add_argument("--name", default=r.name, help="run name: the same name resumes")
+    g.add_argument(
+        "--storage-path",
+        default=paths.default_runs(),
+        help="checkpoints, local or s3:// (default: %(default)s)",
+    )
+    g.add_argument(
+        "--model-dir",
+        default=paths.default_model(),
+        help="where the model directory goes (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-failures",
+        type=int,
+        default=r.max_failures,
+        help="worker failures survived by restarting from the last checkpoint",
+    )
+    g.add_argument("--num-to-keep", type=int, default=r.num_to_keep, help="best checkpoints kept")
+
+
+def model_config_for(config: TrainConfig, feature_names: list[str]) -> ModelConfig:
     """The ``ModelConfig`` for a run: the arch, widths, and the W3 features found by name."""
-
     kw: dict[str, Any] = {"arch": config.arch, "n_features": len(feature_names)}
     if config.widths is not None:
         kw["widths"] = config.widths

@@ -1,4 +1,10 @@
-"""TODO docstring for training.crossmatch (from labels)."""
+"""Crossmatch of label positions (SDSS spectra) onto AllWISE sources, HEALPix pixel by pixel.
+
+A coarse step (:func:`pixels_near`) decides which order-5 catalog pixels each position's match
+circle reaches, its own and any neighbour; a fine step (:func:`crossmatch`) reads each of those
+pixels once and matches with ``astropy.coordinates.match_coordinates_sky``. The work scales
+with the number of pixels the labels touch, never with the size of the catalog.
+"""
 
 from __future__ import annotations
 
@@ -57,7 +63,7 @@ def crossmatch(
     labels
         Must have ``ra``, ``dec`` (degrees) and ``class``; other columns are carried along.
     catalog
-        An ``iic_survey.catalog.AllWiseCatalog`` (anything with ``pixels(order)`` and
+        An :class:`iic_survey.inputs.catalog.AllWiseCatalog` (anything with ``pixels(order)`` and
         ``read_pixel(pixel, order, columns)``); each needed pixel is read exactly once.
     columns
         Catalog columns to return (``cntr``, ``ra``, ``dec`` are always read).

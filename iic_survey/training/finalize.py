@@ -3,14 +3,14 @@
 :func:`finalize` takes the best checkpoint of a run and
 
 1. runs the network over the validation and test splits (and a sample of the training split);
-2. fits a temperature on the validation logits (:func:`iic_survey.metrics.fit_temperature`);
+2. fits a temperature on the validation logits (:func:`iic_survey.core.metrics.fit_temperature`);
 3. reports on the test split in the paper's format (per-class precision, recall, specificity,
    F1, accuracy; AUC; the confusion matrix; ECE before and after calibration) as JSON, Markdown
    and PNG plots (loss and accuracy per epoch, ROC per class, the confusion matrix);
 4. computes the out-of-distribution statistics of the training embeddings (mean and inverse
    covariance of ``embed()``, and high percentiles of the training Mahalanobis distance and
    energy score) that the classify job compares new sources against;
-5. writes the model directory with :func:`iic_survey.model.save_model_dir`.
+5. writes the model directory with :func:`iic_survey.model.directory.save_model_dir`.
 
 It runs as one Ray task holding a GPU when training used GPUs, so the driver stays light.
 """
@@ -28,11 +28,14 @@ import torch
 
 from iic_survey.core import metrics
 from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.core.hashing import hash_unit
+from iic_survey.model.config import ModelConfig
 from iic_survey.model.directory import save_model_dir
 from iic_survey.model.network import build_model
 from iic_survey.model.ood import ood_statistics, predict
-from iic_survey.training import splits, trainingset
+from iic_survey.training import trainingset
 from iic_survey.training.checkpoints import load_state
+from iic_survey.training.config import TrainConfig
 from iic_survey.training.plots import plot_confusion, plot_history, plot_roc
 
 logger = logging.getLogger(__name__)
@@ -97,53 +100,84 @@ def read_rows(data: str, split: str, limit: int | None = None) -> dict[str, np.n
     ids = trainingset.read_split(data, split, columns=["cntr"]).get("cntr", np.zeros(0, np.int64))
     if len(ids) <= limit:
         return trainingset.read_split(data, split, columns=cols)
-    chosen = ids[np.argsort(splits.hash_unit(ids, "iic-ood-sample"), kind="stable")[:limit]]
+    chosen = ids[np.argsort(hash_unit(ids, "iic-ood-sample"), kind="stable")[:limit]]
     return trainingset.read_split(data, split, columns=cols, filter=pc.field("cntr").isin(chosen))
 
 
-def _load(checkpoint: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+    """What :func:`finalize` needs of a finished Ray Train run, besides its two configs."""
 
+    best_checkpoint: Any
+    """The ``ray.train.Checkpoint`` to calibrate and report on (the lowest validation loss)."""
+    latest_checkpoint: Any
+    """The last checkpoint: its history holds every epoch, its state every start of the run."""
+    model_dir: str
+    """Where the model directory goes."""
+    manifest: dict[str, Any]
+    """The training set's manifest (feature names, RGB parameters, counts)."""
+    run_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Run details (name, path, workers ...) copied into the model's ``meta``."""
+    use_gpu: bool = False
+    """Run the network on a GPU (when there is one)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    """A finished run's checkpoints, loaded."""
+
+    state: dict[str, Any]
+    """The best checkpoint's training state (weights, epoch ...)."""
+    history: list[dict[str, Any]]
+    """One row per finished epoch (the latest checkpoint's history)."""
+    starts: list[int]
+    """The first epoch of every start of the run."""
+
+    @property
+    def best_epoch(self) -> int:
+        """The (0-based) epoch of the best checkpoint."""
+        return int(self.state["epoch"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+    """The best checkpoint's network on the validation and test splits."""
+
+    val: dict[str, np.ndarray]
+    """The validation rows (``label``, ...)."""
+    val_logits: np.ndarray
+    """(N_val, 3) validation logits; (0, 3) when the split is empty."""
+    temperature: float
+    """Temperature fitted on the validation logits (1 without any)."""
+    report: dict[str, Any]
+    """The test split's report, calibrated, with the uncalibrated ECE and the temperature."""
+
+    @property
+    def n_val(self) -> int:
+        """Validation rows."""
+        return len(self.val.get("label", ()))
+
+
+def _load(checkpoint: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     with checkpoint.as_directory() as d:
         return load_state(d)
 
 
-def finalize(config: Any, model_cfg: Any, **kw: Any) -> dict[str, Any]:
-    """Run :func:`finalize_local` as a Ray task (with a GPU if ``use_gpu``), or here without Ray."""
-    import ray
-
-    kw["model_dir"] = str(Path(kw["model_dir"]).expanduser().resolve())
-    if not ray.is_initialized():
-        return finalize_local(config, model_cfg, **kw)
-    fn: Any = finalize_local
-    task: Any = ray.remote(num_cpus=1, num_gpus=1 if kw.get("use_gpu") else 0)(fn)
-    return dict(ray.get(task.remote(config, model_cfg, **kw)))
+def _load_run(run: FinishedRun) -> _Trained:
+    """The best checkpoint's state with the latest checkpoint's history and starts."""
+    state, _ = _load(run.best_checkpoint)
+    latest, history = _load(run.latest_checkpoint)
+    return _Trained(state=state, history=history, starts=list(latest.get("starts", [])))
 
 
-def finalize_local(
-    config: Any,
-    model_cfg: Any,
-    *,
-    best_checkpoint: Any,
-    latest_checkpoint: Any,
-    model_dir: str,
-    use_gpu: bool,
-    manifest: dict[str, Any],
-    run_meta: dict[str, Any],
-) -> dict[str, Any]:
-    """Calibrate the best checkpoint, report on the test split, write the model directory.
+def _evaluate(model: torch.nn.Module, data: str, device: torch.device) -> _Evaluation:
+    """Fit the temperature on the validation split and report on the test split.
 
-    Returns a short summary (accuracy, macro AUC, ECE, temperature, paths).
+    An empty test split is replaced by the validation split; an empty validation split leaves
+    the temperature at 1.
     """
-
-    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    state, _ = _load(best_checkpoint)
-    latest, history = _load(latest_checkpoint)
-    model = build_model(model_cfg)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-
-    val = read_rows(config.data, "val")
-    test = read_rows(config.data, "test")
+    val = read_rows(data, "val")
+    test = read_rows(data, "test")
     if not len(test.get("label", ())):
         logger.warning("the test split is empty: reporting on the validation split instead")
         test = val
@@ -158,11 +192,23 @@ def finalize_local(
     report = metrics.classification_report(y, metrics.softmax(logits, temperature), CLASSES)
     report["ece_uncalibrated"] = metrics.expected_calibration_error(y, metrics.softmax(logits))
     report["temperature"] = temperature
+    return _Evaluation(val=val, val_logits=val_logits, temperature=temperature, report=report)
 
+
+def _feature_stats(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    manifest: dict[str, Any],
+    temperature: float,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The training distribution the classify job compares new sources against: OOD statistics
+    of the embeddings of up to ``config.ood_rows`` training rows, and the catalog features'
+    mean and spread."""
     train = read_rows(config.data, "train", limit=config.ood_rows)
     train_logits, train_emb = predict(model, train["image"], train["features"], device)
     feats = np.asarray(train["features"], dtype=np.float64)
-    feature_stats = {
+    return {
         **ood_statistics(train_emb, train_logits, temperature),
         "catalog_features": {
             "names": list(manifest["feature_names"]),
@@ -170,65 +216,111 @@ def finalize_local(
             "std": np.nanstd(feats, axis=0).tolist(),
         },
     }
-    best_epoch = int(state["epoch"])
-    meta = {
-        **run_meta,
+
+
+def _meta(
+    config: TrainConfig,
+    model_cfg: ModelConfig,
+    run: FinishedRun,
+    trained: _Trained,
+    ev: _Evaluation,
+) -> dict[str, Any]:
+    """The model's ``meta``: how it was trained, on what, and its best epoch."""
+    history, best_epoch = trained.history, trained.best_epoch
+    return {
+        **run.run_meta,
         "arch": model_cfg.arch,
         "epochs": len(history),
         "best_epoch": best_epoch,
         "best_val_loss": float(history[best_epoch]["val_loss"])
         if best_epoch < len(history)
         else float("nan"),
-        "temperature": temperature,
-        "n_train": int(sum(manifest["counts"]["train"].values())),
-        "n_val": len(val.get("label", ())),
-        "n_test": len(y),
+        "temperature": ev.temperature,
+        "n_train": int(sum(run.manifest["counts"]["train"].values())),
+        "n_val": ev.n_val,
+        "n_test": ev.report["n"],
         "training_set": config.data,
-        "training_set_source": manifest.get("source"),
+        "training_set_source": run.manifest.get("source"),
         "train_config": dataclasses.asdict(config),
         "code_version": __version__,
-        "starts": list(latest.get("starts", [])),
+        "starts": trained.starts,
     }
-    summary_keys = (
-        "n",
-        "accuracy",
-        "per_class",
-        "macro",
-        "confusion",
-        "log_loss",
-        "ece",
-        "ece_uncalibrated",
-        "temperature",
-    )
-    scores = {
-        "test": {k: report[k] for k in summary_keys},
+
+
+_SUMMARY_KEYS = (
+    "n",
+    "accuracy",
+    "per_class",
+    "macro",
+    "confusion",
+    "log_loss",
+    "ece",
+    "ece_uncalibrated",
+    "temperature",
+)
+"""The keys of the test report kept in the model's ``metrics``."""
+
+
+def _scores(ev: _Evaluation, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model's ``metrics``: the test summary, validation NLL, the training history."""
+    return {
+        "test": {k: ev.report[k] for k in _SUMMARY_KEYS},
         "val": {
-            "n": meta["n_val"],
-            "nll_uncalibrated": _nll(val_logits, val, 1.0),
-            "nll": _nll(val_logits, val, temperature),
+            "n": ev.n_val,
+            "nll_uncalibrated": _nll(ev.val_logits, ev.val, 1.0),
+            "nll": _nll(ev.val_logits, ev.val, ev.temperature),
         },
         "history": history,
     }
+
+
+def finalize(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun) -> dict[str, Any]:
+    """Run :func:`finalize_local` as a Ray task (with a GPU if ``run.use_gpu``), or here without
+    Ray."""
+    import ray
+
+    run = dataclasses.replace(run, model_dir=str(Path(run.model_dir).expanduser().resolve()))
+    if not ray.is_initialized():
+        return finalize_local(config, model_cfg, run)
+    fn: Any = finalize_local
+    task: Any = ray.remote(num_cpus=1, num_gpus=1 if run.use_gpu else 0)(fn)
+    return dict(ray.get(task.remote(config, model_cfg, run)))
+
+
+def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun) -> dict[str, Any]:
+    """Calibrate the best checkpoint, report on the test split, write the model directory.
+
+    Returns a short summary (accuracy, macro AUC, ECE, temperature, paths).
+    """
+    device = torch.device("cuda" if run.use_gpu and torch.cuda.is_available() else "cpu")
+    trained = _load_run(run)
+    model = build_model(model_cfg)
+    model.load_state_dict(trained.state["model"])
+    model.to(device).eval()
+    ev = _evaluate(model, config.data, device)
+    feature_stats = _feature_stats(model, config, run.manifest, ev.temperature, device)
+    meta = _meta(config, model_cfg, run, trained, ev)
     out = save_model_dir(
-        model_dir,
+        run.model_dir,
         model,
         model_cfg,
         extra={
-            "rgb": manifest["rgb"],
-            "temperature": temperature,
+            "rgb": run.manifest["rgb"],
+            "temperature": ev.temperature,
             "feature_stats": feature_stats,
-            "metrics": scores,
+            "metrics": _scores(ev, trained.history),
             "meta": meta,
         },
     )
-    files = write_report(report, history, meta, Path(out) / REPORT_DIR)
+    files = write_report(ev.report, trained.history, meta, Path(out) / REPORT_DIR)
+    report = ev.report
     logger.info(
         "model directory %s: test accuracy %.4f, macro AUC %.4f, ECE %.4f (T = %.3f)",
         out,
         report["accuracy"],
         report["macro"]["auc"],
         report["ece"],
-        temperature,
+        ev.temperature,
     )
     return {
         "model_dir": str(out),
@@ -236,10 +328,10 @@ def finalize_local(
         "macro_auc": report["macro"]["auc"],
         "ece": report["ece"],
         "ece_uncalibrated": report["ece_uncalibrated"],
-        "temperature": temperature,
+        "temperature": ev.temperature,
         "recall": {c: report["per_class"][c]["recall"] for c in CLASSES},
-        "epochs": len(history),
-        "best_epoch": best_epoch,
+        "epochs": len(trained.history),
+        "best_epoch": trained.best_epoch,
         "report_files": files,
     }
 

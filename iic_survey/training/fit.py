@@ -7,11 +7,11 @@ workers stream their shard of the training set (``ray.train.get_dataset_shard`` 
 storage_path)``; the best by validation loss are kept. Rerunning with the same name resumes:
 Ray Train restores its checkpoint list and the loop continues after the last finished epoch, and
 ``FailureConfig(max_failures)`` restarts a dead worker group from the last checkpoint the same
-way. At the end :func:`iic_survey.evaluation.finalize` calibrates the best checkpoint on the
+way. At the end :func:`iic_survey.training.finalize.finalize` calibrates the best checkpoint on the
 validation split, reports on the test split and writes the model directory.
 
-The pure pieces (the LR schedule, sky-respecting augmentation, the precision choice) are plain
-functions so they are tested without Ray.
+The worker loop itself is :mod:`iic_survey.training.loop`; this module is the driver's side: the
+datasets, the trainer, and finalising.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 
 from iic_survey.core import paths
-from iic_survey.training import finalize as evaluation
+from iic_survey.core.hashing import hash_unit
 from iic_survey.training import trainingset
 from iic_survey.training.checkpoints import best_checkpoint
 from iic_survey.training.config import RunSettings, TrainConfig, model_config_for
+from iic_survey.training.finalize import FinishedRun, finalize
 from iic_survey.training.loop import train_loop_per_worker
-from iic_survey.training.splits import hash_unit
 
 logger = logging.getLogger(__name__)
 
@@ -135,13 +135,10 @@ def train(config: TrainConfig, run: RunSettings) -> dict[str, Any]:
     best = best_checkpoint(result)
     logger.info("training done: best checkpoint %s, latest %s", best.path, result.checkpoint.path)
     info = trainingset.read_manifest(config.data)
-    summary = evaluation.finalize(
-        config,
-        model_config_for(config, list(info["feature_names"])),
+    finished = FinishedRun(
         best_checkpoint=best,
         latest_checkpoint=result.checkpoint,
         model_dir=run.model_dir or paths.default_model(),
-        use_gpu=run.use_gpu,
         manifest=info,
         run_meta={
             "run_name": run.name,
@@ -149,6 +146,8 @@ def train(config: TrainConfig, run: RunSettings) -> dict[str, Any]:
             "num_workers": run.num_workers,
             "use_gpu": run.use_gpu,
         },
+        use_gpu=run.use_gpu,
     )
+    summary = finalize(config, model_config_for(config, list(info["feature_names"])), finished)
     summary.update(run_path=result.path, best_checkpoint=best.path)
     return summary

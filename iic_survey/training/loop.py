@@ -1,7 +1,16 @@
-"""TODO docstring for training.loop (from training)."""
+"""The Ray Train worker loop: what each worker of a ``TorchTrainer`` runs, epoch by epoch.
+
+:func:`train_loop_per_worker` resumes from Ray Train's checkpoint if there is one, trains on the
+worker's shard of the training split (Adam, the paper's halved learning rate, random dihedral
+augmentation, autocast on GPU), validates, and reports every epoch's metrics with a checkpoint
+of the training state (weights, optimiser, scaler, history) from rank 0. The pure pieces (the
+LR schedule, the augmentation, the precision choice) are plain functions tested without Ray;
+:data:`CRASH_ENV` is a test hook that kills a worker mid-epoch to test recovery.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,9 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from iic_survey.model.config import ModelConfig
 from iic_survey.model.network import build_model
 from iic_survey.training.checkpoints import HISTORY_FILE, STATE_FILE, load_state
-from iic_survey.training.config import PRECISIONS, TrainConfig, model_config_from_dict
+from iic_survey.training.config import PRECISIONS, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +108,10 @@ def _maybe_crash(epoch: int, step: int, rank: int) -> None:
 # The per-worker loop
 
 
+_COLUMNS = {"image": torch.float32, "features": torch.float32, "label": torch.int64}
+"""The columns a batch needs, with the dtypes ``iter_torch_batches`` gives them."""
+
+
 def _batch_to(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
     images = batch["image"].to(device, dtype=torch.float32, non_blocking=True)
     features = batch["features"].to(device, dtype=torch.float32, non_blocking=True)
@@ -122,14 +136,60 @@ def _worker_logging() -> None:
         pkg.setLevel(logging.INFO)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker function: resume if there is a checkpoint, train, report every epoch."""
+@dataclasses.dataclass(frozen=True)
+class _Worker:
+    """What one Ray Train worker trains with, fixed once it has started (or resumed)."""
+
+    cfg: TrainConfig
+    model: Any
+    """The network as ``prepare_model`` returned it (wrapped in DDP across several workers)."""
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp: torch.dtype | None
+    """Autocast dtype (:func:`autocast_dtype`); None: plain fp32."""
+    device: torch.device
+    rank: int
+    world: int
+    starts: tuple[int, ...]
+    """The first epoch of every start of the run so far, this one last."""
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context of a forward pass (a no-op in fp32)."""
+        return torch.autocast(
+            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+        )
+
+
+def _resume(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rank: int
+) -> tuple[int, list[dict[str, Any]], list[int]]:
+    """Load Ray Train's checkpoint, if any, into the model, optimiser and scaler.
+
+    Returns the first epoch to run, the history so far and the earlier starts.
+    """
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, [], []
+    with ckpt.as_directory() as d:
+        state, history = load_state(d)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    start = int(state["epoch"]) + 1
+    logger.info("rank %d: resuming after epoch %d", rank, start - 1)
+    return start, history, list(state.get("starts", []))
+
+
+def _start_worker(config: dict[str, Any]) -> tuple[_Worker, list[dict[str, Any]]]:
+    """Build the network and optimiser from ``train_loop_config``, resume, prepare for DDP."""
     import ray.train
     import ray.train.torch
 
-    _worker_logging()
     cfg = TrainConfig.from_dict(config["train"])
-    model_cfg = model_config_from_dict(config["model"])
+    model_cfg = ModelConfig.from_dict(config["model"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -137,121 +197,159 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    start, history, starts = _resume(model, opt, scaler, rank)
+    worker = _Worker(
+        cfg=cfg,
+        model=ray.train.torch.prepare_model(model),
+        opt=opt,
+        scaler=scaler,
+        amp=amp,
+        device=device,
+        rank=rank,
+        world=world,
+        starts=(*starts, start),
+    )
+    return worker, history
 
-    start, history, starts = 0, list[dict[str, Any]](), list[int]()
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state, history = load_state(d)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["epoch"]) + 1
-        starts = list(state.get("starts", []))
-        logger.info("rank %d: resuming after epoch %d", rank, start - 1)
-    starts.append(start)
-    model = ray.train.torch.prepare_model(model)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + start)
+
+def _train_epoch(w: _Worker, epoch: int, shard: Any, gen: torch.Generator) -> list[float]:
+    """One epoch over this worker's shard; returns its [loss sum, correct, images]."""
+    cfg = w.cfg
+    w.model.train()
+    # Sums stay on the device: no host sync per step (it would stall a GPU).
+    loss_t = torch.zeros((), dtype=torch.float64, device=w.device)
+    correct_t = torch.zeros((), dtype=torch.int64, device=w.device)
+    n = 0.0
+    batches = shard.iter_torch_batches(
+        batch_size=cfg.batch_size,
+        dtypes=_COLUMNS,
+        drop_last=True,
+        device=w.device,
+        local_shuffle_buffer_size=cfg.shuffle_buffer,
+        local_shuffle_seed=cfg.seed + epoch,
+    )
+    for step, batch in enumerate(batches):
+        _maybe_crash(epoch, step, w.rank)
+        images, features, labels = _batch_to(batch, w.device)
+        if cfg.augment:
+            images = augment(images, gen)
+        with w.autocast():
+            logits = w.model(images, features)  # (B, 3)
+            loss = F.cross_entropy(logits.float(), labels)
+        w.opt.zero_grad(set_to_none=True)
+        w.scaler.scale(loss).backward()
+        w.scaler.step(w.opt)
+        w.scaler.update()
+        loss_t += loss.detach() * len(labels)
+        correct_t += (logits.argmax(1) == labels).sum()
+        n += len(labels)
+    return [float(loss_t), float(correct_t), n]
+
+
+def _validate(w: _Worker, shard: Any) -> list[float]:
+    """The validation shard's [loss sum, correct, images] (no gradients)."""
+    w.model.eval()
+    v_loss = v_correct = v_n = 0.0
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(batch_size=256, dtypes=_COLUMNS, device=w.device):
+            images, features, labels = _batch_to(batch, w.device)
+            with w.autocast():
+                logits = w.model(images, features).float()
+            v_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            v_correct += float((logits.argmax(1) == labels).sum())
+            v_n += len(labels)
+    return [v_loss, v_correct, v_n]
+
+
+def _run_epoch(
+    w: _Worker, epoch: int, train_shard: Any, val_shard: Any, gen: torch.Generator
+) -> dict[str, Any]:
+    """Train and validate one epoch; its history row, summed over all workers."""
+    for group in w.opt.param_groups:
+        group["lr"] = lr_at(epoch, w.cfg)
+    t0 = time.perf_counter()
+    trained = _train_epoch(w, epoch, train_shard, gen)
+    train_s = time.perf_counter() - t0
+    validated = _validate(w, val_shard)
+    loss_sum, correct, n, v_loss, v_correct, v_n, t_sum = _all_reduce(
+        [*trained, *validated, train_s], w.device
+    )
+    val_s = time.perf_counter() - t0 - train_s
+    return {
+        "epoch": epoch,
+        "lr": lr_at(epoch, w.cfg),
+        "train_loss": loss_sum / max(n, 1),
+        "train_acc": correct / max(n, 1),
+        "val_loss": v_loss / max(v_n, 1),
+        "val_acc": v_correct / max(v_n, 1),
+        "train_images": int(n),
+        "train_seconds": train_s,
+        "val_seconds": val_s,
+        "images_per_s": n / max(t_sum / w.world, 1e-9),
+        "workers": w.world,
+        "torch_threads": torch.get_num_threads(),  # Ray sets it to the CPUs reserved
+    }
+
+
+def _log_epoch(row: dict[str, Any], epochs: int) -> None:
+    """The one-line summary of an epoch in the job's output."""
+    logger.info(
+        "epoch %d/%d: loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f img/s "
+        "| train %.1f s, val %.1f s",
+        row["epoch"] + 1,
+        epochs,
+        row["train_loss"],
+        row["train_acc"],
+        row["val_loss"],
+        row["val_acc"],
+        row["images_per_s"],
+        row["train_seconds"],
+        row["val_seconds"],
+    )
+
+
+def _report(w: _Worker, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """Report the epoch's metrics to Ray Train, with rank 0's checkpoint of the training state.
+
+    Every worker calls ``ray.train.report`` (it is a barrier); only rank 0 attaches a checkpoint.
+    """
+    import ray.train
+
+    epoch = row["epoch"]
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if w.rank == 0:
+            net = w.model.module if hasattr(w.model, "module") else w.model
+            state = {
+                "model": net.state_dict(),
+                "optimizer": w.opt.state_dict(),
+                "scaler": w.scaler.state_dict(),
+                "epoch": epoch,
+                "starts": list(w.starts),
+            }
+            torch.save(state, Path(tmp) / STATE_FILE)
+            (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(
+            {k: v for k, v in row.items() if isinstance(v, int | float)},
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"epoch_{epoch:05d}",
+        )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker function: resume if there is a checkpoint, train, report every epoch."""
+    import ray.train
+
+    _worker_logging()
+    w, history = _start_worker(config)
+    start = w.starts[-1]
+    gen = torch.Generator().manual_seed(w.cfg.seed * 1_000_003 + w.rank * 7919 + start)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    cols = {"image": torch.float32, "features": torch.float32, "label": torch.int64}
-
-    for epoch in range(start, cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(epoch, cfg)
-        model.train()
-        t0 = time.perf_counter()
-        # Sums stay on the device: no host sync per step (it would stall a GPU).
-        loss_t = torch.zeros((), dtype=torch.float64, device=device)
-        correct_t = torch.zeros((), dtype=torch.int64, device=device)
-        n = 0.0
-        batches = train_shard.iter_torch_batches(
-            batch_size=cfg.batch_size,
-            dtypes=cols,
-            drop_last=True,
-            device=device,
-            local_shuffle_buffer_size=cfg.shuffle_buffer,
-            local_shuffle_seed=cfg.seed + epoch,
-        )
-        for step, batch in enumerate(batches):
-            _maybe_crash(epoch, step, rank)
-            images, features, labels = _batch_to(batch, device)
-            if cfg.augment:
-                images = augment(images, gen)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(images, features)  # (B, 3)
-                loss = F.cross_entropy(logits.float(), labels)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            loss_t += loss.detach() * len(labels)
-            correct_t += (logits.argmax(1) == labels).sum()
-            n += len(labels)
-        loss_sum, correct = float(loss_t), float(correct_t)
-        train_s = time.perf_counter() - t0
-        model.eval()
-        v_loss = v_correct = v_n = 0.0
-        with torch.no_grad():
-            for batch in val_shard.iter_torch_batches(batch_size=256, dtypes=cols, device=device):
-                images, features, labels = _batch_to(batch, device)
-                with torch.autocast(
-                    device.type, dtype=amp or torch.float32, enabled=amp is not None
-                ):
-                    logits = model(images, features).float()
-                v_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-                v_correct += float((logits.argmax(1) == labels).sum())
-                v_n += len(labels)
-        loss_sum, correct, n, v_loss, v_correct, v_n, t_sum = _all_reduce(
-            [loss_sum, correct, n, v_loss, v_correct, v_n, train_s], device
-        )
-        val_s = time.perf_counter() - t0 - train_s
-        row = {
-            "epoch": epoch,
-            "lr": lr_at(epoch, cfg),
-            "train_loss": loss_sum / max(n, 1),
-            "train_acc": correct / max(n, 1),
-            "val_loss": v_loss / max(v_n, 1),
-            "val_acc": v_correct / max(v_n, 1),
-            "train_images": int(n),
-            "train_seconds": train_s,
-            "val_seconds": val_s,
-            "images_per_s": n / max(t_sum / world, 1e-9),
-            "workers": world,
-            "torch_threads": torch.get_num_threads(),  # Ray sets it to the CPUs reserved
-        }
+    for epoch in range(start, w.cfg.epochs):
+        row = _run_epoch(w, epoch, train_shard, val_shard, gen)
         history = [*history, row]
-        if rank == 0:
-            logger.info(
-                "epoch %d/%d: loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f img/s "
-                "| train %.1f s, val %.1f s",
-                epoch + 1,
-                cfg.epochs,
-                row["train_loss"],
-                row["train_acc"],
-                row["val_loss"],
-                row["val_acc"],
-                row["images_per_s"],
-                train_s,
-                val_s,
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                net = model.module if hasattr(model, "module") else model
-                state = {
-                    "model": net.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "starts": starts,
-                }
-                torch.save(state, Path(tmp) / STATE_FILE)
-                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history, indent=1))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(
-                {k: v for k, v in row.items() if isinstance(v, int | float)},
-                checkpoint=checkpoint,
-                checkpoint_dir_name=f"epoch_{epoch:05d}",
-            )
+        if w.rank == 0:
+            _log_epoch(row, w.cfg.epochs)
+        _report(w, row, history)

@@ -1,4 +1,5 @@
-"""TODO docstring for training.plots (from evaluation)."""
+"""The figures of a model's report: loss and accuracy per epoch, ROC per class, the confusion
+matrix, each written as a PNG (matplotlib's Agg backend, so no display is needed)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO docstring for training.sdss (from labels)."""
+"""SDSS DR17 spectroscopic classes as training labels, fetched from SkyServer in RA stripes.
+
+:func:`fetch_sdss` asks for ``SpecObj`` rows with ``zWarning = 0`` and class GALAXY, QSO or
+STAR, one RA stripe per query. SkyServer silently caps a query at :data:`SDSS_ROW_CAP` rows,
+so a stripe that comes back full is split in two and asked again. Classes are mapped to ours
+(:data:`SDSS_CLASSES`).
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,16 @@
-"""TODO docstring for training.splits (from labels)."""
+"""Which sources a training set keeps and which split each one goes to: pure functions of the ids.
+
+:func:`balance` keeps, per class, the rows with the smallest keyed hash of ``cntr``;
+:func:`assign_split` deals sources into train / val / test (the paper's 8:1:1) by another keyed
+hash, of ``cntr`` or of a HEALPix pixel so that neighbours never straddle splits. Both use
+:func:`iic_survey.core.hashing.hash_unit`, so they are stable across runs, machines, row order
+and Python versions, and a training set records the hash's name
+(:data:`iic_survey.core.hashing.HASH_NAME`) in its manifest.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Mapping
 
@@ -13,6 +20,7 @@ import pandas as pd
 from iic_survey.core import sky
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES
+from iic_survey.core.hashing import hash_unit
 
 logger = logging.getLogger(__name__)
 
@@ -28,25 +36,6 @@ def class_index(classes: pd.Series | np.ndarray) -> np.ndarray:
     if unknown:
         raise ValueError(f"unknown class names {unknown}; expected {CLASSES}")
     return np.fromiter((lookup[c] for c in names), dtype=np.int64, count=len(names))
-
-
-# ---------------------------------------------------------------------------------------------
-# Keyed hashes: balancing and splits
-
-
-def hash_unit(ids: np.ndarray, key: str) -> np.ndarray:
-    """Map int64 ids to floats in [0, 1) by keyed BLAKE2b of their little-endian bytes.
-
-    Different ``key``s give independent draws (the balance and split hashes must not correlate).
-    """
-    raw = np.ascontiguousarray(np.asarray(ids, dtype="<i8"))
-    k = key.encode()[:64]
-    out = np.empty(raw.shape[0], dtype=np.uint64)
-    for i, b in enumerate(raw.view(np.uint8).reshape(-1, 8)):
-        out[i] = int.from_bytes(
-            hashlib.blake2b(b.tobytes(), digest_size=8, key=k).digest(), "little"
-        )
-    return (out >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 @dataclasses.dataclass(frozen=True)

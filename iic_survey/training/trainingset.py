@@ -1,4 +1,12 @@
-"""TODO docstring for training.trainingset (from labels)."""
+"""The training set on disk: Parquet per split, tensor columns, and a manifest that says what it is.
+
+Layout: ``<root>/_manifest.json`` beside ``<root>/split=<name>/part-NNNNN.parquet`` (a hive
+partition, so ``pandas.read_parquet(root)`` sees a ``split`` column), with the 3x80x80 image and
+the catalog features as ``arrow.fixed_shape_tensor`` columns. :class:`TrainingSetWriter` publishes
+a set atomically; :func:`read_manifest` refuses sets this code cannot read (a newer format,
+other classes, or splits drawn with another hash than :data:`iic_survey.core.hashing.HASH_NAME`);
+:func:`read_split` and :func:`read_split_ray` read one split into numpy or a lazy Ray Dataset.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import pandas as pd
 
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.core.hashing import HASH_NAME
 from iic_survey.training.splits import SPLITS
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +95,8 @@ class TrainingSetWriter:
         self.parts += 1
 
     def close(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """Write the manifest (``meta`` + counts) and publish; returns the manifest."""
+        """Write the manifest (``meta``, the split hash's name, counts) and publish; returns the
+        manifest."""
 
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -94,6 +104,7 @@ class TrainingSetWriter:
             "image_shape": list(IMAGE_SHAPE),
             "code_version": __version__,
             **meta,
+            "split_hash": HASH_NAME,
             "counts": self.counts,
         }
         with self.fs.open(f"{self.staging}/{MANIFEST}", "w") as f:
@@ -121,6 +132,14 @@ def read_manifest(root: str) -> dict[str, Any]:
         )
     if tuple(manifest.get("classes", ())) != CLASSES:
         raise ValueError(f"training set classes {manifest.get('classes')} differ from {CLASSES}")
+    # Sets written before the split hash was recorded drew their splits with BLAKE2b.
+    split_hash = manifest.get("split_hash", "blake2b")
+    if split_hash != HASH_NAME:
+        raise ValueError(
+            f"training set {root} was split with hash {split_hash!r}, not this code's "
+            f"{HASH_NAME!r}: its splits would not match the ones this code assigns; rebuild it "
+            f"with jobs/build_training_set.py --overwrite"
+        )
     return dict(manifest)
 
 
