@@ -27,7 +27,7 @@ from astropy.wcs import WCS
 
 from iic_survey.core.constants import CLASSES
 from iic_survey.inputs import tile_header, tiles
-from iic_survey.synthetic import population, rendering
+from iic_survey.synthetic import catalog, rendering
 from iic_survey.synthetic import sky as synthetic
 from tests.fixtures.jobs import load_job
 
@@ -132,7 +132,7 @@ def test_positions_names_and_galactic_coordinates(sky_df):
     g = c.galactic
     assert np.allclose(sky_df["glon"], g.l.deg, atol=1e-9)
     assert np.allclose(sky_df["glat"], g.b.deg, atol=1e-9)
-    assert population.designations(np.array([148.81342]), np.array([69.07427])) == [
+    assert catalog.designations(np.array([148.81342]), np.array([69.07427])) == [
         "J095515.22+690427.3"
     ]
     names = sky_df["designation"]

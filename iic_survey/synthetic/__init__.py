@@ -1,1 +1,20 @@
-"""TODO synthetic"""
+"""The synthetic WISE sky: a seeded, realistic sky in the archive's own formats.
+
+With no network, every code path (catalog reads, tile cutouts, training, the classification
+run) still runs on a fresh machine against a sky written here: a hive-partitioned AllWISE-like
+catalog, Atlas-like FITS tile crops, a separate truth table and ``sky.json``
+(DESIGN.md section 2).
+
+Modules
+-------
+population
+    What objects a field holds: classes, colours, shapes and realistic trouble.
+rendering
+    Field geometry, the band PSF/noise/saturation models, and drawing sources into tile crops.
+catalog
+    The catalog rows AllWISE would list (photometry, flags, ids), its schema and Parquet files.
+sky
+    The writer: :class:`~iic_survey.synthetic.sky.SkyConfig`, ``write_sky`` and the manifest.
+cli
+    The ``make-sky`` command line, shared with ``jobs/make_sky.py``.
+"""

@@ -1,18 +1,23 @@
-"""TODO docstring for synthetic.cli (from synthetic)."""
+"""The ``make-sky`` command line, and the options that build a synthetic sky's configuration.
+
+:func:`add_sky_arguments` and :func:`config_from_args` are shared by ``python -m iic_survey
+make-sky`` (:func:`cli`) and ``jobs/make_sky.py``, so both take the same options and refuse the
+same bad ones; the sky itself is written by :func:`iic_survey.synthetic.sky.write_sky`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from iic_survey.synthetic.sky import DEFAULT_FIELDS, SkyConfig, tiny_config, write_sky
+from iic_survey.synthetic import sky
 
 log = logging.getLogger(__name__)
 
 
 def add_sky_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that build a :class:`SkyConfig` (shared by the CLI and jobs/make_sky.py)."""
-    d = SkyConfig.__dataclass_fields__
+    """Add the options that build a :class:`~iic_survey.synthetic.sky.SkyConfig` to ``parser``."""
+    d = sky.SkyConfig.__dataclass_fields__
     parser.add_argument("root", help="directory to write the sky into (new or empty)")
     parser.add_argument("--tiny", action="store_true", help="the 2,000-source test sky")
     parser.add_argument("--seed", type=int, default=d["seed"].default)
@@ -33,22 +38,22 @@ def add_sky_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a sky at ROOT")
 
 
-def config_from_args(args: argparse.Namespace) -> SkyConfig:
-    """The :class:`SkyConfig` that parsed :func:`add_sky_arguments` options describe."""
+def config_from_args(args: argparse.Namespace) -> sky.SkyConfig:
+    """The sky configuration that parsed :func:`add_sky_arguments` options describe."""
     if args.tiny:
-        return tiny_config(args.seed)
+        return sky.tiny_config(args.seed)
     try:
         fields = (
             tuple(tuple(float(v) for v in f.split(",")) for f in args.fields.split(";") if f)
             if args.fields
-            else DEFAULT_FIELDS
+            else sky.DEFAULT_FIELDS
         )
         bands = tuple(int(b) for b in args.bands.split(",") if b)
     except ValueError as exc:
         raise ValueError(f"cannot parse --fields/--bands: {exc}") from exc
     if any(len(f) != 2 for f in fields):
         raise ValueError(f"--fields needs 'ra,dec' pairs separated by ';', got {args.fields!r}")
-    return SkyConfig(
+    return sky.SkyConfig(
         seed=args.seed,
         n_sources=args.n_sources,
         fields=fields,  # type: ignore[arg-type]
@@ -60,11 +65,13 @@ def config_from_args(args: argparse.Namespace) -> SkyConfig:
 
 def cli(argv: list[str] | None = None) -> int:
     """``python -m iic_survey make-sky ROOT [--tiny] [--seed N] [--n-sources N] ...``."""
-    parser = argparse.ArgumentParser(prog="iic_survey make-sky", description=__doc__.split("\n")[0])
+    # The help text is the summary of what make-sky writes, as it was before the CLI moved here.
+    description = (sky.__doc__ or "").split("\n")[0]
+    parser = argparse.ArgumentParser(prog="iic_survey make-sky", description=description)
     add_sky_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        manifest = write_sky(args.root, config_from_args(args), overwrite=args.overwrite)
+        manifest = sky.write_sky(args.root, config_from_args(args), overwrite=args.overwrite)
     except (ValueError, FileExistsError) as exc:
         parser.error(str(exc))
     log.info(

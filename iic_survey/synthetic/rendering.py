@@ -4,8 +4,8 @@ A field of the synthetic sky (:class:`Field`) is a square of sky with the crops 
 tile that covers it, plus a margin so that a 50" stamp of any field source stays on the crop.
 Each band has a PSF, a noise level and a saturation level (:data:`BAND_MODELS`), derived from
 its FWHM, 5-sigma depth and saturation magnitude. :func:`render_tile` draws objects into one
-tile crop: sky level with a gentle gradient, sources, noise, saturation, and optionally a NaN
-patch.
+tile crop (the objects of a field and their profiles, :class:`FieldObjects`): sky level with a
+gentle gradient, sources, noise, saturation, and optionally a NaN patch.
 
 Galaxy profiles (exponential and de Vaucouleurs) are Gaussian mixtures; a quasar host is a
 point source plus an exponential disc. Profiles are convolved analytically with a three-Gaussian
@@ -13,7 +13,8 @@ PSF (core, wing, halo) of the band's FWHM and added as small stamps straight int
 crops: no FFTs. Saturated cores are flat-topped at the same level everywhere on a tile.
 
 Shapes are in arcsec and fluxes in DN (m = MAGZP - 2.5 log10 DN) throughout. The objects drawn
-here come from :mod:`iic_survey.population`; :mod:`iic_survey.synthetic` writes the images.
+here come from :mod:`iic_survey.synthetic.population`; :mod:`iic_survey.synthetic.sky` writes
+the images.
 """
 
 from __future__ import annotations
@@ -221,6 +222,21 @@ def shape_components(objs: pd.DataFrame) -> tuple[np.ndarray, ...]:
     return amp, cxx, cyy, cxy
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class FieldObjects:
+    """The objects of a field with their pre-PSF profiles, computed once for all its tiles."""
+
+    objs: pd.DataFrame
+    """One row per object (catalogued or not): true positions, magnitudes and shape."""
+    shape_comps: tuple[np.ndarray, ...]
+    """:func:`shape_components` of ``objs``."""
+
+    @classmethod
+    def of(cls, objs: pd.DataFrame) -> FieldObjects:
+        """The objects ``objs`` with their profiles."""
+        return cls(objs, shape_components(objs))
+
+
 def _with_psf(shape_comps: tuple[np.ndarray, ...], bm: BandModel) -> tuple[np.ndarray, ...]:
     """Convolve profiles with the band's PSF: covariances add, amplitudes multiply."""
     amp, cxx, cyy, cxy = shape_comps
@@ -243,21 +259,28 @@ def _stamp_radius(flux: np.ndarray, comps: tuple[np.ndarray, ...], thr: float) -
     return _STAMP_RADII[idx]
 
 
-def _add_stamps(
-    img: np.ndarray,
-    cx: np.ndarray,
-    cy: np.ndarray,
-    flux: np.ndarray,
-    comps: tuple[np.ndarray, ...],
-    radius: int,
-    thr: float,
-) -> None:
-    """Add Gaussian-mixture stamps of one size at 0-based array positions (cx, cy).
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Stamps:
+    """Sources drawn with one stamp size: where, how bright, and their PSF-convolved profiles."""
+
+    cx: np.ndarray
+    """0-based array x position of each source on the crop."""
+    cy: np.ndarray
+    """0-based array y position."""
+    flux: np.ndarray
+    """Total flux in DN."""
+    comps: tuple[np.ndarray, ...]
+    """Gaussian-mixture amplitudes and covariances (px^2), as :func:`_with_psf` gives."""
+
+
+def _add_stamps(img: np.ndarray, stamps: _Stamps, radius: int, thr: float) -> None:
+    """Add Gaussian-mixture stamps of one size (``2 radius + 1`` px) to ``img``.
 
     Components whose peak stays below ``thr`` for every source are skipped; round components
     (all of a point source's) are evaluated as separable x and y factors.
     """
-    a, xx, yy, xy = comps
+    cx, cy, flux = stamps.cx, stamps.cy, stamps.flux
+    a, xx, yy, xy = stamps.comps
     det = xx * yy - xy**2
     ixx, iyy, ixy = yy / det, xx / det, -xy / det
     norm = flux[:, None] * a / (2 * np.pi * np.sqrt(det))
@@ -300,14 +323,28 @@ def _add_stamps(
 
 def render_tile(
     rng: np.random.Generator,
-    objs: pd.DataFrame,
-    shape_comps: tuple[np.ndarray, ...],
+    objects: FieldObjects,
     cid: str,
     crop: tile_header.Crop,
     bands: tuple[int, ...],
     nan_patch: bool,
 ) -> dict[int, np.ndarray]:
-    """Images (float32, per band) of one tile crop: sky, sources, noise, saturation."""
+    """Images (float32, per band) of one tile crop: sky, sources, noise, saturation.
+
+    Parameters
+    ----------
+    rng
+        The tile's own random stream (sky gradient, noise, NaN patch).
+    objects
+        What to draw; objects off the crop are skipped.
+    cid, crop
+        The tile (8-character id) and the part of it to render.
+    bands
+        Bands to render.
+    nan_patch
+        Mask a small patch in one band, as bad frames leave.
+    """
+    objs, shape_comps = objects.objs, objects.shape_comps
     t_ra, t_dec = tiles.tile_center(cid)
     x, y, front = tiles.world_to_tile_pixel(objs["ra_true"], objs["dec_true"], t_ra, t_dec)
     cx = np.asarray(x) - 1.0 - crop.x0
@@ -333,7 +370,7 @@ def render_tile(
             for name in np.unique(kind[on & (radius == r)]):
                 sel = on & (radius == r) & (kind == name)
                 sub = tuple(c[sel] for c in comps)
-                _add_stamps(img, cx[sel], cy[sel], flux[sel], sub, int(r), thr)
+                _add_stamps(img, _Stamps(cx[sel], cy[sel], flux[sel], sub), int(r), thr)
         gx, gy = rng.uniform(-1, 1, 2)
         sky_level = BACKGROUND_DN[b] * (
             1 + 0.02 * (gx * (xx + crop.x0) + gy * (yy + crop.y0)) / tiles.TILE_NPIX

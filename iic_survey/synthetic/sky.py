@@ -15,13 +15,15 @@ image memory stays flat as fields are added. Catalog rows (~300 bytes each) are 
 written per HEALPix order-5 pixel at the end. Everything is written to a sibling directory and
 moved to ``root`` when complete, so a crash never leaves a half-written sky there.
 
-The model behind the files is in two modules: :mod:`iic_survey.population` (what objects a field
-holds, with realistic class overlap and trouble, and the catalog rows AllWISE would list for
-them) and :mod:`iic_survey.rendering` (the band PSFs, noise and saturation, and the drawing of
-sources into tile crops). This module is the writer: it validates the configuration, lays the
-fields out, and writes the hive-partitioned catalog with AllWISE's columns, units and
-descriptions, the FITS tile crops with a WCS consistent with the catalog's ``wx``/``wy``, the
-truth table and ``sky.json``; and it has the ``make-sky`` command line.
+The model behind the files is in :mod:`iic_survey.synthetic.population` (what objects a field
+holds, with realistic class overlap and trouble), :mod:`iic_survey.synthetic.catalog` (the
+catalog rows AllWISE would list for them, and the hive-partitioned catalog files with AllWISE's
+columns, units and descriptions) and :mod:`iic_survey.synthetic.rendering` (the band PSFs,
+noise and saturation, and the drawing of sources into tile crops). This module is the writer:
+it validates the configuration (:class:`SkyConfig`), lays the fields out, and writes the FITS
+tile crops with a WCS consistent with the catalog's ``wx``/``wy``, the catalog, the truth table
+and ``sky.json`` (:class:`SkyManifest`). The ``make-sky`` command line is
+:mod:`iic_survey.synthetic.cli`.
 
 Shapes are in arcsec and fluxes in DN (m = MAGZP - 2.5 log10 DN) throughout.
 """
@@ -39,17 +41,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from astropy.io import fits
 
-from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES
 from iic_survey.inputs import tile_header, tiles
 from iic_survey.synthetic import population, rendering
-from iic_survey.synthetic.rendering import (
-    ALL_BANDS,
-)
+from iic_survey.synthetic.catalog import field_catalog, write_catalog
+from iic_survey.synthetic.rendering import ALL_BANDS
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +153,16 @@ class SkyConfig:
         return cls(**d)
 
 
+def tiny_config(seed: int = 0) -> SkyConfig:
+    """The test sky: 2,000 sources in two 0.25 deg fields (6 order-5 pixels, 5 tiles)."""
+    return SkyConfig(
+        seed=seed,
+        n_sources=2000,
+        fields=(DEFAULT_FIELDS[0], DEFAULT_FIELDS[2]),
+        field_size_deg=0.25,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class SkyManifest:
     """What :func:`write_sky` wrote (also stored as ``sky.json``)."""
@@ -212,77 +220,6 @@ def tile_relpath(coadd_id: str, band: int) -> str:
 def read_truth(root: str | os.PathLike[str]) -> pd.DataFrame:
     """The truth table of a sky: ``cntr``, ``class`` and the generator's diagnostics."""
     return pd.read_parquet(pathlib.Path(root) / "truth.parquet")
-
-
-# --------------------------------------------------------------------------------------------
-# The catalog: AllWISE columns, units and descriptions
-
-_COLUMNS: tuple[tuple[str, pa.DataType, str, str], ...] = (
-    ("cntr", pa.int64(), "", "Unique identification number for this object"),
-    ("designation", pa.string(), "", "Sexagesimal, equatorial position-based source name"),
-    ("source_id", pa.string(), "", "Unique source ID: Atlas Tile coadd_id and source number"),
-    ("ra", pa.float64(), "deg", "J2000 right ascension"),
-    ("dec", pa.float64(), "deg", "J2000 declination"),
-    ("glon", pa.float64(), "deg", "Galactic longitude"),
-    ("glat", pa.float64(), "deg", "Galactic latitude"),
-    ("wx", pa.float64(), "pix", "x-pixel coordinate of the source on the Atlas Image (1-based)"),
-    ("wy", pa.float64(), "pix", "y-pixel coordinate of the source on the Atlas Image (1-based)"),
-    ("coadd_id", pa.string(), "", "Atlas Tile identifier from which the source was extracted"),
-    ("src", pa.int64(), "", "Sequential number of the source on its Atlas Tile"),
-    *(
-        col
-        for b in ALL_BANDS
-        for col in (
-            (f"w{b}mpro", pa.float64(), "mag",
-             f"W{b} profile-fit magnitude, or the 95% confidence upper limit if SNR < 2"),
-            (f"w{b}sigmpro", pa.float64(), "mag",
-             f"W{b} profile-fit magnitude uncertainty; null for upper limits"),
-            (f"w{b}snr", pa.float64(), "", f"W{b} profile-fit signal-to-noise ratio"),
-            (f"w{b}rchi2", pa.float64(), "", f"Reduced chi^2 of the W{b} profile-fit photometry"),
-        )
-    ),
-    ("nb", pa.int64(), "", "Number of PSF components used simultaneously in the profile fit"),
-    ("na", pa.int64(), "", "Active deblending flag"),
-    ("cc_flags", pa.string(), "", "Contamination and confusion flags, W1 W2 W3 W4"),
-    ("ext_flg", pa.int64(), "", "Extended source flag"),
-    ("var_flg", pa.string(), "", "Variability flag, W1 W2 W3 W4"),
-    ("ph_qual", pa.string(), "", "Photometric quality flag, W1 W2 W3 W4 (A, B, C, U)"),
-)  # fmt: skip
-
-
-def catalog_schema() -> pa.Schema:
-    """The catalog schema, with units and descriptions in the field metadata."""
-    fields = []
-    for name, typ, unit, desc in _COLUMNS:
-        meta = {b"description": desc.encode()}
-        if unit:
-            meta[b"unit"] = unit.encode()
-        fields.append(pa.field(name, typ, metadata=meta))
-    return pa.schema(
-        fields, metadata={b"description": b"Synthetic AllWISE Source Catalog (iic_survey)"}
-    )
-
-
-def _write_catalog(catalog: pd.DataFrame, out: pathlib.Path) -> list[int]:
-    """Hive-partitioned Parquet by order-5 pixel, plus _metadata and _common_metadata."""
-    schema = catalog_schema()
-    k5 = sky.pixel_of(catalog["ra"].to_numpy(), catalog["dec"].to_numpy(), 5)
-    collected = []
-    pixels = sorted(int(p) for p in np.unique(k5))
-    for pix in pixels:
-        part = catalog[k5 == pix].sort_values("cntr")
-        rel = f"healpix_k0={pix // 1024}/healpix_k5={pix}/part0.snappy.parquet"
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
-        table = table.replace_schema_metadata(schema.metadata)
-        pq.write_table(table, path, compression="snappy")
-        md = pq.read_metadata(path)
-        md.set_file_path(rel)
-        collected.append(md)
-    pq.write_metadata(schema, out / "_common_metadata")
-    pq.write_metadata(schema, out / "_metadata", metadata_collector=collected)
-    return pixels
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,49 +287,20 @@ def write_sky(
 
 
 def _write_into(out: pathlib.Path, config: SkyConfig) -> dict[str, Any]:
-    half = config.field_size_deg / 2
+    """Write the sky into the empty directory ``out``, field by field; return ``sky.json``."""
     n_fields = len(config.fields)
     counts = np.full(n_fields, config.n_sources // n_fields)
     counts[: config.n_sources % n_fields] += 1
-    catalogs, truths, all_tiles, field_docs = [], [], [], []
-    for i, (ra0, dec0) in enumerate(config.fields):
-        field = rendering.Field(i, ra0, dec0, half, rendering.field_tiles(ra0, dec0, half))
-        rng = np.random.default_rng([config.seed, i])
-        objs = population.draw_field(
-            rng, field, int(counts[i]), config.class_fractions, config.artefacts
-        )
-        catalog, truth = population.field_catalog(rng, objs, field)
-        shape_comps = rendering.shape_components(objs)
-        grid_index = {c: k for k, c in enumerate(tiles.tile_grid()["coadd_id"])}
-        nan_tile = max(field.crops, key=lambda c: field.crops[c].nx * field.crops[c].ny)
-        for cid, crop in field.crops.items():
-            tile_rng = np.random.default_rng([config.seed, i, grid_index[cid]])
-            nan_patch = config.artefacts and cid == nan_tile
-            images = rendering.render_tile(
-                tile_rng, objs, shape_comps, cid, crop, config.bands, nan_patch
-            )
-            for b, img in images.items():
-                path = out / IMAGES_PREFIX / tile_relpath(cid, b)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                hdr = tile_header.tile_header(cid, b, crop)
-                hdr["COMMENT"] = f"Synthetic sky by iic_survey.synthetic, seed {config.seed}"
-                fits.PrimaryHDU(data=img, header=hdr).writeto(path)
-            all_tiles.append(tiles.atlas_id(cid))
+    catalogs, truths, field_docs = [], [], []
+    for i in range(n_fields):
+        catalog, truth, field_doc = _write_field(out, config, i, int(counts[i]))
         catalogs.append(catalog)
         truths.append(truth)
-        field_docs.append(
-            {
-                "ra": ra0,
-                "dec": dec0,
-                "n_sources": len(catalog),
-                "tiles": {tiles.atlas_id(c): list(crop) for c, crop in field.crops.items()},
-            }
-        )
-        log.info("field %d: %d sources, %d tiles", i, len(catalog), len(field.crops))
+        field_docs.append(field_doc)
     catalog = pd.concat(catalogs, ignore_index=True)
     if catalog["cntr"].duplicated().any():
         raise RuntimeError("duplicate cntr values (generator bug)")
-    pixels = _write_catalog(catalog, out / CATALOG_PREFIX)
+    pixels = write_catalog(catalog, out / CATALOG_PREFIX)
     truth = pd.concat(truths, ignore_index=True).sort_values("cntr", ignore_index=True)
     truth.to_parquet(out / "truth.parquet", index=False)
     doc = {
@@ -401,7 +309,7 @@ def _write_into(out: pathlib.Path, config: SkyConfig) -> dict[str, Any]:
         "config": config.to_dict(),
         "n_sources": len(catalog),
         "pixels": pixels,
-        "tiles": sorted(all_tiles),
+        "tiles": sorted(t for field_doc in field_docs for t in field_doc["tiles"]),
         "bands": list(config.bands),
         "catalog": CATALOG_PREFIX,
         "images": IMAGES_PREFIX,
@@ -411,15 +319,47 @@ def _write_into(out: pathlib.Path, config: SkyConfig) -> dict[str, Any]:
     return doc
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
+def _write_field(
+    out: pathlib.Path, config: SkyConfig, index: int, n: int
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Draw field ``index`` from its own random stream and write its tile crops.
+
+    Returns its catalog rows, its truth rows and its entry in ``sky.json``.
+    """
+    ra0, dec0 = config.fields[index]
+    half = config.field_size_deg / 2
+    field = rendering.Field(index, ra0, dec0, half, rendering.field_tiles(ra0, dec0, half))
+    rng = np.random.default_rng([config.seed, index])
+    objs = population.draw_field(rng, field, n, config.class_fractions, config.artefacts)
+    catalog, truth = field_catalog(rng, objs, field)
+    _write_tiles(out, config, field, rendering.FieldObjects.of(objs))
+    log.info("field %d: %d sources, %d tiles", index, len(catalog), len(field.crops))
+    field_doc = {
+        "ra": ra0,
+        "dec": dec0,
+        "n_sources": len(catalog),
+        "tiles": {tiles.atlas_id(c): list(crop) for c, crop in field.crops.items()},
+    }
+    return catalog, truth, field_doc
 
 
-def tiny_config(seed: int = 0) -> SkyConfig:
-    """The test sky: 2,000 sources in two 0.25 deg fields (6 order-5 pixels, 5 tiles)."""
-    return SkyConfig(
-        seed=seed,
-        n_sources=2000,
-        fields=(DEFAULT_FIELDS[0], DEFAULT_FIELDS[2]),
-        field_size_deg=0.25,
-    )
+def _write_tiles(
+    out: pathlib.Path, config: SkyConfig, field: rendering.Field, objects: rendering.FieldObjects
+) -> None:
+    """Render a field's objects into each of its tile crops; one FITS file per tile and band.
+
+    Each tile has its own random stream (seed, field, tile), so the noise of a source in a
+    tile overlap is independent in each tile; the largest crop gets the NaN patch.
+    """
+    grid_index = {c: k for k, c in enumerate(tiles.tile_grid()["coadd_id"])}
+    nan_tile = max(field.crops, key=lambda c: field.crops[c].nx * field.crops[c].ny)
+    for cid, crop in field.crops.items():
+        tile_rng = np.random.default_rng([config.seed, field.index, grid_index[cid]])
+        nan_patch = config.artefacts and cid == nan_tile
+        images = rendering.render_tile(tile_rng, objects, cid, crop, config.bands, nan_patch)
+        for b, img in images.items():
+            path = out / IMAGES_PREFIX / tile_relpath(cid, b)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            hdr = tile_header.tile_header(cid, b, crop)
+            hdr["COMMENT"] = f"Synthetic sky by iic_survey.synthetic, seed {config.seed}"
+            fits.PrimaryHDU(data=img, header=hdr).writeto(path)
