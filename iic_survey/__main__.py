@@ -16,39 +16,35 @@ import logging
 import sys
 from collections.abc import Callable
 
-from iic_survey.model import directory
+from iic_survey.core.config import did_you_mean
+from iic_survey.model import size
 from iic_survey.output import export as output_export
-from iic_survey.output import reader as export
+from iic_survey.output import reader
 from iic_survey.report import cli
 from iic_survey.synthetic import cli as synthetic_cli
 
 
 def _summary(argv: list[str]) -> int:
-
     parser = argparse.ArgumentParser(prog="iic_survey summary")
     parser.add_argument("catalog", help="path or URL of an output catalog")
     args = parser.parse_args(argv)
-    print(export.summary_text(args.catalog))
+    print(reader.summary_text(args.catalog))
     return 0
 
 
 def _report(argv: list[str]) -> int:
-
     return cli.cli(argv)
 
 
 def _export(argv: list[str]) -> int:
-
     return output_export.cli(argv)
 
 
 def _model_info(argv: list[str]) -> int:
-
-    return directory.cli(argv)
+    return size.cli(argv)
 
 
 def _make_sky(argv: list[str]) -> int:
-
     return synthetic_cli.cli(argv)
 
 
@@ -70,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        import difflib
-
-        close = difflib.get_close_matches(command, COMMANDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(command, COMMANDS)
         print(
             f"unknown command {command!r}{hint}; commands: {', '.join(COMMANDS)}", file=sys.stderr
         )

@@ -171,8 +171,8 @@ def test_examples_are_deterministic_and_confident(catalog: str) -> None:
     cfg = config.ReportConfig(n_examples=5, example_min_confidence=0.9)
     picks = []
     for _ in range(2):
-        tally = report_tally._Tally(cfg, None)
-        for _, _, df in iter_pixels(catalog, config._COLUMNS):
+        tally = report_tally.Tally(cfg, None)
+        for _, _, df in iter_pixels(catalog, config.COLUMNS):
             tally.add(df)
         picks.append({k: v["cntr"].tolist() for k, v in tally.examples.items()})
         assert (tally.examples["star"]["class"] == "star").all()
@@ -248,9 +248,9 @@ def test_cli_and_config_checks(tmp_path: Path, catalog: str, results) -> None:
 
 def test_map_views() -> None:
     order = 3
-    assert [v["kind"] for v in figures._views(np.ones(12 * 4**order), order)] == ["moll"]
+    assert [v["kind"] for v in figures.map_views(np.ones(12 * 4**order), order)] == ["moll"]
     few = np.zeros(12 * 4**order)
     few[[0, 1]] = 5  # two pixels near RA 45, Dec 5..10: a zoom around them
-    views = figures._views(few, order)
+    views = figures.map_views(few, order)
     assert [v["kind"] for v in views] == ["moll", "cart"]
     assert 30 < views[1]["rot"][0] < 60 and views[1]["latra"][0] < 5 < views[1]["latra"][1]

@@ -1,4 +1,11 @@
-"""TODO docstring for output.commit (from output)."""
+"""Committing a pixel: its staged chunks become one sorted, final file, then its done marker.
+
+:func:`commit_pixel` checks the staged rows against the planned count and that no ``cntr``
+repeats, sorts by ``_healpix_29``, writes the pixel file atomically and then the ``_done``
+marker (rows, bytes, sha256), and removes the staging folder. It is idempotent and safe to race,
+so whichever writer task stages a pixel's last chunk commits it (:func:`commit_if_complete`),
+and a resumed run skips pixels for which :func:`is_finished` holds.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from iic_survey.core import sky
+from iic_survey.core.atomic import write_atomic
 from iic_survey.output.schema import (
     OUTPUT_SCHEMA,
     marker_path,
@@ -22,11 +30,10 @@ from iic_survey.output.schema import (
 )
 from iic_survey.output.writer import (
     OutputError,
-    _file_metadata,
-    _parquet_bytes,
-    _parts,
-    _put,
-    _read_json,
+    file_metadata,
+    parquet_bytes,
+    part_files,
+    read_json,
     staged_rows,
 )
 
@@ -66,7 +73,7 @@ def commit_pixel(
     marker = marker_path(root, order, pixel)
     if fs.exists(marker):
         return _already_committed(fs, root, order, pixel, int(expected_rows))
-    parts = _parts(fs, root, order, pixel)
+    parts = part_files(fs, root, order, pixel)
     try:
         tables = []
         for part in parts:
@@ -92,9 +99,9 @@ def commit_pixel(
             f"staged once"
         )
     table = table.sort_by([("_healpix_29", "ascending"), ("cntr", "ascending")])
-    table = table.replace_schema_metadata(_file_metadata(fs, root))
-    data = _parquet_bytes(table)
-    _put(fs, pixel_file(root, order, pixel), data)
+    table = table.replace_schema_metadata(file_metadata(fs, root))
+    data = parquet_bytes(table)
+    write_atomic(fs, pixel_file(root, order, pixel), data)
     info = {
         "order": order,
         "pixel": int(pixel),
@@ -103,7 +110,7 @@ def commit_pixel(
         "sha256": hashlib.sha256(data).hexdigest(),
         "file": sky.hats_path(order, pixel),
     }
-    _put(fs, marker, json.dumps(info, sort_keys=True).encode())
+    write_atomic(fs, marker, json.dumps(info, sort_keys=True).encode())
     _remove_staging(fs, root, order, pixel)
     logger.debug("committed pixel %d (order %d): %d rows", pixel, order, table.num_rows)
     return table.num_rows
@@ -112,7 +119,7 @@ def commit_pixel(
 def _already_committed(
     fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int, expected_rows: int
 ) -> int:
-    rows = int(_read_json(fs, marker_path(root, order, pixel))["rows"])
+    rows = int(read_json(fs, marker_path(root, order, pixel))["rows"])
     if rows != expected_rows:
         raise OutputError(
             f"pixel {pixel} (order {order}) was committed with {rows} rows, but "
@@ -136,8 +143,9 @@ def commit_if_complete(
 ) -> bool:
     """Commit a pixel when its staged rows reach ``expected_rows``; return whether it is finished.
 
-    Meant to be called by a writer task after each :func:`write_part`: the task that stages the
-    last chunk commits the pixel.
+    Meant to be called by a writer task after each
+    :func:`~iic_survey.output.writer.write_part`: the task that stages the last chunk commits
+    the pixel.
     """
     fs, root = resolve(out, fs)
     if fs.exists(marker_path(root, order, pixel)):

@@ -1,4 +1,10 @@
-"""TODO docstring for output.export (from export)."""
+"""A catalog selection as FITS or VOTable, with the catalog's units and column descriptions.
+
+:func:`export` writes a DataFrame, or the rows of a :func:`~iic_survey.output.reader.read`
+query, to ``.fits`` or ``.vot`` / ``.xml`` (the format follows the suffix), refusing selections
+larger than ``max_rows``; :func:`to_astropy` is the conversion to an astropy Table (nulls
+masked). :func:`cli` is ``python -m iic_survey export``.
+"""
 
 from __future__ import annotations
 
@@ -25,9 +31,6 @@ _FORMATS = {
     ".xml": "votable",
     ".votable": "votable",
 }
-
-
-# ---------------------------------------------------------------- FITS / VOTable
 
 
 def to_astropy(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> Any:
@@ -66,8 +69,10 @@ def export(
 ) -> str:
     """Write a selection to FITS (``.fits``) or VOTable (``.vot``/``.xml``), units kept.
 
-    ``source`` is a DataFrame from :func:`read` or a catalog path; with a path, ``query`` goes to
-    :func:`read` (``columns``, ``classes``, ``min_confidence``, ``cone``, ``pixels``). Column
+    ``source`` is a DataFrame from :func:`~iic_survey.output.reader.read` or a catalog path; with
+    a path, ``query`` goes to :func:`~iic_survey.output.reader.read` (``columns`` and the fields
+    of :class:`~iic_survey.output.reader.Query`: ``classes``, ``min_confidence``, ``cone``,
+    ``pixels``). Column
     descriptions go to the VOTable DESCRIPTION elements and to FITS ``TCOMMn`` keywords (and the
     astropy column header, which ``Table.read`` restores). ``dest`` may be an fsspec URL.
     """

@@ -1,15 +1,17 @@
-"""Getting rows out of a classification catalog: queries, checks, and FITS / VOTable export.
+"""Getting rows out of a classification catalog: queries, pixel by pixel reads, a summary.
 
-A query is two steps, like LSDB's searches: a coarse step picks the pixel files that can hold
-matching rows (from ``partition_info.csv`` and the HEALPix maths in :mod:`iic_survey.sky`), and a
-fine step picks the rows (Parquet filters for class and confidence, an exact angular distance
-for cones). Only the files the first step keeps are opened. Before :func:`output.finalize`, the
-committed pixels are those with a ``_done`` marker; a pixel file without one is ignored.
+A query (:class:`Query`) is two steps, like LSDB's searches: a coarse step picks the pixel files
+that can hold matching rows (from ``partition_info.csv`` and the HEALPix maths in
+:mod:`iic_survey.core.sky`), and a fine step picks the rows (Parquet filters for class and
+confidence, an exact angular distance for cones). Only the files the first step keeps are
+opened. Before :func:`iic_survey.output.finalize.finalize`, the committed pixels are those with
+a ``_done`` marker; a pixel file without one is ignored. FITS / VOTable export is
+:mod:`iic_survey.output.export`; checking a whole catalog is :mod:`iic_survey.output.validate`.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,11 +21,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from astropy.coordinates import angular_separation
 
 from iic_survey.core import sky
+from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
-from iic_survey.output.schema import OUTPUT_SCHEMA, resolve
+from iic_survey.output.schema import OUTPUT_SCHEMA, pixel_file, resolve
 from iic_survey.output.writer import commit_markers
 
 PROB_COLUMNS = tuple(f"p_{c}" for c in CLASSES)
@@ -32,9 +36,52 @@ PROB_COLUMNS = tuple(f"p_{c}" for c in CLASSES)
 def _check_names(names: Sequence[str], allowed: Sequence[str], what: str) -> None:
     for name in names:
         if name not in allowed:
-            close = difflib.get_close_matches(str(name), list(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown {what} {name!r}{hint}; known: {', '.join(allowed)}")
+            raise ValueError(
+                f"unknown {what} {name!r}{did_you_mean(name, allowed)}; known: {', '.join(allowed)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """Which rows :func:`read` keeps: those matching every condition given (None: no condition)."""
+
+    classes: Sequence[str] | None = None
+    """Keep rows whose ``class`` is one of these (rows without a class are dropped)."""
+    min_confidence: float | None = None
+    """Keep rows with ``confidence >= min_confidence``."""
+    cone: tuple[float, float, float] | None = None
+    """``(ra, dec, radius)`` in degrees: keep rows within the radius (exact distance)."""
+    pixels: tuple[int, Sequence[int]] | None = None
+    """``(order, [pixel, ...])`` NESTED HEALPix pixels at any order: keep rows inside them."""
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:
+            _check_names(list(self.classes), CLASSES, "class")
+
+    def filters(self) -> list[tuple[str, str, Any]]:
+        """The Parquet filters of the class and confidence conditions."""
+        filters: list[tuple[str, str, Any]] = []
+        if self.classes is not None:
+            filters.append(("class", "in", list(self.classes)))
+        if self.min_confidence is not None:
+            filters.append(("confidence", ">=", float(self.min_confidence)))
+        return filters
+
+    def row_mask(self, table: pa.Table) -> np.ndarray:
+        """The fine step for cones and pixels: which rows of ``table`` lie inside both."""
+        mask = np.ones(table.num_rows, dtype=bool)
+        if self.cone is not None:
+            ra0, dec0 = np.radians(float(self.cone[0])), np.radians(float(self.cone[1]))
+            ra = np.radians(table.column("ra").to_numpy(zero_copy_only=False).astype(np.float64))
+            dec = np.radians(table.column("dec").to_numpy(zero_copy_only=False).astype(np.float64))
+            with np.errstate(invalid="ignore"):  # rows without a position are never inside
+                sep = np.degrees(angular_separation(ra0, dec0, ra, dec))
+                mask &= sep <= float(self.cone[2])
+        if self.pixels is not None:
+            q = sky.check_order(self.pixels[0])
+            h29 = table.column("_healpix_29").to_numpy()
+            mask &= np.isin(h29 >> (2 * (sky.MAX_ORDER - q)), np.asarray(self.pixels[1], np.int64))
+        return mask
 
 
 def partitions(
@@ -58,10 +105,6 @@ def partitions(
             f"partition_info.csv, _done markers or _run.json)"
         )
     return sorted((k, p) for k, pix in found.items() for p in pix)
-
-
-def _pixel_file(root: str, order: int, pixel: int) -> str:
-    return f"{root}/dataset/{sky.hats_path(order, pixel)}"
 
 
 def _select(
@@ -90,27 +133,11 @@ def _select(
     return keep
 
 
-def angular_separation_deg(
-    ra1: np.ndarray, dec1: np.ndarray, ra2: float, dec2: float
-) -> np.ndarray:
-    """Great-circle distance in degrees (Vincenty formula: stable at all separations)."""
-    l1, b1, l2, b2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (ra1, dec1, ra2, dec2))
-    dl = l1 - l2
-    num = np.hypot(
-        np.cos(b1) * np.sin(dl), np.cos(b2) * np.sin(b1) - np.sin(b2) * np.cos(b1) * np.cos(dl)
-    )
-    den = np.sin(b2) * np.sin(b1) + np.cos(b2) * np.cos(b1) * np.cos(dl)
-    return np.asarray(np.degrees(np.arctan2(num, den)))
-
-
 def read(
     path: str,
     columns: Sequence[str] | None = None,
-    classes: Sequence[str] | None = None,
-    min_confidence: float | None = None,
-    cone: tuple[float, float, float] | None = None,
-    pixels: tuple[int, Sequence[int]] | None = None,
     filesystem: fsspec.AbstractFileSystem | None = None,
+    **conditions: Any,
 ) -> pd.DataFrame:
     """Rows of a catalog matching every given condition, opening only the files that can match.
 
@@ -120,16 +147,11 @@ def read(
         Catalog root (local path or fsspec URL such as ``s3://bucket/catalog``).
     columns
         Columns to return (default: all, in schema order).
-    classes
-        Keep rows whose ``class`` is one of these (rows without a class are dropped).
-    min_confidence
-        Keep rows with ``confidence >= min_confidence``.
-    cone
-        ``(ra, dec, radius)`` in degrees: keep rows within the radius (exact distance).
-    pixels
-        ``(order, [pixel, ...])`` NESTED HEALPix pixels at any order: keep rows inside them.
     filesystem
         An fsspec filesystem for ``path`` (default: inferred from the URL).
+    **conditions
+        The fields of :class:`Query`: ``classes``, ``min_confidence``, ``cone`` (``(ra, dec,
+        radius)`` in degrees) and ``pixels`` (``(order, [pixel, ...])``).
 
     Returns
     -------
@@ -141,30 +163,15 @@ def read(
     names = list(OUTPUT_SCHEMA.names)
     wanted = names if columns is None else list(columns)
     _check_names(wanted, names, "column")
-    filters: list[tuple[str, str, Any]] = []
-    if classes is not None:
-        _check_names(list(classes), CLASSES, "class")
-        filters.append(("class", "in", list(classes)))
-    if min_confidence is not None:
-        filters.append(("confidence", ">=", float(min_confidence)))
-    need = set(wanted) | ({"ra", "dec"} if cone else set()) | ({"_healpix_29"} if pixels else set())
+    query = Query(**conditions)
+    need = set(wanted) | ({"ra", "dec"} if query.cone else set())
+    need |= {"_healpix_29"} if query.pixels else set()
     read_cols = [c for c in names if c in need]
-
     tables = []
-    for order, pixel in _select(partitions(root, fs), cone, pixels):
-        with fs.open(_pixel_file(root, order, pixel), "rb") as f:
-            table = pq.read_table(f, columns=read_cols, filters=filters or None)
-        mask = np.ones(table.num_rows, dtype=bool)
-        if cone is not None:
-            ra = table.column("ra").to_numpy(zero_copy_only=False)
-            dec = table.column("dec").to_numpy(zero_copy_only=False)
-            with np.errstate(invalid="ignore"):
-                mask &= angular_separation_deg(ra, dec, cone[0], cone[1]) <= float(cone[2])
-        if pixels is not None:
-            q = sky.check_order(pixels[0])
-            h29 = table.column("_healpix_29").to_numpy()
-            mask &= np.isin(h29 >> (2 * (sky.MAX_ORDER - q)), np.asarray(pixels[1], np.int64))
-        tables.append(table.filter(pa.array(mask)).select(wanted))
+    for order, pixel in _select(partitions(root, fs), query.cone, query.pixels):
+        with fs.open(pixel_file(root, order, pixel), "rb") as f:
+            table = pq.read_table(f, columns=read_cols, filters=query.filters() or None)
+        tables.append(table.filter(pa.array(query.row_mask(table))).select(wanted))
     if not tables:
         tables = [OUTPUT_SCHEMA.empty_table().select(wanted)]
     table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
@@ -191,7 +198,7 @@ def iter_pixels(
     cols = list(OUTPUT_SCHEMA.names if columns is None else columns)
     _check_names(cols, OUTPUT_SCHEMA.names, "column")
     for order, pixel in partitions(root, fs):
-        with fs.open(_pixel_file(root, order, pixel), "rb") as f:
+        with fs.open(pixel_file(root, order, pixel), "rb") as f:
             yield order, pixel, _to_pandas(pq.read_table(f, columns=cols))
 
 

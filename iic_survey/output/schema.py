@@ -19,8 +19,9 @@ is the single source of names, types, units and descriptions (the README's colum
 exporters use :data:`COLUMN_DOCS`, made from it). :func:`as_output_table` conforms one pixel's
 result rows to the schema, computing the HATS spatial index ``_healpix_29``.
 
-Writing these files (staging, commit, finalize) is :mod:`iic_survey.output`; reading them is
-:mod:`iic_survey.export`.
+Writing these files is :mod:`iic_survey.output.writer` (set-up, staging),
+:mod:`iic_survey.output.commit` and :mod:`iic_survey.output.finalize`; reading them is
+:mod:`iic_survey.output.reader`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""TODO docstring for output.validate (from export)."""
+"""Checking a whole catalog: everything wrong with it, as sentences a person can act on.
+
+:func:`validate_catalog` compares the pixel sets (plan, commit markers, ``partition_info.csv``,
+the files), each file with its marker (rows, sha256), and every row with the format's rules
+(order and position inside its pixel, unique ``cntr``, probabilities, class and confidence that
+agree with them). It reads every file once, so it is a check for tests and audits, not a step
+of the run.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +21,9 @@ import pyarrow.parquet as pq
 
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES
-from iic_survey.output.reader import PROB_COLUMNS, _pixel_file, partitions, read_properties
-from iic_survey.output.schema import resolve
+from iic_survey.output.reader import PROB_COLUMNS, partitions, read_properties
+from iic_survey.output.schema import pixel_file, resolve
 from iic_survey.output.writer import commit_markers, read_plan
-
-# ---------------------------------------------------------------- checks
 
 
 def validate_catalog(
@@ -65,7 +70,7 @@ def validate_catalog(
     for (order, pixel), marker in sorted(done.items()):
         if (order, pixel) not in on_disk:
             continue
-        data = fs.cat_file(_pixel_file(root, order, pixel))
+        data = fs.cat_file(pixel_file(root, order, pixel))
         table = pq.read_table(io.BytesIO(data))
         total += table.num_rows
         where = f"pixel {pixel} (order {order})"

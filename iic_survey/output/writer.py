@@ -1,21 +1,25 @@
-"""The resumable, exactly-once writer of the classification catalog (a HATS catalog).
+"""Setting up and staging the classification catalog (a HATS catalog): resumable, exactly once.
 
 A run goes: :func:`prepare_output` (records the run's arguments in ``_run.json``, or resumes a
 run with the same ones), :func:`write_plan` (planned rows per pixel), :func:`write_part` for
-each chunk, :func:`commit_pixel` / :func:`commit_if_complete` for each pixel, and
-:func:`finalize` (the HATS metadata, ``hats.properties`` last). The files and their schema are
-described in :mod:`iic_survey.output_format`, whose names are re-exported here.
+each chunk, :func:`iic_survey.output.commit.commit_pixel` /
+:func:`~iic_survey.output.commit.commit_if_complete` for each pixel, and
+:func:`iic_survey.output.finalize.finalize` (the HATS metadata, ``hats.properties`` last). The
+files and their schema are described in :mod:`iic_survey.output.schema`.
 
 A pixel is the unit of output and of resume; a chunk (a few thousand rows) is the unit of data
 flow. Workers stage each chunk as its own part file (named by a deterministic chunk id, so a retried
-chunk overwrites itself: exactly once), and :func:`commit_pixel` turns a pixel's parts into its
-final file once their rows add up to the planned count. Every step is a stateless function of
+chunk overwrites itself: exactly once), and the commit turns a pixel's parts into its final file
+once their rows add up to the planned count. Every step is a stateless function of
 (path, filesystem), so any number of Ray tasks can stage and commit pixels in parallel: nothing
-funnels the sky through one process. Locally a file appears by ``os.replace``; on object stores
-(one PUT per object is atomic) a pixel counts as finished only once its ``_done`` marker exists.
+funnels the sky through one process. Files are written by
+:func:`iic_survey.core.atomic.write_atomic` (``os.replace`` locally; on object stores one PUT per
+object is atomic), and a pixel counts as finished only once its ``_done`` marker exists
+(:func:`commit_markers`).
 
-Reading is in :mod:`iic_survey.export` (``read``, FITS/VOTable export); :func:`read` here
-delegates.
+This module also holds the small pieces the commit and finalize steps share: :func:`read_json`,
+:func:`parquet_bytes`, :func:`part_files` and :func:`file_metadata`. Reading the catalog is
+:mod:`iic_survey.output.reader`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,7 @@ import datetime
 import io
 import json
 import logging
-import os
 import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,9 +37,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from iic_survey.core import sky
+from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import __version__
 from iic_survey.output.schema import (
     FORMAT_NAME,
@@ -68,31 +70,14 @@ class OutputError(RuntimeError):
 # ---------------------------------------------------------------- low-level I/O
 
 
-def _put(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` so that readers see either nothing or the whole object.
-
-    Local: a dot-named temporary file in the same folder, then ``os.replace``. Object stores and
-    memory: one put, which is atomic per object.
-    """
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
-
-
-def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    """The JSON document at ``path`` (a run record, plan or commit marker)."""
     with fs.open(path, "rb") as f:
         return json.loads(f.read())
 
 
-def _parquet_bytes(table: pa.Table, options: dict[str, Any] = _WRITE_OPTIONS) -> bytes:
+def parquet_bytes(table: pa.Table, options: dict[str, Any] = _WRITE_OPTIONS) -> bytes:
+    """``table`` as the bytes of a Parquet file, written with the catalog's options."""
     sink = io.BytesIO()
     pq.write_table(table, sink, **options)
     return sink.getvalue()
@@ -113,7 +98,7 @@ def run_args(out: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str,
     fs, root = resolve(out, fs)
     if not fs.exists(f"{root}/_run.json"):
         return {}
-    return dict(_read_json(fs, f"{root}/_run.json").get("args") or {})
+    return dict(read_json(fs, f"{root}/_run.json").get("args") or {})
 
 
 def prepare_output(
@@ -150,7 +135,7 @@ def prepare_output(
                     f"(no _run.json or hats.properties); choose another path or "
                     f"delete it yourself"
                 )
-            previous = _read_json(fs, run_file).get("args") if fs.exists(run_file) else None
+            previous = read_json(fs, run_file).get("args") if fs.exists(run_file) else None
             if overwrite:
                 logger.info("overwrite: deleting the previous output at %s", out)
                 fs.rm(root, recursive=True)
@@ -180,14 +165,17 @@ def prepare_output(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "args": args,
     }
-    _put(fs, run_file, json.dumps(record, indent=1, sort_keys=True).encode())
+    write_atomic(fs, run_file, json.dumps(record, indent=1, sort_keys=True).encode())
     return False
 
 
 def write_plan(
     out: str, order: int, counts: Mapping[int, int], fs: fsspec.AbstractFileSystem | None = None
 ) -> None:
-    """Record the planned rows per pixel; :func:`finalize` and :func:`validate_catalog` check them.
+    """Record the planned rows per pixel, for the commits to be checked against.
+
+    :func:`iic_survey.output.finalize.finalize` and
+    :func:`iic_survey.output.validate.validate_catalog` compare the committed pixels with it.
 
     Raises
     ------
@@ -199,12 +187,12 @@ def write_plan(
     sky.check_pixels(np.array(list(planned), dtype=np.int64), order)
     plan = {"order": sky.check_order(order), "counts": {str(p): n for p, n in planned.items()}}
     path = f"{root}/_plan.json"
-    if fs.exists(path) and _read_json(fs, path) != plan:
+    if fs.exists(path) and read_json(fs, path) != plan:
         raise OutputError(
             f"{out} was planned with different pixels or counts; the input catalog "
             f"or order changed: start a new output or pass overwrite"
         )
-    _put(fs, path, json.dumps(plan).encode())
+    write_atomic(fs, path, json.dumps(plan).encode())
 
 
 def read_plan(
@@ -214,7 +202,7 @@ def read_plan(
     fs, root = resolve(out, fs)
     if not fs.exists(f"{root}/_plan.json"):
         return None
-    plan = _read_json(fs, f"{root}/_plan.json")
+    plan = read_json(fs, f"{root}/_plan.json")
     return int(plan["order"]), {int(p): int(n) for p, n in plan["counts"].items()}
 
 
@@ -239,11 +227,12 @@ def write_part(
     fs, root = resolve(out, fs)
     table = as_output_table(rows, order, pixel)
     part = f"{staging_dir(root, order, pixel)}/part-{chunk_id}.parquet"
-    _put(fs, part, _parquet_bytes(table, _PART_OPTIONS))
+    write_atomic(fs, part, parquet_bytes(table, _PART_OPTIONS))
     return table.num_rows
 
 
-def _parts(fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int) -> list[str]:
+def part_files(fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int) -> list[str]:
+    """The staged part files of a pixel, sorted (none if nothing is staged)."""
     folder = staging_dir(root, order, pixel)
     if not fs.exists(folder):
         return []
@@ -260,7 +249,7 @@ def staged_rows(
     """Rows staged so far for a pixel (from the part files' footers)."""
     fs, root = resolve(out, fs)
     total = 0
-    for part in _parts(fs, root, order, pixel):
+    for part in part_files(fs, root, order, pixel):
         with fs.open(part, "rb") as f:
             total += pq.ParquetFile(f).metadata.num_rows
     return total
@@ -279,7 +268,7 @@ def commit_markers(
     for path in fs.glob(f"{root}/_done/Norder=*/Npix=*.json"):
         m = re.search(r"Norder=(\d+)/Npix=(\d+)\.json$", path)
         if m:
-            found.setdefault(int(m[1]), {})[int(m[2])] = _read_json(fs, path)
+            found.setdefault(int(m[1]), {})[int(m[2])] = read_json(fs, path)
     return found
 
 
@@ -293,11 +282,11 @@ def finished_pixels(
     )
 
 
-def _file_metadata(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, str]:
+def file_metadata(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, str]:
     """Schema metadata of every file: the format keys plus the run's provenance."""
     meta = {k.decode(): v.decode() for k, v in (OUTPUT_SCHEMA.metadata or {}).items()}
     if fs.exists(f"{root}/_run.json"):
-        run = _read_json(fs, f"{root}/_run.json")
+        run = read_json(fs, f"{root}/_run.json")
         meta["iic_survey.run_args"] = json.dumps(run.get("args"), sort_keys=True)
         meta["iic_survey.code_version"] = str(run.get("code_version", __version__))
     return meta

@@ -1,1 +1,17 @@
-"""TODO report"""
+"""The catalog's visual report: sky maps, confidence, example cutouts, truth metrics (Markdown).
+
+Modules
+-------
+config
+    The report's config, the columns it reads, class colours and figure sizes.
+tally
+    The counts accumulated pixel file by pixel file, and metrics against a truth table.
+figures
+    Sky maps, cutout grids and PNG saving (matplotlib object API, no pyplot).
+examples
+    Example cutouts from an image archive, made the way the pipeline makes its inputs.
+sections
+    ``write_report``: the report's Markdown sections and their figures.
+cli
+    ``python -m iic_survey report``.
+"""

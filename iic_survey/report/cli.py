@@ -1,8 +1,14 @@
-"""TODO docstring for report.cli (from report)."""
+"""``python -m iic_survey report``: the catalog report from the command line.
+
+:func:`cli` parses the arguments, picks where the example cutouts come from (by default the
+image archive recorded in the catalog's ``_run.json``) and calls
+:func:`iic_survey.report.sections.write_report`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +19,9 @@ from iic_survey.report.examples import archive_stamps
 from iic_survey.report.sections import write_report
 
 logger = logging.getLogger(__name__)
+_DESCRIPTION = (
+    "A look at a classification catalog: sky maps, confidence, example cutouts, and truth metrics."
+)
 
 
 def cli(argv: Sequence[str] | None = None, stamps: StampSource | None = None) -> int:
@@ -22,7 +31,7 @@ def cli(argv: Sequence[str] | None = None, stamps: StampSource | None = None) ->
     classified from (recorded in its ``_run.json``); ``--no-cutouts`` skips them. An archive
     that cannot be reached costs the grids, never the rest of the report.
     """
-    parser = argparse.ArgumentParser(prog="iic_survey report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="iic_survey report", description=_DESCRIPTION)
     parser.add_argument("catalog", help="catalog path or URL")
     parser.add_argument("--out-dir", help="where to write (default: CATALOG/report if local)")
     parser.add_argument("--truth", help="Parquet or CSV with cntr and class (e.g. truth.parquet)")
@@ -45,6 +54,17 @@ def cli(argv: Sequence[str] | None = None, stamps: StampSource | None = None) ->
             parser.error("--out-dir is required for a remote catalog")
         out_dir = str(Path(args.catalog.removeprefix("file://")) / "report")
     config = ReportConfig(map_order=args.map_order, n_examples=args.examples, dpi=args.dpi)
+    stamps, reason = _example_stamps(args, stamps)
+    config = dataclasses.replace(config, no_stamps_reason=reason)
+    path = write_report(args.catalog, out_dir, args.truth, stamps=stamps, config=config)
+    logger.info("report: %s", path)
+    return 0
+
+
+def _example_stamps(
+    args: argparse.Namespace, stamps: StampSource | None
+) -> tuple[StampSource | None, str]:
+    """The stamp source for the example grids, and what the report says if there is none."""
     reason = "No image source was given"
     if stamps is None and args.no_cutouts:
         reason = "--no-cutouts was given"
@@ -60,8 +80,4 @@ def cli(argv: Sequence[str] | None = None, stamps: StampSource | None = None) ->
             except (OSError, ValueError) as err:
                 logger.warning("no example cutouts: %s", err)
                 reason = f"The image archive could not be used (`{err}`)"
-    path = write_report(
-        args.catalog, out_dir, args.truth, stamps=stamps, config=config, no_stamps_reason=reason
-    )
-    logger.info("report: %s", path)
-    return 0
+    return stamps, reason

@@ -1,4 +1,11 @@
-"""TODO docstring for report.config (from report)."""
+"""What the catalog report shows and how: its config, the columns it reads, figure sizes.
+
+:class:`ReportConfig` is the one config of :func:`iic_survey.report.sections.write_report`
+(map order, example counts, curve bins, dpi, the seed that picks examples). :data:`StampSource`
+is the type of the function that draws the example cutouts, :data:`COLUMNS` the catalog columns
+the report reads, :data:`COLOURS` the colour of each class and :data:`FIGSIZES` the size of each
+figure.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from iic_survey.core import sky
-from iic_survey.core.constants import CLASSES
 
 StampSource = Callable[[pd.DataFrame], np.ndarray]
 """Rows (cntr, designation, ra, dec, ...) -> RGB images (N, 3, H, W) or (N, H, W, 3), float in
-[0, 1] or uint8, one per row in order. :func:`archive_stamps` makes one from an image archive."""
+[0, 1] or uint8, one per row in order. :func:`iic_survey.report.examples.archive_stamps` makes one
+from an image archive."""
 
-_COLUMNS = [
+COLUMNS = [
     "_healpix_29",
     "cntr",
     "designation",
@@ -32,8 +39,9 @@ _COLUMNS = [
     "quality_flags",
     "model_version",
 ]
-_PROBS = [f"p_{c}" for c in CLASSES]
-_COLOURS = {"galaxy": "tab:orange", "quasar": "tab:purple", "star": "tab:blue"}
+"""The catalog columns the report reads (one pixel file at a time)."""
+COLOURS = {"galaxy": "tab:orange", "quasar": "tab:purple", "star": "tab:blue"}
+"""Each class's colour in every figure."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +66,8 @@ class ReportConfig:
     """Pixels per inch of every PNG (figure sizes are fixed in inches)."""
     seed: int = 0
     """Picks the example rows (deterministically, by a hash of cntr)."""
+    no_stamps_reason: str = "No image source was given"
+    """What the report says where the cutout grids would be when it is given no stamp source."""
 
     def __post_init__(self) -> None:
         sky.check_order(self.map_order)

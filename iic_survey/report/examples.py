@@ -1,4 +1,9 @@
-"""TODO docstring for report.examples (from report)."""
+"""Example cutouts for the report, made the way the pipeline makes its inputs.
+
+:func:`archive_stamps` turns an image archive spec (the one a catalog records in ``_run.json``,
+or another) into a :data:`~iic_survey.report.config.StampSource`: cut the rows' stamps from the
+archive, make the network's RGB images, then stretch each for display.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +31,12 @@ def archive_stamps(
     Parameters
     ----------
     images
-        An image archive spec for :meth:`iic_survey.stamps.StampMaker.from_spec` (``irsa``,
+        An image archive spec for :meth:`iic_survey.stamps.maker.StampMaker.from_spec` (``irsa``,
         ``s3``, ``s3://...``, a local ``p3am_cdd`` or synthetic sky root); a catalog records the
         one it was classified from in ``_run.json``.
     model_dir
-        A model directory whose RGB settings to use (default: :class:`~iic_survey.rgb.RGBParams`).
+        A model directory whose RGB settings to use (default:
+        :class:`~iic_survey.stamps.rgb.RGBParams`).
     endpoint_url
         Another S3 endpoint (a local S3 server).
 

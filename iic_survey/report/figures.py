@@ -1,4 +1,11 @@
-"""TODO docstring for report.figures (from report)."""
+"""The report's figures: HEALPix sky maps, example cutout grids, and saving them as PNG.
+
+Figures are drawn with matplotlib's object API on an Agg canvas: no pyplot, so importing or
+running this never changes the caller's matplotlib backend. :func:`map_figure` projects
+:class:`MapPanel` values with healpy's Mollweide projector, plus a zoomed panel when the catalog
+covers under 10 % of the sky (:func:`map_views`); :func:`stamp_grid` shows example cutouts with a
+reticle and :func:`display_stretch` brightens each one for the eye.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +24,15 @@ from matplotlib.ticker import FuncFormatter
 from iic_survey.core import sky
 from iic_survey.report.config import FIGSIZES
 
-# ---------------------------------------------------------------- figures
 
-
-def _save(fig: Figure, path: Path, dpi: int) -> Path:
+def save_png(fig: Figure, path: Path, dpi: int) -> Path:
+    """Draw ``fig`` on an Agg canvas and save it at ``path`` (white background)."""
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=dpi, facecolor="white")
     return path
 
 
-def _views(counts: np.ndarray, order: int) -> list[dict[str, Any]]:
+def map_views(counts: np.ndarray, order: int) -> list[dict[str, Any]]:
     """Mollweide always; a zoomed Cartesian view when the data cover under 10 % of the sky."""
     views: list[dict[str, Any]] = [{"kind": "moll"}]
     filled = np.flatnonzero(counts)
@@ -47,7 +53,7 @@ def _views(counts: np.ndarray, order: int) -> list[dict[str, Any]]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Panel:
+class MapPanel:
     """One sky map: values per HEALPix pixel (``hp.UNSEEN`` where no sources) and its look."""
 
     title: str
@@ -58,7 +64,7 @@ class _Panel:
     vmax: float
 
 
-def _draw_map(fig: Figure, ax: Any, panel: _Panel, view: dict[str, Any], xsize: int) -> None:
+def _draw_map(fig: Figure, ax: Any, panel: MapPanel, view: dict[str, Any], xsize: int) -> None:
     if view["kind"] == "moll":
         proj: Any = hp.projector.MollweideProj(xsize=xsize)
     else:
@@ -92,7 +98,7 @@ def _draw_map(fig: Figure, ax: Any, panel: _Panel, view: dict[str, Any], xsize: 
     fig.colorbar(im, ax=ax, orientation="horizontal", shrink=0.7, pad=0.08, label=panel.label)
 
 
-def _map_figure(panels: list[_Panel], views: list[dict[str, Any]], name: str, dpi: int) -> Figure:
+def map_figure(panels: list[MapPanel], views: list[dict[str, Any]], name: str, dpi: int) -> Figure:
     """Panels side by side, one row per view; projected at about the panel's pixel width."""
     w, h = FIGSIZES[name]
     fig = Figure(figsize=(w, h * len(views)), layout="constrained")
@@ -115,7 +121,10 @@ def _rgb(images: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(a), 0, 1)
 
 
-def _grid(rows: pd.DataFrame, images: np.ndarray, title: str, size: tuple[float, float]) -> Figure:
+def stamp_grid(
+    rows: pd.DataFrame, images: np.ndarray, title: str, size: tuple[float, float]
+) -> Figure:
+    """A square grid of cutouts, each titled with its designation, class and confidence."""
     n = len(rows)
     ncol = int(np.ceil(np.sqrt(n)))
     fig = Figure(figsize=size, layout="constrained")

@@ -6,9 +6,8 @@ deterministic sample of example rows, and writes PNG figures plus ``report.md`` 
 With a truth table ``(cntr, class)`` it adds the confusion matrix, ROC curves, and completeness
 and purity against W1 magnitude and Galactic latitude (for the matched rows only).
 
-Figures are drawn with matplotlib's object API on an Agg canvas: no pyplot, so importing or
-running this never changes the caller's matplotlib backend. Maps use healpy's Mollweide
-projector; a catalog covering under 10 % of the sky also gets a zoomed panel.
+The counting is :mod:`iic_survey.report.tally`, the drawing :mod:`iic_survey.report.figures`
+(matplotlib's object API, no pyplot); this module lays out the sections and their figures.
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ from matplotlib.figure import Figure
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.output.reader import iter_pixels, read_properties
-from iic_survey.report.config import _COLOURS, _COLUMNS, FIGSIZES, ReportConfig, StampSource
-from iic_survey.report.figures import _grid, _map_figure, _Panel, _save, _views
+from iic_survey.report.config import COLOURS, COLUMNS, FIGSIZES, ReportConfig, StampSource
+from iic_survey.report.figures import MapPanel, map_figure, map_views, save_png, stamp_grid
 from iic_survey.report.tally import (
-    _Tally,
+    Tally,
     binned_completeness_purity,
     galactic_latitude,
     load_truth,
@@ -47,19 +46,19 @@ def write_report(
     stamps: StampSource | None = None,
     config: ReportConfig | None = None,
     filesystem: Any = None,
-    no_stamps_reason: str = "No image source was given",
 ) -> Path:
     """Write the figures and ``report.md`` for a catalog into ``out_dir``; return the .md path.
 
-    ``stamps`` draws the example cutout grids (see :func:`archive_stamps`); without it the
-    report says ``no_stamps_reason`` where the grids would be.
+    ``stamps`` draws the example cutout grids (see
+    :func:`iic_survey.report.examples.archive_stamps`); without it the report says
+    ``config.no_stamps_reason`` where the grids would be.
     """
     cfg = config or ReportConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tally = _Tally(cfg, load_truth(truth) if truth is not None else None)
+    tally = Tally(cfg, load_truth(truth) if truth is not None else None)
     npart = 0
-    for _, _, df in iter_pixels(catalog_path, _COLUMNS, filesystem):
+    for _, _, df in iter_pixels(catalog_path, COLUMNS, filesystem):
         tally.add(df)
         npart += 1
     if tally.rows == 0:
@@ -75,7 +74,7 @@ def write_report(
     md += _summary_md(tally, npart, props)
     md += _sky_section(tally, out)
     md += _confidence_section(tally, out)
-    md += _examples_section(tally, out, stamps, no_stamps_reason)
+    md += _examples_section(tally, out, stamps)
     if tally.truth is not None:
         md += _truth_section(tally, out)
     path = out / "report.md"
@@ -84,7 +83,7 @@ def write_report(
     return path
 
 
-def _summary_md(t: _Tally, npart: int, props: dict[str, str]) -> list[str]:
+def _summary_md(t: Tally, npart: int, props: dict[str, str]) -> list[str]:
     n = t.rows
     unclassified = n - int(t.per_class.sum())
     md = [
@@ -113,7 +112,7 @@ def _summary_md(t: _Tally, npart: int, props: dict[str, str]) -> list[str]:
     return [*md, ""]
 
 
-def _sky_section(t: _Tally, out: Path) -> list[str]:
+def _sky_section(t: Tally, out: Path) -> list[str]:
     order, seen = t.config.map_order, t.counts > 0
     n = np.maximum(t.counts, 1)
     area = hp.nside2pixarea(sky.nside(order), degrees=True)
@@ -122,19 +121,19 @@ def _sky_section(t: _Tally, out: Path) -> list[str]:
     outliers = np.where(seen, t.outliers / n, hp.UNSEEN)
     top = max(float(outliers[seen].max()) if seen.any() else 0.0, 0.05)
     figures = {
-        "sky_density": [_Panel("Source density", density, "log10(sources / deg²)", "viridis",
+        "sky_density": [MapPanel("Source density", density, "log10(sources / deg²)", "viridis",
                                lo, hi)],
         "sky_class_fractions": [
-            _Panel(f"{c} fraction", np.where(seen, t.per_class[i] / n, hp.UNSEEN),
+            MapPanel(f"{c} fraction", np.where(seen, t.per_class[i] / n, hp.UNSEEN),
                    "fraction of sources", "magma", 0.0, 1.0)
             for i, c in enumerate(CLASSES)
         ],
-        "sky_outliers": [_Panel("Outlier fraction", outliers, "fraction of sources", "inferno",
+        "sky_outliers": [MapPanel("Outlier fraction", outliers, "fraction of sources", "inferno",
                                 0.0, top)],
     }  # fmt: skip
-    views = _views(t.counts, order)
+    views = map_views(t.counts, order)
     for name, panels in figures.items():
-        _save(_map_figure(panels, views, name, t.config.dpi), out / f"{name}.png", t.config.dpi)
+        save_png(map_figure(panels, views, name, t.config.dpi), out / f"{name}.png", t.config.dpi)
     note = " A zoomed panel shows the covered area." if len(views) > 1 else ""
     return [
         "## Sky maps",
@@ -151,27 +150,26 @@ def _sky_section(t: _Tally, out: Path) -> list[str]:
     ]
 
 
-def _confidence_section(t: _Tally, out: Path) -> list[str]:
+def _confidence_section(t: Tally, out: Path) -> list[str]:
     fig = Figure(figsize=FIGSIZES["confidence"], layout="constrained")
     axes = fig.subplots(1, len(CLASSES), sharey=True)
     edges = np.linspace(1 / 3, 1, t.config.confidence_bins + 1)
     for ax, c, h in zip(axes, CLASSES, t.conf_hist, strict=True):
-        ax.stairs(h, edges, baseline=0.5, fill=True, color=_COLOURS[c], alpha=0.8)
+        ax.stairs(h, edges, baseline=0.5, fill=True, color=COLOURS[c], alpha=0.8)
         ax.set_yscale("log")
         ax.set_ylim(0.5, max(2 * t.conf_hist.max(), 10))
         ax.set_xlabel("confidence (max probability)")
         ax.set_title(f"classified as {c} ({int(h.sum()):,})")
     axes[0].set_ylabel("sources")
-    _save(fig, out / "confidence.png", t.config.dpi)
+    save_png(fig, out / "confidence.png", t.config.dpi)
     return ["## Confidence", "", "![Confidence per class](confidence.png)", ""]
 
 
-def _examples_section(
-    t: _Tally, out: Path, stamps: StampSource | None, no_stamps_reason: str
-) -> list[str]:
+def _examples_section(t: Tally, out: Path, stamps: StampSource | None) -> list[str]:
     md = ["## Example cutouts", ""]
     if stamps is None:
-        return [*md, f"{no_stamps_reason.rstrip('.')}, so the cutout grids were skipped.", ""]
+        reason = t.config.no_stamps_reason.rstrip(".")
+        return [*md, f"{reason}, so the cutout grids were skipped.", ""]
     for name in (*CLASSES, "outlier"):
         rows = t.examples.get(name)
         if rows is None or rows.empty:
@@ -185,14 +183,13 @@ def _examples_section(
             md += [f"Cutouts for the {name} examples failed: `{err}`.", ""]
             continue
         what = "outliers" if name == "outlier" else f"confident {name} examples"
-        fig = _grid(rows, images, f"{len(rows)} {what}", FIGSIZES["examples"])
-        _save(fig, out / f"examples_{name}.png", t.config.dpi)
+        fig = stamp_grid(rows, images, f"{len(rows)} {what}", FIGSIZES["examples"])
+        save_png(fig, out / f"examples_{name}.png", t.config.dpi)
         md += [f"![{what}](examples_{name}.png)", ""]
     return md
 
 
-def _truth_section(t: _Tally, out: Path) -> list[str]:
-    cfg = t.config
+def _truth_section(t: Tally, out: Path) -> list[str]:
     matched = pd.concat(t.matched) if t.matched else pd.DataFrame()
     md = ["## Against the truth table", ""]
     if matched.empty:
@@ -202,7 +199,26 @@ def _truth_section(t: _Tally, out: Path) -> list[str]:
             "",
         ]
     m = truth_metrics(matched)
-    md += [
+    md += _metrics_table(m)
+    save_png(_confusion_figure(m), out / "confusion.png", t.config.dpi)
+    save_png(_roc_figure(m), out / "roc.png", t.config.dpi)
+    fig = _completeness_purity_figure(matched, t.config)
+    save_png(fig, out / "completeness_purity.png", t.config.dpi)
+    return [
+        *md,
+        "",
+        "![Confusion matrix](confusion.png)",
+        "",
+        "![ROC curves](roc.png)",
+        "",
+        "![Completeness and purity](completeness_purity.png)",
+        "",
+    ]
+
+
+def _metrics_table(m: dict[str, Any]) -> list[str]:
+    """Accuracy and the per-class precision / recall / F1 / AUC of :func:`truth_metrics`."""
+    md = [
         f"{m['n_matched']:,} catalog sources have a true class ({m['n_unclassified']:,} of "
         f"them unclassifiable). Accuracy {m['accuracy']:.3f}.",
         "",
@@ -214,6 +230,11 @@ def _truth_section(t: _Tally, out: Path) -> list[str]:
             f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | "
             f"{v['auc']:.3f} | {v['n_true']:,} |"
         )
+    return md
+
+
+def _confusion_figure(m: dict[str, Any]) -> Figure:
+    """The confusion matrix: counts, and colour by the fraction of each true class."""
     fig = Figure(figsize=FIGSIZES["confusion"], layout="constrained")
     ax = fig.subplots()
     conf = m["confusion"]
@@ -234,18 +255,24 @@ def _truth_section(t: _Tally, out: Path) -> list[str]:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, label="fraction of true class")
-    _save(fig, out / "confusion.png", cfg.dpi)
+    return fig
 
+
+def _roc_figure(m: dict[str, Any]) -> Figure:
+    """One-vs-rest ROC curve of each class, with its AUC."""
     fig = Figure(figsize=FIGSIZES["roc"], layout="constrained")
     ax = fig.subplots()
     for c, v in m["per_class"].items():
-        ax.plot(v["fpr"], v["tpr"], color=_COLOURS[c], label=f"{c} (AUC {v['auc']:.3f})")
+        ax.plot(v["fpr"], v["tpr"], color=COLOURS[c], label=f"{c} (AUC {v['auc']:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", color="0.5")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.legend(loc="lower right")
-    _save(fig, out / "roc.png", cfg.dpi)
+    return fig
 
+
+def _completeness_purity_figure(matched: pd.DataFrame, cfg: ReportConfig) -> Figure:
+    """Completeness and purity per class against W1 magnitude and Galactic latitude."""
     fig = Figure(figsize=FIGSIZES["completeness_purity"], layout="constrained")
     axes = fig.subplots(2, 2, sharey=True)
     ra, dec = matched["ra"].to_numpy(dtype=float), matched["dec"].to_numpy(dtype=float)
@@ -256,21 +283,11 @@ def _truth_section(t: _Tally, out: Path) -> list[str]:
     for r, (label, values, edges) in enumerate(by):
         curves = binned_completeness_purity(matched, values, edges, cfg.min_per_bin)
         for c, (x, comp, pur) in curves.items():
-            axes[r][0].plot(x, comp, "o-", color=_COLOURS[c], label=c)
-            axes[r][1].plot(x, pur, "o-", color=_COLOURS[c], label=c)
+            axes[r][0].plot(x, comp, "o-", color=COLOURS[c], label=c)
+            axes[r][1].plot(x, pur, "o-", color=COLOURS[c], label=c)
         for k, what in enumerate(("completeness", "purity")):
             axes[r][k].set_xlabel(label)
             axes[r][k].set_ylabel(what)
             axes[r][k].set_ylim(0, 1.02)
             axes[r][k].legend()
-    _save(fig, out / "completeness_purity.png", cfg.dpi)
-    return [
-        *md,
-        "",
-        "![Confusion matrix](confusion.png)",
-        "",
-        "![ROC curves](roc.png)",
-        "",
-        "![Completeness and purity](completeness_purity.png)",
-        "",
-    ]
+    return fig

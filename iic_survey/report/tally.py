@@ -1,4 +1,11 @@
-"""TODO docstring for report.tally (from report)."""
+"""What the report counts: a tally over the pixel files, and metrics against a truth table.
+
+:class:`Tally` accumulates, one pixel file at a time (flat memory at any sky size), the sources
+per map pixel and class, outliers, confidence histograms, quality flags and a deterministic
+sample of example rows (the smallest :func:`iic_survey.core.hashing.keyed_hash` of ``cntr``).
+:func:`truth_metrics` and :func:`binned_completeness_purity` score the rows that have a true
+class (:func:`load_truth`); :func:`galactic_latitude` bins them by latitude.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +18,12 @@ import pandas as pd
 from iic_survey.core import metrics, sky
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
+from iic_survey.core.hashing import keyed_hash
 from iic_survey.report.config import ReportConfig
 
 
-def _hash_key(cntr: np.ndarray, seed: int) -> np.ndarray:
-    """splitmix64 of cntr: a fixed pseudo-random order for picking examples."""
-    z = np.asarray(cntr, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-class _Tally:
-    """Everything the report needs, accumulated pixel file by pixel file."""
+class Tally:
+    """Everything the report needs, accumulated pixel file by pixel file (:meth:`add`)."""
 
     def __init__(self, config: ReportConfig, truth: pd.Series | None) -> None:
         self.config, self.truth = config, truth
@@ -56,7 +56,7 @@ class _Tally:
         for f in QualityFlag:
             self.flag_counts[str(f.name)] += int(np.count_nonzero(flags & int(f)))
         self.models.update(df["model_version"].dropna().unique().tolist())
-        key = pd.Series(_hash_key(df["cntr"].to_numpy(), cfg.seed), index=df.index)
+        key = pd.Series(keyed_hash(df["cntr"].to_numpy(), cfg.seed), index=df.index)
         confident = df["confidence"] >= cfg.example_min_confidence
         picks = {c: (df["class"] == c) & confident for c in CLASSES}
         picks["outlier"] = df["is_outlier"] & df["class"].notna()
