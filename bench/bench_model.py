@@ -4,9 +4,10 @@ For batch sizes 1, 64 and 256 it measures images per second of the plain eval-mo
 ("eager"), of ``optimize_for_inference(model)`` (BN folded into the convolutions, channels-last
 weights) and, with ``--compile``, of ``optimize_for_inference(model, compile=True,
 dynamic=False)`` (one static graph per batch size, as for an actor with a fixed batch). The
-achieved FLOP rate is ``2 x MACs x images/s``, MACs as counted by ``iic_survey.model.count_macs``
-(convolutions and matmuls only); the reference is the best ``torch.matmul`` rate of square fp32
-matrices, measured in the same run with the same threads. The goal is a ratio >= 0.5.
+achieved FLOP rate is ``2 x MACs x images/s``, MACs as counted by
+``iic_survey.model.size.count_macs`` (convolutions and matmuls only); the reference is the
+best ``torch.matmul`` rate of square fp32 matrices, measured in the same run with the same
+threads. The goal is a ratio >= 0.5.
 
 Other people share the machine, so the script times short windows of every row in turn
 for ``--budget`` seconds and records, per window, the share of the CPUs this process actually

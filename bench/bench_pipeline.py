@@ -4,12 +4,12 @@ Measured in one run, on one local Ray head (``--num-cpus`` logical CPUs on this 
 with the paper-sized IICnet (untrained weights: the speed is the same):
 
 1. **Per-stage cost** on one core in this process (one thread each): catalog read, cutouts + RGB
-   (:class:`iic_survey.stamps.StampMaker`), inference (:class:`iic_survey.pipeline.Classify`),
-   staging + commit (:class:`iic_survey.pipeline.PartWriter`,
-   :func:`iic_survey.output.commit_pixel`).
+   (:class:`iic_survey.stamps.maker.StampMaker`), inference
+   (:class:`iic_survey.survey.classify.Classify`), staging + commit
+   (:class:`iic_survey.survey.stages.PartWriter`, :func:`iic_survey.output.commit.commit_pixel`).
 2. **Inference alone** on the cluster: the same inference actor pool over stamps materialised
    beforehand in the object store.
-3. **End to end**: :func:`iic_survey.pipeline.run_pipeline` over the same pixels with the same
+3. **End to end**: :func:`iic_survey.survey.run.run_pipeline` over the same pixels with the same
    pool. Goal: end-to-end rate >= 0.8 x inference alone.
 4. **Memory**: peak of the summed RSS and PSS of every Ray process (the head's process tree and
    this driver), sampled every 0.25 s, for a run over 2 pixels and one over 8 (the 2 are the

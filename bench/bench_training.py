@@ -11,7 +11,7 @@ sky" part of the section. Results are also kept in ``<workdir>/quality.json``.
 
 Starts its own local Ray head (the test fixture's helper: free ports, own temp dir, torn down at
 the end), builds a training set from the tiny synthetic sky in a temporary folder (or uses
-``--data``), and runs :func:`iic_survey.training.fit` once per configuration: ``--epochs``
+``--data``), and runs :func:`iic_survey.training.fit.fit` once per configuration: ``--epochs``
 epochs on a fixed subset, the rate taken from the last epoch (the first one pays for worker
 start-up and caching). Each configuration trains the same model on the same rows; only the
 worker layout differs.
@@ -347,7 +347,7 @@ def depth_breakdown(res: dict[str, Any], work: pathlib.Path) -> dict[str, Any]:
     """Test-split metrics of every model (and the catalog baseline) against catalog W1 depth.
 
     Returns {model: {"bins": [(lo, hi, n, accuracy, recall per class)], "bright": report}} with
-    the bright report a :func:`iic_survey.metrics.classification_report` of rows W1 < 15.
+    the bright report a :func:`iic_survey.core.metrics.classification_report` of rows W1 < 15.
     """
     import numpy as np
     import torch

@@ -1,4 +1,4 @@
-"""iic_survey.metrics against scikit-learn / scipy, on random and degenerate inputs."""
+"""iic_survey.core.metrics against scikit-learn / scipy, on random and degenerate inputs."""
 
 from __future__ import annotations
 
