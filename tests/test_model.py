@@ -59,7 +59,7 @@ def test_size_matches_paper_table3(iicnet: M.Classifier) -> None:
 def test_model_summary_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
     text = model_size.model_summary()
     assert "image.rfb" in text and "M parameters" in text and "M MACs" in text
-    assert directory.cli(["--arch", "fusion"]) == 0
+    assert model_size.cli(["--arch", "fusion"]) == 0
     assert "colour.mlp" in capsys.readouterr().out
 
 

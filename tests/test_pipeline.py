@@ -22,7 +22,7 @@ from iic_survey.model.ood import OodStats
 from iic_survey.output import commit, schema
 from iic_survey.output import writer as output
 from iic_survey.stamps.maker import StampMaker
-from iic_survey.survey.classify import Classify, result_rows
+from iic_survey.survey.classify import Classify, Scoring, result_rows
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import assign_pixels, plan_run
 from iic_survey.survey.run import CRASH_ENV, run_pipeline
@@ -135,10 +135,7 @@ def test_result_rows_probabilities_and_outliers():
         _batch(flags),
         logits,
         ood,
-        temperature=2.0,
-        confidence_threshold=0.6,
-        ood_threshold=10.0,
-        model_version="m",
+        Scoring(temperature=2.0, confidence_threshold=0.6, ood_threshold=10.0, model_version="m"),
     )
     p = np.stack([out[f"p_{c}"] for c in CLASSES], axis=1).astype(np.float64)
     z = np.exp(logits / 2.0)
@@ -243,10 +240,7 @@ def test_part_names_are_a_function_of_the_rows(tmp_path):
         _batch([0] * 6),
         np.zeros((6, 3)),
         None,
-        temperature=1.0,
-        confidence_threshold=0.5,
-        ood_threshold=None,
-        model_version="m",
+        Scoring(temperature=1.0, confidence_threshold=0.5, ood_threshold=None, model_version="m"),
     )
     rows = pd.DataFrame(result)
     pixel = int(sky.pixel_of(np.array([10.5]), np.array([-4.5]), 5)[0])

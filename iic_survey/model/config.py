@@ -1,4 +1,9 @@
-"""TODO docstring for model.config (from model)."""
+"""The architecture of a classifier as one frozen dataclass, :class:`ModelConfig`.
+
+It is what :func:`~iic_survey.model.network.build_model` builds from and what the model directory
+stores in ``model.json``, so a saved model can be rebuilt exactly; its checks turn a misspelled
+architecture or impossible sizes into an error that says what to change.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from iic_survey.core.config import config_from_dict, did_you_mean
 from iic_survey.core.constants import CLASSES
 
 ARCHS: tuple[str, ...] = ("iicnet", "fusion", "colour")
-"""Architectures :func:`build_model` knows: image only, image + catalog features, features only."""
+"""Architectures :func:`~iic_survey.model.network.build_model` knows: image only, image + catalog
+features, features only."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +25,8 @@ class ModelConfig:
     arch: str = "iicnet"
     """One of :data:`ARCHS`."""
     n_features: int = 7
-    """Catalog features per source (``len(rgb.FEATURE_NAMES)``); used by "fusion" and "colour"."""
+    """Catalog features per source (``len(iic_survey.stamps.features.FEATURE_NAMES)``); used by
+    "fusion" and "colour"."""
     n_classes: int = len(CLASSES)
     """Output classes, in ``CLASSES`` order."""
     image_size: int = 80

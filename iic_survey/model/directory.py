@@ -1,26 +1,35 @@
-"""TODO docstring for model.directory (from model)."""
+"""The model directory: a trained classifier as ``weights.pt`` (a state_dict) + ``model.json``.
+
+Training writes one with :func:`save_model_dir`; the classify job and the reports read it back
+with :func:`load_model_dir` as a :class:`ModelBundle` (the model in eval mode, its config, the
+RGB parameters of its images, the fitted temperature, OOD statistics, metrics, provenance).
+The weights load with ``torch.load(weights_only=True)`` and are checked against the sha256 that
+``model.json`` records, so a directory from elsewhere can be refused but never runs code.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 import pathlib
 import pickle
-import tempfile
 from typing import Any
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
+from iic_survey.core.atomic import write_atomic
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES, __version__
-from iic_survey.model.config import ARCHS, ModelConfig
+from iic_survey.model.config import ModelConfig
 from iic_survey.model.network import Classifier, build_model
-from iic_survey.model.size import count_params, model_summary
+from iic_survey.model.size import count_params
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +88,6 @@ def _sha256(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: pathlib.Path, write: Any) -> None:
-    """Write via ``write(file)`` to a temporary file beside ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DistributedDataParallel / torch.compile wrappers."""
     while True:
@@ -114,7 +109,8 @@ def save_model_dir(
     ``extra`` may hold ``rgb``, ``temperature``, ``feature_stats``, ``metrics`` and ``meta``
     (plain data, numpy arrays allowed). Each file is written to a temporary name and renamed,
     ``model.json`` last, so a reader never sees a half-written directory. Pass the trained model,
-    not the output of :func:`optimize_for_inference` (its folded weights have other names).
+    not the output of :func:`~iic_survey.model.network.optimize_for_inference` (its folded
+    weights have other names).
     """
     extra = dict(extra or {})
     unknown = [k for k in extra if k not in EXTRA_KEYS]
@@ -132,9 +128,12 @@ def save_model_dir(
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
     out = pathlib.Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    fs = LocalFileSystem()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_FILE, lambda f: torch.save(state, f))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    weights = buffer.getvalue()
+    write_atomic(fs, str(out / WEIGHTS_FILE), weights)
     meta = {
         **dict(extra.get("meta", {})),
         "code_version": __version__,
@@ -151,26 +150,16 @@ def save_model_dir(
         "feature_stats": extra.get("feature_stats", {}),
         "metrics": extra.get("metrics", {}),
         "meta": meta,
-        "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(out / WEIGHTS_FILE)},
+        "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(weights).hexdigest()},
     }
     text = json.dumps(_jsonable(doc), indent=2, allow_nan=False).encode()
-    _atomic_write(out / META_FILE, lambda f: f.write(text))
+    write_atomic(fs, str(out / META_FILE), text)
     logger.info("saved %s model to %s (sha256 %s)", cfg.arch, out, doc["weights"]["sha256"][:12])
     return out
 
 
-def load_model_dir(
-    path: str | os.PathLike[str],
-    device: str | torch.device | None = None,
-    expect_arch: str | None = None,
-) -> ModelBundle:
-    """Read a directory written by :func:`save_model_dir`; the model comes back in eval mode.
-
-    Refuses, with an error saying why: a missing or unparsable ``model.json``, a newer
-    ``format_version``, other classes, an architecture other than ``expect_arch``, weights whose
-    sha256 differs from the recorded one, and weights that do not fit the recorded architecture.
-    """
-    root = pathlib.Path(path)
+def _read_meta(root: pathlib.Path) -> dict[str, Any]:
+    """``model.json`` of ``root``, checked for its keys, its format version and its classes."""
     meta_path = root / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: {root} is not a model directory")
@@ -193,21 +182,28 @@ def load_model_dir(
         raise ValueError(
             f"{root} was trained for classes {doc['classes']}, this code expects {CLASSES}"
         )
-    cfg = ModelConfig.from_dict(doc["config"])
-    if expect_arch is not None and cfg.arch != expect_arch:
-        raise ValueError(f"{root} holds a {cfg.arch!r} model, but {expect_arch!r} was expected")
-    weights = root / doc["weights"].get("file", WEIGHTS_FILE)
+    return doc
+
+
+def _checked_weights(root: pathlib.Path, record: dict[str, Any]) -> tuple[pathlib.Path, str]:
+    """(path, sha256) of the weights file ``model.json`` records, refusing a changed file."""
+    weights = root / record.get("file", WEIGHTS_FILE)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found (model.json refers to it)")
     digest = _sha256(weights)
-    if digest != doc["weights"].get("sha256"):
+    if digest != record.get("sha256"):
         raise ValueError(
             f"{weights} has sha256 {digest}, model.json records "
-            f"{doc['weights'].get('sha256')}: the file is corrupt or was replaced"
+            f"{record.get('sha256')}: the file is corrupt or was replaced"
         )
+    return weights, digest
+
+
+def _load_weights(weights: pathlib.Path, cfg: ModelConfig) -> Classifier:
+    """A model of ``cfg`` holding the state_dict in ``weights``, never unpickling code."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError as exc:  # what weights_only=True raises for other pickles
         raise ValueError(
             f"{weights} is not a plain state_dict and was refused by "
             f"torch.load(weights_only=True): {str(exc).splitlines()[0]}"
@@ -225,10 +221,35 @@ def load_model_dir(
         raise ValueError(
             f"{weights} does not fit a {cfg.arch!r} model of config {cfg}: {err}"
         ) from err
+    return model
+
+
+def load_model_dir(
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    expect_arch: str | None = None,
+) -> ModelBundle:
+    """Read a directory written by :func:`save_model_dir`; the model comes back in eval mode.
+
+    Refuses, with an error saying why: a missing or unparsable ``model.json``, a newer
+    ``format_version``, other classes, an architecture other than ``expect_arch``, weights whose
+    sha256 differs from the recorded one, and weights that do not fit the recorded architecture.
+    """
+    root = pathlib.Path(path)
+    doc = _read_meta(root)
+    cfg = ModelConfig.from_dict(doc["config"])
+    if expect_arch is not None and cfg.arch != expect_arch:
+        raise ValueError(f"{root} holds a {cfg.arch!r} model, but {expect_arch!r} was expected")
+    weights, digest = _checked_weights(root, doc["weights"])
+    model = _load_weights(weights, cfg)
     if device is not None:
         model = model.to(device)
     model.eval()
-    meta = {**doc.get("meta", {}), "format_version": version, "weights_sha256": digest}
+    meta = {
+        **doc.get("meta", {}),
+        "format_version": doc["format_version"],
+        "weights_sha256": digest,
+    }
     return ModelBundle(
         model=model,
         config=cfg,
@@ -239,18 +260,3 @@ def load_model_dir(
         metrics=dict(doc.get("metrics") or {}),
         meta=meta,
     )
-
-
-def cli(argv: list[str] | None = None) -> int:
-    """`python -m iic_survey.model [--arch A]` or `iic-survey model-info`: the size table."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=cli.__doc__)
-    parser.add_argument("--arch", choices=ARCHS, default="iicnet")
-    args = parser.parse_args(argv)
-    print(model_summary(ModelConfig(arch=args.arch)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli())

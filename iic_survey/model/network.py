@@ -11,14 +11,37 @@ Each architecture ignores the input it does not use (it may be ``None``).
 The image network follows the paper's description: a 5x5 stem convolution + BN + ReLU, a Receptive
 Field Block (Liu et al. 2018), a CBAM (Woo et al. 2018), four more 3x3 convolutions (five
 convolutional layers in all), three 2x2 max-pool down-sampling layers, a second CBAM at the end of
-the feature extractor and a fully connected classifier. The paper does not list channel widths;
-the defaults below are chosen to match its Table 3 size (1.75 M parameters, 218.66 M MACs for one
-1x3x80x80 image). MACs are counted by :func:`count_macs` as ``torch.utils.flop_counter`` FLOPs / 2:
-convolutions and matrix products only, as thop and the paper do; BN, activations, pooling and the
-attention products are not counted. ``python -m iic_survey.model`` prints the table.
+the feature extractor and a fully connected classifier. MACs are counted by
+:func:`~iic_survey.model.size.count_macs` as ``torch.utils.flop_counter`` FLOPs / 2: convolutions
+and matrix products only, as thop and the paper do; BN, activations, pooling and the attention
+products are not counted. ``python -m iic_survey.model`` prints the table.
 
-The model directory (``weights.pt`` + ``model.json``) is written by :func:`save_model_dir` and read
-by :func:`load_model_dir`; the weights load with ``torch.load(weights_only=True)``.
+Departures from Zhao et al. 2023
+--------------------------------
+Where the paper leaves a choice open, or where this code differs from the blocks' reference
+designs; all of them are :class:`~iic_survey.model.config.ModelConfig` defaults.
+
+====================  =========================================================================
+What                  Here
+====================  =========================================================================
+Channel widths        Not listed in the paper; stem, RFB, conv2..conv5 = 32, 64, 64, 128, 240,
+                      512, chosen to match its Table 3 parameter count (1.747 M vs 1.75 M).
+RFB bottleneck        ``rfb_inter=8`` channels (branch outputs 16), where RFBNet's code uses
+                      ``in // 8`` (4 for the 32-channel stem).
+RFB dilations         1, 3 and 5 in the three branches, after Liu et al.'s Fig. 4(a) (RFBNet's
+                      ``BasicRFB`` code: ``visual``, ``visual + 1``, ``2 * visual + 1``); the
+                      3x3 and 5x5 kernels are one and two stacked 3x3 convolutions.
+CBAM spatial conv     A 7x7 convolution with a bias and no BatchNorm over [mean; max] of the
+                      channels (Woo et al.'s code uses a conv without bias followed by BN).
+Head                  Global average pool -> dropout -> fc 384 + ReLU (``embed``) -> dropout ->
+                      fc 3 (``dropout=0.2``, ``head_dim=384``).
+MACs                  225.15 M for one 1x3x80x80 image, +3 % over the paper's 218.66 M.
+====================  =========================================================================
+
+The model directory (``weights.pt`` + ``model.json``) is written by
+:func:`~iic_survey.model.directory.save_model_dir` and read by
+:func:`~iic_survey.model.directory.load_model_dir`; the weights load with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -31,9 +54,6 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from iic_survey.model.config import ModelConfig
-
-"""Catalog feature order the defaults of :class:`ModelConfig` assume (``rgb.FEATURE_NAMES``)."""
-
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks

@@ -1,4 +1,11 @@
-"""TODO docstring for model.ood (from evaluation, inference)."""
+"""Running a classifier over arrays, and how far a source lies from its training set.
+
+:func:`predict` gives the logits and the penultimate embeddings of a batch of stamps (training's
+finalisation and the classify stage both call it). :func:`ood_statistics` describes the training
+embeddings (mean, shrunk inverse covariance, a high percentile of their Mahalanobis distance);
+the model directory stores that, and :class:`OodStats` reads it back to score new sources, whose
+``ood_score`` above the threshold marks them as outliers.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from iic_survey.core import metrics
 from iic_survey.core.constants import CLASSES
 
 OOD_PERCENTILE = 99.0
-"""Percentile of the training Mahalanobis distance / energy beyond which a source is unusual."""
+"""Percentile of the training Mahalanobis distance beyond which a source is unusual."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +44,7 @@ def predict(
         x, f = x.to(device), f.to(device)
         e = model.embed(x, f)  # (B, D)
         embeds.append(e.float().cpu().numpy())
-        logits.append(model.fc2(e).float().cpu().numpy())  # the head after embed (model.py)
+        logits.append(model.fc2(e).float().cpu().numpy())  # Classifier's head after embed
     d = getattr(getattr(model, "fc1", None), "out_features", 0)
     if not logits:
         return np.zeros((0, len(CLASSES)), np.float32), np.zeros((0, d), np.float32)
@@ -62,7 +68,7 @@ def ood_statistics(
     percentile: float = OOD_PERCENTILE,
     shrinkage: float = 1e-3,
 ) -> dict[str, Any]:
-    """What a new source's embedding and logits are compared against.
+    """What a new source's embedding is compared against; ``temperature`` is stored with it.
 
     The covariance is shrunk towards its mean diagonal (``shrinkage`` x trace / D) so that its
     inverse exists even with collapsed ReLU dimensions or few samples.
@@ -76,7 +82,6 @@ def ood_statistics(
     cov = cov + np.eye(dim) * shrinkage * max(np.trace(cov) / dim, 1e-12)
     precision = np.linalg.inv(cov)
     dist = mahalanobis(x, mean, precision)
-    e = metrics.energy_score(logits, temperature)
     return {
         "embedding_dim": int(dim),
         "n_samples": len(x),
@@ -84,15 +89,13 @@ def ood_statistics(
         "precision": precision.astype(np.float32).tolist(),
         "mahalanobis_percentile": float(percentile),
         "mahalanobis_threshold": float(np.percentile(dist, percentile)),
-        "energy_percentile": float(percentile),
-        "energy_threshold": float(np.percentile(e, percentile)),
         "temperature": float(temperature),
     }
 
 
 @dataclasses.dataclass(frozen=True)
 class OodStats:
-    """Training statistics of ``embed()`` features (:func:`iic_survey.evaluation.ood_statistics`).
+    """Training statistics of ``embed()`` features (:func:`ood_statistics`).
 
     The score is the Mahalanobis distance from the training mean; the threshold is a high
     percentile (99 by default) of the training distances, stored in the model directory.
@@ -117,6 +120,4 @@ class OodStats:
 
     def score(self, emb: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``emb`` (N, D)."""
-        pass
-
         return mahalanobis(emb, self.mean, self.precision)

@@ -1,12 +1,21 @@
-"""TODO docstring for model.size (from model)."""
+"""How big and how costly a classifier is: parameters, multiply-accumulates, the size table.
+
+The paper states IICnet's size as parameters and MACs for one 1x3x80x80 image (its Table 3);
+:func:`count_params` and :func:`count_macs` measure ours the same way, so the widths in
+:class:`~iic_survey.model.config.ModelConfig` can be checked against it. :func:`model_summary`
+is the per-layer table that ``python -m iic_survey model-info`` and ``python -m
+iic_survey.model`` print (:func:`cli`).
+"""
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from iic_survey.model.config import ModelConfig
+from iic_survey.model.config import ARCHS, ModelConfig
 from iic_survey.model.network import Classifier, build_model
 
 # ---------------------------------------------------------------------------------------------
@@ -68,3 +77,12 @@ def model_summary(config: ModelConfig | None = None) -> str:
         "(torch.utils.flop_counter FLOPs / 2: convolutions and matmuls only)"
     )
     return "\n".join(lines)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`python -m iic_survey.model [--arch A]` or `iic-survey model-info`: the size table."""
+    parser = argparse.ArgumentParser(description=cli.__doc__)
+    parser.add_argument("--arch", choices=ARCHS, default="iicnet")
+    args = parser.parse_args(argv)
+    print(model_summary(ModelConfig(arch=args.arch)))
+    return 0

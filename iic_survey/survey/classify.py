@@ -3,18 +3,21 @@
 :class:`Classify` is the pipeline's Ray actor (one per GPU): it loads the model directory once
 and turns each chunk into the output's columns; images never leave it. The arithmetic that
 turns logits into those columns, :func:`result_rows`, is pure (temperature-scaled softmax,
-confidence, entropy, outlier flag), and :class:`OodStats` scores how far a source's embedding
-lies from the training set. :mod:`iic_survey.pipeline` wires this stage into the Ray Data stream.
+confidence, entropy, outlier flag) and takes its settings as one :class:`Scoring`;
+:class:`~iic_survey.model.ood.OodStats` scores how far a source's embedding lies from the
+training set. :mod:`iic_survey.survey.stages` wires this stage into the Ray Data stream.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.core.flags import unclassifiable
@@ -43,17 +46,27 @@ RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in schema.COLUMNS if c != "_heal
 _KEYS = ("_pixel", "_row", "_chunk")
 
 
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """How a model's logits become result rows: one per model, fixed for a whole run."""
+
+    temperature: float
+    """Calibration temperature: probabilities are ``softmax(logits / temperature)``."""
+    confidence_threshold: float
+    """A source whose largest calibrated probability is below this is an outlier."""
+    ood_threshold: float | None
+    """A source whose OOD score is above this is an outlier; None: no OOD test."""
+    model_version: str
+    """The ``model_version`` column (:func:`model_version`)."""
+
+
 def result_rows(
     batch: Mapping[str, np.ndarray],
     logits: np.ndarray,
     ood: np.ndarray | None,
-    *,
-    temperature: float,
-    confidence_threshold: float,
-    ood_threshold: float | None,
-    model_version: str,
+    scoring: Scoring,
 ) -> dict[str, np.ndarray]:
-    """The output columns of a batch, from its logits (pure; no model needed).
+    """The output columns of a batch, from its logits and OOD scores (pure; no model needed).
 
     Rows with unclassifiable flags get null probabilities, class, confidence, entropy and OOD
     score, and ``is_outlier`` False (their flags say why they are not classified).
@@ -61,7 +74,7 @@ def result_rows(
     n = len(logits)
     flags = np.asarray(batch["quality_flags"], dtype=np.int64)
     bad = unclassifiable(flags)
-    probs = np.array(softmax(logits, temperature), dtype=np.float64)  # as calibrated
+    probs = np.array(softmax(logits, scoring.temperature), dtype=np.float64)  # as calibrated
     probs[bad] = np.nan
     conf = probs.max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -69,9 +82,9 @@ def result_rows(
     ent[bad] = np.nan
     score = np.full(n, np.nan) if ood is None else np.where(bad, np.nan, ood)
     with np.errstate(invalid="ignore"):
-        outlier = conf < confidence_threshold
-        if ood_threshold is not None:
-            outlier |= score > ood_threshold
+        outlier = conf < scoring.confidence_threshold
+        if scoring.ood_threshold is not None:
+            outlier |= score > scoring.ood_threshold
     outlier &= ~bad
     labels = np.asarray(CLASSES, dtype=object)[np.argmax(np.nan_to_num(probs, nan=0.0), axis=1)]
     labels[bad] = None
@@ -89,7 +102,7 @@ def result_rows(
             "ood_score": score.astype(np.float32),
             "is_outlier": outlier,
             "quality_flags": flags.astype(np.int32),
-            "model_version": np.full(n, model_version, dtype=object),
+            "model_version": np.full(n, scoring.model_version, dtype=object),
         }
     )
     return out
@@ -114,8 +127,6 @@ class Classify:
         confidence_threshold: float | None,
         threads: int = 1,
     ) -> None:
-        import torch
-
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
@@ -123,32 +134,32 @@ class Classify:
         # BN folded into the convolutions, channels-last weights: same outputs to fp32 rounding
         self.model = optimize_for_inference(self.bundle.model.to(self.device).eval())
         self.batch = model_batch_size
-        self.temperature = float(self.bundle.temperature or 1.0)
         meta = dict(self.bundle.meta or {})
-        self.conf_threshold = float(
-            confidence_threshold
-            if confidence_threshold is not None
-            else meta.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD)
-        )
         self.ood = OodStats.from_model(self.bundle.feature_stats)
         if self.ood is None:
             logger.warning("model %s has no OOD statistics: ood_score stays null", model_dir)
-        self.version = model_version(self.bundle)
+        self.scoring = Scoring(
+            temperature=float(self.bundle.temperature or 1.0),
+            confidence_threshold=float(
+                confidence_threshold
+                if confidence_threshold is not None
+                else meta.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD)
+            ),
+            ood_threshold=self.ood.threshold if self.ood else None,
+            model_version=model_version(self.bundle),
+        )
+
+    @property
+    def version(self) -> str:
+        """The ``model_version`` the rows carry."""
+        return self.scoring.model_version
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-
+        """A chunk of stamps (``image``, ``features`` and catalog columns) -> result rows."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch: read-only Arrow buffers
             logits, emb = predict(
                 self.model, batch["image"], batch["features"], self.device, self.batch
             )
         ood = self.ood.score(emb) if self.ood is not None else None
-        return result_rows(
-            batch,
-            logits,
-            ood,
-            temperature=self.temperature,
-            confidence_threshold=self.conf_threshold,
-            ood_threshold=self.ood.threshold if self.ood else None,
-            model_version=self.version,
-        )
+        return result_rows(batch, logits, ood, self.scoring)

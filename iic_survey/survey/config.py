@@ -1,13 +1,21 @@
-"""TODO docstring for survey.config (from pipeline)."""
+"""What a classification run is asked to do: :class:`PipelineConfig`, and how it fails.
+
+One frozen dataclass holds every setting of a run (inputs, output, pixel selection, cluster
+sizing); its checks turn bad arguments into errors that say what to change, and
+:meth:`PipelineConfig.run_args` is the part a resumed run must match. :func:`add_arguments`
+and :meth:`PipelineConfig.from_args` are its command line (``jobs/classify_sky.py``).
+:class:`PipelineError` is raised when a run cannot produce a correct catalog.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import Any
 
 import numpy as np
 
-from iic_survey.core import sky
+from iic_survey.core import paths, sky
 from iic_survey.core.config import did_you_mean
 
 CUTOUT_MODES: tuple[str, ...] = ("tiles", "service")
@@ -16,6 +24,9 @@ CUTOUT_MODES: tuple[str, ...] = ("tiles", "service")
 class PipelineError(RuntimeError):
     """The run cannot produce a correct catalog (input changed, rows lost); says what to do."""
 
+
+_OPTION_NAMES = {"model_dir": "model", "service_timeout_s": "service_timeout"}
+"""Fields whose command-line option has another name (``--model``, ``--service-timeout``)."""
 
 CPU_MODEL_BATCH = 16
 """Images per forward pass of a CPU inference actor (one thread): measured best of 8-256."""
@@ -48,7 +59,8 @@ class PipelineConfig:
     """Delete a previous output at ``output`` and start again (default: resume it)."""
     chunk_size: int | None = None
     """Rows per chunk, the unit of data flow and of staging (~80 kB of images a row); None:
-    :func:`chunk_rows` sizes it to the cluster's object store (at most 2048)."""
+    :func:`~iic_survey.survey.stages.chunk_rows` sizes it to the cluster's object store (at
+    most 2048)."""
     model_batch_size: int | None = None
     """Images per forward pass inside a chunk; None: :data:`CPU_MODEL_BATCH` on CPU (small
     batches stay in cache: 1.6x the images/s of 256 on one thread, bench/RESULTS.md "Model
@@ -119,6 +131,21 @@ class PipelineConfig:
                 f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}"
             )
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PipelineConfig:
+        """The config of a parsed command line (``jobs/classify_sky.py``).
+
+        Each field comes from the option of the same name (``--model`` and ``--service-timeout``
+        for ``model_dir`` and ``service_timeout_s``); a field without an option, or whose option
+        is None, keeps its default. Lists (``--pixels``) become tuples.
+        """
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            value = getattr(args, _OPTION_NAMES.get(field.name, field.name), None)
+            if value is not None:
+                values[field.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
     def run_args(self, model_id: str) -> dict[str, Any]:
         """What identifies the catalog's rows: a resume must match these exactly."""
         return {
@@ -133,3 +160,57 @@ class PipelineConfig:
             "cutout_mode": self.cutout_mode,
             "confidence_threshold": self.confidence_threshold,
         }
+
+
+def _cone(text: str) -> tuple[float, float, float]:
+    """``--cone RA,DEC,RADIUS`` as three floats."""
+    try:
+        ra, dec, r = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--cone wants RA,DEC,RADIUS in degrees, got {text!r}"
+        ) from None
+    return ra, dec, r
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the command-line options of a run, as :meth:`PipelineConfig.from_args` reads them."""
+    p.add_argument("--healpix-order", type=int, default=5, help="order of work/output pixels (0-8)")
+    p.add_argument(
+        "--catalog",
+        help="AllWISE catalog root, or a synthetic sky's root (default: the embedded sky)",
+    )
+    p.add_argument(
+        "--images",
+        help="Atlas images: local (the synthetic sky's), s3, irsa, s3://..., https://... or a "
+        "directory (default: local, or s3 for an s3:// catalog)",
+    )
+    p.add_argument("--model", help=f"model directory (default {paths.default_model()})")
+    p.add_argument("--output", help=f"output catalog (default {paths.default_catalog()})")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--pixels", type=int, nargs="+", help="pixels at --healpix-order")
+    sel.add_argument("--cone", type=_cone, help="RA,DEC,RADIUS in degrees: the pixels it overlaps")
+    sel.add_argument("--all", action="store_true", help="every pixel of the catalog (the default)")
+    p.add_argument("--limit", type=int, help="classify at most N pixels this run")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous output first")
+    p.add_argument("--chunk-size", type=int, help="rows per chunk (default: fit the object store)")
+    p.add_argument(
+        "--model-batch-size",
+        type=int,
+        help="images per forward pass (default: 16 on CPU, 256 on GPU)",
+    )
+    p.add_argument("--inference-actors", type=int, help="inference actors (default: one per GPU)")
+    p.add_argument("--num-gpus-per-actor", type=float, help="GPUs per actor (default 1 if any)")
+    p.add_argument(
+        "--cutout-mode",
+        choices=CUTOUT_MODES,
+        help="read whole tiles (default) or ask IBE per source (default for --images irsa)",
+    )
+    p.add_argument(
+        "--service-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for one IBE cutout (service mode) before retrying (default 30)",
+    )
+    p.add_argument("--confidence-threshold", type=float, help="outlier below this confidence")
+    p.add_argument("--endpoint-url", help="S3 endpoint for s3:// URLs (a local S3 server)")

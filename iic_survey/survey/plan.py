@@ -1,4 +1,12 @@
-"""TODO docstring for survey.plan (from pipeline)."""
+"""Planning a run on the driver: which pixels, how many rows each, and how to read them.
+
+:func:`plan_run` selects the pixels at the run's order (given, in a cone, or all), counts their
+rows from the catalog's metadata (deeper than order 5: from the positions of the order-5 parent
+partitions, read once), skips the pixels already committed, and groups the rest into read units
+(one catalog partition each). The planned counts are what the driver checks staged rows
+against, so a pixel is committed only when all of its rows are there. :func:`assign_pixels`
+gives the deeper pixel of each row the same way the reader does.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import ray
 
 from iic_survey.core import sky
 from iic_survey.survey.config import PipelineConfig
@@ -61,6 +70,7 @@ def assign_pixels(
 
 
 def _child_counts(catalog: Any, k5: int, order: int) -> dict[int, int]:
+    """Rows of each order-``order`` child of the order-5 partition ``k5`` (reads positions)."""
     pos = catalog.read_pixel(int(k5), 5, columns=["ra", "dec"])
     pix = assign_pixels(
         pos["ra"].to_numpy(np.float64, na_value=np.nan),
@@ -74,6 +84,7 @@ def _child_counts(catalog: Any, k5: int, order: int) -> dict[int, int]:
 
 
 def _select(config: PipelineConfig, catalog: Any) -> np.ndarray:
+    """The catalog's pixels at the run's order that the config selects."""
     order = config.healpix_order
     available = catalog.pixels(order)
     if config.pixels is not None:
@@ -117,8 +128,6 @@ def plan_run(config: PipelineConfig, catalog: Any, finished: Sequence[int] = ())
 
 def _map_parents(catalog: Any, parents: list[int], order: int) -> Iterator[dict[int, int]]:
     """Child counts per parent partition; in parallel Ray tasks when Ray is up and it pays."""
-    import ray
-
     if len(parents) < 4 or not ray.is_initialized():
         for k5 in parents:
             yield _child_counts(catalog, k5, order)
@@ -129,6 +138,7 @@ def _map_parents(catalog: Any, parents: list[int], order: int) -> Iterator[dict[
 
 
 def _units(order: int, todo: Sequence[int], counts: Mapping[int, int]) -> Iterator[dict[str, Any]]:
+    """Read units: one per pixel up to order 5, else one per order-5 parent of the pixels."""
     if order <= 5:
         for p in todo:
             yield {

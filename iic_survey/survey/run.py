@@ -16,23 +16,24 @@ Data flow (a Ray Data stream; every stage is a separate operator so each scales 
   not once per chunk), and numbers its rows ``_row`` 0..n-1; ``_chunk = _row // chunk_size``
   is the deterministic chunk id (order, pixel, k). A streaming repartition cuts the pixel into
   chunk-sized blocks, so chunks of one pixel fan out over the cluster.
-* **Stamps** (:class:`iic_survey.stamps.StampMaker`) and **Classify**
-  (:class:`iic_survey.inference.Classify`, an actor per GPU, the model loaded once) work chunk
-  by chunk; images never leave these two stages.
+* **Stamps** (:class:`iic_survey.stamps.maker.StampMaker`) and **Classify**
+  (:class:`iic_survey.survey.classify.Classify`, an actor per GPU, the model loaded once) work
+  chunk by chunk; images never leave these two stages.
 * **Write**: small result rows go to CPU tasks that stage each chunk as a part file
-  (:func:`iic_survey.output.write_part`) and return one tiny receipt row per part. Nothing funnels
-  the rows through one process: the driver only sees receipts (pixel, part, row count and a few
-  counters), and when a pixel's staged rows reach its planned count it starts a Ray task that
-  commits it (:func:`iic_survey.output.commit_pixel`: concatenate, sort by ``_healpix_29``,
-  atomic write, then the done marker). Finally :func:`iic_survey.output.finalize` writes the HATS
-  metadata from the committed files' footers.
+  (:func:`iic_survey.output.writer.write_part`) and return one tiny receipt row per part.
+  Nothing funnels the rows through one process: the driver only sees receipts (pixel, part, row
+  count and a few counters), and when a pixel's staged rows reach its planned count it starts a
+  Ray task that commits it (:func:`iic_survey.output.commit.commit_pixel`: concatenate, sort by
+  ``_healpix_29``, atomic write, then the done marker). Finally
+  :func:`iic_survey.output.finalize.finalize` writes the HATS metadata from the committed files'
+  footers.
 
 Exactly once: a part's name is a function of its rows (chunk, first row, row count), so a
 retried task rewrites its own part; before a run, staged parts of unfinished pixels are removed
 (a crashed run may have staged them under another batching); a pixel is committed only when its
-staged rows equal the planned count, and :func:`~iic_survey.output.commit_pixel` re-checks the
-count and that no ``cntr`` repeats. A rerun skips committed pixels, so crash + rerun gives the
-same catalog as one uninterrupted run.
+staged rows equal the planned count, and :func:`~iic_survey.output.commit.commit_pixel`
+re-checks the count and that no ``cntr`` repeats. A rerun skips committed pixels, so crash +
+rerun gives the same catalog as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import ray
+
 from iic_survey.core.constants import CLASSES
 from iic_survey.output import commit as output_commit
 from iic_survey.output import finalize, schema
 from iic_survey.output import writer as output
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import Plan, plan_run
-from iic_survey.survey.stages import COUNTERS, _dataset, _open_inputs
+from iic_survey.survey.stages import COUNTERS, build_dataset, open_inputs
 
 logger = logging.getLogger(__name__)
 CRASH_ENV = "IIC_PIPELINE_CRASH_AFTER_COMMITS"
@@ -119,13 +122,11 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     ------
     PipelineError
         If a pixel's staged rows do not add up to its planned count (input changed, rows lost).
-    iic_survey.output.OutputError
+    iic_survey.output.writer.OutputError
         If the output holds something else, or a run with other arguments (use ``overwrite``).
     """
-    import ray
-
     t0 = time.monotonic()
-    inputs = _open_inputs(config)
+    inputs = open_inputs(config)
     resumed = output.prepare_output(
         config.output, config.run_args(inputs.model_id), config.overwrite, inputs.fs
     )
@@ -145,11 +146,13 @@ def run_pipeline(config: PipelineConfig) -> Summary:
         len(plan.todo),
         plan.todo_rows,
     )
-    counters: Counter[str] = Counter()
+    counters: dict[str, int] = {}
     if plan.todo:
         _clear_staging(config, inputs.fs, plan.order, plan.todo)
-        ds = _dataset(config, inputs, plan)
-        _drive(config, plan, ds, inputs.fs, counters, t0, ray)
+        ds = build_dataset(config, inputs, plan)
+        driver = _Driver(config, plan, inputs.fs, t0)
+        driver.run(ds)
+        counters = dict(driver.counters)
     props = {
         "iic_model": inputs.model_id,
         "iic_input_catalog": config.catalog,
@@ -165,84 +168,111 @@ def run_pipeline(config: PipelineConfig) -> Summary:
         plan.todo_rows,
         time.monotonic() - t0,
         plan.partial,
-        dict(counters),
+        counters,
     )
     logger.info("done:\n%s", summary.text())
     return summary
 
 
-def _drive(
-    config: PipelineConfig,
-    plan: Plan,
-    ds: Any,
-    fs: Any,
-    counters: Counter[str],
-    t0: float,
-    ray: Any,
-) -> None:
-    """Consume receipts, commit pixels as their counts complete, log progress.
+@dataclasses.dataclass
+class _Driver:
+    """The driver's side of a run: counts receipts, commits pixels as they complete, logs progress.
 
     On any error the stream is closed at once (Ray Data cancels its tasks and kills its actors,
     so no stale task stages parts behind a later rerun) and commits in flight are let finish
     (they are idempotent), then the error propagates.
     """
-    commit = ray.remote(num_cpus=0)(output_commit.commit_pixel)
-    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
-    staged: Counter[int] = Counter()
-    pending: dict[Any, int] = {}
-    done: set[int] = set()
-    last_log = time.monotonic()
 
-    def collect(block: bool) -> None:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if block else 0)
+    config: PipelineConfig
+    plan: Plan
+    fs: Any
+    t0: float
+    """``time.monotonic()`` at the start of the run, for the progress rate."""
+    counters: Counter[str] = dataclasses.field(default_factory=Counter)
+    """The receipts' counters, summed (the summary's class and flag counts)."""
+    staged: Counter[int] = dataclasses.field(default_factory=Counter)
+    """Rows staged so far per pixel."""
+    pending: dict[Any, int] = dataclasses.field(default_factory=dict)
+    """Commit tasks in flight -> their pixel."""
+    done: set[int] = dataclasses.field(default_factory=set)
+    """Pixels committed."""
+    crash_after: int = dataclasses.field(
+        default_factory=lambda: int(os.environ.get(CRASH_ENV, "0") or 0)
+    )
+    last_log: float = dataclasses.field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self._commit = ray.remote(num_cpus=0)(output_commit.commit_pixel)
+
+    def run(self, ds: Any) -> None:
+        """Consume the dataset's receipts to the end; raise if a pixel did not complete."""
+        stream = ds.iter_batches(batch_format="pandas", batch_size=None)
+        try:
+            for receipts in stream:
+                for rec in receipts.to_dict("records"):
+                    self.receive(rec)
+                self.collect(block=False)
+                self.log_progress()
+            while self.pending:
+                self.collect(block=True)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # shuts the executor down now, not when the traceback is collected
+            if self.pending:
+                ray.wait(list(self.pending), num_returns=len(self.pending), timeout=120)
+        self.check_complete()
+
+    def receive(self, rec: dict[str, Any]) -> None:
+        """Count one receipt; start the pixel's commit when its staged rows reach the plan."""
+        pixel = int(rec["pixel"])
+        self.staged[pixel] += int(rec["rows"])
+        self.counters.update({k: int(rec[k]) for k in COUNTERS})
+        expected = int(self.plan.counts[pixel])
+        if self.staged[pixel] > expected:
+            raise PipelineError(
+                f"pixel {pixel}: {self.staged[pixel]} rows staged, {expected} planned"
+            )
+        if self.staged[pixel] == expected:
+            while len(self.pending) >= self.config.commit_concurrency:
+                self.collect(block=True)
+            task = self._commit.remote(
+                self.config.output, self.plan.order, pixel, expected, self.fs
+            )
+            self.pending[task] = pixel
+
+    def collect(self, block: bool) -> None:
+        """Record finished commits (waiting for one if ``block``); raise a commit's error."""
+        while self.pending:
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=None if block else 0)
             if not ready:
                 return
             ray.get(ready[0])  # raises the commit's error, if any
-            done.add(pending.pop(ready[0]))
-            if crash_after and len(done) >= crash_after:
-                raise RuntimeError(f"{CRASH_ENV}={crash_after}: simulated crash")
+            self.done.add(self.pending.pop(ready[0]))
+            if self.crash_after and len(self.done) >= self.crash_after:
+                raise RuntimeError(f"{CRASH_ENV}={self.crash_after}: simulated crash")
             block = False
 
-    def receive(rec: dict[str, Any]) -> None:
-        pixel = int(rec["pixel"])
-        staged[pixel] += int(rec["rows"])
-        counters.update({k: int(rec[k]) for k in COUNTERS})
-        expected = int(plan.counts[pixel])
-        if staged[pixel] > expected:
-            raise PipelineError(f"pixel {pixel}: {staged[pixel]} rows staged, {expected} planned")
-        if staged[pixel] == expected:
-            while len(pending) >= config.commit_concurrency:
-                collect(block=True)
-            pending[commit.remote(config.output, plan.order, pixel, expected, fs)] = pixel
-
-    stream = ds.iter_batches(batch_format="pandas", batch_size=None)
-    try:
-        for receipts in stream:
-            for rec in receipts.to_dict("records"):
-                receive(rec)
-            collect(block=False)
-            if time.monotonic() - last_log >= config.progress_interval_s:
-                last_log = time.monotonic()
-                rows = sum(staged.values())
-                logger.info(
-                    "progress: %d/%d pixels committed, %s sources, %.0f sources/s",
-                    len(done),
-                    len(plan.todo),
-                    f"{rows:,}",
-                    rows / max(last_log - t0, 1e-9),
-                )
-        while pending:
-            collect(block=True)
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()  # shuts the executor down now, not when the traceback is collected
-        if pending:
-            ray.wait(list(pending), num_returns=len(pending), timeout=120)
-    missing = {p: (staged[p], plan.counts[p]) for p in plan.todo if p not in done}
-    if missing:
-        raise PipelineError(
-            f"{len(missing)} pixels did not receive all their rows (staged, planned): "
-            f"{dict(list(missing.items())[:5])}; rerun to resume them"
+    def log_progress(self) -> None:
+        """A progress line every ``config.progress_interval_s``."""
+        if time.monotonic() - self.last_log < self.config.progress_interval_s:
+            return
+        self.last_log = time.monotonic()
+        rows = sum(self.staged.values())
+        logger.info(
+            "progress: %d/%d pixels committed, %s sources, %.0f sources/s",
+            len(self.done),
+            len(self.plan.todo),
+            f"{rows:,}",
+            rows / max(self.last_log - self.t0, 1e-9),
         )
+
+    def check_complete(self) -> None:
+        """Raise if a pixel of the plan was not committed (rows went missing)."""
+        plan = self.plan
+        missing = {p: (self.staged[p], plan.counts[p]) for p in plan.todo if p not in self.done}
+        if missing:
+            raise PipelineError(
+                f"{len(missing)} pixels did not receive all their rows (staged, planned): "
+                f"{dict(list(missing.items())[:5])}; rerun to resume them"
+            )

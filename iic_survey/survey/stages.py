@@ -1,4 +1,13 @@
-"""TODO docstring for survey.stages (from pipeline)."""
+"""The Ray Data stages of a classification run, and the lazy dataset that chains them.
+
+:class:`PixelReader` turns a planned read unit into ``coadd_id``-sorted chunks of one pixel;
+:class:`~iic_survey.stamps.maker.StampMaker` cuts and colours their stamps;
+:class:`~iic_survey.survey.classify.Classify` (an actor pool, the model loaded once) makes the
+result rows; :class:`PartWriter` stages each chunk as a part file and returns a small receipt
+(pixel, part, rows, :data:`COUNTERS`). :func:`build_dataset` wires them together, sizing the
+inference pool (:func:`inference_resources`) and the chunks (:func:`chunk_rows`) to the cluster;
+nothing is read or written until the driver (:mod:`iic_survey.survey.run`) consumes it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray
+from ray.data import ActorPoolStrategy
 
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
@@ -22,11 +33,7 @@ from iic_survey.model.directory import load_model_dir
 from iic_survey.output import writer as output
 from iic_survey.stamps.cutouts import CutoutConfig
 from iic_survey.stamps.maker import StampMaker
-from iic_survey.survey.classify import (
-    RESULT_COLUMNS,
-    Classify,
-    model_version,
-)
+from iic_survey.survey.classify import RESULT_COLUMNS, Classify, model_version
 from iic_survey.survey.config import CPU_MODEL_BATCH, GPU_MODEL_BATCH, PipelineConfig, PipelineError
 from iic_survey.survey.plan import Plan, assign_pixels, plan_run
 
@@ -121,7 +128,7 @@ def _counters(rows: pd.DataFrame) -> dict[str, int]:
 
 
 @dataclasses.dataclass
-class _Inputs:
+class Inputs:
     """What the driver opens once: the catalog, the output's filesystem, the model's identity."""
 
     catalog: Any
@@ -130,8 +137,9 @@ class _Inputs:
     rgb: dict[str, Any]
 
 
-def _open_inputs(config: PipelineConfig) -> _Inputs:
-
+def open_inputs(config: PipelineConfig) -> Inputs:
+    """Check and open what a run reads: the model directory (its identity and RGB), the catalog
+    (its schema) and the output's filesystem."""
     if not os.path.isdir(config.model_dir) or not os.path.exists(
         os.path.join(config.model_dir, "model.json")
     ):
@@ -147,11 +155,11 @@ def _open_inputs(config: PipelineConfig) -> _Inputs:
     fs = None
     if config.output.startswith("s3://") and config.endpoint_url:
         fs = storage.make_filesystem(config.output, endpoint_url=config.endpoint_url)[0]
-    return _Inputs(cat, fs, model_version(bundle), dict(bundle.rgb or {}))
+    return Inputs(cat, fs, model_version(bundle), dict(bundle.rgb or {}))
 
 
 def _stamp_maker(config: PipelineConfig, rgb_params: Mapping[str, Any]) -> Any:
-
+    """The cutout + RGB stage, configured for the run's images and the model's RGB."""
     cut = CutoutConfig(
         method=config.cutout_mode,
         max_workers=config.cutout_threads,
@@ -165,8 +173,6 @@ def _stamp_maker(config: PipelineConfig, rgb_params: Mapping[str, Any]) -> Any:
 
 def inference_resources(config: PipelineConfig) -> tuple[int, float]:
     """(actors, GPUs per actor) for the inference pool, from the cluster's resources."""
-    import ray
-
     res = ray.cluster_resources()
     gpus, cpus = float(res.get("GPU", 0.0)), float(res.get("CPU", 1.0))
     per = (
@@ -192,18 +198,17 @@ def chunk_rows(config: PipelineConfig, actors: int) -> int:
     """``config.chunk_size``, or the largest chunk (128..2048 rows) of which eight per inference
     actor fit in half the object store (Ray Data's share): big chunks amortise task overheads,
     but too few in flight starve the actors (measured: bench/RESULTS.md, Pipeline)."""
-    import ray
-
     if config.chunk_size is not None:
         return int(config.chunk_size)
     store = float(ray.cluster_resources().get("object_store_memory", 8e9))
     return int(np.clip(store / 2 / (8 * max(actors, 1) * IMAGE_BYTES_PER_ROW), 128, 2048))
 
 
-def _dataset(config: PipelineConfig, inputs: _Inputs, plan: Plan) -> Any:
-    import ray
-    from ray.data import ActorPoolStrategy
+def build_dataset(config: PipelineConfig, inputs: Inputs, plan: Plan) -> Any:
+    """The lazy dataset of a planned run: read -> stamps -> classify -> staged parts.
 
+    Its rows are the receipts of the staged parts; executing it commits nothing.
+    """
     # Errors raised in our stages (a corrupt partition, a missing column) reach the driver as
     # themselves, not wrapped in Ray's UserCodeException, so the job can name the problem.
     ray.data.DataContext.get_current().raise_original_map_exception = True
@@ -252,11 +257,11 @@ def build_pipeline(config: PipelineConfig) -> tuple[Plan, Any]:
 
     Reads only the output's commit markers (for resume) and the catalog's counts; writes
     nothing until the dataset is executed. Executing it stages parts but commits nothing:
-    :func:`run_pipeline` does that (and prepares the output first).
+    :func:`~iic_survey.survey.run.run_pipeline` does that (and prepares the output first).
     """
-    inputs = _open_inputs(config)
+    inputs = open_inputs(config)
     finished: list[int] = []
     if not config.overwrite:
         finished = output.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
     plan = plan_run(config, inputs.catalog, finished)
-    return plan, _dataset(config, inputs, plan)
+    return plan, build_dataset(config, inputs, plan)
