@@ -163,7 +163,7 @@ def stage_costs(
     from iic_survey.output import writer as output
     from iic_survey.stamps.cutouts import CutoutConfig
     from iic_survey.stamps.maker import StampMaker
-    from iic_survey.survey.classify import Classify, result_rows
+    from iic_survey.survey.classify import Classify, Scoring, result_rows
     from iic_survey.survey.config import CPU_MODEL_BATCH
     from iic_survey.survey.stages import PartWriter, PixelReader
 
@@ -197,10 +197,12 @@ def stage_costs(
                 m,
                 np.zeros((len(m["cntr"]), 3)),
                 None,
-                temperature=1.0,
-                confidence_threshold=0.6,
-                ood_threshold=None,
-                model_version="bench",
+                Scoring(
+                    temperature=1.0,
+                    confidence_threshold=0.6,
+                    ood_threshold=None,
+                    model_version="bench",
+                ),
             )
         )
         for m in made
