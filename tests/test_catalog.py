@@ -23,7 +23,7 @@ from astropy.coordinates import SkyCoord
 from fsspec.implementations.local import LocalFileSystem
 
 from iic_survey.core import sky
-from iic_survey.inputs import allwise_schema, storage
+from iic_survey.inputs import allwise_schema, partitions, storage
 from iic_survey.inputs import catalog as cat
 from tests.fixtures.s3 import BUCKET, RequestLog, upload_tree
 
@@ -304,7 +304,7 @@ def test_corrupt_file_is_named(damage: str, tmp_path: Path) -> None:
     c = cat.open_catalog(str(tmp_path))
     assert len(c.read_pixel(0, 5)) == 40  # the others still read
     for pixel, order in ((1, 5), (0, 4)):
-        with pytest.raises(cat.CorruptPartitionError, match="healpix_k5=1/part0") as err:
+        with pytest.raises(partitions.CorruptPartitionError, match="healpix_k5=1/part0") as err:
             c.read_pixel(pixel, order)
         assert err.value.path.endswith(rel(1))
 
@@ -312,7 +312,7 @@ def test_corrupt_file_is_named(damage: str, tmp_path: Path) -> None:
 def test_corrupt_metadata_is_named(tmp_path: Path) -> None:
     write_catalog(tmp_path, pixels=(0,))
     (tmp_path / "_common_metadata").write_bytes(b"garbage" * 10)
-    with pytest.raises(cat.CorruptPartitionError, match="_common_metadata"):
+    with pytest.raises(partitions.CorruptPartitionError, match="_common_metadata"):
         cat.open_catalog(str(tmp_path))
 
 
@@ -354,15 +354,6 @@ def test_memory_filesystem(local: tuple[Path, dict[int, pa.Table]]) -> None:
         np.testing.assert_array_equal(c.pixels(), sorted(tables))
     finally:
         mem.rm("/iic-test-cat", recursive=True)
-
-
-def test_angular_separation_matches_astropy() -> None:
-    rng = np.random.default_rng(1)
-    ra, dec = rng.uniform(0, 360, 500), np.degrees(np.arcsin(rng.uniform(-1, 1, 500)))
-    for ra0, dec0 in ((0.0, 0.0), (359.9, -89.99), (123.4, 45.6)):
-        ours = cat.angular_separation_deg(ra0, dec0, ra, dec)
-        ref = SkyCoord(ra0 * u.deg, dec0 * u.deg).separation(SkyCoord(ra * u.deg, dec * u.deg))
-        np.testing.assert_allclose(ours, ref.deg, rtol=0, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The AllWISE catalog's column contract: which columns exist, which are needed, of what type.
 
-A catalog opened by :mod:`iic_survey.catalog` (IRSA's, a copy, or a synthetic sky) is checked
+A catalog opened by :mod:`iic_survey.inputs.catalog` (IRSA's, a copy, or a synthetic sky) is checked
 against this before any work starts: :data:`REQUIRED_COLUMNS` must be there for any read,
 :data:`PIPELINE_COLUMNS` for a classification run, and every known column must have the kind
 of type in :data:`COLUMN_KINDS` (any width of that kind). Errors name what is missing and,
@@ -9,11 +9,11 @@ where a column of a close name exists, suggest it.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 
+from iic_survey.core.config import closest
 from iic_survey.inputs.storage import CatalogError
 
 PIPELINE_COLUMNS: tuple[str, ...] = (
@@ -87,7 +87,7 @@ def check_schema(schema: pa.Schema, required: Iterable[str], where: str) -> None
     if missing:
         raise CatalogSchemaError(
             f"catalog {where} lacks required column(s) {missing}; it has {len(names)} columns"
-            f"{did_you_mean(missing, names)}"
+            f"{suggest_columns(missing, names)}"
         )
     wrong = [
         f"{f.name}: {f.type} (expected {COLUMN_KINDS[f.name]})"
@@ -98,12 +98,12 @@ def check_schema(schema: pa.Schema, required: Iterable[str], where: str) -> None
         raise CatalogSchemaError(f"catalog {where} has columns of the wrong type: {wrong}")
 
 
-def did_you_mean(missing: Sequence[str], names: Iterable[str]) -> str:
-    """`` (did you mean: 'a' -> 'b'?)`` for the missing names with a close match, else ``""``."""
+def suggest_columns(missing: Sequence[str], names: Iterable[str]) -> str:
+    """`` (did you mean: 'a' -> 'b'?)`` for the missing names with a close match, else ``""``.
+
+    The catalog's errors list several missing columns at once, so the hint pairs each with its
+    closest name (:func:`iic_survey.core.config.closest`).
+    """
     names = list(names)
-    hints = []
-    for m in missing:
-        close = difflib.get_close_matches(m, names, n=1)
-        if close:
-            hints.append(f"{m!r} -> {close[0]!r}")
+    hints = [f"{m!r} -> {near!r}" for m in missing if (near := closest(m, names)) is not None]
     return f" (did you mean: {', '.join(hints)}?)" if hints else ""

@@ -1,6 +1,6 @@
 """Where the AllWISE Atlas tiles live and how to open them: local disk, S3 or HTTPS.
 
-The tile store, all transport and no geometry (cutting stamps is :mod:`iic_survey.cutouts`):
+The tile store, all transport and no geometry (cutting stamps is :mod:`iic_survey.stamps.cutter`):
 
 * :class:`TileArchive` names and opens Atlas tiles ``{cid}-w{b}-int-3.fits`` under a
   ``p3am_cdd`` root that is a local directory, an ``s3://`` prefix or an ``https://`` URL (IRSA's
@@ -10,17 +10,14 @@ The tile store, all transport and no geometry (cutting stamps is :mod:`iic_surve
   rows it needs.
 * :func:`tile_key` and :func:`normalize_coadd_id` name tiles as IRSA lays them out;
   :func:`tile_geometry` checks a tile header (2-D image, celestial WCS, ``MAGZP``).
-* :class:`RetryPolicy` and :func:`retrying` retry network reads with jittered exponential
-  back-off.
-
-Errors: :class:`TileMissing` (no such tile), :class:`TileCorrupt` (truncated, not FITS, no
-celestial WCS, no ``MAGZP``), :class:`TileFetchError` (network fault that may pass: retry) and
-:class:`ArchiveAccessDenied` (the archive refuses us: a configuration problem, never flagged
-per row, always raised with what to do about it).
+* :meth:`TileArchive.classify_error` turns a low-level read error into one of the archive's
+  errors (:mod:`iic_survey.inputs.errors`): :class:`~iic_survey.inputs.errors.TileMissing`,
+  :class:`~iic_survey.inputs.errors.TileCorrupt`, :class:`~iic_survey.inputs.errors.TileFetchError`
+  (may pass: retried by :mod:`iic_survey.inputs.retry`) or
+  :class:`~iic_survey.inputs.errors.ArchiveAccessDenied` (always raised, with what to do).
 
 IRSA's services (the per-source IBE cutout client and the SIA v2 tile look-up) live in
-:mod:`iic_survey.ibe`, which builds on this module; their names are re-exported here, lazily,
-so that ``from iic_survey.archive import CutoutService`` keeps working without an import cycle.
+:mod:`iic_survey.inputs.ibe`, which builds on this module.
 """
 
 from __future__ import annotations
@@ -46,7 +43,7 @@ from iic_survey.inputs.errors import (
     TileFetchError,
     TileMissing,
 )
-from iic_survey.inputs.retry import NETWORK_ERRORS, _chain, _is_denied, _status
+from iic_survey.inputs.retry import NETWORK_ERRORS, error_chain, http_status, is_denied
 
 IRSA_S3_URL = "s3://nasa-irsa-wise/wise/allwise/images/p3am_cdd"
 """The AllWISE Atlas images in IRSA's public bucket (us-west-2, anonymous)."""
@@ -54,7 +51,6 @@ IRSA_IBE_URL = "https://irsa.ipac.caltech.edu/ibe/data/wise/allwise/p3am_cdd"
 """The same files through IRSA's image server, which also cuts them on request."""
 
 _COADD_RE = re.compile(r"(\d{4}[pm]\d{3})(_ac51)?$")
-"""Names that moved to :mod:`iic_survey.ibe` and are still served from here."""
 
 
 def normalize_coadd_id(coadd_id: object) -> str:
@@ -227,7 +223,7 @@ class TileArchive:
         try:
             return bool(self._fs().exists(url))
         except Exception as exc:
-            if _is_denied(exc):
+            if is_denied(exc):
                 raise self._denied(url, exc) from exc
             raise TileFetchError(f"{url}: {exc}") from exc
 
@@ -274,14 +270,14 @@ class TileArchive:
 
     def classify_error(self, url: str, exc: BaseException) -> ArchiveError:
         """The archive error that a low-level read error on ``url`` stands for."""
-        if _is_denied(exc):
+        if is_denied(exc):
             return self._denied(url, exc)
-        status = _status(exc)
+        status = http_status(exc)
         if status == 404 or (status is None and isinstance(exc, FileNotFoundError)):
             return TileMissing(f"{url}: not in the archive")
         if self.kind != "local" and (
             (status is not None and (status == 429 or status >= 500))
-            or (status is None and any(isinstance(e, NETWORK_ERRORS) for e in _chain(exc)))
+            or (status is None and any(isinstance(e, NETWORK_ERRORS) for e in error_chain(exc)))
         ):
             return TileFetchError(f"{url}: {type(exc).__name__}: {exc} (HTTP {status})")
         return TileCorrupt(f"{url}: unreadable FITS ({type(exc).__name__}: {exc})")

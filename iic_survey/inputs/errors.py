@@ -1,4 +1,12 @@
-"""TODO docstring for inputs.errors (from archive)."""
+"""The image archive's errors: what can go wrong with a tile, as types a caller can act on.
+
+Reading Atlas tiles (:mod:`iic_survey.inputs.archive`), cutting stamps from them and asking IBE
+for cutouts (:mod:`iic_survey.inputs.ibe`) all raise these. Each also derives from the builtin
+that fits (``FileNotFoundError``, ``ValueError``, ``OSError``, ``PermissionError``), so generic
+handlers keep working. :class:`TileMissing` and :class:`TileCorrupt` become per-row quality
+flags, :class:`TileFetchError` is retried, and :class:`ArchiveAccessDenied` is always raised:
+it is a configuration problem, not a fault of one row.
+"""
 
 from __future__ import annotations
 

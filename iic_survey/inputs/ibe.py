@@ -1,20 +1,20 @@
 """IRSA's services for AllWISE Atlas images: per-source cutouts from IBE and SIA v2 tile look-up.
 
-Two clients of IRSA's web services, next to the tile store of :mod:`iic_survey.archive` (which
-names and opens whole tiles; this module asks IRSA's servers to do part of the work):
+Two clients of IRSA's web services, next to the tile store of :mod:`iic_survey.inputs.archive`
+(which names and opens whole tiles; this module asks IRSA's servers to do part of the work):
 
 * :class:`CutoutService` asks IBE (IRSA's image server) for one small cutout per source and band
   (``{tile_url}?center=ra,dec&size=50arcsec&gzip=false``), for source lists too small to be worth
   reading tiles: bounded threads, a request limit per host, time-outs and bounded retries with
-  jittered exponential back-off (:class:`~iic_survey.archive.RetryPolicy`). Per-source faults
-  come back as a :class:`CutoutResult` status, never as an exception in the middle of a batch;
-  only :class:`~iic_survey.archive.ArchiveAccessDenied` (the server refuses us) is raised.
-  :class:`ServiceConfig` holds its settings.
+  jittered exponential back-off (:class:`~iic_survey.inputs.retry.RetryPolicy`). Per-source
+  faults come back as a :class:`CutoutResult` status, never as an exception in the middle of a
+  batch; only :class:`~iic_survey.inputs.errors.ArchiveAccessDenied` (the server refuses us) is
+  raised. :class:`ServiceConfig` holds its settings.
 * :func:`sia_lookup` finds the tiles holding a position with an SIA v2 query (pyvo), for
-  positions that arrive without a ``coadd_id``.
+  positions that arrive without a ``coadd_id``; :class:`SiaOptions` holds the query's settings.
 
-This module imports :mod:`iic_survey.archive` (errors, retry policy, header checks), never the
-other way round; ``archive`` re-exports these names lazily for older callers.
+This module builds on :mod:`iic_survey.inputs.archive` (header checks), never the other way
+round.
 """
 
 from __future__ import annotations
@@ -247,15 +247,25 @@ class _TimeoutSession(requests.Session):
         return super().request(*args, **kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class SiaOptions:
+    """How :func:`sia_lookup` queries the SIA v2 service."""
+
+    collection: str = "wise_allwise"
+    """The SIA collection of the AllWISE Atlas images."""
+    radius_deg: float = 1.0 / 3600.0
+    """Radius of the search around each position."""
+    timeout_s: float = 60.0
+    """Time-out of each HTTP request (pyvo sets none of its own)."""
+
+
 def sia_lookup(
     ra: float | Sequence[float] | np.ndarray,
     dec: float | Sequence[float] | np.ndarray,
     url: str = IRSA_SIA_URL,
     *,
-    collection: str = "wise_allwise",
     bands: Sequence[int] = (1, 2, 3),
-    radius_deg: float = 1.0 / 3600.0,
-    timeout_s: float = 60.0,
+    options: SiaOptions | None = None,
 ) -> pd.DataFrame:
     """The Atlas tiles that hold each position, from an SIA v2 query per position.
 
@@ -274,13 +284,14 @@ def sia_lookup(
     decs = np.atleast_1d(np.asarray(dec, dtype=np.float64))
     if ras.shape != decs.shape:
         raise ValueError("ra and dec must have the same shape")
+    opts = options or SiaOptions()
     names = {f"W{b}": b for b in bands}
-    service = pyvo.dal.SIA2Service(url, session=_TimeoutSession(timeout_s))
+    service = pyvo.dal.SIA2Service(url, session=_TimeoutSession(opts.timeout_s))
     rows: list[dict[str, Any]] = []
     for i, (r, d) in enumerate(zip(ras, decs, strict=True)):
         if not (np.isfinite(r) and np.isfinite(d) and abs(d) <= 90):
             continue
-        table = service.search(pos=(r, d, radius_deg), collection=collection).to_table()
+        table = service.search(pos=(r, d, opts.radius_deg), collection=opts.collection).to_table()
         if len(table) == 0:
             continue
         here = SkyCoord(r, d, unit="deg")

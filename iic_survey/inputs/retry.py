@@ -1,4 +1,13 @@
-"""TODO docstring for inputs.retry (from archive)."""
+"""Retrying network reads, and reading an error's cause chain to decide what it means.
+
+Remote tiles and IBE cutouts fail now and then for reasons that pass (time-outs, 5xx, short
+reads). :class:`RetryPolicy` bounds the retries and spaces them with jittered exponential
+back-off; :func:`retrying` applies it to a call, retrying only
+:class:`~iic_survey.inputs.errors.TileFetchError` so that a missing, corrupt or refused tile
+reaches the caller at once. fsspec and aiohttp wrap HTTP errors in other exceptions, so
+:func:`error_chain`, :func:`http_status` and :func:`is_denied` look through an error's causes;
+:data:`NETWORK_ERRORS` lists the exception types of a failing connection.
+"""
 
 from __future__ import annotations
 
@@ -69,7 +78,7 @@ except ImportError:  # pragma: no cover
     pass
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and its causes (fsspec wraps HTTP errors in a bare FileNotFoundError)."""
     seen: set[int] = set()
     cur: BaseException | None = exc
@@ -79,13 +88,16 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
-def _status(exc: BaseException) -> int | None:
-    for e in _chain(exc):
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status carried by ``exc`` or one of its causes, if any."""
+    for e in error_chain(exc):
         status = getattr(e, "status", None)
         if isinstance(status, int):
             return status
     return None
 
 
-def _is_denied(exc: BaseException) -> bool:
-    return any(isinstance(e, PermissionError) for e in _chain(exc)) or _status(exc) in (401, 403)
+def is_denied(exc: BaseException) -> bool:
+    """Whether ``exc`` means the storage refused us (a PermissionError, HTTP 401 or 403)."""
+    refused = any(isinstance(e, PermissionError) for e in error_chain(exc))
+    return refused or http_status(exc) in (401, 403)

@@ -8,7 +8,7 @@ credentials. :func:`arrow_filesystem` hands such a filesystem to pyarrow without
 caching, and :func:`access_errors` turns a refused request into one clear
 :class:`CatalogAccessError`.
 
-The catalog's error base class lives here too, below :mod:`iic_survey.catalog`, because an
+The catalog's error base class lives here too, below :mod:`iic_survey.inputs.catalog`, because an
 access error is one of the catalog's errors and this module imports nothing of ours.
 """
 

@@ -1,4 +1,12 @@
-"""TODO docstring for inputs.tile_header (from tiles)."""
+"""What an Atlas tile's FITS header says: its WCS, zero points and identity, computed from its id.
+
+Built on the tile grid of :mod:`iic_survey.inputs.tiles`: :func:`tile_wcs` gives a tile's
+celestial WCS (SIN, north up, 1.375"/px), optionally moved to a :class:`Crop` of the tile, and
+:func:`tile_header` a realistic AllWISE "int-3" intensity header for one tile and band (WCS,
+``MAGZP``/``MAGZPUNC`` from :data:`MAGZP`, band, wavelength, ``COADDID``, the centre in
+ecliptic and Galactic coordinates). The synthetic sky writes its tiles with these headers, so
+the pipeline reads them exactly as it reads IRSA's.
+"""
 
 from __future__ import annotations
 

@@ -1,18 +1,10 @@
-"""Cut many 50″ W1/W2/W3 stamps out of Atlas tiles, reading each tile and band once.
+"""Cutting stamps: the settings, the batch result and the pixel arithmetic of one image.
 
-A batch of sources (``ra``, ``dec``, usually ``coadd_id``; ``cntr``, ``wx``, ``wy`` are carried
-but not needed) goes through three steps:
-
-1. **Choose a tile per source.** The catalog's ``coadd_id`` is used when the whole stamp fits on
-   it. Otherwise (near an edge, tile missing or unreadable, or no ``coadd_id``) the tiles that
-   hold the position are asked for (:func:`iic_survey.tiles.tiles_containing`, or SIA v2), their
-   W1 headers are read, and the one on which the source lies furthest from the edge wins; it
-   must exist in the archive. Atlas tiles overlap by ~2.5′, so most edge sources find a tile
-   that holds their whole stamp.
-2. **Read each (tile, band) once** and cut all of that tile's sources from it: a local tile is
-   memory-mapped and indexed in place; a remote tile is read with ``.section`` over the rows the
-   stamps need (one window when the sources are dense, a few when far apart in y).
-3. **Flag** each source with :class:`~iic_survey.flags.QualityFlag` bits instead of dropping it.
+:class:`CutoutConfig` says how stamps are cut (size, bands, tiles or the IBE service, how a
+source without a ``coadd_id`` finds its tile), :class:`Stamps` holds a batch's stamps row for
+row with its :class:`~iic_survey.core.flags.QualityFlag` bits, and :func:`cut_stamps` cuts
+stamps out of one image, or out of a window of its rows, NaN past the edges. Choosing tiles and
+reading them for a whole batch is :func:`iic_survey.stamps.cutter.cut_sources`.
 
 Pixel convention: astropy's ``world_to_pixel`` gives 0-based pixel coordinates whose integer
 values are pixel centres (FITS pixel ``n`` is 0-based ``n - 1``; the catalog's ``wx`` is
@@ -26,9 +18,6 @@ Pixels are in DN as stored; pixels off the image are NaN.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,23 +25,15 @@ import numpy as np
 import pandas as pd
 
 from iic_survey.core import sky
+from iic_survey.core.config import check_choice
 from iic_survey.core.constants import BANDS
 from iic_survey.inputs.ibe import IRSA_SIA_URL, ServiceConfig
 from iic_survey.inputs.retry import RetryPolicy
-
-logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("ra", "dec")
 """Columns a batch must have; ``coadd_id`` is used when present."""
 _METHODS = ("tiles", "service")
 _LOOKUPS = ("grid", "sia", "none")
-
-
-def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        near = difflib.get_close_matches(value, allowed, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}{hint}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +74,8 @@ class CutoutConfig:
         if not bands or any(b not in (1, 2, 3, 4) for b in bands) or len(set(bands)) < len(bands):
             raise ValueError(f"bands must be distinct WISE bands 1..4, got {self.bands!r}")
         object.__setattr__(self, "bands", bands)
-        _choice("method", self.method, _METHODS)
-        _choice("tile_lookup", self.tile_lookup, _LOOKUPS)
+        check_choice("method", self.method, _METHODS)
+        check_choice("tile_lookup", self.tile_lookup, _LOOKUPS)
         if self.max_workers < 1 or self.merge_gap_rows < 0:
             raise ValueError("max_workers must be >= 1 and merge_gap_rows >= 0")
 
@@ -112,7 +93,7 @@ class Stamps:
     stamps: np.ndarray
     """float32 (N, B, S, S) in DN; NaN off the image or where a band is missing."""
     flags: np.ndarray
-    """uint32 (N,) :class:`~iic_survey.flags.QualityFlag` bits."""
+    """uint32 (N,) :class:`~iic_survey.core.flags.QualityFlag` bits."""
     tile: np.ndarray
     """(N,) object: the ``coadd_id`` each stamp was cut from (``''`` if none)."""
     offset: np.ndarray
@@ -127,19 +108,7 @@ class Stamps:
         return len(self.stamps)
 
 
-_WARN_LOCK = threading.Lock()
-_WARNED: set[tuple[str, ...]] = set()
-
-
-def _warn_once(key: tuple[str, ...], message: str) -> None:
-    with _WARN_LOCK:
-        if key in _WARNED or len(_WARNED) > 100_000:
-            return
-        _WARNED.add(key)
-    logger.warning(message)
-
-
-def _coordinates(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def batch_positions(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ra, dec (float64) and a mask of usable positions; raise on missing columns."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:

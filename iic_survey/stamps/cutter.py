@@ -1,8 +1,29 @@
-"""TODO docstring for stamps.cutter (from cutouts)."""
+"""Cutting a batch of sources into stamps, reading each Atlas tile and band once.
+
+:func:`cut_sources` takes a batch (``ra``, ``dec``, usually ``coadd_id``; ``cntr``, ``wx``,
+``wy`` are carried but not needed) through three steps:
+
+1. **Choose a tile per source.** The catalog's ``coadd_id`` is used when the whole stamp fits on
+   it. Otherwise (near an edge, tile missing or unreadable, or no ``coadd_id``) the tiles that
+   hold the position are asked for (:func:`iic_survey.inputs.tiles.tile_candidates`, or SIA
+   v2), their W1 headers are read, and the one on which the source lies furthest from the edge
+   wins; it must exist in the archive. Atlas tiles overlap by ~2.5′, so most edge sources find
+   a tile that holds their whole stamp.
+2. **Read each (tile, band) once** and cut all of that tile's sources from it: a local tile is
+   memory-mapped and indexed in place; a remote tile is read with ``.section`` over the rows the
+   stamps need (one window when the sources are dense, a few when far apart in y). With
+   ``method="service"`` IBE cuts each stamp instead (:class:`~iic_survey.inputs.ibe.CutoutService`).
+3. **Flag** each source with :class:`~iic_survey.core.flags.QualityFlag` bits instead of
+   dropping it: tile faults, off-edge stamps, NaN, blank and saturated stamps.
+
+The settings, the result type and the pixel convention are in :mod:`iic_survey.stamps.cutouts`.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +38,24 @@ from iic_survey.inputs.archive import TileArchive, TileGeometry, normalize_coadd
 from iic_survey.inputs.errors import ArchiveError, TileMissing
 from iic_survey.inputs.ibe import CutoutService, sia_lookup
 from iic_survey.inputs.retry import NETWORK_ERRORS, retrying
-from iic_survey.stamps.cutouts import CutoutConfig, Stamps, _coordinates, _warn_once, cut_stamps
+from iic_survey.stamps.cutouts import CutoutConfig, Stamps, batch_positions, cut_stamps
+
+logger = logging.getLogger(__name__)
 
 _READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, *NETWORK_ERRORS)
 """What a pixel read of a damaged file or a failing connection raises."""
+
+_WARN_LOCK = threading.Lock()
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def _warn_once(key: tuple[str, ...], message: str) -> None:
+    """Log ``message`` once per ``key`` in the process (a bad tile is met by many batches)."""
+    with _WARN_LOCK:
+        if key in _WARNED or len(_WARNED) > 100_000:
+            return
+        _WARNED.add(key)
+    logger.warning(message)
 
 
 def cut_sources(
@@ -52,19 +87,12 @@ def cut_sources(
     ------
     ValueError
         If ``ra`` or ``dec`` is missing, or ``method="service"`` with a non-HTTP archive.
-    iic_survey.archive.ArchiveAccessDenied
+    iic_survey.inputs.errors.ArchiveAccessDenied
         If the archive refuses access (not a per-row fault).
     """
     cfg = config or CutoutConfig()
-    ra, dec, ok = _coordinates(df)
-    n, nb, size = len(ra), len(cfg.bands), cfg.size_px
-    out = Stamps(
-        stamps=np.full((n, nb, size, size), np.nan, dtype=np.float32),
-        flags=np.where(ok, 0, int(Q.BAD_COORDINATES)).astype(np.uint32),
-        tile=np.full(n, "", dtype=object),
-        offset=np.full((n, 2), np.nan, dtype=np.float32),
-    )
-    read_ok = np.zeros((n, nb), dtype=bool)
+    ra, dec, ok = batch_positions(df)
+    n = len(ra)
     if "coadd_id" in df.columns:
         ids = df["coadd_id"].astype(object)
         known = {c: normalize_coadd_id(c) for c in pd.unique(ids)}  # a few tiles per batch
@@ -72,15 +100,15 @@ def cut_sources(
     else:
         primary = np.full(n, "", dtype=object)
     primary[~ok] = ""
-    cutter = _Cutter(archive, cfg, ra, dec, out, read_ok)
+    cutter = _Cutter(archive, cfg, ra, dec, ok)
     if cfg.method == "service":
         if archive.kind != "http":
             raise ValueError(f"method='service' needs an HTTP(S) archive, got {archive.root!r}")
         cutter.via_service(primary, ok, service or CutoutService(cfg.service))
     else:
         cutter.via_tiles(primary, ok)
-    _quality(out, read_ok, df, cfg)
-    return out
+    _quality(cutter.out, cutter.read_ok, df, cfg)
+    return cutter.out
 
 
 def _row_windows(iy: np.ndarray, h: int, ny: int, gap: int) -> list[tuple[int, int]]:
@@ -117,12 +145,19 @@ class _Cutter:
         cfg: CutoutConfig,
         ra: np.ndarray,
         dec: np.ndarray,
-        out: Stamps,
-        read_ok: np.ndarray,
+        ok: np.ndarray,
     ) -> None:
+        """Start a batch at (``ra``, ``dec``); rows not ``ok`` are flagged BAD_COORDINATES."""
         self.archive, self.cfg, self.ra, self.dec = archive, cfg, ra, dec
-        self.out, self.read_ok = out, read_ok
-        self.h = cfg.size_px // 2
+        n, nb, size = len(ra), len(cfg.bands), cfg.size_px
+        self.out = Stamps(
+            stamps=np.full((n, nb, size, size), np.nan, dtype=np.float32),
+            flags=np.where(ok, 0, int(Q.BAD_COORDINATES)).astype(np.uint32),
+            tile=np.full(n, "", dtype=object),
+            offset=np.full((n, 2), np.nan, dtype=np.float32),
+        )
+        self.read_ok = np.zeros((n, nb), dtype=bool)  # (N, B): the band was read for the row
+        self.h = size // 2
         self.geoms: dict[str, TileGeometry | ArchiveError] = {}
 
     # -- choosing tiles ----------------------------------------------------------------------

@@ -1,4 +1,11 @@
-"""TODO docstring for stamps.features (from rgb)."""
+"""The catalog's colour features and photometry flags: the model's input next to the image.
+
+:func:`catalog_features` turns AllWISE photometry (``w1mpro`` .. ``w3snr``) into the
+:data:`FEATURE_NAMES` columns (W1-W2, W2-W3, W1, their uncertainties, a W3-detected bit),
+NaN-free: missing values get the documented fills :data:`W2_W3_FILL`, :data:`SIGMA_FILL` and
+:data:`W1_FILL`. :func:`catalog_flags` says which rows had them (``W3_UNDETECTED``,
+``BAD_INPUT``). Pure numpy over a frame, no I/O, so training and inference share it.
+"""
 
 from __future__ import annotations
 

@@ -4,14 +4,15 @@ A :class:`StampMaker` takes a batch of catalog rows and returns the same rows, i
 with three columns added:
 
 * ``image``: float32 (N, 3, 80, 80), the W1/W2/W3 RGB tensor the network sees
-  (:func:`iic_survey.cutouts.cut_sources` then :func:`iic_survey.rgb.make_rgb`);
-* ``features``: float32 (N, F), the catalog features (:func:`iic_survey.rgb.catalog_features`);
+  (:func:`iic_survey.stamps.cutter.cut_sources` then :func:`iic_survey.stamps.rgb.make_rgb`);
+* ``features``: float32 (N, F), the catalog features
+  (:func:`iic_survey.stamps.features.catalog_features`);
 * ``quality_flags``: uint32 (N,), the cutout flags | the RGB flags | the catalog flags
-  (:func:`iic_survey.rgb.catalog_flags`: ``W3_UNDETECTED``, ``BAD_INPUT``) | any
+  (:func:`iic_survey.stamps.features.catalog_flags`: ``W3_UNDETECTED``, ``BAD_INPUT``) | any
   ``quality_flags`` the batch already carried.
 
-The training-set builder (:mod:`iic_survey.labels`) and the classification pipeline
-(:mod:`iic_survey.pipeline`) both call it, so the two cannot drift apart: what the model was
+The training-set builder (:mod:`iic_survey.training.build`) and the classification pipeline
+(:mod:`iic_survey.survey.stages`) both call it, so the two cannot drift apart: what the model was
 trained on is, byte for byte, what it is asked about. The object holds only small, picklable
 settings (the archive is a set of strings), so Ray ships it to tasks as it is; it opens tiles
 per call and loads nothing heavy.
@@ -40,7 +41,8 @@ ADDED_COLUMNS: tuple[str, ...] = ("image", "features", "quality_flags")
 class StampMaker:
     """Catalog rows -> rows + ``image``, ``features``, ``quality_flags`` (a Ray Data batch UDF).
 
-    Build one with :meth:`from_spec` (or directly from a :class:`~iic_survey.archive.TileArchive`).
+    Build one with :meth:`from_spec` (or directly from a
+    :class:`~iic_survey.inputs.archive.TileArchive`).
     Calling it is a pure function of the batch and the archive's files; it may be used as a
     ``map_batches`` function (Ray tasks) with ``batch_format="pandas"``.
     """
@@ -82,7 +84,7 @@ class StampMaker:
             ``"irsa"``, ``"s3"``, ``"s3://bucket/prefix"``, ``"https://.../p3am_cdd"``, a local
             directory (a synthetic sky root works), or a ready :class:`TileArchive`.
         cutout
-            Cutting settings (default :class:`~iic_survey.cutouts.CutoutConfig`).
+            Cutting settings (default :class:`~iic_survey.stamps.cutouts.CutoutConfig`).
         rgb_params
             RGB settings, as an object or the dict a model directory stores.
         endpoint_url, storage_options

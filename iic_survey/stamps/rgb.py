@@ -1,6 +1,8 @@
-"""RGB synthesis: W1/W2/W3 stamps in DN -> the model's 80x80 three-channel images, and the
-catalog colour features. Pure numpy, no I/O; the transform is fixed by :class:`RGBParams`,
-which is stored with the model so that training and inference cannot drift apart.
+"""RGB synthesis: W1/W2/W3 stamps in DN -> the model's 80x80 three-channel images.
+
+Pure numpy, no I/O; the transform is fixed by :class:`RGBParams`, which is stored with the
+model so that training and inference cannot drift apart. The catalog colour features that go
+with the images are in :mod:`iic_survey.stamps.features`.
 
 Channels are W1, W2, W3 -> 0, 1, 2 (R, G, B when displayed). Per stamp and band:
 
@@ -301,7 +303,7 @@ def make_rgb(
     images
         (N, 3, out_size, out_size) float32, NaN-free.
     flags
-        (N,) uint32 :class:`~iic_survey.flags.QualityFlag` bits (NAN_PIXELS, BLANK,
+        (N,) uint32 :class:`~iic_survey.core.flags.QualityFlag` bits (NAN_PIXELS, BLANK,
         NO_CENTRAL_SOURCE, SATURATED). Every input row has an output row.
 
     Raises
