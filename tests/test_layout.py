@@ -91,7 +91,8 @@ def test_no_module_imports_our_own_code_inside_a_function():
     for p in modules():
         for fn in functions(ast.parse(p.read_text())):
             for node in ast.walk(fn):
-                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("iic_survey"):
+                module = node.module if isinstance(node, ast.ImportFrom) else None
+                if (module or "").startswith("iic_survey"):
                     hidden.append(f"{p.relative_to(PACKAGE)}:{node.lineno}")
     assert not hidden, f"function-local imports of iic_survey: {hidden}"
 
