@@ -20,6 +20,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "iic_survey"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_CODE_LINES = 60
+MAX_PARAMETERS = 6
 
 
 def code_lines(source: str, node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
@@ -68,6 +69,18 @@ def test_no_function_is_over_the_limit():
             if (n := code_lines(source, fn)) > MAX_FUNCTION_CODE_LINES:
                 long[f"{p.relative_to(PACKAGE)}:{fn.lineno} {fn.name}"] = n
     assert not long, f"functions over {MAX_FUNCTION_CODE_LINES} lines of code: {long}"
+
+
+def test_no_function_takes_more_than_six_parameters():
+    """Past six, the parameters are a config object waiting to be named (STYLE.md 3)."""
+    wide = {}
+    for p in modules():
+        for fn in functions(ast.parse(p.read_text())):
+            names = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)]
+            n = len([a for a in names if a not in ("self", "cls")])
+            if n > MAX_PARAMETERS:
+                wide[f"{p.relative_to(PACKAGE)}:{fn.lineno} {fn.name}"] = n
+    assert not wide, f"functions with more than {MAX_PARAMETERS} parameters: {wide}"
 
 
 def test_code_lines_counts_code_only():
