@@ -1,4 +1,4 @@
-"""iic_survey.archive: tile names, opening tiles (local, HTTP, S3), the IBE client and SIA."""
+"""iic_survey.inputs.archive and ibe: tile names, opening tiles (local, HTTP, S3), IBE and SIA."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of iic_survey.catalog against local disk and a moto S3 server on 127.0.0.1.
+"""Tests of iic_survey.inputs.catalog against local disk and a moto S3 server on 127.0.0.1.
 
 A small hive-partitioned catalog in IRSA's layout is written here (``write_catalog``), so every
 case (empty partition, corrupt file, missing column, wrong type, no ``_metadata``) is one

@@ -1,4 +1,4 @@
-"""iic_survey.cutouts: stamp geometry against astropy, tile choice at edges, flags, bad input."""
+"""iic_survey.stamps cutouts and cutter: stamp geometry vs astropy, edge tiles, flags, bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of iic_survey.rgb: the stamp -> image transform, its flags, and the catalog features.
+"""iic_survey.stamps.rgb and features: the stamp -> image transform, its flags, catalog features.
 
 The transform is checked against an independent, slow, per-stamp implementation of the
 documented algorithm (numpy median/percentile for the clipped background, torch's

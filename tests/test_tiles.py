@@ -1,4 +1,4 @@
-"""iic_survey.tiles: the computed Atlas grid against the real tile list, WCS against astropy."""
+"""iic_survey.inputs.tiles: the computed Atlas grid against the real tile list, WCS vs astropy."""
 
 from __future__ import annotations
 
