@@ -12,12 +12,12 @@ make-sky ROOT [...]        write a synthetic WISE sky in the archive's formats
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable
 
 from iic_survey.core.config import did_you_mean
-from iic_survey.model import size
 from iic_survey.output import export as output_export
 from iic_survey.output import reader
 from iic_survey.report import cli
@@ -41,7 +41,9 @@ def _export(argv: list[str]) -> int:
 
 
 def _model_info(argv: list[str]) -> int:
-    return size.cli(argv)
+    # Imported by name when asked for: it loads torch, which the catalog commands do not need.
+    size = importlib.import_module("iic_survey.model.size")
+    return int(size.cli(argv))
 
 
 def _make_sky(argv: list[str]) -> int:

@@ -156,7 +156,7 @@ def as_output_table(rows: pd.DataFrame | pa.Table, order: int, pixel: int) -> pa
     if missing or extra:
         raise ValueError(
             f"result rows do not match the output schema: missing {missing}, "
-            f"unknown {extra}; see iic_survey.output.COLUMNS"
+            f"unknown {extra}; see iic_survey.output.schema.COLUMNS"
         )
     arrays: list[pa.Array] = []
     for field in OUTPUT_SCHEMA:

@@ -8,8 +8,8 @@
    F1, accuracy; AUC; the confusion matrix; ECE before and after calibration) as JSON, Markdown
    and PNG plots (loss and accuracy per epoch, ROC per class, the confusion matrix);
 4. computes the out-of-distribution statistics of the training embeddings (mean and inverse
-   covariance of ``embed()``, and high percentiles of the training Mahalanobis distance and
-   energy score) that the classify job compares new sources against;
+   covariance of ``embed()``, and a high percentile of the training Mahalanobis distance) that
+   the classify job compares new sources against;
 5. writes the model directory with :func:`iic_survey.model.directory.save_model_dir`.
 
 It runs as one Ray task holding a GPU when training used GPUs, so the driver stays light.
