@@ -43,6 +43,7 @@ def ibe(pair_server: IrsaServer) -> Iterator[IrsaServer]:
     pair_server.stats.reset()
     yield pair_server
     pair_server.faults.reset()
+    pair_server.cutout_content_type, pair_server.cutout_drop_keys = "image/fits", ()
 
 
 def _service(**kwargs: object) -> CutoutService:
@@ -220,6 +221,31 @@ def test_cutouts_match_astropy(atlas_pair: AtlasPair, ibe: IrsaServer) -> None:
     np.testing.assert_array_equal(res.data, ref.data)
     x, y = WCS(res.header).world_to_pixel_values(src.ra, src.dec)
     np.testing.assert_allclose((x, y), ref.wcs.world_to_pixel_values(src.ra, src.dec), atol=1e-6)
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "", "application/fits; charset=binary"])
+def test_a_fits_answer_is_known_by_its_first_card(
+    atlas_pair: AtlasPair, ibe: IrsaServer, ctype: str
+) -> None:
+    """IBE does not document its cutouts' Content-Type: a body that is FITS is taken as FITS."""
+    ibe.cutout_content_type = ctype
+    archive = TileArchive.from_spec(ibe.ibe_url)
+    src = atlas_pair.sources.set_index("case").loc["interior"]
+    res = _service().fetch_one(archive.tile_url(A, 1), src.ra, src.dec)
+    assert res.status == "ok" and res.attempts == 1 and res.data is not None
+
+
+@pytest.mark.parametrize("band", [1, 2, 3])
+def test_a_cutout_without_magzp_takes_the_band_zero_point(
+    atlas_pair: AtlasPair, ibe: IrsaServer, band: int
+) -> None:
+    """MAGZP is not promised in cutout headers: the band's Atlas zero point stands in."""
+    ibe.cutout_drop_keys = ("MAGZP",)
+    archive = TileArchive.from_spec(ibe.ibe_url)
+    src = atlas_pair.sources.set_index("case").loc["interior"]
+    res = _service().fetch_one(archive.tile_url(A, band), src.ra, src.dec)
+    assert res.status == "ok" and res.attempts == 1 and res.header is not None
+    assert res.header["MAGZP"] == {1: 20.5, 2: 19.5, 3: 18.0}[band]
 
 
 def test_service_statuses_without_retry(atlas_pair: AtlasPair, ibe: IrsaServer) -> None:

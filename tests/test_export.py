@@ -6,6 +6,7 @@ from pathlib import Path
 from unittest import mock
 
 import fsspec
+import lsdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,7 +90,6 @@ def test_read_refuses_unknown_names(catalog: str) -> None:
 
 @pytest.mark.slow
 def test_lsdb_opens_the_catalog_and_cone_searches(catalog: str, results) -> None:
-    lsdb = pytest.importorskip("lsdb")
     ra0, dec0, r = 148.0, 18.0, 2.5
     cat = lsdb.open_catalog(catalog)
     got = cat.cone_search(ra0, dec0, r * 3600).compute()

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import hats
 import healpy as hp
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hats.io.validation import is_valid_catalog
 
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES
@@ -140,9 +142,6 @@ def test_schema_documents_every_column() -> None:
 
 
 def test_catalog_is_strictly_valid_hats(catalog: str, results) -> None:
-    hats = pytest.importorskip("hats")
-    from hats.io.validation import is_valid_catalog
-
     assert is_valid_catalog(catalog, strict=True)
     cat = hats.read_hats(catalog)
     assert cat.catalog_info.total_rows == len(results[0])
@@ -383,7 +382,6 @@ def test_s3_round_trip_and_pruning(s3_server: str, s3_requests, results) -> None
     gets = {p for p in s3_requests.paths("GET") if "Npix=" in p and "/dataset/" in p}
     assert gets == {f"/iic-test-out/catalog/dataset/{sky.hats_path(ORDER, pixel)}"}
     # and it is a HATS catalog there too
-    hats = pytest.importorskip("hats")
     from upath import UPath
 
     from tests.fixtures.s3 import s3_storage_options

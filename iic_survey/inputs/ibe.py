@@ -42,6 +42,7 @@ from iic_survey.core.constants import __version__
 from iic_survey.inputs.archive import tile_geometry
 from iic_survey.inputs.errors import ArchiveAccessDenied, TileCorrupt
 from iic_survey.inputs.retry import RetryPolicy
+from iic_survey.inputs.tile_header import MAGZP
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ IRSA_SIA_URL = "https://irsa.ipac.caltech.edu/SIA"
 """IRSA's SIA v2 service; the AllWISE Atlas is its collection ``wise_allwise``."""
 
 _COADD_IN_URL = re.compile(r"(\d{4}[pm]\d{3}_ac51)-w\d-int-3\.fits")
-_FITS_TYPES = ("fits", "application/octet-stream")
+_BAND_IN_URL = re.compile(r"-w(\d)-int-3\.fits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,11 +206,24 @@ class CutoutService:
             raise _RetryableError(f"HTTP {status}", wait)
         if status != 200:
             return CutoutResult("failed", attempts=attempt, error=f"HTTP {status}")
-        ctype = response.headers.get("Content-Type", "").lower()
-        if not any(t in ctype for t in _FITS_TYPES) or not body.startswith(b"SIMPLE  ="):
+        if not body.startswith(b"SIMPLE  ="):
+            # Known by its first card, not its Content-Type, which IBE does not document.
+            ctype = response.headers.get("Content-Type", "")
             raise _RetryableError(f"not a FITS answer (Content-Type {ctype!r})")
         data, header = _parse_fits_bytes(body, url)
         return CutoutResult("ok", data=data, header=header, attempts=attempt)
+
+
+def _fill_zero_point(header: fits.Header, url: str) -> None:
+    """Give a cutout header without ``MAGZP`` its band's Atlas zero point.
+
+    IBE's cutout headers are not documented to keep the tile's keywords; every AllWISE Atlas
+    tile of a band has the same zero point (:data:`~iic_survey.inputs.tile_header.MAGZP`), so the
+    band named in the URL gives it.
+    """
+    band = _BAND_IN_URL.search(url)
+    if "MAGZP" not in header and band is not None and int(band.group(1)) in MAGZP:
+        header["MAGZP"] = (MAGZP[int(band.group(1))], "band zero point: the cutout had none")
 
 
 def _parse_fits_bytes(body: bytes, url: str) -> tuple[np.ndarray, fits.Header]:
@@ -220,6 +234,7 @@ def _parse_fits_bytes(body: bytes, url: str) -> tuple[np.ndarray, fits.Header]:
             with fits.open(io.BytesIO(body), lazy_load_hdus=True) as hdul:
                 hdu = hdul[0]
                 header = hdu.header.copy()
+                _fill_zero_point(header, url)
                 tile_geometry(header, url)
                 shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
                 need = int(hdul.fileinfo(0)["datLoc"]) + abs(int(header["BITPIX"])) // 8 * (
