@@ -1,0 +1,113 @@
+"""Reliability under real faults: run tests/test_faults.py and write its figures to RESULTS.md.
+
+The fault tests inject each fault for real (SIGKILL of Ray workers and of the driver, an IBE
+stand-in over HTTP answering 503s, truncated FITS and answers held past the client's read
+time-out, S3 writes refused by a layer in front of a moto server) and measure, per fault, the
+faults injected, the faults survived (all of a run's faults count as survived only if its
+catalog equals a clean run's, row for row) and the rows lost and duplicated against the input.
+Each test writes those figures to ``$IIC_RELIABILITY_DIR/reliability_faults.json``; this script
+runs the tests with that folder set and turns the file into the section, so no figure is copied
+by hand.
+
+Run from the repository root (the tests start their own local Ray head, moto and IBE servers)::
+
+    .venv/bin/python bench/bench_reliability.py
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+from results_md import write_section
+
+SECTION = "## Reliability: faults (tests/test_faults.py)"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_fault_tests(folder: pathlib.Path) -> tuple[int, float]:
+    """(pytest's exit status, wall seconds) of tests/test_faults.py, figures into ``folder``."""
+    env = {
+        **os.environ,
+        "IIC_RELIABILITY_DIR": str(folder),
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py"]
+    code = subprocess.run(cmd, cwd=REPO, env=env, check=False).returncode
+    return code, time.monotonic() - t0
+
+
+def row(entry: dict) -> str:
+    """One table row of a fault's figures ('-' where the test does not measure one)."""
+    kinds = entry.get("faults_by_kind")
+    by_kind = ", ".join(f"{k} {v}" for k, v in (kinds or {}).items())
+    what = entry["fault"] + (f" ({by_kind})" if by_kind else "")
+    extra = [
+        f"{k.replace('_', ' ')} {entry[k]}"
+        for k in (
+            "requests",
+            "rows_fetch_failed_after_retries",
+            "actor_restarts",
+            "pixels_redone_by_rerun",
+            "pixels_committed_before_stop",
+            "reader_looks",
+            "partial_pixels_seen_by_reader",
+            "run_outcome",
+        )
+        if k in entry
+    ]
+    rows = f"{entry['rows_in']:,} / {entry['rows_out']:,}" if "rows_in" in entry else "-"
+    cells = [
+        what + (f"; {'; '.join(extra)}" if extra else ""),
+        str(entry.get("faults_injected", "-")),
+        str(entry.get("faults_survived", "-")),
+        rows,
+        str(entry.get("rows_lost", "-")),
+        str(entry.get("rows_duplicated", "-")),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def section(entries: list[dict], code: int, wall_s: float, load: tuple[float, ...]) -> str:
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = [
+        SECTION,
+        "",
+        f"Written by `bench/bench_reliability.py` on {when}: tests/test_faults.py "
+        f"{'passed' if code == 0 else f'FAILED (exit {code})'} in {wall_s:.0f} s, on "
+        f"{os.cpu_count()} cores ({platform.machine()}), load average before "
+        f"{' / '.join(f'{x:.2f}' for x in load)}; one local Ray head, the tiny sky (2,000 "
+        "sources, 6 order-5 pixels), an untrained tiny IICnet. A fault counts as survived only "
+        "when the run's catalog equals the clean run's row for row; rows lost and duplicated are "
+        "counted against the input's cntr.",
+        "",
+        "| fault | injected | survived | rows in / out | lost | duplicated |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    return "\n".join(head + [row(e) for e in entries]) + "\n"
+
+
+def main() -> int:
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp)
+        code, wall_s = run_fault_tests(folder)
+        path = folder / "reliability_faults.json"
+        entries = json.loads(path.read_text()) if path.exists() else []
+    text = section(entries, code, wall_s, load)
+    write_section(SECTION, text)
+    print(text)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
