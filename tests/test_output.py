@@ -142,8 +142,9 @@ def test_schema_documents_every_column() -> None:
 
 
 def test_catalog_is_strictly_valid_hats(catalog: str, results) -> None:
-    assert is_valid_catalog(catalog, strict=True)
-    cat = hats.read_hats(catalog)
+    assert is_valid_catalog(catalog, strict=True)  # the collection: main catalog (+ margin)
+    assert is_valid_catalog(f"{catalog}/{schema.MAIN}", strict=True)
+    cat = hats.read_hats(f"{catalog}/{schema.MAIN}")
     assert cat.catalog_info.total_rows == len(results[0])
     assert cat.catalog_info.ra_column == "ra" and cat.catalog_info.dec_column == "dec"
     assert cat.catalog_info.healpix_column == "_healpix_29"
@@ -155,12 +156,16 @@ def test_catalog_is_strictly_valid_hats(catalog: str, results) -> None:
 
 def test_layout_and_files(catalog: str, results) -> None:
     df = results[0]
-    root = Path(catalog)
+    runs = Path(catalog)
+    root = runs / schema.MAIN
+    assert (runs / "collection.properties").exists()
+    for name in ("point_map.fits", "skymap.fits", "data_thumbnail.parquet", "properties"):
+        assert (root / name).exists(), name
     info = pd.read_csv(root / "partition_info.csv")
     assert list(info.columns) == ["Norder", "Npix"]
     pixels = np.unique(sky.pixel_of(df["ra"], df["dec"], ORDER))
     assert info["Npix"].tolist() == pixels.tolist()
-    assert not (root / "_staging").exists()
+    assert not (runs / "_staging").exists()
     total = 0
     for pixel in pixels:
         f = root / "dataset" / sky.hats_path(ORDER, int(pixel))
@@ -169,7 +174,7 @@ def test_layout_and_files(catalog: str, results) -> None:
         h29 = table.column("_healpix_29").to_numpy()
         assert np.all(np.diff(h29) >= 0)
         assert np.all(h29 >> (2 * (29 - ORDER)) == pixel)
-        assert (root / "_done" / f"Norder={ORDER}" / f"Npix={pixel}.json").exists()
+        assert (runs / "_done" / f"Norder={ORDER}" / f"Npix={pixel}.json").exists()
         meta = table.schema.metadata
         assert json.loads(meta[b"iic_survey.run_args"])["model"] == "test"
         assert table.schema.field("w1mpro").metadata[b"unit"] == b"mag"
@@ -191,7 +196,7 @@ def test_values_round_trip(catalog: str, results) -> None:
 
 
 def test_pandas_reads_dataset_with_filter(catalog: str, results) -> None:
-    q = pd.read_parquet(catalog + "/dataset", filters=[("class", "==", "quasar")])
+    q = pd.read_parquet(f"{catalog}/{schema.MAIN}/dataset", filters=[("class", "==", "quasar")])
     assert len(q) == int((results[0]["class"] == "quasar").sum())
     assert set(q["class"].astype(str)) == {"quasar"}
 
@@ -202,7 +207,8 @@ def test_memory_filesystem_round_trip(results) -> None:
     df = results[0].iloc[:800]
     try:
         counts = write_catalog(out, df, fs=fs)
-        assert fs.exists("/iic-test/catalog/hats.properties")
+        assert fs.exists(f"/iic-test/catalog/{schema.MAIN}/hats.properties")
+        assert fs.exists("/iic-test/catalog/collection.properties")
         assert output.finished_pixels(out, ORDER, fs).tolist() == sorted(counts)
         back = read(out, filesystem=fs)
         assert sorted(back["cntr"]) == sorted(df["cntr"])
@@ -263,14 +269,16 @@ def test_rows_are_checked_against_the_schema(results) -> None:
         schema.as_output_table(rows.assign(colour=1), ORDER, pixel)
     with pytest.raises(ValueError, match="outside"):
         schema.as_output_table(rows, ORDER, pixel + 1)
-    # a row just across the edge (input pixelisation rounding) stays, clamped into the pixel
+    # a row just across the edge (input pixelisation rounding) is accepted with the index of
+    # its own position (the commit hands it to that pixel: tests/test_collection.py)
     shift = 2 * (29 - ORDER)
     neighbour = int(hp.get_all_neighbours(2**ORDER, pixel, nest=True)[0])
     ra, dec = hp.pix2ang(2**ORDER, neighbour, nest=True, lonlat=True)
     edge = rows.copy()
     edge.iloc[0, [edge.columns.get_loc("ra"), edge.columns.get_loc("dec")]] = [ra, dec]
     h29 = schema.as_output_table(edge, ORDER, pixel).column("_healpix_29").to_numpy()
-    assert np.all(h29 >> shift == pixel)
+    assert h29[0] == sky.healpix_29(np.array([ra]), np.array([dec]))[0]
+    assert h29[0] >> shift == neighbour and np.all(h29[1:] >> shift == pixel)
     far = edge.copy()
     far.iloc[0, [far.columns.get_loc("ra"), far.columns.get_loc("dec")]] = [0.0, -80.0]
     with pytest.raises(ValueError, match="1 of"):
@@ -349,7 +357,7 @@ def test_partial_runs_resume_and_finalize_checks(tmp_path: Path, results, caplog
 def test_validate_catalog_finds_damage(tmp_path: Path, results) -> None:
     out = tmp_path / "c"
     write_catalog(str(out), results[0].iloc[:600])
-    f = sorted((out / "dataset").rglob("Npix=*.parquet"))[0]
+    f = sorted((out / schema.MAIN / "dataset").rglob("Npix=*.parquet"))[0]
     table = pq.read_table(f)
     p = table.column("p_star").to_numpy(zero_copy_only=False).copy()
     p[0] = 0.99 if p[0] < 0.5 else 0.01
@@ -358,7 +366,7 @@ def test_validate_catalog_finds_damage(tmp_path: Path, results) -> None:
     problems = validate_catalog(str(out))
     assert any("checksum" in s for s in problems)
     assert any("do not sum to 1" in s for s in problems)
-    (out / "hats.properties").unlink()
+    (out / schema.MAIN / "hats.properties").unlink()
     assert any("not finalized" in s for s in validate_catalog(str(out)))
 
 
@@ -380,7 +388,7 @@ def test_s3_round_trip_and_pruning(s3_server: str, s3_requests, results) -> None
     got = read(out, columns=["cntr"], pixels=(ORDER, [pixel]), filesystem=fs)
     assert len(got) == counts[pixel]
     gets = {p for p in s3_requests.paths("GET") if "Npix=" in p and "/dataset/" in p}
-    assert gets == {f"/iic-test-out/catalog/dataset/{sky.hats_path(ORDER, pixel)}"}
+    assert gets == {f"/iic-test-out/catalog/{schema.MAIN}/dataset/{sky.hats_path(ORDER, pixel)}"}
     # and it is a HATS catalog there too
     from upath import UPath
 
@@ -388,4 +396,4 @@ def test_s3_round_trip_and_pruning(s3_server: str, s3_requests, results) -> None
 
     opts = {k: v for k, v in s3_storage_options(s3_server).items() if k != "endpoint_url"}
     path = UPath(out, client_kwargs={"endpoint_url": s3_server}, **opts)
-    assert hats.read_hats(path).catalog_info.total_rows == len(df)
+    assert hats.read_hats(path / schema.MAIN).catalog_info.total_rows == len(df)

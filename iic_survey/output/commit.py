@@ -1,10 +1,14 @@
-"""Committing a pixel: its staged chunks become one sorted, final file, then its done marker.
+"""Committing a pixel: its staged chunks become its sorted partition files, then its marker.
 
 :func:`commit_pixel` checks the staged rows against the planned count and that no ``cntr``
-repeats, sorts by ``_healpix_29``, writes the pixel file atomically and then the ``_done``
-marker (rows, bytes, sha256), and removes the staging folder. It is idempotent and safe to race,
-so whichever writer task stages a pixel's last chunk commits it (:func:`commit_if_complete`),
-and a resumed run skips pixels for which :func:`is_finished` holds.
+repeats, sorts by ``_healpix_29``, hands the rows positioned in a neighbour to it (a stray file,
+:mod:`iic_survey.output.strays`), writes the rest as one partition or, past the run's
+``max_rows_per_partition``, as its children (:mod:`iic_survey.output.partitions`), each file
+atomically, then the ``_done`` marker (rows, partitions with bytes and sha256, strays, rows per
+order-9 pixel for the coverage maps), and removes the staging folder. It is idempotent and safe
+to race, so whichever writer task stages a pixel's last chunk commits it
+(:func:`commit_if_complete`), and a resumed run skips pixels for which :func:`is_finished`
+holds. A crash before the marker leaves files a rerun rewrites byte for byte.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import pyarrow.parquet as pq
 
 from iic_survey.core import sky
 from iic_survey.core.atomic import write_atomic
+from iic_survey.output import partitions
 from iic_survey.output.schema import (
     OUTPUT_SCHEMA,
     marker_path,
     pixel_file,
     resolve,
     staging_dir,
+    stray_file,
 )
 from iic_survey.output.writer import (
     OutputError,
@@ -34,8 +40,12 @@ from iic_survey.output.writer import (
     parquet_bytes,
     part_files,
     read_json,
+    run_args,
     staged_rows,
 )
+
+SKYMAP_ORDER = 9
+"""Order of the row counts each marker keeps, summed into ``point_map.fits``/``skymap.fits``."""
 
 logger = logging.getLogger(__name__)
 
@@ -100,20 +110,77 @@ def commit_pixel(
         )
     table = table.sort_by([("_healpix_29", "ascending"), ("cntr", "ascending")])
     table = table.replace_schema_metadata(file_metadata(fs, root))
-    data = parquet_bytes(table)
-    write_atomic(fs, pixel_file(root, order, pixel), data)
+    inside, strays = _hand_over_strays(fs, root, order, pixel, table)
     info = {
         "order": order,
         "pixel": int(pixel),
         "rows": table.num_rows,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "file": sky.hats_path(order, pixel),
+        "partitions": write_partitions(fs, root, order, pixel, inside),
+        "strays": strays,
+        "histogram": histogram(inside),
     }
     write_atomic(fs, marker, json.dumps(info, sort_keys=True).encode())
     _remove_staging(fs, root, order, pixel)
     logger.debug("committed pixel %d (order %d): %d rows", pixel, order, table.num_rows)
     return table.num_rows
+
+
+def max_rows_of(fs: fsspec.AbstractFileSystem, root: str) -> int:
+    """The run's ``max_rows_per_partition`` (from ``_run.json``; the default if unset)."""
+    value = run_args(root, fs).get("max_rows_per_partition")
+    return partitions.check_max_rows(value if value else partitions.DEFAULT_MAX_ROWS)
+
+
+def write_partitions(
+    fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int, table: pa.Table
+) -> list[dict[str, object]]:
+    """Write a work pixel's sorted rows as its partition files; their marker entries."""
+    if table.num_rows == 0:
+        return []
+    h29 = table.column("_healpix_29").to_numpy()
+    entries = []
+    for k, p, lo, hi in partitions.split(h29, order, pixel, max_rows_of(fs, root)):
+        data = parquet_bytes(table.slice(lo, hi - lo))
+        write_atomic(fs, pixel_file(root, k, p), data)
+        entries.append(
+            {
+                "order": k,
+                "pixel": p,
+                "rows": hi - lo,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "file": sky.hats_path(k, p),
+            }
+        )
+    return entries
+
+
+def histogram(table: pa.Table) -> list[list[int]]:
+    """``[[order-9 pixel, rows], ...]`` of a table's rows (by ``_healpix_29``)."""
+    h29 = table.column("_healpix_29").to_numpy()
+    pix, n = np.unique(h29 >> (2 * (sky.MAX_ORDER - SKYMAP_ORDER)), return_counts=True)
+    return [[int(a), int(b)] for a, b in zip(pix, n, strict=True)]
+
+
+def _hand_over_strays(
+    fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int, table: pa.Table
+) -> tuple[pa.Table, list[dict[str, int]]]:
+    """Write the rows positioned in another pixel as stray files; the rows that stay."""
+    owner = table.column("_healpix_29").to_numpy() >> (2 * (sky.MAX_ORDER - order))
+    if np.all(owner == int(pixel)):
+        return table, []
+    strays = []
+    for dest in np.unique(owner[owner != int(pixel)]).tolist():
+        rows = table.filter(pa.array(owner == dest))
+        write_atomic(fs, stray_file(root, order, dest, pixel), parquet_bytes(rows))
+        strays.append({"pixel": int(dest), "rows": rows.num_rows})
+    logger.info(
+        "pixel %d: %d rows handed over to %s",
+        pixel,
+        len(owner) - int(np.sum(owner == pixel)),
+        [s["pixel"] for s in strays],
+    )
+    return table.filter(pa.array(owner == int(pixel))), strays
 
 
 def _already_committed(

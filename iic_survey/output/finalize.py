@@ -1,56 +1,55 @@
 """Finalizing the catalog: the HATS metadata that makes the committed pixels one catalog.
 
-:func:`finalize` checks that the committed pixels are the planned ones (one order, every pixel
-file with its marker), then writes ``dataset/_common_metadata`` and ``dataset/_metadata`` (from
-the pixel files' footers), ``partition_info.csv`` and, last, ``hats.properties``: a catalog with
-that file is complete, which is what readers (``hats``, ``lsdb``, :mod:`iic_survey.output.reader`)
-rely on.
+:func:`finalize` checks that the committed work pixels are the planned ones (one order, every
+partition file listed by a marker), merges the strays into the pixels their positions say
+(:mod:`iic_survey.output.strays`), then writes the main catalog's ``dataset/_common_metadata``,
+``dataset/_metadata``, ``data_thumbnail.parquet``, ``partition_info.csv``, ``point_map.fits``
+and ``skymap.fits`` and, last, its ``hats.properties`` (all with the ``hats`` library,
+:mod:`iic_survey.output.hatsfiles`); then ``collection.properties`` with whichever margin is
+complete (:mod:`iic_survey.output.margin`). A catalog with its ``hats.properties`` is complete,
+which is what readers (``hats``, ``lsdb``, :mod:`iic_survey.output.reader`) rely on. Every file
+is a function of the committed rows and ``_run.json`` (its creation time is the run's), so a
+finalize redone after a crash writes the same bytes.
 """
 
 from __future__ import annotations
 
-import datetime
-import io
 import json
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import fsspec
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+from hats import __version__ as hats_version
+from hats.catalog import TableProperties
 
 from iic_survey.core import sky
-from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import __version__
-from iic_survey.output.schema import (
-    OUTPUT_SCHEMA,
-    pixel_file,
-    resolve,
-)
-from iic_survey.output.writer import (
-    OutputError,
-    commit_markers,
-    file_metadata,
-    read_json,
-    read_plan,
-)
+from iic_survey.output import hatsfiles, strays
+from iic_survey.output.commit import SKYMAP_ORDER
+from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file, resolve
+from iic_survey.output.writer import OutputError, commit_markers, read_json, read_plan
 
 logger = logging.getLogger(__name__)
 
 _Markers = dict[int, dict[str, Any]]
-"""Commit markers of one order: {pixel: marker (rows, bytes, sha256, file)}."""
+"""Commit markers of one order: {work pixel: marker (rows, partitions, strays, histogram)}."""
 
+DEFAULT_COLUMNS = ("ra", "dec", "cntr", "designation", "class", "confidence", "p_galaxy",
+                   "p_quasar", "p_star", "is_outlier", "quality_flags")  # fmt: skip
+"""``hats_cols_default``: the columns LSDB loads when a user names none."""
 
-def _properties_text(props: Mapping[str, Any]) -> str:
-    lines = ["#HATS catalog"]
-    for key, value in props.items():
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
-            raise ValueError(f"property key {key!r} must be [A-Za-z0-9_.-]+")
-        text = str(value).replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
-        lines.append(f"{key}={text}")
-    return "\n".join(lines) + "\n"
+PROVENANCE = {
+    "obs_title": "AllWISE star/galaxy/quasar classification (IICnet)",
+    "bib_reference": "Zhao et al. 2023, RAA 23, 085010: IICnet (arXiv:2305.10217)",
+    "bib_reference_url": "https://arxiv.org/abs/2305.10217",
+    "prov_progenitor": "AllWISE Source Catalog (IRSA allwise_p3as_psd) and AllWISE Atlas images",
+    "creator_did": f"ivo://iic_survey/{MAIN}",
+    "hats_cols_sort": "_healpix_29",
+    "hats_version": "v1.0",
+}
+"""Provenance keys of ``hats.properties`` (the IVOA HATS note's recommended ones)."""
 
 
 def finalize(
@@ -60,43 +59,62 @@ def finalize(
     *,
     allow_partial: bool = False,
 ) -> str:
-    """Write the HATS metadata of the committed pixels and remove the staging area.
+    """Write the main catalog's HATS metadata and ``collection.properties``; return its URL.
 
-    Writes ``dataset/_metadata`` and ``dataset/_common_metadata`` (from the committed files'
-    footers), ``partition_info.csv`` and, last, ``hats.properties``. ``properties`` adds or
-    overrides keys (e.g. ``obs_collection``, ``iic_model_sha256``, ``iic_input_catalog``).
+    ``properties`` adds or overrides keys of ``hats.properties`` (e.g. ``iic_model``,
+    ``iic_input_catalog``). The margin is built separately
+    (:func:`iic_survey.output.margin.build_margin`); ``collection.properties`` names it once
+    it is complete.
 
     Raises
     ------
     OutputError
-        If a planned pixel is unfinished (unless ``allow_partial``), if a pixel file has no
-        commit marker, or if pixels of more than one order were committed.
-
-    Returns
-    -------
-    str
-        The catalog's URL.
+        If a planned pixel is unfinished (unless ``allow_partial``), if a partition file has no
+        commit marker, or if work pixels of more than one order were committed.
     """
     fs, root = resolve(out, fs)
     order, done = _committed_order(out, commit_markers(root, fs))
     plan = read_plan(root, fs)
     if plan is not None:
         _check_plan(out, plan, order, done, allow_partial)
-    _check_no_orphans(fs, root, order, done)
-    rows = _write_dataset_metadata(fs, root, order, done)
+    strays.merge_strays(fs, root, order, done, set(plan[1]) if plan else set(done))
+    entries = [e for m in done.values() for e in m["partitions"]]
+    _check_no_orphans(fs, root, entries)
+    catalog = catalog_dir(root)
+    rows = hatsfiles.write_dataset_metadata(fs, catalog)
+    hatsfiles.write_partition_info(fs, catalog, [(e["order"], e["pixel"]) for e in entries])
+    counts = hatsfiles.coverage_map([m.get("histogram", []) for m in done.values()], SKYMAP_ORDER)
+    hatsfiles.write_coverage(fs, catalog, counts)
     partial = bool(plan and set(plan[1]) - set(done))
-    props = _hats_properties(fs, root, order, done, rows, partial)
-    props.update(properties or {})
-    write_atomic(fs, f"{root}/hats.properties", _properties_text(props).encode())
+    props = main_properties(fs, root, entries, counts, partial)
+    props = props.copy_and_update(**dict(properties or {}))
+    if props.total_rows != rows:
+        raise OutputError(f"{out}: the markers count {props.total_rows} rows, the files {rows}")
+    hatsfiles.write_properties(fs, catalog, props)
     if fs.exists(f"{root}/_staging"):
         fs.rm(f"{root}/_staging", recursive=True)
-    url = fs.unstrip_protocol(root) if not isinstance(fs, LocalFileSystem) else root
-    logger.info("finalized %s: %d pixels, %d rows", url, len(done), props["hats_nrows"])
-    return str(url)
+    write_collection(fs, root)
+    logger.info("finalized %s: %d partitions, %d rows", out, len(entries), rows)
+    return _url(fs, root)
+
+
+def _url(fs: fsspec.AbstractFileSystem, root: str) -> str:
+    return root if isinstance(fs, LocalFileSystem) else str(fs.unstrip_protocol(root))
+
+
+def write_collection(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """``collection.properties``: the main catalog and every complete margin (last step)."""
+    fs.invalidate_cache()
+    margins = sorted(
+        p.rstrip("/").rsplit("/", 1)[-1]
+        for p in fs.glob(f"{root}/{MAIN}_*arcs")
+        if fs.exists(f"{p}/hats.properties")
+    )
+    hatsfiles.write_collection(fs, root, f"{MAIN}_collection", MAIN, margins)
 
 
 def _committed_order(out: str, markers: dict[int, _Markers]) -> tuple[int, _Markers]:
-    """The one order pixels were committed at, and its markers."""
+    """The one order work pixels were committed at, and their markers."""
     if not markers:
         raise OutputError(f"{out} has no committed pixels; nothing to finalize")
     if len(markers) > 1:
@@ -109,9 +127,12 @@ def _committed_order(out: str, markers: dict[int, _Markers]) -> tuple[int, _Mark
 def _check_plan(
     out: str, plan: tuple[int, dict[int, int]], order: int, done: _Markers, allow_partial: bool
 ) -> None:
-    """Raise unless the committed pixels are the planned ones with their planned counts."""
+    """Raise unless the committed pixels are the planned ones with their planned counts.
+
+    A pixel made only of strays (0 staged rows, outside the plan) is allowed.
+    """
     missing = sorted(set(plan[1]) - set(done))
-    wrong = sorted(p for p in done if plan[1].get(p) != done[p]["rows"])
+    wrong = sorted(p for p in done if plan[1].get(p, 0) != done[p]["rows"])
     if plan[0] != order or wrong or (missing and not allow_partial):
         raise OutputError(
             f"{out}: {len(missing)} planned pixels unfinished (e.g. "
@@ -121,11 +142,16 @@ def _check_plan(
         )
 
 
-def _check_no_orphans(fs: fsspec.AbstractFileSystem, root: str, order: int, done: _Markers) -> None:
-    """Raise if a pixel file has no commit marker (a commit interrupted between the two)."""
+def _check_no_orphans(fs: fsspec.AbstractFileSystem, root: str, entries: list[dict]) -> None:
+    """Raise if a partition file has no commit marker (a commit interrupted before it)."""
     fs.invalidate_cache()
-    files = fs.glob(f"{root}/dataset/Norder=*/Dir=*/Npix=*.parquet")
-    orphans = sorted(set(files) - {pixel_file(root, order, p) for p in done})
+    files = {
+        fs._strip_protocol(f)
+        for f in fs.glob(f"{catalog_dir(root)}/dataset/Norder=*/Dir=*/Npix=*.parquet")
+    }
+    orphans = sorted(
+        files - {fs._strip_protocol(pixel_file(root, e["order"], e["pixel"])) for e in entries}
+    )
     if orphans:
         raise OutputError(
             f"{len(orphans)} pixel files have no commit marker (an interrupted "
@@ -133,56 +159,40 @@ def _check_no_orphans(fs: fsspec.AbstractFileSystem, root: str, order: int, done
         )
 
 
-def _write_dataset_metadata(
-    fs: fsspec.AbstractFileSystem, root: str, order: int, done: _Markers
-) -> dict[int, int]:
-    """Write ``_common_metadata``, ``_metadata`` and ``partition_info.csv``; rows per pixel."""
-    collector, rows = [], {}
-    for pixel in sorted(done):
-        with fs.open(pixel_file(root, order, pixel), "rb") as f:
-            md = pq.ParquetFile(f).metadata
-        md.set_file_path(sky.hats_path(order, pixel))
-        collector.append(md)
-        rows[pixel] = md.num_rows
-    schema = OUTPUT_SCHEMA.with_metadata(file_metadata(fs, root))
-    for name, with_footers in (("_common_metadata", False), ("_metadata", True)):
-        sink = io.BytesIO()
-        pq.write_metadata(schema, sink, metadata_collector=collector if with_footers else None)
-        write_atomic(fs, f"{root}/dataset/{name}", sink.getvalue())
-    csv = "Norder,Npix\n" + "".join(f"{order},{p}\n" for p in sorted(done))
-    write_atomic(fs, f"{root}/partition_info.csv", csv.encode())
-    return rows
-
-
-def _hats_properties(
+def main_properties(
     fs: fsspec.AbstractFileSystem,
     root: str,
-    order: int,
-    done: _Markers,
-    rows: dict[int, int],
+    entries: list[dict],
+    counts: Any,
     partial: bool,
-) -> dict[str, Any]:
-    """The catalog's ``hats.properties`` keys: HATS's own, then the run's provenance."""
+) -> TableProperties:
+    """The main catalog's ``hats.properties``: HATS's keys, provenance, the run's record."""
     run = read_json(fs, f"{root}/_run.json") if fs.exists(f"{root}/_run.json") else {}
-    size_kib = sum(int(m["bytes"]) for m in done.values()) // 1024
-    return {
-        "obs_collection": "iic_survey_allwise_classes",
-        "dataproduct_type": "object",
-        "hats_nrows": sum(rows.values()),
-        "hats_col_ra": "ra",
-        "hats_col_dec": "dec",
-        "hats_col_healpix": "_healpix_29",
-        "hats_col_healpix_order": sky.MAX_ORDER,
-        "hats_npix_suffix": ".parquet",
-        "hats_order": order,
-        "hats_max_rows": max(rows.values()),
-        "hats_estsize": size_kib,
-        "moc_sky_fraction": f"{len(done) / sky.npix(order):.5g}",
-        "hats_builder": f"iic_survey v{__version__}",
-        "hats_creation_date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%MUTC"),
-        "hats_version": "v1.0",
-        "obs_title": "AllWISE star/galaxy/quasar classification (IICnet)",
-        "iic_code_version": run.get("code_version", __version__),
-        "iic_run_args": json.dumps(run.get("args", {}), sort_keys=True),
-        "iic_partial": str(partial).lower(),
-    }
+    return TableProperties(
+        obs_collection=MAIN,
+        dataproduct_type="object",
+        hats_nrows=sum(int(e["rows"]) for e in entries),
+        hats_col_ra="ra",
+        hats_col_dec="dec",
+        hats_col_healpix="_healpix_29",
+        hats_col_healpix_order=sky.MAX_ORDER,
+        hats_cols_default=[c for c in DEFAULT_COLUMNS if c in OUTPUT_SCHEMA.names],
+        hats_npix_suffix=".parquet",
+        hats_skymap_order=SKYMAP_ORDER,
+        hats_order=max(int(e["order"]) for e in entries),
+        hats_max_rows=max(int(e["rows"]) for e in entries),
+        hats_estsize=sum(int(e["bytes"]) for e in entries) // 1024,
+        moc_sky_fraction=round(float((counts > 0).mean()), 6),
+        hats_builder=f"iic_survey v{__version__}, hats v{hats_version}",
+        hats_creation_date=_creation_date(run),
+        **PROVENANCE,
+        iic_code_version=run.get("code_version", __version__),
+        iic_run_args=json.dumps(run.get("args", {}), sort_keys=True),
+        iic_partial=str(partial).lower(),
+    )
+
+
+def _creation_date(run: Mapping[str, Any]) -> str:
+    """The run's start (``_run.json``) in HATS's format: the same on every finalize."""
+    created = str(run.get("created") or "1970-01-01T00:00:00+00:00")
+    return created[:16] + "UTC"

@@ -27,7 +27,7 @@ from iic_survey.core import sky
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
-from iic_survey.output.schema import OUTPUT_SCHEMA, pixel_file, resolve
+from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file, resolve
 from iic_survey.output.writer import commit_markers
 
 PROB_COLUMNS = tuple(f"p_{c}" for c in CLASSES)
@@ -87,24 +87,29 @@ class Query:
 def partitions(
     path: str, filesystem: fsspec.AbstractFileSystem | None = None
 ) -> list[tuple[int, int]]:
-    """(order, pixel) of every committed partition, sorted.
+    """(order, pixel) of every committed partition of the main catalog, sorted.
 
     A finalized catalog lists them in ``partition_info.csv``; an unfinished one in its commit
-    markers.
+    markers (each work pixel's partitions: itself, or its children when it was split).
     """
     fs, root = resolve(path, filesystem)
-    info = f"{root}/partition_info.csv"
-    if fs.exists(f"{root}/hats.properties") and fs.exists(info):
+    info = f"{catalog_dir(root)}/partition_info.csv"
+    if fs.exists(f"{catalog_dir(root)}/hats.properties") and fs.exists(info):
         with fs.open(info, "rb") as f:
             df = pd.read_csv(f)
         return sorted(zip(df["Norder"].astype(int), df["Npix"].astype(int), strict=True))
     found = commit_markers(root, fs)
     if not found and not fs.exists(f"{root}/_run.json"):
         raise FileNotFoundError(
-            f"{path} is not an iic_survey catalog (no hats.properties, "
+            f"{path} is not an iic_survey catalog (no {MAIN}/hats.properties, "
             f"partition_info.csv, _done markers or _run.json)"
         )
-    return sorted((k, p) for k, pix in found.items() for p in pix)
+    return sorted(
+        (int(e["order"]), int(e["pixel"]))
+        for pix in found.values()
+        for marker in pix.values()
+        for e in marker["partitions"]
+    )
 
 
 def _select(
@@ -205,12 +210,13 @@ def iter_pixels(
 def read_properties(
     path: str, filesystem: fsspec.AbstractFileSystem | None = None
 ) -> dict[str, str]:
-    """The key/value pairs of ``hats.properties`` (empty if the catalog is not finalized)."""
+    """The key/value pairs of the main catalog's ``hats.properties`` (empty if not finalized)."""
     fs, root = resolve(path, filesystem)
-    if not fs.exists(f"{root}/hats.properties"):
+    file = f"{catalog_dir(root)}/hats.properties"
+    if not fs.exists(file):
         return {}
     props = {}
-    with fs.open(f"{root}/hats.properties", "rb") as f:
+    with fs.open(file, "rb") as f:
         for line in f.read().decode().splitlines():
             if line.strip() and not line.lstrip().startswith(("#", "!")):
                 key, _, value = line.partition("=")

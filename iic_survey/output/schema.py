@@ -1,16 +1,31 @@
 """The classification catalog's format: its schema, column docs and file layout.
 
-The output is a HATS catalog (IVOA HATS note 1.0), so ``hats.read_hats``, ``lsdb.open_catalog``
-and plain ``pandas.read_parquet`` open it as it is::
+The output is a HATS collection (IVOA HATS note 1.0): the main catalog, a margin catalog and
+``collection.properties``, so that ``lsdb.open_catalog(root)`` opens the catalog with its margin,
+``hats.read_hats`` reads it, and plain ``pandas.read_parquet(f"{root}/{MAIN}/dataset")`` too::
 
-    hats.properties                           written last: the catalog is complete
-    partition_info.csv                        Norder,Npix
-    dataset/_common_metadata, _metadata       schema (+ units, descriptions), footers
-    dataset/Norder=K/Dir=D/Npix=N.parquet     one file per pixel, sorted by _healpix_29
+    collection.properties                     written last: the collection is complete
+    iic_allwise/                              the main catalog (:data:`MAIN`)
+        hats.properties, properties           written last: the catalog is complete
+        partition_info.csv                    Norder,Npix (orders vary: dense pixels are split)
+        point_map.fits, skymap.fits           rows per order-9 pixel (coverage, MOC)
+        data_thumbnail.parquet                one row per partition
+        dataset/_common_metadata, _metadata   schema (+ units, descriptions), footers
+        dataset/Norder=K/Dir=D/Npix=N.parquet one file per partition, sorted by _healpix_29
+    iic_allwise_10arcs/                       the margin catalog (:func:`margin_name`), same layout
     _run.json                                 the run's arguments (refuses a mismatched resume)
-    _plan.json                                planned rows per pixel (optional)
-    _done/Norder=K/Npix=N.json                commit marker: rows + sha256 of the pixel file
+    _plan.json                                planned rows per work pixel (optional)
+    _done/Norder=K/Npix=N.json                commit marker of a work pixel: its partitions
     _staging/Norder=K/Npix=N/part-<chunk>.parquet   chunks waiting for their pixel's commit
+    _strays/Norder=K/Npix=Q/from-P.parquet    rows staged in pixel P whose position lies in Q
+    _margin/<margin>/Norder=K/Npix=N.json     commit marker of a margin partition
+
+The work pixel (order ``K`` of the run) is the unit of staging, commit and resume; a committed
+work pixel becomes one partition, or its children down to order 9 when it holds more rows than
+the run's ``max_rows_per_partition`` (:mod:`iic_survey.output.partitions`). Every row's
+``_healpix_29`` is the index of its own ra/dec, and every row lies in the partition holding that
+index: a row staged in a pixel but positioned just across its edge is a *stray*, handed over to
+the pixel its position says (:mod:`iic_survey.output.strays`).
 
 Every pixel file has :data:`OUTPUT_SCHEMA`: the AllWISE identity, position and photometry of
 each source, the calibrated class probabilities, the most probable class, confidence, entropy,
@@ -20,8 +35,8 @@ exporters use :data:`COLUMN_DOCS`, made from it). :func:`as_output_table` confor
 result rows to the schema, computing the HATS spatial index ``_healpix_29``.
 
 Writing these files is :mod:`iic_survey.output.writer` (set-up, staging),
-:mod:`iic_survey.output.commit` and :mod:`iic_survey.output.finalize`; reading them is
-:mod:`iic_survey.output.reader`.
+:mod:`iic_survey.output.commit`, :mod:`iic_survey.output.finalize` and
+:mod:`iic_survey.output.margin`; reading them is :mod:`iic_survey.output.reader`.
 """
 
 from __future__ import annotations
@@ -108,9 +123,23 @@ def resolve(
     return fs, str(root).rstrip("/") or "/"
 
 
-def pixel_file(root: str, order: int, pixel: int) -> str:
-    """Path of a committed pixel file: ``<root>/dataset/Norder=K/Dir=D/Npix=N.parquet``."""
-    return f"{root}/dataset/{sky.hats_path(order, pixel)}"
+MAIN = "iic_allwise"
+"""Folder (and ``obs_collection``) of the main catalog inside the output root."""
+
+
+def margin_name(arcsec: float) -> str:
+    """Folder of the margin catalog of ``arcsec`` arcseconds: ``iic_allwise_10arcs``."""
+    return f"{MAIN}_{float(arcsec):g}arcs".replace(".", "p")
+
+
+def catalog_dir(root: str, name: str = MAIN) -> str:
+    """Folder of a catalog of the collection (the main one by default)."""
+    return f"{root}/{name}"
+
+
+def pixel_file(root: str, order: int, pixel: int, name: str = MAIN) -> str:
+    """Path of a partition file: ``<root>/<name>/dataset/Norder=K/Dir=D/Npix=N.parquet``."""
+    return f"{root}/{name}/dataset/{sky.hats_path(order, pixel)}"
 
 
 def staging_dir(root: str, order: int, pixel: int) -> str:
@@ -119,8 +148,14 @@ def staging_dir(root: str, order: int, pixel: int) -> str:
 
 
 def marker_path(root: str, order: int, pixel: int) -> str:
-    """Path of a pixel's commit marker."""
+    """Path of a work pixel's commit marker."""
     return f"{root}/_done/Norder={sky.check_order(order)}/Npix={int(pixel)}.json"
+
+
+def stray_file(root: str, order: int, dest: int, source: int) -> str:
+    """Rows staged in work pixel ``source`` whose position lies in work pixel ``dest``."""
+    folder = f"{root}/_strays/Norder={sky.check_order(order)}/Npix={int(dest)}"
+    return f"{folder}/from-{int(source)}.parquet"
 
 
 # ---------------------------------------------------------------- rows -> schema
@@ -173,12 +208,13 @@ def as_output_table(rows: pd.DataFrame | pa.Table, order: int, pixel: int) -> pa
 
 
 def _keep_inside(table: pa.Table, order: int, pixel: int) -> pa.Table:
-    """Clamp the few rows a float rounding puts just across the pixel edge; refuse the rest.
+    """Refuse rows far from the pixel; keep those just across its edge, index unchanged.
 
     The input catalog assigns rows to pixels with its own code; a source within rounding
-    distance of an edge can land in a neighbour. Such a row stays in the pixel it came from
-    (its ra/dec untouched, ``_healpix_29`` clamped to the pixel's range) rather than failing a
-    sky-wide run. Many rows outside the pixel mean a real bug, and raise.
+    distance of an edge can land in a neighbour. Such a row keeps the ``_healpix_29`` of its own
+    position: the commit hands it over to the pixel that index lies in (a *stray*,
+    :mod:`iic_survey.output.strays`), so index, position and partition always agree. Rows
+    outside the pixel and its neighbours, or more than a few, mean a real bug and raise.
     """
     shift = 2 * (sky.MAX_ORDER - order)
     h29 = table.column("_healpix_29").to_numpy()
@@ -193,10 +229,8 @@ def _keep_inside(table: pa.Table, order: int, pixel: int) -> pa.Table:
             f"{n_out} of {len(h29)} rows lie outside pixel {pixel} at order {order} "
             f"(e.g. cntr {table.column('cntr').to_numpy()[outside][:3].tolist()})"
         )
-    logger.warning("pixel %d: %d rows just outside the pixel kept in it", pixel, n_out)
-    lo, hi = int(pixel) << shift, ((int(pixel) + 1) << shift) - 1
-    i = table.schema.get_field_index("_healpix_29")
-    return table.set_column(i, table.schema.field(i), pa.array(np.clip(h29, lo, hi)))
+    logger.info("pixel %d: %d rows just across its edge go to their own pixel", pixel, n_out)
+    return table
 
 
 def _healpix_29_of(df: pd.DataFrame, order: int, pixel: int) -> np.ndarray:
