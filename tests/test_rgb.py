@@ -353,6 +353,53 @@ def test_catalog_features_refuse_bad_frames() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The torch twin (the inference actor's, on the model's device)
+
+
+def _hard_stamps() -> np.ndarray:
+    """Every case the transform treats specially, in one batch of 12."""
+    x = stamps(12, amp=[0, 10, 100, 1000, 5000, 50, 200, 20000, 3, 30, 300, 3000], seed=4)
+    x[1, 0, :4, :] += 40.0  # a neighbour in the border
+    x[2, 1, 10:14, 3:6] = np.nan  # masked pixels
+    x[3, 2] = 7.0  # constant W3
+    x[4] = 0.0  # zero-filled
+    x[5, 1] = np.nan  # a band missing
+    x[6, 0, :2, :] = x[6, 0, :, :2] = x[6, 0, -2:, :] = x[6, 0, :, -2:] = np.nan  # masked border
+    x[8, 0, 18, 18] = np.inf
+    return x
+
+
+@pytest.mark.parametrize("params", [rgb.RGBParams(), rgb.RGBParams(clip_iters=0, out_size=64)])
+def test_torch_twin_equals_numpy(params: rgb.RGBParams) -> None:
+    from iic_survey.stamps.rgb_torch import make_rgb_torch
+
+    x = np.concatenate([_hard_stamps(), stamps(300, seed=5)])  # more than one numpy chunk
+    want, want_flags = rgb.make_rgb(x, params)
+    got, got_flags = make_rgb_torch(torch.from_numpy(x), params)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(got_flags.numpy().astype(np.uint32), want_flags)
+    ints = np.round(np.nan_to_num(x[:20], nan=0.0, posinf=0.0) * 10).astype(np.int32)
+    np.testing.assert_allclose(
+        make_rgb_torch(torch.from_numpy(ints), params)[0].numpy(),
+        rgb.make_rgb(ints, params)[0],
+        rtol=0,
+        atol=1e-5,
+    )
+    empty, flags0 = make_rgb_torch(torch.zeros((0, 3, S, S)), params)
+    assert empty.shape == (0, 3, params.out_size, params.out_size) and flags0.shape == (0,)
+
+
+def test_torch_twin_refuses_bad_shapes() -> None:
+    from iic_survey.stamps.rgb_torch import make_rgb_torch
+
+    with pytest.raises(ValueError, match="must be"):
+        make_rgb_torch(torch.zeros((2, 2, S, S)))
+    with pytest.raises(ValueError, match="smaller"):
+        make_rgb_torch(torch.zeros((2, 3, 6, 6)))
+
+
+# ---------------------------------------------------------------------------------------------
 # Speed (a floor, not the goal: the shared test machine is noisy; see the docstring numbers)
 
 

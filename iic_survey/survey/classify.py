@@ -23,9 +23,14 @@ from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.core.flags import unclassifiable
 from iic_survey.core.metrics import softmax
 from iic_survey.model.directory import load_model_dir
+from iic_survey.model.inference import Predictor, gpu_batch_size, upload
 from iic_survey.model.network import optimize_for_inference
-from iic_survey.model.ood import OodStats, predict
+from iic_survey.model.ood import OodStats
+from iic_survey.model.precision import Gate, autocast_dtype, check_gate
 from iic_survey.output import schema
+from iic_survey.stamps.rgb import RGBParams
+from iic_survey.stamps.split import finish_images
+from iic_survey.survey.config import CPU_MODEL_BATCH
 
 logger = logging.getLogger(__name__)
 
@@ -117,23 +122,38 @@ def model_version(bundle: Any) -> str:
 
 
 class Classify:
-    """Inference actor: loads the model once, turns a chunk into small result rows."""
+    """Inference actor: loads the model once, turns a chunk into small result rows.
+
+    ``precision`` is the resolved precision of the run (``fp32``, ``bf16`` or ``fp16``; the
+    driver's gate, :func:`gate_precision`, decided it); ``model_batch_size`` None sizes the
+    forward pass from the GPU's memory on CUDA (:func:`~iic_survey.model.inference.
+    gpu_batch_size`) and is :data:`~iic_survey.survey.config.CPU_MODEL_BATCH` on CPU.
+    """
 
     def __init__(
         self,
         model_dir: str,
         device: str,
-        model_batch_size: int,
+        model_batch_size: int | None,
         confidence_threshold: float | None,
         threads: int = 1,
+        precision: str = "fp32",
     ) -> None:
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
         self.bundle = load_model_dir(model_dir, device=self.device)
         # BN folded into the convolutions, channels-last weights: same outputs to fp32 rounding
-        self.model = optimize_for_inference(self.bundle.model.to(self.device).eval())
-        self.batch = model_batch_size
+        model = optimize_for_inference(self.bundle.model.to(self.device).eval())
+        dtype = autocast_dtype(precision)
+        cuda = self.device.type == "cuda"
+        batch = model_batch_size or (
+            gpu_batch_size(model, self.device, dtype) if cuda else CPU_MODEL_BATCH
+        )
+        self.predictor = Predictor(model, self.device, dtype, batch)
+        self.precision = precision
+        self.rgb = RGBParams.from_dict(self.bundle.rgb) if self.bundle.rgb else RGBParams()
+        self._pinned: dict[str, torch.Tensor | None] = {}
         meta = dict(self.bundle.meta or {})
         self.ood = OodStats.from_model(self.bundle.feature_stats)
         if self.ood is None:
@@ -154,12 +174,77 @@ class Classify:
         """The ``model_version`` the rows carry."""
         return self.scoring.model_version
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A chunk of stamps (``image``, ``features`` and catalog columns) -> result rows."""
+    @property
+    def batch(self) -> int:
+        """Images per forward pass."""
+        return self.predictor.batch
+
+    def logits(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits, embeddings, quality flags) of a chunk, in the run's precision.
+
+        A chunk carries either ``image`` (made by a :class:`~iic_survey.stamps.maker.
+        StampMaker`) or ``stamp`` (a :class:`~iic_survey.stamps.split.StampCutter`'s): then the
+        RGB transform runs here, on the model's device, and its flags join the row's. On a GPU
+        the chunk's results, flags included, come back in one copy.
+        """
+        flags = np.asarray(batch["quality_flags"], dtype=np.uint32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch: read-only Arrow buffers
-            logits, emb = predict(
-                self.model, batch["image"], batch["features"], self.device, self.batch
+            f = self._upload("features", batch["features"])
+            if "image" in batch:
+                return (
+                    *self.predictor.to_host(
+                        self.predictor.on_device(self._upload("image", batch["image"]), f)
+                    ),
+                    flags,
+                )
+            images, rgb_flags = finish_images(
+                self._upload("stamp", batch["stamp"]), self.rgb, self.device
             )
+            packed = self.predictor.on_device(images.to(self.device), f)
+            if isinstance(rgb_flags, torch.Tensor):  # on the device: ride along in the one copy
+                packed = torch.cat([packed, rgb_flags[:, None].float()], dim=1)
+                host = packed.cpu().numpy()
+                rgb_flags, packed_host = host[:, -1].astype(np.uint32), host[:, :-1]
+                logits, emb = (
+                    packed_host[:, self.predictor.dim :],
+                    packed_host[:, : self.predictor.dim],
+                )
+            else:
+                logits, emb = self.predictor.to_host(packed)
+        return (
+            np.ascontiguousarray(logits),
+            np.ascontiguousarray(emb),
+            flags | np.asarray(rgb_flags, np.uint32),
+        )
+
+    def _upload(self, name: str, array: np.ndarray) -> torch.Tensor:
+        tensor, self._pinned[name] = upload(array, self.device, self._pinned.get(name))
+        return tensor
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A chunk (``image`` or ``stamp``, ``features`` and catalog columns) -> result rows."""
+        logits, emb, flags = self.logits(batch)
         ood = self.ood.score(emb) if self.ood is not None else None
-        return result_rows(batch, logits, ood, self.scoring)
+        return result_rows({**batch, "quality_flags": flags}, logits, ood, self.scoring)
+
+
+def gate_precision(
+    model_dir: str, device: str, requested: str, batch: Mapping[str, np.ndarray], threads: int = 1
+) -> dict[str, Any]:
+    """The run's precision (:class:`~iic_survey.model.precision.GateResult` as a dict).
+
+    Runs where the inference actors will run (the driver starts it as a Ray task with their
+    resources): resolves ``requested`` for this device and, for a reduced precision, compares
+    it with fp32 on the classifiable rows of ``batch`` (all rows if none is classifiable).
+    """
+    actor = Classify(model_dir, device, None, None, threads, "fp32")
+    good = ~unclassifiable(np.asarray(batch["quality_flags"], dtype=np.int64))
+    rows = {k: np.asarray(v)[good] for k, v in batch.items()} if good.any() else dict(batch)
+
+    def run_logits(precision: str) -> np.ndarray:
+        actor.predictor = actor.predictor.with_dtype(autocast_dtype(precision))
+        return actor.logits(rows)[0]
+
+    gate = Gate(temperature=actor.scoring.temperature)
+    return check_gate(run_logits, requested, actor.device, gate).to_dict()

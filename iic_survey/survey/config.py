@@ -19,6 +19,8 @@ from iic_survey.core import paths, sky
 from iic_survey.core.config import did_you_mean
 
 CUTOUT_MODES: tuple[str, ...] = ("tiles", "service")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+"""Choices of ``--precision`` (:mod:`iic_survey.model.precision`)."""
 
 
 class PipelineError(RuntimeError):
@@ -31,7 +33,7 @@ _OPTION_NAMES = {"model_dir": "model", "service_timeout_s": "service_timeout"}
 CPU_MODEL_BATCH = 16
 """Images per forward pass of a CPU inference actor (one thread): measured best of 8-256."""
 GPU_MODEL_BATCH = 256
-"""Images per forward pass on a GPU."""
+"""Smallest images per forward pass on a GPU (the actor sizes it from the GPU's memory)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,8 @@ class PipelineConfig:
     model_batch_size: int | None = None
     """Images per forward pass inside a chunk; None: :data:`CPU_MODEL_BATCH` on CPU (small
     batches stay in cache: 1.6x the images/s of 256 on one thread, bench/RESULTS.md "Model
-    speed"), :data:`GPU_MODEL_BATCH` on GPU (bounds GPU memory)."""
+    speed"); on a GPU the actor sizes it from the GPU's free memory
+    (:func:`~iic_survey.model.inference.gpu_batch_size`, 256-4096)."""
     inference_actors: int | None = None
     """Inference actors; None: one per GPU (``num_gpus_per_actor`` each), else 3/4 of the CPUs
     (CPU inference costs ~25x the cutouts and RGB of a source)."""
@@ -87,6 +90,11 @@ class PipelineConfig:
     """Pixel commits in flight at once (Ray tasks)."""
     progress_interval_s: float = 30.0
     """Seconds between progress log lines."""
+    precision: str = "auto"
+    """Inference arithmetic: ``auto`` (bf16 where the CPU or GPU has it natively, else fp32),
+    ``fp32``, ``bf16`` or ``fp16``. A reduced precision is gated against fp32 on the first
+    chunk's stamps before the run uses it (:mod:`iic_survey.model.precision`); it falls back to
+    fp32 when classes or probabilities differ, and ``_run.json`` records what was used and why."""
 
     def __post_init__(self) -> None:
         for name in ("catalog", "images", "model_dir", "output"):
@@ -121,6 +129,10 @@ class PipelineConfig:
             raise ValueError(f"inference_actors must be >= 1, got {self.inference_actors}")
         if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
             raise ValueError(f"num_gpus_per_actor must be >= 0, got {self.num_gpus_per_actor}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}{did_you_mean(self.precision, PRECISIONS)}"
+            )
         if self.cutout_mode not in CUTOUT_MODES:
             raise ValueError(
                 f"unknown cutout_mode {self.cutout_mode!r}"
@@ -159,6 +171,7 @@ class PipelineConfig:
             },
             "cutout_mode": self.cutout_mode,
             "confidence_threshold": self.confidence_threshold,
+            "precision": self.precision,
         }
 
 
@@ -213,4 +226,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds to wait for one IBE cutout (service mode) before retrying (default 30)",
     )
     p.add_argument("--confidence-threshold", type=float, help="outlier below this confidence")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="inference arithmetic (default auto: bf16 where native, gated against fp32 on the "
+        "first chunk, fp32 if it disagrees)",
+    )
     p.add_argument("--endpoint-url", help="S3 endpoint for s3:// URLs (a local S3 server)")

@@ -39,6 +39,7 @@ rerun gives the same catalog as one uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -48,13 +49,15 @@ from typing import Any
 
 import ray
 
+from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES
+from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
 from iic_survey.output import finalize, schema
 from iic_survey.output import writer as output
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import Plan, plan_run
-from iic_survey.survey.stages import COUNTERS, build_dataset, open_inputs
+from iic_survey.survey.stages import COUNTERS, build_dataset, decide_precision, open_inputs
 
 logger = logging.getLogger(__name__)
 CRASH_ENV = "IIC_PIPELINE_CRASH_AFTER_COMMITS"
@@ -115,6 +118,25 @@ def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[i
         fsys.rm(stale, recursive=True)
 
 
+def _record_precision(config: PipelineConfig, fs: Any, decision: GateResult) -> None:
+    """Add this run's precision decision to ``_run.json`` (``precision_runs``, one per start)."""
+    fsys, root = schema.resolve(config.output, fs)
+    path = f"{root}/_run.json"
+    with fsys.open(path, "rb") as f:
+        record = json.loads(f.read())
+    record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
+    write_atomic(fsys, path, json.dumps(record, indent=1, sort_keys=True).encode())
+
+
+def _precision_used(config: PipelineConfig, fs: Any) -> str:
+    """The precision the catalog's rows were computed in (``mixed: ...`` if starts differed)."""
+    fsys, root = schema.resolve(config.output, fs)
+    with fsys.open(f"{root}/_run.json", "rb") as f:
+        runs = json.loads(f.read()).get("precision_runs", [])
+    used = sorted({str(r.get("used")) for r in runs})
+    return used[0] if len(used) == 1 else f"mixed: {', '.join(used)}" if used else "unknown"
+
+
 def run_pipeline(config: PipelineConfig) -> Summary:
     """Classify the selected pixels into the output catalog; resumable, exactly once per source.
 
@@ -149,7 +171,9 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     counters: dict[str, int] = {}
     if plan.todo:
         _clear_staging(config, inputs.fs, plan.order, plan.todo)
-        ds = build_dataset(config, inputs, plan)
+        decision = decide_precision(config, inputs, plan)
+        _record_precision(config, inputs.fs, decision)
+        ds = build_dataset(config, inputs, plan, decision.used)
         driver = _Driver(config, plan, inputs.fs, t0)
         driver.run(ds)
         counters = dict(driver.counters)
@@ -157,6 +181,7 @@ def run_pipeline(config: PipelineConfig) -> Summary:
         "iic_model": inputs.model_id,
         "iic_input_catalog": config.catalog,
         "iic_images": config.images,
+        "iic_precision": _precision_used(config, inputs.fs),
     }
     url = finalize.finalize(config.output, inputs.fs, props, allow_partial=plan.partial)
     summary = Summary(

@@ -1,7 +1,7 @@
 """The Ray Data stages of a classification run, and the lazy dataset that chains them.
 
 :class:`PixelReader` turns a planned read unit into ``coadd_id``-sorted chunks of one pixel;
-:class:`~iic_survey.stamps.maker.StampMaker` cuts and colours their stamps;
+:class:`~iic_survey.stamps.split.StampCutter` cuts their stamps (CPU tasks);
 :class:`~iic_survey.survey.classify.Classify` (an actor pool, the model loaded once) makes the
 result rows; :class:`PartWriter` stages each chunk as a part file and returns a small receipt
 (pixel, part, rows, :data:`COUNTERS`). :func:`build_dataset` wires them together, sizing the
@@ -30,11 +30,12 @@ from iic_survey.inputs import catalog as catalog_mod
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
 from iic_survey.inputs.ibe import ServiceConfig
 from iic_survey.model.directory import load_model_dir
+from iic_survey.model.precision import GATE_STAMPS, GateResult
 from iic_survey.output import writer as output
 from iic_survey.stamps.cutouts import CutoutConfig
-from iic_survey.stamps.maker import StampMaker
-from iic_survey.survey.classify import RESULT_COLUMNS, Classify, model_version
-from iic_survey.survey.config import CPU_MODEL_BATCH, GPU_MODEL_BATCH, PipelineConfig, PipelineError
+from iic_survey.stamps.split import StampCutter
+from iic_survey.survey.classify import RESULT_COLUMNS, Classify, gate_precision, model_version
+from iic_survey.survey.config import CPU_MODEL_BATCH, PipelineConfig, PipelineError
 from iic_survey.survey.plan import Plan, assign_pixels, plan_run
 
 logger = logging.getLogger(__name__)
@@ -159,14 +160,15 @@ def open_inputs(config: PipelineConfig) -> Inputs:
 
 
 def _stamp_maker(config: PipelineConfig, rgb_params: Mapping[str, Any]) -> Any:
-    """The cutout + RGB stage, configured for the run's images and the model's RGB."""
+    """The cutout stage, configured for the run's images (the model's RGB rides along; the
+    inference actor applies it, :func:`~iic_survey.stamps.split.finish_images`)."""
     cut = CutoutConfig(
         method=config.cutout_mode,
         max_workers=config.cutout_threads,
         service=ServiceConfig(read_timeout_s=config.service_timeout_s),
     )
     s3 = config.endpoint_url if config.images.startswith("s3") else None
-    return StampMaker.from_spec(
+    return StampCutter.from_spec(
         config.images, cutout=cut, rgb_params=rgb_params or None, endpoint_url=s3
     )
 
@@ -191,7 +193,9 @@ def inference_resources(config: PipelineConfig) -> tuple[int, float]:
 
 
 IMAGE_BYTES_PER_ROW = 3 * 80 * 80 * 4
-"""Bytes of one source's model input between the cutout and inference stages."""
+"""Bytes of one source's model input (an image). Chunks are still sized by it, though the
+stages now pass 37x37 stamps (4.7x fewer bytes): the chunk size, and so the part files, stay
+as they were, and the store has room to spare."""
 
 
 def chunk_rows(config: PipelineConfig, actors: int) -> int:
@@ -204,10 +208,46 @@ def chunk_rows(config: PipelineConfig, actors: int) -> int:
     return int(np.clip(store / 2 / (8 * max(actors, 1) * IMAGE_BYTES_PER_ROW), 128, 2048))
 
 
-def build_dataset(config: PipelineConfig, inputs: Inputs, plan: Plan) -> Any:
+def _gate_rows(config: PipelineConfig, inputs: Inputs, plan: Plan) -> dict[str, np.ndarray]:
+    """The first :data:`GATE_STAMPS` rows of the run's first chunk, as the CPU stage makes them."""
+    reader = PixelReader(inputs.catalog, PIPELINE_COLUMNS, plan.order, GATE_STAMPS)
+    first = next(reader(pd.DataFrame({"unit": [json.dumps(plan.units[0])]})))
+    return dict(_stamp_maker(config, inputs.rgb)(first))
+
+
+def _gate_task(config: PipelineConfig, inputs: Inputs, plan: Plan, device: str) -> dict[str, Any]:
+    """Make the gate's stamps and run :func:`gate_precision` (inside a Ray task)."""
+    rows = _gate_rows(config, inputs, plan)
+    return gate_precision(
+        config.model_dir, device, config.precision, rows, int(config.cpus_per_actor)
+    )
+
+
+def decide_precision(config: PipelineConfig, inputs: Inputs, plan: Plan) -> GateResult:
+    """The run's precision: fp32 as asked, or the gate's verdict on the first chunk's stamps.
+
+    The gate runs once, as a Ray task with an inference actor's resources (so ``auto`` and the
+    comparison see the actors' device), and every actor then uses its verdict.
+    """
+    _, gpus = inference_resources(config)
+    device = "cuda" if gpus > 0 else "cpu"
+    if config.precision == "fp32" or not plan.units:
+        return GateResult(config.precision, "fp32", device, "fp32 asked for")
+    task = ray.remote(_gate_task).options(
+        num_cpus=config.cpus_per_actor, num_gpus=gpus if gpus > 0 else None, max_retries=1
+    )
+    result = GateResult(**ray.get(task.remote(config, inputs, plan, device)))
+    logger.info("precision: %s (%s)", result.used, result.reason)
+    return result
+
+
+def build_dataset(
+    config: PipelineConfig, inputs: Inputs, plan: Plan, precision: str = "fp32"
+) -> Any:
     """The lazy dataset of a planned run: read -> stamps -> classify -> staged parts.
 
-    Its rows are the receipts of the staged parts; executing it commits nothing.
+    ``precision`` is the resolved one (:func:`decide_precision`). Its rows are the receipts of
+    the staged parts; executing it commits nothing.
     """
     # Errors raised in our stages (a corrupt partition, a missing column) reach the driver as
     # themselves, not wrapped in Ray's UserCodeException, so the job can name the problem.
@@ -237,10 +277,12 @@ def build_dataset(config: PipelineConfig, inputs: Inputs, plan: Plan) -> Any:
         fn_constructor_kwargs=dict(
             model_dir=config.model_dir,
             device=device,
+            # None on a GPU: the actor sizes its batch from the GPU's memory
             model_batch_size=config.model_batch_size
-            or (GPU_MODEL_BATCH if device == "cuda" else CPU_MODEL_BATCH),
+            or (None if device == "cuda" else CPU_MODEL_BATCH),
             confidence_threshold=config.confidence_threshold,
             threads=int(config.cpus_per_actor),
+            precision=precision,
         ),
         compute=ActorPoolStrategy(size=actors),
         batch_size=chunk,
@@ -264,4 +306,4 @@ def build_pipeline(config: PipelineConfig) -> tuple[Plan, Any]:
     if not config.overwrite:
         finished = output.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
     plan = plan_run(config, inputs.catalog, finished)
-    return plan, build_dataset(config, inputs, plan)
+    return plan, build_dataset(config, inputs, plan, decide_precision(config, inputs, plan).used)

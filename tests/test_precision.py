@@ -1,0 +1,244 @@
+"""iic_survey.model.precision and inference, survey.classify's gate: reduced precision, gated.
+
+The gate must pass on a model that bf16 does not disturb (the paper-sized IICnet on real
+stamps) and must fall back to fp32 when forced to disagree: a tolerance of zero, or a model made
+numerically fragile (its three class rows equal up to far below bf16's resolution, so bf16
+rounds them into a tie while fp32 still tells them apart).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
+from iic_survey.inputs.catalog import open_catalog
+from iic_survey.model import inference, precision
+from iic_survey.model.config import ModelConfig
+from iic_survey.model.directory import save_model_dir
+from iic_survey.model.network import build_model, optimize_for_inference
+from iic_survey.model.ood import predict
+from iic_survey.stamps.maker import StampMaker
+from iic_survey.stamps.rgb import RGBParams
+from iic_survey.survey import config as survey_config
+from iic_survey.survey.classify import Classify, gate_precision
+from tests.fixtures.model import TINY_MODEL
+
+CPU = torch.device("cpu")
+needs_bf16 = pytest.mark.skipif(
+    not precision.cpu_has_native_bf16(), reason="this CPU has no native bf16"
+)
+
+
+@pytest.fixture(scope="module")
+def made(tiny_sky) -> dict[str, np.ndarray]:
+    """160 rows of the tiny sky's first pixel, as the CPU stage makes them (images)."""
+    cat = open_catalog(tiny_sky.catalog_url)
+    rows = cat.read_pixel(int(tiny_sky.pixels[0]), 5, columns=PIPELINE_COLUMNS).head(160)
+    rows["_pixel"], rows["_row"], rows["_chunk"] = int(tiny_sky.pixels[0]), range(160), 0
+    return dict(StampMaker.from_spec(tiny_sky.images_url)(rows))
+
+
+def _fragile(model: torch.nn.Module) -> torch.nn.Module:
+    """Class rows of the head equal, biases 1 + (0, 1, 2) x 1e-5: bf16 (8 bits of mantissa)
+    rounds the three logits into a tie, fp32 still ranks them."""
+    with torch.no_grad():
+        w = model.fc2.weight
+        w.copy_(w[:1].expand_as(w))
+        model.fc2.bias.copy_(1.0 + 1e-5 * torch.arange(len(w), dtype=w.dtype))
+    return model
+
+
+def _model_dir(path: Path, cfg: ModelConfig, fragile: bool = False) -> str:
+    model = build_model(cfg, seed=0).eval()
+    if fragile:
+        _fragile(model)
+    save_model_dir(path, model, cfg, {"rgb": RGBParams().to_dict(), "temperature": 1.0})
+    return str(path)
+
+
+# ------------------------------------------------------------------------------ pure pieces
+
+
+def test_choices_match_the_command_line():
+    assert survey_config.PRECISIONS == precision.PRECISIONS
+    with pytest.raises(ValueError, match="did you mean 'bf16'"):
+        precision.check_precision("bf61")
+    with pytest.raises(ValueError, match="precision"):
+        survey_config.PipelineConfig("c", "i", "m", "o", precision="fp8")
+    assert precision.autocast_dtype("fp32") is None
+    assert precision.autocast_dtype("bf16") is torch.bfloat16
+    with pytest.raises(ValueError, match="resolve"):
+        precision.autocast_dtype("auto")
+
+
+def test_auto_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.resolve("auto", "cpu")[0] == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.resolve("auto", "cpu") == ("fp32", "auto: no native bf16 on cpu")
+    assert precision.resolve("fp16", "cpu")[0] == "fp16"  # asked for: kept, then gated
+    monkeypatch.setattr(precision, "cuda_has_bf16", lambda: False)
+    assert precision.resolve("auto", "cuda")[0] == "fp32"
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    expected = "avx512_bf16" in flags or "amx_bf16" in flags
+    if text:
+        assert precision.cpu_has_native_bf16() == expected
+
+
+def test_compare_counts_classes_and_probabilities():
+    a = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    agree, diff = precision.compare(a, a)
+    assert agree == 1.0 and diff == 0.0
+    agree, diff = precision.compare(a, a[::-1])
+    assert agree == 0.0 and diff > 0.3
+
+
+def test_gate_falls_back_when_the_reduced_run_disagrees_or_fails():
+    ref = np.random.default_rng(0).normal(size=(200, 3))
+    flipped = ref.copy()
+    flipped[:2] = flipped[:2, ::-1]  # 1 % of the classes change: below 99.5 %
+    runs = {"fp32": ref, "bf16": flipped}
+    res = precision.check_gate(runs.__getitem__, "bf16", "cpu")
+    assert res.used == "fp32" and "gate failed" in res.reason and res.agreement == 0.99
+    runs["bf16"] = ref + 1e-4
+    res = precision.check_gate(runs.__getitem__, "bf16", "cpu")
+    assert res.used == "bf16" and res.agreement == 1.0 and res.n_stamps == 200
+    zero = precision.Gate(max_prob_diff=0.0)
+    assert precision.check_gate(runs.__getitem__, "bf16", "cpu", zero).used == "fp32"
+
+    def broken(p: str) -> np.ndarray:
+        if p != "fp32":
+            raise RuntimeError("no kernel")
+        return ref
+
+    res = precision.check_gate(broken, "fp16", "cpu")
+    assert res.used == "fp32" and "failed to run" in res.reason
+    assert precision.check_gate(broken, "fp32", "cpu").n_stamps == 0  # no gate for fp32
+
+
+# ------------------------------------------------------------------------------ the model
+
+
+def test_predictor_in_fp32_equals_predict_exactly(made):
+    net = optimize_for_inference(build_model(TINY_MODEL, seed=1).eval())
+    old = predict(net, made["image"], made["features"], CPU, 16)
+    new = inference.Predictor(net, CPU, None, 16)(made["image"], made["features"])
+    np.testing.assert_array_equal(old[0], new[0])
+    np.testing.assert_array_equal(old[1], new[1])
+
+
+@needs_bf16
+@pytest.mark.slow
+def test_gate_passes_on_the_paper_model_and_fails_when_forced(made):
+    net = optimize_for_inference(build_model(ModelConfig(), seed=0).eval())
+    fp32 = inference.Predictor(net, CPU, None, 16)
+
+    def run_logits(p: str) -> np.ndarray:
+        return fp32.with_dtype(precision.autocast_dtype(p))(made["image"], made["features"])[0]
+
+    res = precision.check_gate(run_logits, "auto", CPU)
+    assert res.used == "bf16", res.reason
+    assert res.agreement >= precision.MIN_AGREEMENT and res.max_prob_diff <= 0.01
+    forced = precision.check_gate(run_logits, "bf16", CPU, precision.Gate(max_prob_diff=0.0))
+    assert forced.used == "fp32" and "gate failed" in forced.reason
+
+
+@needs_bf16
+def test_gate_in_the_actor_falls_back_on_a_fragile_model(made, tmp_path):
+    good = gate_precision(_model_dir(tmp_path / "good", TINY_MODEL), "cpu", "bf16", made)
+    assert good["used"] == "bf16", good["reason"]
+    bad = gate_precision(_model_dir(tmp_path / "bad", TINY_MODEL, fragile=True), "cpu", "bf16", made)
+    assert bad["used"] == "fp32" and "gate failed" in bad["reason"]
+    assert bad["agreement"] < precision.MIN_AGREEMENT
+    json.dumps(bad)  # goes into _run.json as it is
+
+
+@needs_bf16
+def test_classify_in_bf16_agrees_with_fp32(made, tmp_path):
+    model_dir = _model_dir(tmp_path / "m", TINY_MODEL)
+    a = Classify(model_dir, "cpu", 16, None, precision="fp32")(made)
+    b = Classify(model_dir, "cpu", 16, None, precision="bf16")(made)
+    pa, pb = (np.stack([r[f"p_{c}"] for c in ("star", "galaxy", "quasar")], 1) for r in (a, b))
+    ok = np.isfinite(pa).all(axis=1)
+    assert np.nanmax(np.abs(pa - pb)) < 0.01 and not np.array_equal(pa[ok], pb[ok])
+
+
+# ------------------------------------------------------------------------------ whole runs
+
+
+def _run(tiny_sky, model_dir: str, out: Path, requested: str) -> dict:
+    from iic_survey.output.reader import read_properties
+    from iic_survey.survey.run import run_pipeline
+
+    cfg = survey_config.PipelineConfig(
+        catalog=tiny_sky.catalog_url,
+        images=tiny_sky.images_url,
+        model_dir=model_dir,
+        output=str(out),
+        pixels=(int(tiny_sky.pixels[0]),),
+        chunk_size=400,
+        inference_actors=1,
+        precision=requested,
+    )
+    run_pipeline(cfg)
+    record = json.loads((out / "_run.json").read_text())
+    return {"record": record, "props": read_properties(str(out))}
+
+
+@pytest.mark.slow
+def test_a_run_records_its_precision_and_falls_back_on_a_fragile_model(
+    ray_cluster, tiny_sky, tmp_path
+):
+    fp32 = _run(tiny_sky, _model_dir(tmp_path / "m", TINY_MODEL), tmp_path / "a", "fp32")
+    assert fp32["record"]["args"]["precision"] == "fp32"
+    assert [r["used"] for r in fp32["record"]["precision_runs"]] == ["fp32"]
+    assert fp32["props"]["iic_precision"] == "fp32"
+    assert '"precision": "fp32"' in fp32["props"]["iic_run_args"]
+
+    bad_dir = _model_dir(tmp_path / "bad", TINY_MODEL, fragile=True)
+    bad = _run(tiny_sky, bad_dir, tmp_path / "b", "bf16")
+    (run,) = bad["record"]["precision_runs"]
+    assert run["requested"] == "bf16" and run["used"] == "fp32"
+    assert bad["props"]["iic_precision"] == "fp32"
+    if precision.cpu_has_native_bf16():  # elsewhere bf16 may also fail to run: still fp32
+        assert "gate failed" in run["reason"] and run["n_stamps"] > 0
+
+
+@needs_bf16
+@pytest.mark.slow
+def test_auto_runs_in_bf16_where_native(ray_cluster, tiny_sky, tmp_path):
+    got = _run(tiny_sky, _model_dir(tmp_path / "m", TINY_MODEL), tmp_path / "a", "auto")
+    (run,) = got["record"]["precision_runs"]
+    assert run["used"] == "bf16" and "gate passed" in run["reason"], run["reason"]
+    assert got["props"]["iic_precision"] == "bf16"
+
+
+# ------------------------------------------------------------------------------ the split stage
+
+
+def test_cut_then_colour_in_the_actor_equals_the_stamp_maker(tiny_sky, tiny_model_dir):
+    """StampCutter (CPU stage) + Classify's RGB on the stamps == StampMaker + Classify, exactly."""
+    from iic_survey.stamps.split import StampCutter
+
+    cat = open_catalog(tiny_sky.catalog_url)
+    rows = cat.read_pixel(int(tiny_sky.pixels[-1]), 5, columns=PIPELINE_COLUMNS).head(300)
+    rows["_pixel"], rows["_row"], rows["_chunk"] = int(tiny_sky.pixels[-1]), range(len(rows)), 0
+    whole = StampMaker.from_spec(tiny_sky.images_url)(rows)
+    cut = StampCutter.from_spec(tiny_sky.images_url)(rows)
+    assert "image" not in cut and cut["stamp"].shape == (len(rows), 3, 37, 37)
+    assert cut["stamp"].nbytes * 4.5 < whole["image"].nbytes
+    classify = Classify(tiny_model_dir, "cpu", 16, None, precision="fp32")
+    a, b = classify(whole), classify(cut)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+    assert (a["quality_flags"] != np.asarray(cut["quality_flags"], np.int32)).any()  # RGB flags
