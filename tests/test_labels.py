@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
+import pathlib
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from typing import ClassVar
 
+import astroquery
 import numpy as np
 import pandas as pd
 import pytest
@@ -248,6 +252,8 @@ class SkyServerStandIn(http.server.BaseHTTPRequestHandler):
 
     table: pd.DataFrame = pd.DataFrame()
     cap: int = 500_000
+    body: bytes | None = None
+    """When set, the answer to every query, byte for byte (a real SkyServer body, say)."""
     queries: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
@@ -260,9 +266,11 @@ class SkyServerStandIn(http.server.BaseHTTPRequestHandler):
         sql = q["cmd"][0]
         type(self).queries.append(sql)
         lo, hi = sdss.stripe_of_sql(sql)
-        t = self.table
-        rows = t[(t["ra"] >= lo) & (t["ra"] < hi)].head(self.cap)
-        body = ("#Table1\n" + rows.to_csv(index=False)).encode()
+        body = self.body
+        if body is None:
+            t = self.table
+            rows = t[(t["ra"] >= lo) & (t["ra"] < hi)].head(self.cap)
+            body = ("#Table1\n" + rows.to_csv(index=False)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -343,43 +351,95 @@ def test_real_skyserver_answers_one_small_stripe():
 
 
 # ---------------------------------------------------------------------------------------------
-# The recorded SkyServer response (tests/data/sdss) on the tiny synthetic sky
+# The SkyServer response generated from the tiny synthetic sky (tests/data/sdss), in the form of
+# a real SkyServer body (astroquery's own test data holds real ones)
 
-SDSS_DATA = __import__("pathlib").Path(__file__).parent / "data" / "sdss"
+SDSS_DATA = pathlib.Path(__file__).parent / "data" / "sdss"
+GENERATED_CSV = SDSS_DATA / "specobj_generated_from_tiny_sky.csv"
+REAL_SKYSERVER = pathlib.Path(astroquery.__file__).parent / "sdss" / "tests" / "data"
+"""Real SkyServer CSV bodies astroquery ships for its own tests (``xid_sp.txt``: a
+``SpecObj`` join, one row; ``xid_im.txt``: a ``PhotoObj`` query, 18 rows)."""
+
+
+def _csv_form(body: str) -> dict[str, object]:
+    """The form of a SkyServer CSV body, its values aside: what a parser relies on."""
+    lines = body.split("\n")
+    header, rows = lines[1].split(","), [r for r in lines[2:] if r]
+    ident = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+    return {
+        "first_line": lines[0],
+        "header_is_names": all(ident.match(h) for h in header),
+        "fields_per_row": sorted({len(r.split(",")) for r in rows}) == [len(header)],
+        "quoted": '"' in body,
+        "carriage_returns": "\r" in body,
+        "blank_lines": "" in lines[2:-1],
+        "ends_with_newline": body.endswith("\n") and not body.endswith("\n\n"),
+        "rows": len(rows) >= 1,
+    }
+
+
+@pytest.mark.parametrize("name", ["xid_sp.txt", "xid_im.txt"])
+def test_skyserver_path_parses_a_real_skyserver_body(skyserver, name):
+    real = (REAL_SKYSERVER / name).read_text()
+    skyserver.body = real.encode()
+    got = sdss._astroquery_sql(sdss.sdss_sql(0, 10), sdss.SDSSConfig())
+    header = real.split("\n")[1].split(",")
+    want = pd.read_csv(REAL_SKYSERVER / name, skiprows=1)
+    assert list(got.columns) == header
+    assert len(got) == len(want) == len(real.strip().split("\n")) - 2
+    kind = {"u": "i"}  # astroquery reads ids as uint64 (specobjids overflow int64), pandas int64
+    for col in header:
+        assert kind.get(got[col].dtype.kind, got[col].dtype.kind) == want[col].dtype.kind, col
+    np.testing.assert_array_equal(got["objid"].astype("int64"), want["objid"])
+    np.testing.assert_allclose(got["ra"], want["ra"], rtol=0, atol=1e-11)
+    if name == "xid_sp.txt":
+        assert int(got["specobjid"][0]) == 845594848269461504
+        assert got["z"][0] == pytest.approx(0.04559058) and got["instrument"][0] == "SDSS"
+
+
+def test_generated_response_has_the_form_of_a_real_skyserver_body(skyserver):
+    real = _csv_form((REAL_SKYSERVER / "xid_sp.txt").read_text())
+    assert real["first_line"] == "#Table1" and real["header_is_names"], real
+    ours = GENERATED_CSV.read_text()
+    assert _csv_form(ours) == real
+    # and our parsing path reads it as it reads the real one: every row, uint64 ids intact
+    skyserver.body = ours.encode()
+    got = sdss._astroquery_sql(sdss.sdss_sql(0, 10), sdss.SDSSConfig())
+    want = pd.read_csv(GENERATED_CSV, skiprows=1, dtype={"specobjid": "uint64"})
+    assert list(got.columns) == ["specobjid", "ra", "dec", "class", "z"]
+    assert got["specobjid"].astype("uint64").tolist() == want["specobjid"].tolist()
+    assert got["class"].astype(str).tolist() == want["class"].tolist()
 
 
 @pytest.fixture
-def recorded(skyserver, tiny_sky):
-    """The stand-in SkyServer replaying the recorded response; its expectations."""
-    import json
+def generated_sdss(skyserver, tiny_sky):
+    """The stand-in SkyServer replaying the response generated from the tiny sky; what the
+    tests expect of it."""
+    from tests.data.sdss.make_generated_response import read_sky, sky_fingerprint
 
-    from tests.data.sdss.make_recorded_response import read_sky, sky_fingerprint
-
-    expect = json.loads((SDSS_DATA / "specobj_tiny_sky.json").read_text())
+    expect = json.loads((SDSS_DATA / "specobj_generated_from_tiny_sky.json").read_text())
     rows, _ = read_sky(tiny_sky.root)
     if sky_fingerprint(rows) != expect["sky"]["fingerprint"]:
-        pytest.fail("the tiny sky changed: rerun tests/data/sdss/make_recorded_response.py")
-    skyserver.table = pd.read_csv(
-        SDSS_DATA / "specobj_tiny_sky.csv", skiprows=1, dtype={"specobjid": "uint64"}
-    )
+        pytest.fail("the tiny sky changed: rerun tests/data/sdss/make_generated_response.py")
+    skyserver.table = pd.read_csv(GENERATED_CSV, skiprows=1, dtype={"specobjid": "uint64"})
     return expect
 
 
-def test_recorded_spectra_crossmatch_onto_their_sources(recorded, skyserver, tiny_sky):
+def test_generated_spectra_crossmatch_onto_their_sources(generated_sdss, skyserver, tiny_sky):
     from iic_survey.inputs.catalog import open_catalog
 
     spectra = sdss.fetch_sdss(sdss.SDSSConfig(stripe_deg=60.0))
     assert len(spectra) == len(skyserver.table)
     out = crossmatch.crossmatch(spectra, open_catalog(tiny_sky.catalog_url), radius_arcsec=2.5)
     got = dict(zip(out["specobjid"].astype(str), out["cntr"].astype(int), strict=True))
-    for sid, cntr in recorded["match"].items():
+    for sid, cntr in generated_sdss["match"].items():
         if cntr < 0:
             assert sid not in got, f"blank-sky spectrum {sid} matched {got.get(sid)}"
         else:
             assert got.get(sid) == cntr, f"spectrum {sid}: expected cntr {cntr}"
     # A repeat spectrum never displaces the nearer one of the same source.
-    expected_cntrs = {c for c in recorded["match"].values() if c >= 0}
-    assert not [s for s in recorded["repeats"] if got.get(s) in expected_cntrs]
+    expected_cntrs = {c for c in generated_sdss["match"].values() if c >= 0}
+    assert not [s for s in generated_sdss["repeats"] if got.get(s) in expected_cntrs]
     truth = __import__("iic_survey.synthetic.sky", fromlist=["x"]).read_truth(tiny_sky.root)
     cls = dict(zip(truth["cntr"], truth["class"], strict=True))
     assert all(
@@ -390,7 +450,7 @@ def test_recorded_spectra_crossmatch_onto_their_sources(recorded, skyserver, tin
 
 
 @pytest.mark.slow
-def test_build_training_set_from_recorded_sdss_spectra(recorded, tiny_sky, tmp_path):
+def test_build_training_set_from_generated_sdss_spectra(generated_sdss, tiny_sky, tmp_path):
     cfg = labels.TrainingSetConfig(
         source="sdss",
         catalog=tiny_sky.catalog_url,

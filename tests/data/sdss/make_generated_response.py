@@ -1,17 +1,21 @@
-"""Make the recorded SkyServer response the offline SDSS tests replay.
+"""Generate the SkyServer response the offline SDSS tests replay (made from the tiny sky).
 
-    .venv/bin/python tests/data/sdss/make_recorded_response.py
+    .venv/bin/python tests/data/sdss/make_generated_response.py
 
-Writes, next to this script:
+This is not a recording of SkyServer: the spectra are *generated* from the tiny synthetic sky,
+so that the crossmatch has known answers. Only the body's form is SkyServer's (checked in
+``tests/test_labels.py`` against a real SkyServer CSV body shipped in astroquery's own test
+data). Writes, next to this script:
 
-* ``specobj_tiny_sky.csv`` — the body SkyServer's SQL search (``x_results.aspx?format=csv``)
-  returns for ``SELECT s.specobjid, s.ra, s.dec, s.class, s.z FROM SpecObj s WHERE ...``: a
-  ``#Table1`` line, a header, one row per spectrum. The spectra sit on sources of the tiny
-  synthetic sky (``synthetic.tiny_config()``, the ``tiny_sky`` fixture), 120 per class, each
-  displaced by a realistic astrometric offset (Rayleigh, sigma 0.4"); plus 15 spectra with no
-  WISE source within 6" (blank sky) and 6 repeat spectra of an already-observed source.
-* ``specobj_tiny_sky.json`` — what the tests expect: the sky's fingerprint (so a changed
-  generator is caught: rerun this script then) and, per specobjid, the cntr it must match.
+* ``specobj_generated_from_tiny_sky.csv`` — in the form of the body SkyServer's SQL search
+  (``x_results.aspx?format=csv``) returns for ``SELECT s.specobjid, s.ra, s.dec, s.class, s.z
+  FROM SpecObj s WHERE ...``: a ``#Table1`` line, a header, one row per spectrum. The spectra
+  sit on sources of the tiny synthetic sky (``synthetic.tiny_config()``, the ``tiny_sky``
+  fixture), 120 per class, each displaced by a realistic astrometric offset (Rayleigh, sigma
+  0.4"); plus 15 spectra with no WISE source within 6" (blank sky) and 6 repeat spectra of an
+  already-observed source. Class names, redshifts and specobjids are made up in SDSS's form.
+* ``specobj_generated_from_tiny_sky.json`` — what the tests expect: the sky's fingerprint (so a
+  changed generator is caught: rerun this script then) and, per specobjid, the cntr it must match.
 
 Deterministic: the same generator gives byte-identical files.
 """
@@ -30,8 +34,8 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 
 HERE = pathlib.Path(__file__).resolve().parent
-CSV = HERE / "specobj_tiny_sky.csv"
-EXPECT = HERE / "specobj_tiny_sky.json"
+CSV = HERE / "specobj_generated_from_tiny_sky.csv"
+EXPECT = HERE / "specobj_generated_from_tiny_sky.json"
 PER_CLASS = 120
 N_BLANK = 15
 N_REPEAT = 6
