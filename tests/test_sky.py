@@ -1,11 +1,18 @@
-"""HEALPix helpers, checked against healpy and astropy computed independently."""
+"""HEALPix helpers (iic_survey.core.sky), checked by routes that do not go through healpy.
+
+``sky.pixel_of`` calls healpy, so agreeing with healpy alone would prove little: it is also
+checked against cdshealpix (CDS's independent Rust implementation, a dependency of hats) and
+against pixel indices worked out by hand from the nested scheme's definition.
+"""
 
 from __future__ import annotations
 
 import healpy as hp
 import numpy as np
 import pytest
-from astropy.coordinates import SkyCoord
+from astropy import units as u
+from astropy.coordinates import Latitude, Longitude, SkyCoord
+from cdshealpix import nested as cds
 
 from iic_survey.core import sky
 
@@ -18,6 +25,45 @@ DEC = np.degrees(np.arcsin(RNG.uniform(-1, 1, 500)))
 def test_pixel_of_matches_healpy(order):
     expected = hp.ang2pix(2**order, RA, DEC, nest=True, lonlat=True)
     np.testing.assert_array_equal(sky.pixel_of(RA, DEC, order), expected)
+
+
+@pytest.mark.parametrize("order", [0, 1, 5, 9, 12, 29])
+def test_pixel_of_matches_cdshealpix(order):
+    expected = cds.lonlat_to_healpix(Longitude(RA, u.deg), Latitude(DEC, u.deg), order)
+    np.testing.assert_array_equal(sky.pixel_of(RA, DEC, order), expected.astype(np.int64))
+
+
+# Order 0: the twelve base pixels' centres. North cap 0-3 at lat asin(2/3) = 41.81 deg, centred
+# on lon 45, 135, 225, 315; equator 4-7 on lon 0, 90, 180, 270; south cap 8-11 like the north.
+BASE_CENTRES = [(45.0 + 90 * i, 41.81) for i in range(4)]
+BASE_CENTRES += [(90.0 * i, 0.0) for i in range(4)]
+BASE_CENTRES += [(45.0 + 90 * i, -41.81) for i in range(4)]
+
+# Order 5 (nside 32), nested: pixel = base * 32**2 + interleave(x, y), x in the even bits. So
+# the sub-pixel in a base pixel's south corner is base * 1024 + 0, the north corner's is
+# base * 1024 + 1023, the east corner's (x = 31, y = 0) + 0b0101010101 = 341, the west's + 682.
+ORDER5_CORNERS = [
+    ((0.0, -41.0), 4 * 1024),  # base 4 (lon 0), just above its south corner (0, -41.81)
+    ((0.0, 41.0), 4 * 1024 + 1023),  # base 4, just below its north corner
+    ((180.0, -41.0), 6 * 1024),  # base 6 (lon 180), south corner
+    ((180.0, 41.0), 6 * 1024 + 1023),  # base 6, north corner
+    ((44.5, 0.0), 4 * 1024 + 341),  # base 4, east corner (45, 0)
+    ((315.5, 0.0), 4 * 1024 + 682),  # base 4, west corner (-45, 0)
+    ((45.0, 89.5), 0 * 1024 + 1023),  # base 0: its north corner is the pole
+    ((45.0, 0.5), 0),  # base 0, south corner (45, 0)
+    ((135.0, -89.5), 9 * 1024),  # base 9: its south corner is the south pole
+    ((225.0, -0.5), 10 * 1024 + 1023),  # base 10, north corner (225, 0)
+]
+
+
+def test_pixel_of_hand_computed_nested_indices():
+    ra, dec = np.array(BASE_CENTRES).T
+    assert sky.pixel_of(ra, dec, 0).tolist() == list(range(12))
+    (ra, dec), want = np.array([p for p, _ in ORDER5_CORNERS]).T, [w for _, w in ORDER5_CORNERS]
+    assert sky.pixel_of(ra, dec, 5).tolist() == want
+    # order 29 refines them: the top 10 bits below the base pixel are the order-5 index
+    assert (sky.pixel_of(ra, dec, 29) >> (2 * 24)).tolist() == want
+    assert sky.npix(5) == 12 * 1024 and sky.nside(5) == 32
 
 
 def test_healpix_29_is_int64_and_refines_order_5():
