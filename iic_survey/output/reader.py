@@ -2,8 +2,9 @@
 
 A query (:class:`Query`) is two steps, like LSDB's searches: a coarse step picks the pixel files
 that can hold matching rows (from ``partition_info.csv`` and the HEALPix maths in
-:mod:`iic_survey.core.sky`), and a fine step picks the rows (Parquet filters for class and
-confidence, an exact angular distance for cones). Only the files the first step keeps are
+:mod:`iic_survey.core.sky`; for a cone, also the coverage map ``point_map.fits``: a partition
+without rows near the cone is not opened), and a fine step picks the rows (Parquet filters for
+class and confidence, an exact angular distance for cones). Only the files the first step keeps are
 opened. Before :func:`iic_survey.output.finalize.finalize`, the committed pixels are those with
 a ``_done`` marker; a pixel file without one is ignored. FITS / VOTable export is
 :mod:`iic_survey.output.export`; checking a whole catalog is :mod:`iic_survey.output.validate`.
@@ -22,11 +23,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from astropy.coordinates import angular_separation
+from hats.io import file_io
+from hats.pixel_math.healpix_shim import npix2order
 
 from iic_survey.core import sky
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
+from iic_survey.output import hatsfiles
 from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file, resolve
 from iic_survey.output.writer import commit_markers
 
@@ -138,6 +142,28 @@ def _select(
     return keep
 
 
+def _covered(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    parts: list[tuple[int, int]],
+    cone: tuple[float, float, float],
+) -> list[tuple[int, int]]:
+    """The partitions whose rows (``point_map.fits``: rows per order-9 pixel) reach the cone.
+
+    A partition can overlap a cone and still hold no row near it (a coast, a survey edge, a
+    split pixel's empty corner): the coverage map says so without opening the file. Without a
+    coverage map (an unfinished catalog) every partition is kept.
+    """
+    point_map = f"{catalog_dir(root)}/point_map.fits"
+    if not parts or not fs.exists(point_map):
+        return parts
+    counts = file_io.read_fits_image(hatsfiles.upath(fs, point_map))
+    order = int(npix2order(len(counts)))
+    hit = np.intersect1d(sky.cone_pixels(*(float(v) for v in cone), order), np.flatnonzero(counts))
+    near = {k: set((hit >> (2 * (order - k))).tolist()) for k in {k for k, _ in parts}}
+    return [(k, p) for k, p in parts if k > order or p in near[k]]
+
+
 def read(
     path: str,
     columns: Sequence[str] | None = None,
@@ -173,7 +199,10 @@ def read(
     need |= {"_healpix_29"} if query.pixels else set()
     read_cols = [c for c in names if c in need]
     tables = []
-    for order, pixel in _select(partitions(root, fs), query.cone, query.pixels):
+    parts = _select(partitions(root, fs), query.cone, query.pixels)
+    if query.cone is not None:
+        parts = _covered(fs, root, parts, query.cone)
+    for order, pixel in parts:
         with fs.open(pixel_file(root, order, pixel), "rb") as f:
             table = pq.read_table(f, columns=read_cols, filters=query.filters() or None)
         tables.append(table.filter(pa.array(query.row_mask(table))).select(wanted))
