@@ -3,8 +3,9 @@
 Measured in one run, on one local Ray head (``--num-cpus`` logical CPUs on this machine's cores)
 with the paper-sized IICnet (untrained weights: the speed is the same):
 
-1. **Per-stage cost** on one core in this process (one thread each): catalog read, cutouts + RGB
-   (:class:`iic_survey.stamps.maker.StampMaker`), inference
+1. **Per-stage cost** on one core in this process (one thread each): catalog read, cutouts
+   (:class:`iic_survey.stamps.split.StampCutter`; the RGB runs in the inference actor), RGB +
+   inference
    (:class:`iic_survey.survey.classify.Classify`), staging + commit
    (:class:`iic_survey.survey.stages.PartWriter`, :func:`iic_survey.output.commit.commit_pixel`).
 2. **Inference alone** on the cluster: the same inference actor pool over stamps materialised
@@ -162,7 +163,7 @@ def stage_costs(
     from iic_survey.output import commit
     from iic_survey.output import writer as output
     from iic_survey.stamps.cutouts import CutoutConfig
-    from iic_survey.stamps.maker import StampMaker
+    from iic_survey.stamps.split import StampCutter
     from iic_survey.survey.classify import Classify, Scoring, result_rows
     from iic_survey.survey.config import CPU_MODEL_BATCH
     from iic_survey.survey.stages import PartWriter, PixelReader
@@ -178,11 +179,11 @@ def stage_costs(
         chunks += list(reader(pd.DataFrame({"unit": [json.dumps(unit)]})))
     n = sum(counts.values())
     res: dict[str, Any] = {"read_s": (time.perf_counter() - t0) / n}
-    maker = StampMaker.from_spec(manifest.images_url, cutout=CutoutConfig(max_workers=1))
+    maker = StampCutter.from_spec(manifest.images_url, cutout=CutoutConfig(max_workers=1))
     t0 = time.perf_counter()
     made = [maker(c) for c in chunks]
     res["stamps_s"] = (time.perf_counter() - t0) / n
-    classify = Classify(model_dir, "cpu", CPU_MODEL_BATCH, None, threads=1)
+    classify = Classify(model_dir, "cpu", CPU_MODEL_BATCH, None, threads=1, precision="fp32")
     sample = {k: v[:n_infer] for k, v in made[0].items()}
     classify({k: v[:8] for k, v in sample.items()})  # warm-up
     t0 = time.perf_counter()
@@ -221,7 +222,7 @@ def stage_costs(
 
 
 def _inference_alone(
-    manifest: Any, model_dir: str, pixels: list[int], actors: int, chunk: int
+    manifest: Any, model_dir: str, pixels: list[int], actors: int, chunk: int, precision: str
 ) -> tuple[int, float]:
     """Rows and wall seconds of the inference actor pool over materialised stamps."""
     import ray
@@ -229,7 +230,7 @@ def _inference_alone(
 
     from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
     from iic_survey.inputs.catalog import open_catalog
-    from iic_survey.stamps.maker import StampMaker
+    from iic_survey.stamps.split import StampCutter
     from iic_survey.survey.classify import Classify
     from iic_survey.survey.config import CPU_MODEL_BATCH
 
@@ -239,7 +240,7 @@ def _inference_alone(
         f["_pixel"], f["_row"] = pixel, range(len(f))
         f["_chunk"] = f["_row"] // chunk
     parts = [f.iloc[i : i + chunk] for f in frames for i in range(0, len(f), chunk)]
-    maker = StampMaker.from_spec(manifest.images_url)
+    maker = StampCutter.from_spec(manifest.images_url)
     stamps = ray.data.from_pandas(parts).map_batches(maker, batch_format="pandas", batch_size=None)
     stamps = stamps.materialize()
     ds = stamps.map_batches(
@@ -250,6 +251,7 @@ def _inference_alone(
             model_batch_size=CPU_MODEL_BATCH,
             confidence_threshold=None,
             threads=1,
+            precision=precision,
         ),
         compute=ActorPoolStrategy(size=actors),
         batch_size=chunk,
@@ -307,6 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 inference_actors=args.actors,
                 cpus_per_actor=1.0,
                 progress_interval_s=10.0,
+                precision=args.precision,
             )
             with MemorySampler(head.process.pid) as mem:
                 summary = run_pipeline(cfg)
@@ -317,11 +320,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Inference alone before and after the end-to-end run: the machine is shared, and
         # the mean of the two brackets the load the end-to-end run saw.
         logger.info("inference alone over %d pixels (1/2)", len(eight))
-        n_inf, t_inf = _inference_alone(manifest, model_dir, eight, args.actors, chunk)
+        n_inf, t_inf = _inference_alone(
+            manifest, model_dir, eight, args.actors, chunk, args.precision
+        )
         logger.info("end to end, 8 pixels")
         s8, m8 = pipeline(eight, "eight")
         logger.info("inference alone over %d pixels (2/2)", len(eight))
-        n_inf2, t_inf2 = _inference_alone(manifest, model_dir, eight, args.actors, chunk)
+        n_inf2, t_inf2 = _inference_alone(
+            manifest, model_dir, eight, args.actors, chunk, args.precision
+        )
         logger.info("end to end, 2 pixels")
         s2, m2 = pipeline(two, "two")
         res["infer_alone"] = (n_inf / t_inf, n_inf2 / t_inf2)
@@ -399,8 +406,8 @@ def report(res: dict[str, Any]) -> str:
     ]
     for key, name in (
         ("read_s", "catalog read + sort + chunk"),
-        ("stamps_s", "cutouts + RGB (`StampMaker`, 1 thread)"),
-        ("infer_s", "inference, CPU, 1 thread (`Classify`)"),
+        ("stamps_s", "cutouts (`StampCutter`, 1 thread; RGB moved into `Classify`)"),
+        ("infer_s", "RGB + inference, CPU fp32, 1 thread (`Classify`)"),
         ("write_s", "stage parts + commit pixel"),
     ):
         lines.append(f"| {name} | {res[key] * us:,.0f} | {1 / res[key]:,.0f} |")
@@ -417,7 +424,8 @@ def report(res: dict[str, Any]) -> str:
         "",
         "| stage | basis | hours |",
         "| --- | --- | ---: |",
-        f"| read + cutouts + RGB + write on {NODE_CORES - NODE_GPUS} cores | measured per-core "
+        f"| read + cutouts + write on {NODE_CORES - NODE_GPUS} cores (RGB on the GPUs) "
+        "| measured per-core "
         f"cost above (local disk) | {proj['cpu_stages'] / 3600:,.2f} |",
         f"| inference on {NODE_GPUS} GPUs | assumed {GPU_IMAGES_PER_S:,} images/s per H100 "
         f"| {proj['gpu'] / 3600:,.2f} |",
@@ -427,13 +435,210 @@ def report(res: dict[str, Any]) -> str:
         f"cost | {proj['cpu_inference_instead'] / 3600:,.0f} |",
         "",
         f"Projected wall time: about **{wall / 3600:.1f} h**, bound by "
-        f"{'the CPU stages (cutouts + RGB)' if wall == proj['cpu_stages'] else 'the GPUs' if wall == proj['gpu'] else 'S3'}"  # noqa: E501
+        f"{'the CPU stages (cutouts)' if wall == proj['cpu_stages'] else 'the GPUs' if wall == proj['gpu'] else 'S3'}"  # noqa: E501
         "; the GPUs are then busy "
         f"{proj['gpu'] / wall:.0%} of the time, so a node with more cores per GPU (or CPU "
         "nodes feeding GPU nodes: the stages are separate Ray operators) is what shortens it. "
         "The per-core costs were measured on 2 shared cores under the load averages above, which "
-        "inflates them: the cutouts + RGB rate of the Cutouts section, measured at a lighter "
-        "load, shortens the CPU stages in proportion.",
+        "inflates them. The --compare-precision section measures the cutting stage with and "
+        "without the RGB side by side.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ --compare-precision
+
+PRECISION_SECTION = "## Precision and the stamp split (bench/bench_pipeline.py --compare-precision)"
+
+
+def _interleaved(fns: dict[str, Any], rounds: int) -> dict[str, float]:
+    """Best CPU seconds of each function over ``rounds`` alternating rounds (one thread)."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            c0 = time.process_time()
+            fn()
+            best[name] = min(best[name], time.process_time() - c0)
+    return best
+
+
+def split_costs(manifest: Any, model_dir: str, pixel: int, rounds: int) -> dict[str, Any]:
+    """CPU seconds per source, side by side in alternating rounds, one thread: the CPU stage
+    before (cut + RGB, ``StampMaker``) and after the split (cut only, ``StampCutter``), and
+    inference in fp32 and bf16 (``Classify`` on the cut stamps, RGB included)."""
+    import torch
+
+    from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
+    from iic_survey.inputs.catalog import open_catalog
+    from iic_survey.stamps.cutouts import CutoutConfig
+    from iic_survey.stamps.maker import StampMaker
+    from iic_survey.stamps.split import StampCutter
+    from iic_survey.survey.classify import Classify
+    from iic_survey.survey.config import CPU_MODEL_BATCH
+
+    torch.set_num_threads(1)
+    rows = open_catalog(manifest.catalog_url).read_pixel(pixel, 5, columns=PIPELINE_COLUMNS)
+    rows = rows.sort_values(["coadd_id", "wy", "cntr"], kind="stable").head(2048)
+    rows["_pixel"], rows["_row"], rows["_chunk"] = pixel, range(len(rows)), 0
+    one = CutoutConfig(max_workers=1)
+    maker = StampMaker.from_spec(manifest.images_url, cutout=one)
+    cutter = StampCutter.from_spec(manifest.images_url, cutout=one)
+    stage = _interleaved({"cut_rgb": lambda: maker(rows), "cut": lambda: cutter(rows)}, rounds)
+    cut = cutter(rows)
+    sample = {k: v[:256] for k, v in cut.items()}
+    actors = {p: Classify(model_dir, "cpu", CPU_MODEL_BATCH, None, 1, p) for p in ("fp32", "bf16")}
+    infer = _interleaved({p: (lambda a=a: a(sample)) for p, a in actors.items()}, rounds)
+    n = len(rows)
+    return {
+        "split_rows": n,
+        "cut_rgb_s": stage["cut_rgb"] / n,
+        "cut_s": stage["cut"] / n,
+        "infer_fp32_s": infer["fp32"] / 256,
+        "infer_bf16_s": infer["bf16"] / 256,
+    }
+
+
+def _agreement(a: str, b: str) -> tuple[float, float, int]:
+    """(class agreement, largest probability difference, rows compared) of two catalogs."""
+    from iic_survey.core.constants import CLASSES
+
+    cols = ["cntr", "class", *(f"p_{c}" for c in CLASSES)]
+    # The catalog's layout is the output package's; read every parquet file under it.
+    frames = [
+        pd.concat(
+            pd.read_parquet(f, columns=cols)
+            for f in sorted(pathlib.Path(x).rglob("Npix=*.parquet"))
+        )
+        .drop_duplicates("cntr")
+        .set_index("cntr")
+        .sort_index()
+        for x in (a, b)
+    ]
+    fa, fb = frames
+    both = fa.join(fb, lsuffix="_a", rsuffix="_b", how="inner")
+    ok = both["class_a"].notna() & both["class_b"].notna()
+    agree = float((both.loc[ok, "class_a"] == both.loc[ok, "class_b"]).mean())
+    diff = max(float((both[f"p_{c}_a"] - both[f"p_{c}_b"]).abs().max()) for c in CLASSES)
+    return agree, diff, int(ok.sum())
+
+
+def compare_precision(args: argparse.Namespace) -> dict[str, Any]:
+    """End-to-end runs in fp32 and bf16 over the same pixels, in one session, alternating."""
+    import ray
+
+    from iic_survey.inputs.catalog import open_catalog
+    from iic_survey.survey.config import PipelineConfig
+    from iic_survey.survey.run import run_pipeline
+    from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
+
+    res: dict[str, Any] = {"load_before": _load(), "nproc": os.cpu_count(), "cpu": _cpu_name()}
+    sky_dir = args.sky or os.path.join(tempfile.gettempdir(), f"iic_bench_sky_{args.n_sources}")
+    manifest = _sky(sky_dir, args.n_sources)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="iic_bench_precision_"))
+    model_dir = _model_dir(work / "model", manifest)
+    cat = open_catalog(manifest.catalog_url)
+    counts = {int(p): cat.count(int(p), 5) for p in manifest.pixels}
+    pixels = sorted(counts, key=lambda p: -counts[p])[: args.e2e_pixels]
+    res.update(n_sources=args.n_sources, pixels=len(pixels), rows=sum(counts[p] for p in pixels))
+    logger.info("stamp split and inference costs, one core")
+    res.update(split_costs(manifest, model_dir, pixels[0], args.rounds))
+    head = start_local_ray(num_cpus=args.num_cpus)
+    try:
+        ray.init(address=head.gcs_address, log_to_driver=False)
+        rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        runs: dict[str, Any] = {}
+        order = ["bf16", "fp32", "bf16", "fp32"][: 2 * args.e2e_repeats]
+        for i, prec in enumerate(order):
+            out = str(work / f"{prec}{i}")
+            cfg = PipelineConfig(
+                catalog=manifest.catalog_url,
+                images=manifest.images_url,
+                model_dir=model_dir,
+                output=out,
+                pixels=tuple(pixels),
+                chunk_size=args.chunk_size,
+                inference_actors=args.actors,
+                progress_interval_s=10.0,
+                precision=prec,
+            )
+            logger.info("end to end, %s (%d/%d)", prec, i + 1, len(order))
+            rates[prec].append(run_pipeline(cfg).sources_per_s)
+            record = json.loads((pathlib.Path(out) / "_run.json").read_text())
+            runs[prec] = (out, record["precision_runs"][-1])
+        res["rates"] = rates
+        res["gate"] = runs["bf16"][1]
+        res["agreement"], res["max_prob_diff"], res["compared"] = _agreement(
+            runs["fp32"][0], runs["bf16"][0]
+        )
+    finally:
+        ray.shutdown()
+        stop_local_ray(head)
+        shutil.rmtree(work, ignore_errors=True)
+    res["load_after"] = _load()
+    return res
+
+
+def _cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def report_precision(res: dict[str, Any], args: argparse.Namespace) -> str:
+    """The RESULTS.md section of ``--compare-precision``."""
+    from iic_survey.model.precision import cpu_has_native_bf16
+
+    fp32, bf16 = (float(np.mean(res["rates"][p])) for p in ("fp32", "bf16"))
+    split, infer = res["cut_rgb_s"] / res["cut_s"], res["infer_fp32_s"] / res["infer_bf16_s"]
+    each = {p: ", ".join(f"{r:,.1f}" for r in res["rates"][p]) for p in ("fp32", "bf16")}
+    us = 1e6
+    lines = [
+        PRECISION_SECTION,
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {res['nproc']} shared cores "
+        f"({res['cpu']}; native bf16: {cpu_has_native_bf16()}), load average (1/5/15 min) "
+        f"{res['load_before']} before and {res['load_after']} after; one local Ray head with "
+        f"{args.num_cpus} logical CPUs, {args.actors} inference actors x 1 torch thread. "
+        "One run: every number below comes from it.",
+        "",
+        f"Data: the synthetic sky of {res['n_sources']:,} sources; the {res['pixels']} biggest "
+        f"order-5 pixels ({res['rows']:,} sources) end to end. Model: paper-sized IICnet, "
+        "untrained weights (the benchmark model of the Pipeline section; untrained logits sit "
+        "close together, which makes class agreement harder than for a trained model).",
+        "",
+        "**End to end** (`run_pipeline`, same pixels, runs alternating "
+        f"{' -> '.join(['bf16', 'fp32', 'bf16', 'fp32'][: 2 * args.e2e_repeats])}):",
+        "",
+        "| measure | value | goal |",
+        "| --- | ---: | ---: |",
+        f"| fp32, sources/s (each run) | {each['fp32']} | |",
+        f"| bf16, sources/s (each run) | {each['bf16']} | |",
+        f"| bf16 / fp32 (means) | **{bf16 / fp32:.2f}x** | >= 1.7x |",
+        f"| class agreement bf16 vs fp32 ({res['compared']:,} classified sources) "
+        f"| **{res['agreement']:.2%}** | >= 99.5 % |",
+        f"| largest probability difference | {res['max_prob_diff']:.2g} | |",
+        f"| the run's gate (first chunk) | {res['gate']['used']}: {res['gate']['reason']} | |",
+        "",
+        f"**The stamp split**, CPU seconds per source on one thread, best of {args.rounds} "
+        f"alternating rounds over the same {res['split_rows']:,} rows of one pixel:",
+        "",
+        "| stage | us per source | sources/s per core |",
+        "| --- | ---: | ---: |",
+        f"| CPU stage before: cutouts + RGB (`StampMaker`) | {res['cut_rgb_s'] * us:,.0f} "
+        f"| {1 / res['cut_rgb_s']:,.0f} |",
+        f"| CPU stage after: cutouts only (`StampCutter`) | {res['cut_s'] * us:,.0f} "
+        f"| {1 / res['cut_s']:,.0f} |",
+        f"| ratio (after / before, sources/s per core) | **{split:.2f}x** | >= 3x |",
+        f"| inference incl. RGB, fp32 (`Classify`, 1 thread) | {res['infer_fp32_s'] * us:,.0f} "
+        f"| {1 / res['infer_fp32_s']:,.0f} |",
+        f"| inference incl. RGB, bf16 | {res['infer_bf16_s'] * us:,.0f} "
+        f"| {1 / res['infer_bf16_s']:,.0f} |",
+        f"| ratio bf16 / fp32 (inference alone) | **{infer:.2f}x** | |",
         "",
     ]
     return "\n".join(lines)
@@ -452,8 +657,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, help="rows per chunk (default: as the pipeline)")
     parser.add_argument("--n-infer", type=int, default=512, help="sources timed in stage costs")
     parser.add_argument("--write-results", action="store_true")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="inference precision of the default benchmark's runs (fp32: as measured before)",
+    )
+    parser.add_argument(
+        "--compare-precision",
+        action="store_true",
+        help="instead: end to end in bf16 vs fp32 with class agreement, and the stamp split's "
+        "CPU-stage cost (its own RESULTS.md section)",
+    )
+    parser.add_argument(
+        "--e2e-pixels", type=int, default=8, help="--compare-precision: pixels per run (reduce)"
+    )
+    parser.add_argument(
+        "--e2e-repeats", type=int, default=2, choices=(1, 2), help="--compare-precision: runs each"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--compare-precision: cost rounds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.compare_precision:
+        text = report_precision(compare_precision(args), args)
+        sys.stdout.write(text)
+        if args.write_results:
+            write_section(PRECISION_SECTION, text)
+        return 0
     res = run(args)
     res["num_cpus"] = args.num_cpus
     text = report(res)

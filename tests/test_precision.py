@@ -88,7 +88,9 @@ def test_auto_follows_the_hardware(monkeypatch):
 
 def test_cpu_flags_are_read_from_cpuinfo():
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
+    )
     expected = "avx512_bf16" in flags or "amx_bf16" in flags
     if text:
         assert precision.cpu_has_native_bf16() == expected
@@ -156,7 +158,9 @@ def test_gate_passes_on_the_paper_model_and_fails_when_forced(made):
 def test_gate_in_the_actor_falls_back_on_a_fragile_model(made, tmp_path):
     good = gate_precision(_model_dir(tmp_path / "good", TINY_MODEL), "cpu", "bf16", made)
     assert good["used"] == "bf16", good["reason"]
-    bad = gate_precision(_model_dir(tmp_path / "bad", TINY_MODEL, fragile=True), "cpu", "bf16", made)
+    bad = gate_precision(
+        _model_dir(tmp_path / "bad", TINY_MODEL, fragile=True), "cpu", "bf16", made
+    )
     assert bad["used"] == "fp32" and "gate failed" in bad["reason"]
     assert bad["agreement"] < precision.MIN_AGREEMENT
     json.dumps(bad)  # goes into _run.json as it is
@@ -242,3 +246,37 @@ def test_cut_then_colour_in_the_actor_equals_the_stamp_maker(tiny_sky, tiny_mode
     for k in a:
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
     assert (a["quality_flags"] != np.asarray(cut["quality_flags"], np.int32)).any()  # RGB flags
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def test_training_autocast_choice(monkeypatch):
+    from iic_survey.training import loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+    assert loop.autocast_dtype("bf16", CPU) is torch.bfloat16
+    assert loop.autocast_dtype("auto", CPU) is None  # CPU training stays fp32 unless asked
+    assert loop.autocast_dtype("fp16", CPU) is None
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    assert loop.autocast_dtype("bf16", CPU) is None
+
+
+@needs_bf16
+def test_a_bf16_training_step_on_cpu_lowers_the_loss():
+    import torch.nn.functional as F
+
+    model = build_model(TINY_MODEL, seed=0).train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    x, f = torch.rand(32, 3, 80, 80, generator=gen), torch.rand(32, 7, generator=gen)
+    y = torch.randint(0, 3, (32,), generator=gen)
+    losses = []
+    for _ in range(8):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x, f).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]

@@ -2,9 +2,10 @@
 
 :func:`train_loop_per_worker` resumes from Ray Train's checkpoint if there is one, trains on the
 worker's shard of the training split (Adam, the paper's halved learning rate, random dihedral
-augmentation, autocast on GPU), validates, and reports every epoch's metrics with a checkpoint
-of the training state (weights, optimiser, scaler, history) from rank 0. The pure pieces (the
-LR schedule, the augmentation, the precision choice) are plain functions tested without Ray;
+augmentation, autocast on GPU, and bf16 on a CPU that has it when asked for), validates, and
+reports every epoch's metrics with a checkpoint of the training state (weights, optimiser,
+scaler, history) from rank 0. The pure pieces (the LR schedule, the augmentation, the precision
+choice) are plain functions tested without Ray;
 :data:`CRASH_ENV` is a test hook that kills a worker mid-epoch to test recovery.
 """
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from iic_survey.model.config import ModelConfig
 from iic_survey.model.network import build_model
+from iic_survey.model.precision import cpu_has_native_bf16
 from iic_survey.training.checkpoints import HISTORY_FILE, STATE_FILE, load_state
 from iic_survey.training.config import PRECISIONS, TrainConfig
 
@@ -69,11 +71,21 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
+
+    On CUDA: ``auto`` is bf16 where the device has it, else fp16 (with a GradScaler, see
+    :func:`_start_worker`). On a CPU: ``bf16`` where the CPU has it natively (avx512_bf16 or
+    AMX; :func:`iic_survey.model.precision.cpu_has_native_bf16`), fp32 otherwise; ``auto`` and
+    ``fp16`` stay fp32 there (fp16 is emulated on CPUs, and ``auto`` keeps CPU training as it
+    was until a bf16 CPU run has been compared with an fp32 one).
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
-    if precision == "fp32" or device.type != "cuda":
+    if precision == "fp32":
         return None
+    if device.type != "cuda":
+        native = device.type == "cpu" and cpu_has_native_bf16()
+        return torch.bfloat16 if precision == "bf16" and native else None
     if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
