@@ -17,6 +17,8 @@ import numpy as np
 
 from iic_survey.core import paths, sky
 from iic_survey.core.config import did_you_mean
+from iic_survey.output.margin import DEFAULT_MARGIN_ARCSEC
+from iic_survey.output.partitions import DEFAULT_MAX_ROWS, check_max_rows
 
 CUTOUT_MODES: tuple[str, ...] = ("tiles", "service")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
@@ -88,6 +90,12 @@ class PipelineConfig:
     """S3 endpoint for ``s3://`` catalog, images and output (a local S3 server in tests)."""
     commit_concurrency: int = 4
     """Pixel commits in flight at once (Ray tasks)."""
+    margin_arcsec: float = DEFAULT_MARGIN_ARCSEC
+    """Width of the margin catalog built after the main one (0: none); LSDB crossmatches are
+    exact at partition edges for radii up to it (:mod:`iic_survey.output.margin`)."""
+    max_rows_per_partition: int = DEFAULT_MAX_ROWS
+    """A work pixel with more rows is written as its children, down to order 9
+    (:data:`~iic_survey.output.partitions.DEFAULT_MAX_ROWS`: ~150 MB files)."""
     progress_interval_s: float = 30.0
     """Seconds between progress log lines."""
     precision: str = "auto"
@@ -125,6 +133,9 @@ class PipelineConfig:
             raise ValueError(f"service_timeout_s must be > 0, got {self.service_timeout_s}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got {self.limit}")
+        if not 0 <= self.margin_arcsec <= 3600:
+            raise ValueError(f"margin_arcsec must be in [0, 3600], got {self.margin_arcsec}")
+        check_max_rows(self.max_rows_per_partition)
         if self.inference_actors is not None and self.inference_actors < 1:
             raise ValueError(f"inference_actors must be >= 1, got {self.inference_actors}")
         if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
@@ -170,6 +181,7 @@ class PipelineConfig:
                 "cone": list(self.cone) if self.cone else None,
             },
             "cutout_mode": self.cutout_mode,
+            "max_rows_per_partition": self.max_rows_per_partition,
             "confidence_threshold": self.confidence_threshold,
             "precision": self.precision,
         }
@@ -205,6 +217,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sel.add_argument("--cone", type=_cone, help="RA,DEC,RADIUS in degrees: the pixels it overlaps")
     sel.add_argument("--all", action="store_true", help="every pixel of the catalog (the default)")
     p.add_argument("--limit", type=int, help="classify at most N pixels this run")
+    p.add_argument(
+        "--margin-arcsec",
+        type=float,
+        help=f"margin catalog width in arcsec, 0 for none (default {DEFAULT_MARGIN_ARCSEC:g})",
+    )
+    p.add_argument(
+        "--max-rows-per-partition",
+        type=int,
+        help=f"split denser pixels into children, to order 9 (default {DEFAULT_MAX_ROWS:,})",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete a previous output first")
     p.add_argument("--chunk-size", type=int, help="rows per chunk (default: fit the object store)")
     p.add_argument(

@@ -24,9 +24,11 @@ Data flow (a Ray Data stream; every stage is a separate operator so each scales 
   Nothing funnels the rows through one process: the driver only sees receipts (pixel, part, row
   count and a few counters), and when a pixel's staged rows reach its planned count it starts a
   Ray task that commits it (:func:`iic_survey.output.commit.commit_pixel`: concatenate, sort by
-  ``_healpix_29``, atomic write, then the done marker). Finally
-  :func:`iic_survey.output.finalize.finalize` writes the HATS metadata from the committed files'
-  footers.
+  ``_healpix_29``, split past ``--max-rows-per-partition``, atomic writes, then the done
+  marker). Then :func:`iic_survey.output.finalize.finalize` writes the HATS metadata from the
+  committed files' footers, and :func:`iic_survey.output.margin.build_margin` the margin
+  catalog (``--margin-arcsec``; a Ray task per partition, resumable) and
+  ``collection.properties``.
 
 Exactly once: a part's name is a function of its rows (chunk, first row, row count), so a
 retried task rewrites its own part; before a run, staged parts of unfinished pixels are removed
@@ -53,7 +55,7 @@ from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES
 from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
-from iic_survey.output import finalize, schema
+from iic_survey.output import finalize, margin, schema
 from iic_survey.output import writer as output
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import Plan, plan_run
@@ -184,6 +186,8 @@ def run_pipeline(config: PipelineConfig) -> Summary:
         "iic_precision": _precision_used(config, inputs.fs),
     }
     url = finalize.finalize(config.output, inputs.fs, props, allow_partial=plan.partial)
+    if config.margin_arcsec > 0 and not plan.partial:
+        margin.build_margin(config.output, config.margin_arcsec, inputs.fs, _ray_map)
     summary = Summary(
         url,
         plan.order,
@@ -197,6 +201,12 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     )
     logger.info("done:\n%s", summary.text())
     return summary
+
+
+def _ray_map(fn: Any, args: list[tuple[Any, ...]]) -> list[Any]:
+    """``[fn(*a) for a in args]`` as Ray tasks (the margin: one task per partition)."""
+    task = ray.remote(num_cpus=1)(fn)
+    return list(ray.get([task.remote(*a) for a in args]))
 
 
 @dataclasses.dataclass
