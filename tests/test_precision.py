@@ -280,3 +280,24 @@ def test_a_bf16_training_step_on_cpu_lowers_the_loss():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
+
+
+def test_the_gpu_way_of_finishing_a_chunk_runs_on_cpu_too(tiny_sky, tiny_model_dir, monkeypatch):
+    """The CUDA branch (torch RGB, flags packed into the one copy back), forced on a CPU."""
+    from iic_survey.stamps.rgb_torch import make_rgb_torch
+    from iic_survey.stamps.split import StampCutter
+    from iic_survey.survey import classify as classify_mod
+
+    cat = open_catalog(tiny_sky.catalog_url)
+    rows = cat.read_pixel(int(tiny_sky.pixels[1]), 5, columns=PIPELINE_COLUMNS).head(200)
+    rows["_pixel"], rows["_row"], rows["_chunk"] = int(tiny_sky.pixels[1]), range(len(rows)), 0
+    cut = StampCutter.from_spec(tiny_sky.images_url)(rows)
+    actor = Classify(tiny_model_dir, "cpu", 16, None, precision="fp32")
+    want = actor(cut)
+    monkeypatch.setattr(
+        classify_mod, "finish_images", lambda s, p, d: make_rgb_torch(torch.as_tensor(s), p)
+    )
+    got = actor(cut)
+    np.testing.assert_array_equal(got["quality_flags"], want["quality_flags"])
+    for c in ("galaxy", "quasar", "star"):
+        np.testing.assert_allclose(got[f"p_{c}"], want[f"p_{c}"], atol=1e-5, equal_nan=True)

@@ -188,35 +188,25 @@ class Classify:
         the chunk's results, flags included, come back in one copy.
         """
         flags = np.asarray(batch["quality_flags"], dtype=np.uint32)
+        rgb_flags: Any = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch: read-only Arrow buffers
             f = self._upload("features", batch["features"])
             if "image" in batch:
-                return (
-                    *self.predictor.to_host(
-                        self.predictor.on_device(self._upload("image", batch["image"]), f)
-                    ),
-                    flags,
-                )
-            images, rgb_flags = finish_images(
-                self._upload("stamp", batch["stamp"]), self.rgb, self.device
-            )
-            packed = self.predictor.on_device(images.to(self.device), f)
+                images = self._upload("image", batch["image"])
+            else:
+                stamps = self._upload("stamp", batch["stamp"])
+                images, rgb_flags = finish_images(stamps, self.rgb, self.device)
+            packed = self.predictor.on_device(images, f)  # (N, D + K) on the device
             if isinstance(rgb_flags, torch.Tensor):  # on the device: ride along in the one copy
                 packed = torch.cat([packed, rgb_flags[:, None].float()], dim=1)
-                host = packed.cpu().numpy()
-                rgb_flags, packed_host = host[:, -1].astype(np.uint32), host[:, :-1]
-                logits, emb = (
-                    packed_host[:, self.predictor.dim :],
-                    packed_host[:, : self.predictor.dim],
-                )
-            else:
-                logits, emb = self.predictor.to_host(packed)
-        return (
-            np.ascontiguousarray(logits),
-            np.ascontiguousarray(emb),
-            flags | np.asarray(rgb_flags, np.uint32),
-        )
+            host = packed.cpu().numpy()  # the chunk's one copy back (a no-op on a CPU)
+        d, k = self.predictor.dim, len(CLASSES)
+        if isinstance(rgb_flags, torch.Tensor):
+            rgb_flags = host[:, d + k]  # flags < 2**24: exact in float32
+        if rgb_flags is not None:
+            flags = flags | np.asarray(rgb_flags).astype(np.uint32)
+        return np.ascontiguousarray(host[:, d : d + k]), np.ascontiguousarray(host[:, :d]), flags
 
     def _upload(self, name: str, array: np.ndarray) -> torch.Tensor:
         tensor, self._pinned[name] = upload(array, self.device, self._pinned.get(name))
