@@ -3,6 +3,8 @@
 python jobs/make_sky.py data/sky                 # the demo sky: 10,000 sources, 4 fields
 python jobs/make_sky.py data/train_sky --n-sources 30000 --field-size 0.7 --seed 1
 python jobs/make_sky.py /tmp/tiny --tiny         # the 2,000-source test sky
+python jobs/make_sky.py /tmp/sky_scale --preset sky-scale --scale 1e-4
+                        # all 12,288 partitions, 74,763 rows, 300 columns: a whole-sky rehearsal
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import sys
 import time
 
 from iic_survey.synthetic import cli
-from iic_survey.synthetic import sky as synthetic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     try:
-        manifest = synthetic.write_sky(
-            args.root, cli.config_from_args(args), overwrite=args.overwrite
-        )
+        manifest = cli.write_from_args(args)
     except (ValueError, FileExistsError) as exc:
         print(f"make_sky: error: {exc}", file=sys.stderr)
         return 2

@@ -119,7 +119,7 @@ class AllWiseCatalog:
     def _index(self) -> Index:
         if self._files is None:
             if self.has_metadata:
-                self._files, counts = self._store.index_from_metadata()
+                self._files, counts = self._store.index_from_metadata(self.schema.names[0])
                 self._counts.update(counts)
             else:
                 self._files = self._store.index_from_listing()
@@ -145,6 +145,14 @@ class AllWiseCatalog:
     def files_for(self, pixel: int, order: int = CATALOG_ORDER) -> list[str]:
         """URLs of the files a read of ``pixel`` at ``order`` opens (and nothing else)."""
         return [f"{self.url}/{rel}" for rel in self._files_k5(self._k5(pixel, order))]
+
+    def check_files(self) -> None:
+        """Check the index against one listing of the files (the planner calls this).
+
+        See :meth:`PartitionFiles.reconcile`; without ``_metadata`` the index is the listing.
+        """
+        if self.has_metadata:
+            self._counts.update(self._store.reconcile(self._index()))
 
     def count(self, pixel: int, order: int = CATALOG_ORDER) -> int:
         """Number of sources in ``pixel`` at ``order``.

@@ -29,7 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from iic_survey.core import sky
-from iic_survey.inputs import storage
+from iic_survey.inputs import footer_bytes, storage
 from iic_survey.inputs.allwise_schema import CatalogSchemaError
 from iic_survey.inputs.storage import CatalogError
 
@@ -114,21 +114,57 @@ class PartitionFiles:
             found = self.filesystem.find(self.root)
         return self._logged(self.group(found))
 
-    def index_from_metadata(self) -> tuple[Index, dict[str, int]]:
-        """The index and each file's row count from ``<root>/_metadata``, reading no data."""
-        md = self.footer_file("_metadata")
+    def index_from_metadata(self, first_column: str) -> tuple[Index, dict[str, int]]:
+        """The index and each file's row count from ``<root>/_metadata``, reading no data.
+
+        The file is scanned in windows (:func:`~iic_survey.inputs.footer_bytes.scan_metadata`),
+        never parsed whole: IRSA's is ~0.6 GB. A file it names without a readable count (a
+        writer that orders fields otherwise) is counted from its own footer.
+        """
+        with storage.access_errors(self.url):
+            reader = _RangedReader(self.filesystem, f"{self.root}/_metadata")
+            counts, paths = footer_bytes.scan_metadata(reader, first_column)
         files: dict[int, list[str]] = {}
-        counts: dict[str, int] = {}
-        for i in range(md.num_row_groups):
-            rg = md.row_group(i)
-            rel = rg.column(0).file_path if rg.num_columns else ""
+        for rel in sorted(paths):
             k5 = parse_path(rel, self.url)
-            if k5 is None:
-                continue
-            counts[rel] = counts.get(rel, 0) + rg.num_rows
-            if rel not in files.setdefault(k5, []):
-                files[k5].append(rel)
+            if k5 is not None:
+                files.setdefault(k5, []).append(rel)
+        uncounted = sorted(paths - set(counts))
+        if uncounted:
+            logger.info("%d files named by _metadata counted from their footers", len(uncounted))
+            counts.update({rel: self.footer(rel).num_rows for rel in uncounted})
         return self._logged({k: tuple(v) for k, v in sorted(files.items())}), counts
+
+    def reconcile(self, index: Index) -> dict[str, int]:
+        """Check an index read from ``_metadata`` against one listing of the files.
+
+        Raises :class:`CatalogError` naming the first few files ``_metadata`` lists that are
+        missing, before any work. A file on disk that it does not list is added to ``index``
+        (in place) with a warning; returns those files' row counts, from their own footers.
+        """
+        listed = self.index_from_listing()
+        indexed = {rel for rels in index.values() for rel in rels}
+        on_disk = {rel for rels in listed.values() for rel in rels}
+        missing = sorted(indexed - on_disk)
+        if missing:
+            raise CatalogError(
+                f"catalog {self.url}: {len(missing)} partition files listed in _metadata are "
+                f"missing: {[f'{self.url}/{m}' for m in missing[:5]]}; restore them or rebuild "
+                f"_metadata"
+            )
+        extra = sorted(on_disk - indexed)
+        if extra:
+            logger.warning(
+                "catalog %s: %d partition files are not listed in _metadata (e.g. %s); "
+                "planning them from their own footers",
+                self.url,
+                len(extra),
+                extra[:3],
+            )
+        for k5, rels in listed.items():
+            if set(rels) - indexed:
+                index[k5] = rels
+        return {rel: self.footer(rel).num_rows for rel in extra}
 
     def _logged(self, files: Index) -> Index:
         n_files = sum(len(v) for v in files.values())
@@ -224,6 +260,32 @@ class PartitionFiles:
                 except Exception:
                     return rel
         return rels[0] if len(rels) == 1 else f"one of {len(rels)} files"
+
+
+@dataclasses.dataclass
+class _RangedReader:
+    """``read(n)`` over a file by ranged requests (``cat_file``), from its start to its end.
+
+    Unlike ``filesystem.open``, it relies on no cached size or ETag, so a long-lived process
+    reads a ``_metadata`` that was rewritten since it was last listed.
+    """
+
+    filesystem: fsspec.AbstractFileSystem
+    path: str
+    pos: int = 0
+    size: int = -1
+
+    def __post_init__(self) -> None:
+        self.filesystem.invalidate_cache(self.path)
+        self.size = int(self.filesystem.size(self.path))
+
+    def read(self, n: int) -> bytes:
+        end = min(self.pos + n, self.size)
+        if end <= self.pos:
+            return b""
+        data = self.filesystem.cat_file(self.path, start=self.pos, end=end)
+        self.pos += len(data)
+        return data
 
 
 def _from_arrow(exc: BaseException) -> bool:

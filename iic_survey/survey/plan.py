@@ -106,6 +106,7 @@ def plan_run(config: PipelineConfig, catalog: Any, finished: Sequence[int] = ())
     """Plan the pixels of a run (reads counts, not rows, for orders up to 5)."""
     order = config.healpix_order
     selected = _select(config, catalog)
+    catalog.check_files()  # a file _metadata lists but the storage lacks fails here, first
     counts: dict[int, int] = {}
     if order <= 5:
         for p in selected.tolist():

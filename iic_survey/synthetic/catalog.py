@@ -201,18 +201,39 @@ def field_catalog(
     missing = sorted(set(cid8) - set(field.crops))
     if missing:
         raise RuntimeError(f"sources assigned to unwritten tiles {missing} (field geometry bug)")
-    x0 = np.array([field.crops[c].x0 for c in cid8])
-    y0 = np.array([field.crops[c].y0 for c in cid8])
-    src, cntr = _tile_numbers(ra, dec, cid8)
-    phot = measure(rng, cat)
-    gal = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs").galactic
+    best["x"] -= np.array([field.crops[c].x0 for c in cid8])
+    best["y"] -= np.array([field.crops[c].y0 for c in cid8])
+    best["src"], best["cntr"] = _tile_numbers(ra, dec, cid8)
     # Rows near a bright star sit in its halo: 'h' (contaminated), or 'H' for rows that are
     # only halo (the empty-centre ones).
     near = _near_bright_star(objs[objs["bright_star"]], ra, dec)
+    return catalog_rows(rng, cat, best, near)
+
+
+def catalog_rows(
+    rng: np.random.Generator,
+    cat: pd.DataFrame,
+    best: pd.DataFrame,
+    near: np.ndarray,
+    nb: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Catalog and truth rows of catalogued objects ``cat`` placed on tiles ``best``.
+
+    ``best`` holds each row's ``coadd_id``, its ``x``, ``y`` on the image written for that
+    tile, and its numbers ``src`` and ``cntr``; ``near`` marks rows in a bright star's halo. ``nb``:
+    each row's neighbours within 8" (default: counted here, for one small field).
+    """
+    ra, dec = cat["ra"].to_numpy(), cat["dec"].to_numpy()
+    cid8 = best["coadd_id"].to_numpy()
+    src, cntr = best["src"].to_numpy(), best["cntr"].to_numpy()
+    phot = measure(rng, cat)
+    gal = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs").galactic
     flag = np.where(cat["empty_centre"].to_numpy(), "H", "h")
     cc = np.where(near, np.char.add(np.char.add(flag, flag), "00"), "0000")
     hidden = cat["hidden_companion"].to_numpy().astype(np.int64)
-    nb = np.minimum(1 + neighbours(ra, dec, 8.0) + hidden, 9)
+    if nb is None:
+        nb = neighbours(ra, dec, 8.0)
+    nb = np.minimum(1 + nb + hidden, 9)
     atlas = np.char.add(cid8.astype(str), tiles.AC51)
     rows = {
         "cntr": cntr,
@@ -222,8 +243,8 @@ def field_catalog(
         "dec": dec,
         "glon": gal.l.deg,
         "glat": gal.b.deg,
-        "wx": best["x"].to_numpy() - x0,
-        "wy": best["y"].to_numpy() - y0,
+        "wx": best["x"].to_numpy(),
+        "wy": best["y"].to_numpy(),
         "coadd_id": atlas.astype(object),
         "src": src,
         **{k: v for k, v in phot.items() if k not in ("ext_flg", "ph_qual", "var_flg")},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from iic_survey.synthetic import sky
+from iic_survey.synthetic import sky, skyscale
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,29 @@ def add_sky_arguments(parser: argparse.ArgumentParser) -> None:
         help="no saturated stars, NaN patches or halo detections",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a sky at ROOT")
+    parser.add_argument(
+        "--preset",
+        choices=("demo", "sky-scale"),
+        default="demo",
+        help="demo: the fields above; sky-scale: all 12,288 AllWISE partitions at --scale of "
+        "its density, the fields above (default: the tiny sky's) drawn with images",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=skyscale.SkyScaleConfig.__dataclass_fields__["scale"].default,
+        help="sky-scale: fraction of AllWISE's 747,634,026 rows (default 1e-4)",
+    )
+
+
+def write_from_args(args: argparse.Namespace) -> sky.SkyManifest:
+    """Write the sky that parsed :func:`add_sky_arguments` options describe."""
+    if args.preset == "sky-scale":
+        explicit = args.fields or args.n_sources != sky.SkyConfig().n_sources
+        imaged = config_from_args(args) if explicit else sky.tiny_config(args.seed)
+        config = skyscale.SkyScaleConfig(scale=args.scale, seed=args.seed, imaged=imaged)
+        return skyscale.write_sky_scale(args.root, config, overwrite=args.overwrite)
+    return sky.write_sky(args.root, config_from_args(args), overwrite=args.overwrite)
 
 
 def config_from_args(args: argparse.Namespace) -> sky.SkyConfig:
@@ -71,7 +94,7 @@ def cli(argv: list[str] | None = None) -> int:
     add_sky_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        manifest = sky.write_sky(args.root, config_from_args(args), overwrite=args.overwrite)
+        manifest = write_from_args(args)
     except (ValueError, FileExistsError) as exc:
         parser.error(str(exc))
     log.info(

@@ -97,7 +97,7 @@ def _draw_objects(rng: np.random.Generator, classes: np.ndarray) -> pd.DataFrame
     return pd.DataFrame(out)
 
 
-def _draw_population(
+def draw_population(
     rng: np.random.Generator, n: int, class_fractions: tuple[float, ...]
 ) -> pd.DataFrame:
     """``n`` objects of classes drawn with ``class_fractions``, without positions."""
@@ -173,7 +173,7 @@ def _companions(
     field_index: int,
 ) -> pd.DataFrame:
     """Unlisted companions, 0.3-2.5 mag fainter and 1.5-5" away, one per primary."""
-    comp = _draw_population(rng, len(primaries), class_fractions)
+    comp = draw_population(rng, len(primaries), class_fractions)
     dm = rng.uniform(0.3, 2.5, len(primaries))
     shift = primaries["w1_true"].to_numpy() + dm - comp["w1_true"].to_numpy()
     for b in ALL_BANDS:
@@ -236,7 +236,7 @@ def draw_field(
     artefacts
         Add saturated bright stars, whose halos hold some of the empty-centre rows.
     """
-    objs = _draw_population(rng, n, class_fractions)
+    objs = draw_population(rng, n, class_fractions)
     objs["ra"], objs["dec"] = field.box(rng.uniform(-1, 1, n), rng.uniform(-1, 1, n))
     _set_kind(objs, True, field.index)
     bright = _add_bright_stars(rng, objs) if artefacts else np.zeros(n, dtype=bool)
@@ -254,3 +254,11 @@ def draw_field(
     _catalogued_magnitudes(rng, objs)
     objs["bright_star"] = bright.tolist() + [False] * prim.size
     return objs
+
+
+def finish_catalogued(rng: np.random.Generator, objs: pd.DataFrame, field_index: int) -> None:
+    """Make plain catalogued objects of ``objs`` (drawn, placed; no trouble, no companions)."""
+    _set_kind(objs, True, field_index)
+    _true_positions(rng, objs)
+    _catalogued_magnitudes(rng, objs)
+    objs["bright_star"] = False

@@ -226,7 +226,7 @@ def read_truth(root: str | os.PathLike[str]) -> pd.DataFrame:
 # Writing a sky
 
 
-def _prepare_root(root: pathlib.Path, overwrite: bool) -> None:
+def prepare_root(root: pathlib.Path, overwrite: bool) -> None:
     """Refuse to write over anything but an empty directory or, with overwrite, a sky."""
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"{root} exists and is not a directory")
@@ -264,7 +264,7 @@ def write_sky(
     """
     config = config or SkyConfig()
     root_p = pathlib.Path(root).absolute()
-    _prepare_root(root_p, overwrite)
+    prepare_root(root_p, overwrite)
     root_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = root_p.parent / f".{root_p.name}.partial-{os.getpid()}"
     if tmp.exists():
@@ -286,8 +286,14 @@ def write_sky(
     return SkyManifest.load(root_p)
 
 
-def _write_into(out: pathlib.Path, config: SkyConfig) -> dict[str, Any]:
-    """Write the sky into the empty directory ``out``, field by field; return ``sky.json``."""
+def draw_fields(
+    out: pathlib.Path, config: SkyConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
+    """Draw every field of ``config`` and write its tile crops under ``out``.
+
+    Returns the fields' catalog rows, their truth rows (by ``cntr``) and their ``sky.json``
+    entries.
+    """
     n_fields = len(config.fields)
     counts = np.full(n_fields, config.n_sources // n_fields)
     counts[: config.n_sources % n_fields] += 1
@@ -300,8 +306,14 @@ def _write_into(out: pathlib.Path, config: SkyConfig) -> dict[str, Any]:
     catalog = pd.concat(catalogs, ignore_index=True)
     if catalog["cntr"].duplicated().any():
         raise RuntimeError("duplicate cntr values (generator bug)")
-    pixels = write_catalog(catalog, out / CATALOG_PREFIX)
     truth = pd.concat(truths, ignore_index=True).sort_values("cntr", ignore_index=True)
+    return catalog, truth, field_docs
+
+
+def _write_into(out: pathlib.Path, config: SkyConfig) -> dict[str, Any]:
+    """Write the sky into the empty directory ``out``, field by field; return ``sky.json``."""
+    catalog, truth, field_docs = draw_fields(out, config)
+    pixels = write_catalog(catalog, out / CATALOG_PREFIX)
     truth.to_parquet(out / "truth.parquet", index=False)
     doc = {
         "format_version": FORMAT_VERSION,
