@@ -1,15 +1,23 @@
-"""The output catalog: a HATS catalog of the classification, written resumably, exactly once.
+"""The output catalog: a HATS collection of the classification, written resumably, exactly once.
 
 Modules
 -------
 schema
-    The catalog's format: its Arrow schema, column docs and file layout.
+    The catalog's format: its Arrow schema, column docs and the collection's file layout.
 writer
     Setting up a run's output (``_run.json``, ``_plan.json``) and staging chunks of result rows.
 commit
-    Turning a pixel's staged chunks into its final, sorted file and done marker.
+    Turning a work pixel's staged chunks into its sorted partition file(s) and done marker.
+partitions
+    Adaptive partitions: a dense work pixel written as its children, down to order 9.
+strays
+    Rows staged in one pixel but positioned in another, handed over to the pixel they lie in.
 finalize
-    The HATS metadata (``_metadata``, ``partition_info.csv``, ``hats.properties``) last.
+    The main catalog's HATS metadata (``_metadata``, coverage maps, ``hats.properties``) last.
+margin
+    The margin catalog: each partition's neighbouring rows within a few arcseconds of its edge.
+hatsfiles
+    The HATS metadata files, written with the ``hats`` library and put in place atomically.
 reader
     Queries (cone, pixels, class, confidence), pixel by pixel reads and a text summary.
 validate
