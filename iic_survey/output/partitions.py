@@ -20,7 +20,7 @@ MAX_PARTITION_ORDER = 9
 """Deepest order a dense pixel is split to (order 9: 6.9 arcmin pixels)."""
 
 DEFAULT_MAX_ROWS = 2_000_000
-"""Default ``--max-rows-per-partition``: ~150 MB files at the ~76 bytes a row (zstd) the
+"""Default ``--max-rows-per-partition``: ~155 MB files at the 77.5 bytes a row (zstd) the
 catalog's files take (bench/RESULTS.md, "Margin and partitions"), inside the 100-300 MB HATS
 recommends; an average order-5 AllWISE pixel (~60,000 rows) stays whole and only the densest
 (Galactic plane, ecliptic poles: millions) are split."""
