@@ -181,7 +181,8 @@ def published(out: Path | str) -> pd.DataFrame:
 
 
 def assert_nothing_published(out: Path) -> None:
-    assert not list(out.glob("dataset/Norder=*/Dir=*/Npix=*.parquet")), "a pixel was published"
+    # anywhere under the output: the main catalog's and the margin's dataset/ alike
+    assert not list(out.rglob("Npix=*.parquet")), "a pixel was published"
     assert not list(out.glob("_done/*/*.json")), "a pixel was committed"
 
 
@@ -221,7 +222,7 @@ def test_order_outside_0_29_is_a_clear_error(job, sky, model_dir, tmp_path, caps
     code, msg = run_job(job, capsys, job_args(sky.catalog_url, model_dir, out, order=order))
     assert code == 2 and "0..29" in msg and order in msg, msg
     assert not out.exists()
-    ledger.append({"kind": f"order {order}", "behaviour": "error (exit 2)", "rows_lost": 0})
+    ledger.append({"kind": f"order {order}", "behaviour": "error (exit 2)", "written": "nothing"})
 
 
 def test_pixel_outside_its_order_is_a_clear_error(job, sky, model_dir, tmp_path, capsys):
@@ -243,7 +244,7 @@ def test_missing_column_is_named(job, ray_cluster, sky, model_dir, tmp_path, cap
     code, msg = run_job(job, capsys, job_args(cat, model_dir, tmp_path / "out"))
     assert code != 0 and "w2mpro" in msg and "lacks required column" in msg, msg
     assert not (tmp_path / "out").exists()
-    ledger.append({"kind": "missing column", "behaviour": "error", "rows_lost": 0})
+    ledger.append({"kind": "missing column", "behaviour": "error", "written": "nothing"})
 
 
 @pytest.mark.slow
@@ -258,7 +259,7 @@ def test_wrong_dtypes_are_named(job, ray_cluster, sky, model_dir, tmp_path, caps
     assert code != 0 and "wrong type" in msg, msg
     assert "ra: string" in msg and "cntr: double" in msg, msg
     assert not (tmp_path / "out").exists()
-    ledger.append({"kind": "wrong dtypes", "behaviour": "error", "rows_lost": 0})
+    ledger.append({"kind": "wrong dtypes", "behaviour": "error", "written": "nothing"})
 
 
 def _edit_model_json(path: Path, **changes: Any) -> None:
@@ -284,7 +285,7 @@ def test_foreign_model_directory_is_refused(
     code, msg = run_job(job, capsys, job_args(sky.catalog_url, str(bad), tmp_path / "out"))
     assert code != 0 and expect in msg and str(bad) in msg, msg
     assert not (tmp_path / "out").exists()
-    ledger.append({"kind": f"model dir: {fault}", "behaviour": "error", "rows_lost": 0})
+    ledger.append({"kind": f"model dir: {fault}", "behaviour": "error", "written": "nothing"})
 
 
 @pytest.mark.slow
@@ -305,7 +306,11 @@ def test_output_path_holding_something_else_is_left_alone(
     assert code != 0 and "is a file" in msg, msg
     assert a_file.read_bytes() == b"PAR1 not ours"
     ledger.append(
-        {"kind": "output path holds something else", "behaviour": "error", "rows_lost": 0}
+        {
+            "kind": "output path holds something else",
+            "behaviour": "error",
+            "written": "nothing (contents untouched)",
+        }
     )
 
 
@@ -478,9 +483,9 @@ def test_nan_coordinates_are_flagged_rows_kept(damaged, ledger):
         {
             "kind": "NaN coordinates",
             "behaviour": "flag BAD_COORDINATES",
-            "rows_damaged": 4,
-            "rows_flagged": 4,
-            "rows_lost": 0,
+            "rows_damaged": len(damaged["nan_rows"]),
+            "rows_flagged": int(flagged(rows, QualityFlag.BAD_COORDINATES).sum()),
+            "rows_lost": len(set(damaged["nan_rows"]) - set(got.index)),
         }
     )
 
@@ -498,7 +503,12 @@ def test_empty_pixel_is_skipped_not_an_error(damaged, job, model_dir, tmp_path, 
     assert code != 0 and "no catalog sources" in msg, msg
     assert_nothing_published(tmp_path / "o")
     ledger.append(
-        {"kind": "empty pixel", "behaviour": "skipped (--all); error (--pixels)", "rows_lost": 0}
+        {
+            "kind": "empty pixel",
+            "behaviour": "skipped (--all); error (--pixels)",
+            "pixels_published": len(committed),
+            "written": "nothing (--pixels)",
+        }
     )
 
 
@@ -527,13 +537,14 @@ def test_damaged_tile_flags_only_the_rows_it_holds(damaged, ledger, tile, flag):
     other = ~near_damage & ~flagged(got, QualityFlag.BAD_COORDINATES)
     assert other.sum() >= 100  # about half the sky (243 of 500 rows)
     assert not flagged(got[other], UNCLASSIFIABLE).any()
+    catalogued = damaged["input"].loc[damaged["input"]["coadd_id"] == tile, "cntr"]
     ledger.append(
         {
             "kind": "missing tile" if flag == QualityFlag.BAND_MISSING else "FITS without WCS",
             "behaviour": f"flag {flag.name}",
             "rows_on_tile": int(mine.sum()),
             "rows_flagged": int(hit.sum()),
-            "rows_lost": 0,
+            "rows_lost": len(set(catalogued) - set(got.index)),
         }
     )
 
@@ -564,8 +575,7 @@ def test_duplicate_cntr_is_a_clear_error_and_nothing_half_written(
         {
             "kind": "duplicate cntr",
             "behaviour": "error naming the cntr; pixel not published",
-            "rows_lost": 0,
-            "rows_duplicated": 0,
+            "written": "nothing",
         }
     )
 
