@@ -19,7 +19,7 @@ from astropy.coordinates import SkyCoord
 from hats.io.validation import is_valid_catalog
 
 from iic_survey.core import sky
-from iic_survey.output import commit, margin, partitions, reader, schema
+from iic_survey.output import commit, margin, partitions, reader, schema, strays
 from iic_survey.output import finalize as output_finalize
 from iic_survey.output import writer as output
 from iic_survey.output.validate import validate_catalog
@@ -201,8 +201,14 @@ def test_cone_search_opens_only_partitions_the_coverage_map_keeps(tmp_path, monk
     assert west_cone.hc_structure.moc.empty and len(west_cone.compute()) == 0
 
 
-def test_rows_across_an_edge_go_where_their_position_says(tmp_path: Path) -> None:
-    """The stray rule: staged in P, positioned in Q (planned or not) -> in Q's partition, once."""
+@pytest.mark.parametrize("crash_in_merge", [False, True])
+def test_rows_across_an_edge_go_where_their_position_says(
+    tmp_path: Path, monkeypatch, crash_in_merge: bool
+) -> None:
+    """The stray rule: staged in P, positioned in Q (planned or not) -> in Q's partition, once.
+
+    With ``crash_in_merge`` the first finalize dies after rewriting Q's file, before Q's marker:
+    the next finalize merges again and still keeps each row once."""
     rows, _ = fake_results(600, seed=6, centre=(150.0, 20.0), radius_deg=5)
     pix = sky.pixel_of(rows["ra"].to_numpy(), rows["dec"].to_numpy(), ORDER)
     p = int(np.bincount(pix).argmax())
@@ -229,6 +235,18 @@ def test_rows_across_an_edge_go_where_their_position_says(tmp_path: Path) -> Non
     output.write_part(out, ORDER, q_planned, "b", extra)
     commit.commit_pixel(out, ORDER, p, len(rows))
     commit.commit_pixel(out, ORDER, q_planned, len(extra))
+    if crash_in_merge:
+        real = strays.write_atomic
+
+        def dies(fs, path, data):
+            if "/_done/" in path:
+                raise OSError("simulated crash in the merge")
+            real(fs, path, data)
+
+        monkeypatch.setattr(strays, "write_atomic", dies)
+        with pytest.raises(OSError, match="crash in the merge"):
+            output_finalize.finalize(out)
+        monkeypatch.setattr(strays, "write_atomic", real)
     output_finalize.finalize(out)
     output_finalize.finalize(out)  # again: the merge is done once
     assert validate_catalog(out) == []
