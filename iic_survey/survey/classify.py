@@ -1,7 +1,10 @@
 """The inference stage: a chunk of stamps -> logits -> small, calibrated result rows.
 
 :class:`Classify` is the pipeline's Ray actor (one per GPU): it loads the model directory once
-and turns each chunk into the output's columns; images never leave it. The arithmetic that
+and turns each chunk of cut stamps into the output's columns: the RGB images are made here, on
+the model's device (:func:`~iic_survey.stamps.split.finish_images`), the model runs in the
+run's precision (:func:`gate_precision` decided it once, on the first chunk), and images never
+leave the actor. The arithmetic that
 turns logits into those columns, :func:`result_rows`, is pure (temperature-scaled softmax,
 confidence, entropy, outlier flag) and takes its settings as one :class:`Scoring`;
 :class:`~iic_survey.model.ood.OodStats` scores how far a source's embedding lies from the
