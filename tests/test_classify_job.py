@@ -60,5 +60,5 @@ def test_ray_job_submit_then_resume_in_process(
     assert len(output.finished_pixels(out, 5)) == 1
     assert job.main(args) == 0  # in-process, on the same cluster: resumes the rest
     assert len(output.finished_pixels(out, 5)) == len(tiny_sky.pixels)
-    df = pd.read_parquet(out + "/dataset", columns=["cntr"])
+    df = pd.read_parquet(out + "/iic_allwise/dataset", columns=["cntr"])
     assert len(df) == tiny_sky.n_sources and df["cntr"].is_unique

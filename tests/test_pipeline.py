@@ -271,7 +271,7 @@ def _truth_counts(tiny_sky, order: int) -> dict[int, int]:
 
 
 def _read_all(out: str) -> pd.DataFrame:
-    df = pd.read_parquet(out + "/dataset")
+    df = pd.read_parquet(out + "/iic_allwise/dataset")
     df = df.drop(columns=[c for c in ("Norder", "Dir", "Npix") if c in df.columns])
     return df.sort_values("cntr", ignore_index=True)
 
@@ -291,9 +291,9 @@ def test_run_writes_a_valid_hats_catalog(order5, tiny_sky):
     summary, out = order5
     assert summary.rows == tiny_sky.n_sources and summary.pixels_done == len(tiny_sky.pixels)
     assert is_valid_catalog(out, strict=True)
-    cat = hats.read_hats(out)
+    cat = hats.read_hats(out + "/iic_allwise")
     assert cat.catalog_info.total_rows == tiny_sky.n_sources
-    quasars = pd.read_parquet(out + "/dataset", filters=[("class", "==", "quasar")])
+    quasars = pd.read_parquet(out + "/iic_allwise/dataset", filters=[("class", "==", "quasar")])
     assert len(quasars) == summary.counters["n_quasar"] and (quasars["class"] == "quasar").all()
 
     df = _read_all(out)

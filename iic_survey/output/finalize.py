@@ -26,7 +26,7 @@ from hats.catalog import TableProperties
 
 from iic_survey.core import sky
 from iic_survey.core.constants import __version__
-from iic_survey.output import hatsfiles, strays
+from iic_survey.output import duplicates, hatsfiles, strays
 from iic_survey.output.commit import SKYMAP_ORDER
 from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file, resolve
 from iic_survey.output.writer import OutputError, commit_markers, read_json, read_plan
@@ -80,6 +80,9 @@ def finalize(
     strays.merge_strays(fs, root, order, done, set(plan[1]) if plan else set(done))
     entries = [e for m in done.values() for e in m["partitions"]]
     _check_no_orphans(fs, root, entries)
+    duplicates.check_unique_cntr(
+        fs, [pixel_file(root, e["order"], e["pixel"]) for e in entries], _rows(done)
+    )
     catalog = catalog_dir(root)
     rows = hatsfiles.write_dataset_metadata(fs, catalog)
     hatsfiles.write_partition_info(fs, catalog, [(e["order"], e["pixel"]) for e in entries])
@@ -96,6 +99,10 @@ def finalize(
     write_collection(fs, root)
     logger.info("finalized %s: %d partitions, %d rows", out, len(entries), rows)
     return _url(fs, root)
+
+
+def _rows(done: _Markers) -> int:
+    return sum(int(m["rows"]) for m in done.values())
 
 
 def _url(fs: fsspec.AbstractFileSystem, root: str) -> str:

@@ -59,6 +59,7 @@ from iic_survey.output import finalize, margin, schema
 from iic_survey.output import writer as output
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import Plan, plan_run
+from iic_survey.survey.progress import Progress
 from iic_survey.survey.stages import COUNTERS, build_dataset, decide_precision, open_inputs
 
 logger = logging.getLogger(__name__)
@@ -234,7 +235,8 @@ class _Driver:
     crash_after: int = dataclasses.field(
         default_factory=lambda: int(os.environ.get(CRASH_ENV, "0") or 0)
     )
-    last_log: float = dataclasses.field(default_factory=time.monotonic)
+    rows_staged: int = 0
+    """Rows staged so far, all pixels (what the progress thread reads)."""
 
     def __post_init__(self) -> None:
         self._commit = ray.remote(num_cpus=0)(output_commit.commit_pixel)
@@ -242,14 +244,21 @@ class _Driver:
     def run(self, ds: Any) -> None:
         """Consume the dataset's receipts to the end; raise if a pixel did not complete."""
         stream = ds.iter_batches(batch_format="pandas", batch_size=None)
+        progress = Progress(
+            len(self.plan.todo),
+            self.plan.todo_rows,
+            lambda: (len(self.done), self.rows_staged),
+            self.config.progress_interval_s,
+            self.t0,
+        )
         try:
-            for receipts in stream:
-                for rec in receipts.to_dict("records"):
-                    self.receive(rec)
-                self.collect(block=False)
-                self.log_progress()
-            while self.pending:
-                self.collect(block=True)
+            with progress:
+                for receipts in stream:
+                    for rec in receipts.to_dict("records"):
+                        self.receive(rec)
+                    self.collect(block=False)
+                while self.pending:
+                    self.collect(block=True)
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
@@ -262,6 +271,7 @@ class _Driver:
         """Count one receipt; start the pixel's commit when its staged rows reach the plan."""
         pixel = int(rec["pixel"])
         self.staged[pixel] += int(rec["rows"])
+        self.rows_staged += int(rec["rows"])
         self.counters.update({k: int(rec[k]) for k in COUNTERS})
         expected = int(self.plan.counts[pixel])
         if self.staged[pixel] > expected:
@@ -287,20 +297,6 @@ class _Driver:
             if self.crash_after and len(self.done) >= self.crash_after:
                 raise RuntimeError(f"{CRASH_ENV}={self.crash_after}: simulated crash")
             block = False
-
-    def log_progress(self) -> None:
-        """A progress line every ``config.progress_interval_s``."""
-        if time.monotonic() - self.last_log < self.config.progress_interval_s:
-            return
-        self.last_log = time.monotonic()
-        rows = sum(self.staged.values())
-        logger.info(
-            "progress: %d/%d pixels committed, %s sources, %.0f sources/s",
-            len(self.done),
-            len(self.plan.todo),
-            f"{rows:,}",
-            rows / max(self.last_log - self.t0, 1e-9),
-        )
 
     def check_complete(self) -> None:
         """Raise if a pixel of the plan was not committed (rows went missing)."""
