@@ -51,6 +51,7 @@ from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
 from iic_survey.output import reader as export
 from iic_survey.output import schema
+from iic_survey.output import writer as output_writer
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
 from tests.fixtures.jobs import load_job
@@ -474,8 +475,10 @@ def faulty_s3() -> Iterator[tuple[str, S3WriteFaults]]:
 
 
 class Reader(threading.Thread):
-    """Polls the catalog as a user would while it is written: every pixel it lists must be
-    complete (rows = the plan's count, bytes = the done marker's sha256)."""
+    """Polls the catalog as a user would while it is written: every committed work pixel must
+    be complete (its marker's rows = the plan's count; each partition file it lists has the
+    marker's sha256 and rows). An error other than a file not yet there is kept in ``errors``
+    (a reader thread that died silently would see nothing and report no violation)."""
 
     def __init__(self, url: str, fs: Any, planned: dict[int, int]) -> None:
         super().__init__(daemon=True)
@@ -484,27 +487,38 @@ class Reader(threading.Thread):
         self.looks = 0
         self.pixels_seen: set[int] = set()
         self.violations: list[str] = []
+        self.errors: list[str] = []
 
     def run(self) -> None:
         while not self.stop.is_set():
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 self.look()
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # kept for the test to fail on, with its reason
+                self.errors.append(f"{type(exc).__name__}: {exc}")
             time.sleep(0.1)
 
     def look(self) -> None:
         fs, root = schema.resolve(self.url, self.fs)
-        for order, pixel in export.partitions(self.url, self.fs):
-            marker = json.loads(fs.cat_file(schema.marker_path(root, order, pixel)))
-            data = fs.cat_file(schema.pixel_file(root, order, pixel))
-            rows = export.read(self.url, pixels=(order, [pixel]), filesystem=self.fs)
-            if hashlib.sha256(data).hexdigest() != marker["sha256"]:
-                self.violations.append(f"pixel {pixel}: file differs from its marker")
-            if not len(rows) == marker["rows"] == self.planned[pixel]:
-                self.violations.append(
-                    f"pixel {pixel}: {len(rows)} rows read, {marker['rows']} committed, "
-                    f"{self.planned[pixel]} planned"
-                )
-            self.pixels_seen.add(pixel)
+        for markers in output_writer.commit_markers(self.url, self.fs).values():
+            for pixel, marker in markers.items():
+                if marker["rows"] != self.planned[pixel]:
+                    self.violations.append(
+                        f"pixel {pixel}: {marker['rows']} committed, {self.planned[pixel]} planned"
+                    )
+                for part in marker["partitions"]:
+                    order, p = int(part["order"]), int(part["pixel"])
+                    data = fs.cat_file(schema.pixel_file(root, order, p))
+                    rows = export.read(self.url, pixels=(order, [p]), filesystem=self.fs)
+                    if hashlib.sha256(data).hexdigest() != part["sha256"]:
+                        self.violations.append(f"partition {order}/{p}: file differs from marker")
+                    if len(rows) != int(part["rows"]):
+                        self.violations.append(
+                            f"partition {order}/{p}: {len(rows)} rows read, "
+                            f"{part['rows']} committed"
+                        )
+                self.pixels_seen.add(pixel)
         self.looks += 1
 
 
@@ -572,6 +586,7 @@ def test_s3_writes_stopping_mid_run_never_show_a_partial_pixel(s3_first_run, cle
          "rows_duplicated": int(got["cntr"].duplicated().sum())}
     )  # fmt: skip
     assert_same_rows(got, want)
+    assert not reader.errors, reader.errors[:3]
     assert reader.looks > 3 and not reader.violations, reader.violations[:5]
 
 
@@ -586,6 +601,7 @@ def test_s3_rerun_after_failed_writes_redoes_only_the_missing_pixels(
     assert summary.pixels_skipped == k and summary.pixels_done == n - k
     reader = run["reader"]
     time.sleep(0.5)  # one more look at the finished catalog
+    assert not reader.errors, reader.errors[:3]
     assert not reader.violations, reader.violations[:5]
     assert reader.pixels_seen == set(run["planned"])
     got = catalog_of(run["url"], run["fs"])
