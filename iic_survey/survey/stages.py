@@ -257,7 +257,10 @@ def build_dataset(
     logger.info("inference: %d actors, %g GPU each; chunks of %d rows", actors, gpus, chunk)
     items = [{"unit": json.dumps(u)} for u in plan.units]
     reader = PixelReader(inputs.catalog, PIPELINE_COLUMNS, plan.order, chunk)
-    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # A block per chunk's worth of rows (a read task reads its units one after the other), not
+    # per unit: 12,288 sparse partitions would otherwise cost 12,288 tasks.
+    blocks = min(len(items), max(1, -(-plan.todo_rows // chunk)))
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(reader, batch_size=1, batch_format="pandas", num_cpus=0.5)
     ds = ds.repartition(target_num_rows_per_block=chunk)  # chunks of a pixel fan out
     # A memory reservation (a worker's ~250 MB plus stamps and images of a chunk, ~100 kB a row,

@@ -237,6 +237,7 @@ def _write_into(out: pathlib.Path, config: SkyScaleConfig) -> dict[str, Any]:
         "generator": "iic_survey.synthetic.skyscale",
         "preset": "sky-scale",
         "scale": float(config.scale),
+        "partitions": config.partitions,
         "config": config.imaged.to_dict(),
         "n_sources": int(meta.rows),
         "pixels": keep.tolist(),
