@@ -5,6 +5,7 @@ so tests run on small local copies in the real layouts.
 
 * :mod:`~iic_survey.inputs.catalog` -- the catalog: pixel and cone reads of IRSA's HEALPix Parquet.
 * :mod:`~iic_survey.inputs.partitions` -- its partition files: layout, index, footers, file reads.
+* :mod:`~iic_survey.inputs.footer_bytes` -- a ``_metadata``'s paths and counts, read in windows.
 * :mod:`~iic_survey.inputs.allwise_schema` -- which catalog columns must exist, of what type.
 * :mod:`~iic_survey.inputs.storage` -- fsspec filesystems, the Arrow bridge, refused access.
 * :mod:`~iic_survey.inputs.tiles` -- the Atlas tile grid: centres, ids, tile search.

@@ -12,6 +12,8 @@ partitions
     Adaptive partitions: a dense work pixel written as its children, down to order 9.
 strays
     Rows staged in one pixel but positioned in another, handed over to the pixel they lie in.
+duplicates
+    Exactly once across pixels: no ``cntr`` in two partition files.
 finalize
     The main catalog's HATS metadata (``_metadata``, coverage maps, ``hats.properties``) last.
 margin

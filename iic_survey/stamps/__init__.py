@@ -9,4 +9,6 @@ cutter reads (through :mod:`iic_survey.inputs`).
 * :mod:`~iic_survey.stamps.rgb` -- W1/W2/W3 stamps in DN -> the 80x80 three-channel images.
 * :mod:`~iic_survey.stamps.features` -- the catalog colour features and photometry flags.
 * :mod:`~iic_survey.stamps.maker` -- the stamp maker: rows in, images, features and flags out.
+* :mod:`~iic_survey.stamps.split` -- the maker in two: stamps on the CPU, images next to the model.
+* :mod:`~iic_survey.stamps.rgb_torch` -- the RGB transform as batched torch operations (GPU).
 """

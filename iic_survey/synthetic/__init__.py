@@ -15,6 +15,12 @@ catalog
     The catalog rows AllWISE would list (photometry, flags, ids), its schema and Parquet files.
 sky
     The writer: :class:`~iic_survey.synthetic.sky.SkyConfig`, ``write_sky`` and the manifest.
+skyscale
+    The sky-scale rehearsal sky: all 12,288 partitions at a fraction of AllWISE's density.
+allwise_columns
+    AllWISE's full 300-column set, for files and a ``_metadata`` of the real width.
+metadata_file
+    Writing a ``_metadata`` one partition at a time, in flat memory.
 cli
     The ``make-sky`` command line, shared with ``jobs/make_sky.py``.
 """
