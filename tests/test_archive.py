@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -22,7 +23,7 @@ from iic_survey.inputs.archive import (
     normalize_coadd_id,
     tile_key,
 )
-from iic_survey.inputs.errors import ArchiveAccessDenied, TileCorrupt, TileMissing
+from iic_survey.inputs.errors import ArchiveAccessDenied, TileCorrupt, TileFetchError, TileMissing
 from iic_survey.inputs.ibe import CutoutService, ServiceConfig, sia_lookup
 from iic_survey.inputs.retry import RetryPolicy
 from tests.fixtures.irsa import AtlasPair, IrsaServer
@@ -90,6 +91,17 @@ def test_from_spec_forms(tmp_path: Path) -> None:
         TileArchive.from_spec("irsa", endpoint_url="http://x")
     with pytest.raises(FileNotFoundError):
         TileArchive.from_spec(str(tmp_path / "nope"))
+
+
+def test_a_failed_connection_is_an_outage_not_a_missing_tile() -> None:
+    """fsspec's HTTP file system raises a bare FileNotFoundError for a refused connection too
+    (the aiohttp error is its cause): that must be retried, not flagged BAND_MISSING."""
+    archive = TileArchive.from_spec("http://127.0.0.1:9/p3am_cdd")  # nothing listens on 9
+    url = archive.tile_url("0904m213", 1)
+    with pytest.raises(OSError) as raw, fsspec.open(url, "rb") as f:
+        f.read(10)
+    assert isinstance(archive.classify_error(url, raw.value), TileFetchError), raw.value
+    assert isinstance(archive.classify_error(url, FileNotFoundError(url)), TileMissing)
 
 
 def test_archive_and_service_pickle(atlas_pair: AtlasPair, ibe: IrsaServer) -> None:

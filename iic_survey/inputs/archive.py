@@ -273,13 +273,18 @@ class TileArchive:
         if is_denied(exc):
             return self._denied(url, exc)
         status = http_status(exc)
-        if status == 404 or (status is None and isinstance(exc, FileNotFoundError)):
+        if status == 404:
             return TileMissing(f"{url}: not in the archive")
+        # Before the bare FileNotFoundError test: fsspec's HTTP file system raises one for a
+        # failed connection (DNS, refused) too, with the aiohttp error as its cause. That is an
+        # outage to retry, not a tile the archive lacks.
         if self.kind != "local" and (
             (status is not None and (status == 429 or status >= 500))
             or (status is None and any(isinstance(e, NETWORK_ERRORS) for e in error_chain(exc)))
         ):
             return TileFetchError(f"{url}: {type(exc).__name__}: {exc} (HTTP {status})")
+        if status is None and isinstance(exc, FileNotFoundError):
+            return TileMissing(f"{url}: not in the archive")
         return TileCorrupt(f"{url}: unreadable FITS ({type(exc).__name__}: {exc})")
 
     def _image_hdu(self, hdul: fits.HDUList, url: str) -> fits.PrimaryHDU | fits.ImageHDU:
