@@ -3,7 +3,9 @@
 The gate must pass on a model that bf16 does not disturb (the paper-sized IICnet on real
 stamps) and must fall back to fp32 when forced to disagree: a tolerance of zero, or a model made
 numerically fragile (its three class rows equal up to far below bf16's resolution, so bf16
-rounds them into a tie while fp32 still tells them apart).
+rounds them into a tie while fp32 still tells them apart). When full bf16 fails, the gate tries
+the mixed plan ``bf16-late`` (early layers fp32, conv4/conv5/CBAM2 in bf16, the head in fp32):
+the fragile head stays fp32 there, so that plan passes and is what the run records.
 """
 
 from __future__ import annotations
@@ -76,6 +78,23 @@ def test_choices_match_the_command_line():
         precision.autocast_dtype("auto")
 
 
+def test_plans_of_the_precisions_a_run_may_use():
+    assert precision.plan("fp32") == precision.Plan(None)
+    assert precision.plan("bf16") == precision.Plan(torch.bfloat16)  # the whole model
+    mixed = precision.plan(precision.MIXED)
+    assert mixed.dtype is torch.bfloat16 and mixed.modules == precision.LATE_MODULES
+    assert precision.MIXED in precision.RUN_PRECISIONS
+    assert precision.MIXED not in precision.PRECISIONS  # not a --precision choice
+    with pytest.raises(ValueError, match="plan"):
+        precision.autocast_dtype(precision.MIXED)  # never silently the whole model in bf16
+    linear = torch.nn.Linear(2, 2)
+    with (
+        pytest.raises(ValueError, match="no submodule"),
+        precision.autocast_modules(linear, CPU, torch.bfloat16, ("conv4",)),
+    ):
+        pass
+
+
 def test_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision.resolve("auto", "cpu")[0] == "bf16"
@@ -108,9 +127,11 @@ def test_gate_falls_back_when_the_reduced_run_disagrees_or_fails():
     ref = np.random.default_rng(0).normal(size=(200, 3))
     flipped = ref.copy()
     flipped[:2] = flipped[:2, ::-1]  # 1 % of the classes change: below 99.5 %
-    runs = {"fp32": ref, "bf16": flipped}
+    runs = {"fp32": ref, "bf16": flipped, "bf16-late": flipped}
     res = precision.check_gate(runs.__getitem__, "bf16", "cpu")
     assert res.used == "fp32" and "gate failed" in res.reason and res.agreement == 0.99
+    assert [t["precision"] for t in res.tried] == ["bf16", "bf16-late"]  # both tried, both failed
+    assert not any(t["passed"] for t in res.tried)
     runs["bf16"] = ref + 1e-4
     res = precision.check_gate(runs.__getitem__, "bf16", "cpu")
     assert res.used == "bf16" and res.agreement == 1.0 and res.n_stamps == 200
@@ -127,6 +148,35 @@ def test_gate_falls_back_when_the_reduced_run_disagrees_or_fails():
     assert precision.check_gate(broken, "fp32", "cpu").n_stamps == 0  # no gate for fp32
 
 
+def test_the_gate_tries_the_mixed_plan_when_full_bf16_fails():
+    ref = np.random.default_rng(1).normal(size=(400, 3))
+    flipped = ref.copy()
+    flipped[:8] = np.roll(flipped[:8], 1, axis=1)  # 2 % of the classes change
+    runs = {"fp32": ref, "bf16": flipped, "bf16-late": ref + 1e-4}
+    for requested in ("bf16", "auto"):
+        res = precision.check_gate(runs.__getitem__, requested, "cpu")
+        assert res.used == "bf16-late", res.reason
+        assert "bf16 gate failed" in res.reason and "bf16-late gate passed" in res.reason
+        assert res.agreement == 1.0 and res.max_prob_diff < 1e-3 and res.n_stamps == 400
+        first, second = res.tried
+        assert not first["passed"] and first["agreement"] == 0.98 and second["passed"]
+        assert precision.GateResult(**json.loads(json.dumps(res.to_dict()))).used == "bf16-late"
+    runs["bf16"] = ref  # full bf16 passes: the mixed plan is not tried
+    res = precision.check_gate(runs.__getitem__, "bf16", "cpu")
+    assert res.used == "bf16" and len(res.tried) == 1
+
+    def no_plan(p: str) -> np.ndarray:
+        if p == "bf16-late":
+            raise ValueError("this model has no submodule 'image.conv4'")
+        return runs["fp32"] if p == "fp32" else flipped
+
+    res = precision.check_gate(no_plan, "bf16", "cpu")  # e.g. the colour-only model
+    assert res.used == "fp32" and "bf16-late failed to run" in res.reason
+    assert res.tried[-1]["error"].startswith("ValueError") and res.agreement is None
+    res = precision.check_gate({"fp32": ref, "fp16": flipped}.__getitem__, "fp16", "cpu")
+    assert res.used == "fp32" and len(res.tried) == 1  # no mixed plan for fp16
+
+
 # ------------------------------------------------------------------------------ the model
 
 
@@ -138,6 +188,42 @@ def test_predictor_in_fp32_equals_predict_exactly(made):
     np.testing.assert_array_equal(old[1], new[1])
 
 
+def _output_dtypes(net: torch.nn.Module, names: tuple[str, ...]) -> tuple[dict, list]:
+    """Record the output dtype of each named submodule; (record, hook handles)."""
+    seen: dict[str, torch.dtype] = {}
+    handles = []
+    for name in names:
+
+        def hook(module, args, out, name=name):
+            seen[name] = out.dtype
+
+        handles.append(net.get_submodule(name).register_forward_hook(hook))
+    return seen, handles
+
+
+@needs_bf16
+def test_the_mixed_plan_runs_only_the_late_layers_in_bf16(made):
+    net = optimize_for_inference(build_model(TINY_MODEL, seed=1).eval())
+    fp32 = inference.Predictor(net, CPU, None, 16)
+    late = fp32.with_precision("bf16-late")
+    inner = ("image.stem.0", "image.rfb", "image.conv3.0", "image.conv4.0", "image.conv5.0")
+    seen, handles = _output_dtypes(net, (*inner, "image.cbam2", "fc1", "fc2"))
+    got = late(made["image"], made["features"])
+    for handle in handles:
+        handle.remove()
+    assert seen["image.stem.0"] == seen["image.rfb"] == seen["image.conv3.0"] == torch.float32
+    assert seen["image.conv4.0"] == seen["image.conv5.0"] == torch.bfloat16  # inside: bf16
+    assert seen["image.cbam2"] == seen["fc1"] == seen["fc2"] == torch.float32  # cast back
+    for name in precision.LATE_MODULES:  # the plan's hooks are gone after the call
+        module = net.get_submodule(name)
+        assert not module._forward_hooks and not module._forward_pre_hooks
+    want = fp32(made["image"], made["features"])
+    whole = fp32.with_precision("bf16")(made["image"], made["features"])
+    assert np.abs(got[0] - want[0]).max() < 0.05 and not np.array_equal(got[0], want[0])
+    assert not np.array_equal(got[0], whole[0])  # not the whole model in bf16 either
+    np.testing.assert_array_equal(fp32(made["image"], made["features"])[0], want[0])  # fp32 kept
+
+
 @needs_bf16
 @pytest.mark.slow
 def test_gate_passes_on_the_paper_model_and_fails_when_forced(made):
@@ -145,13 +231,16 @@ def test_gate_passes_on_the_paper_model_and_fails_when_forced(made):
     fp32 = inference.Predictor(net, CPU, None, 16)
 
     def run_logits(p: str) -> np.ndarray:
-        return fp32.with_dtype(precision.autocast_dtype(p))(made["image"], made["features"])[0]
+        return fp32.with_precision(p)(made["image"], made["features"])[0]
 
     res = precision.check_gate(run_logits, "auto", CPU)
     assert res.used == "bf16", res.reason
     assert res.agreement >= precision.MIN_AGREEMENT and res.max_prob_diff <= 0.01
     forced = precision.check_gate(run_logits, "bf16", CPU, precision.Gate(max_prob_diff=0.0))
     assert forced.used == "fp32" and "gate failed" in forced.reason
+    assert [t["precision"] for t in forced.tried] == ["bf16", "bf16-late"]
+    late = forced.tried[1]  # the mixed plan moves the probabilities less than full bf16
+    assert 0 < late["max_prob_diff"] < forced.tried[0]["max_prob_diff"]
 
 
 @needs_bf16
@@ -161,8 +250,11 @@ def test_gate_in_the_actor_falls_back_on_a_fragile_model(made, tmp_path):
     bad = gate_precision(
         _model_dir(tmp_path / "bad", TINY_MODEL, fragile=True), "cpu", "bf16", made
     )
-    assert bad["used"] == "fp32" and "gate failed" in bad["reason"]
-    assert bad["agreement"] < precision.MIN_AGREEMENT
+    # full bf16 ties the fragile head's logits; the mixed plan keeps the head in fp32
+    assert bad["used"] == "bf16-late" and "bf16 gate failed" in bad["reason"], bad["reason"]
+    first, second = bad["tried"]
+    assert first["agreement"] < precision.MIN_AGREEMENT and second["passed"]
+    assert bad["agreement"] >= precision.MIN_AGREEMENT
     json.dumps(bad)  # goes into _run.json as it is
 
 
@@ -171,9 +263,14 @@ def test_classify_in_bf16_agrees_with_fp32(made, tmp_path):
     model_dir = _model_dir(tmp_path / "m", TINY_MODEL)
     a = Classify(model_dir, "cpu", 16, None, precision="fp32")(made)
     b = Classify(model_dir, "cpu", 16, None, precision="bf16")(made)
-    pa, pb = (np.stack([r[f"p_{c}"] for c in ("star", "galaxy", "quasar")], 1) for r in (a, b))
+    c = Classify(model_dir, "cpu", 16, None, precision="bf16-late")(made)
+    pa, pb, pc = (
+        np.stack([r[f"p_{k}"] for k in ("star", "galaxy", "quasar")], 1) for r in (a, b, c)
+    )
     ok = np.isfinite(pa).all(axis=1)
     assert np.nanmax(np.abs(pa - pb)) < 0.01 and not np.array_equal(pa[ok], pb[ok])
+    assert np.nanmax(np.abs(pa - pc)) < 0.01 and not np.array_equal(pa[ok], pc[ok])
+    assert not np.array_equal(pb[ok], pc[ok])  # the actor runs the plan it was given
 
 
 # ------------------------------------------------------------------------------ whole runs
@@ -211,10 +308,13 @@ def test_a_run_records_its_precision_and_falls_back_on_a_fragile_model(
     bad_dir = _model_dir(tmp_path / "bad", TINY_MODEL, fragile=True)
     bad = _run(tiny_sky, bad_dir, tmp_path / "b", "bf16")
     (run,) = bad["record"]["precision_runs"]
-    assert run["requested"] == "bf16" and run["used"] == "fp32"
-    assert bad["props"]["iic_precision"] == "fp32"
-    if precision.cpu_has_native_bf16():  # elsewhere bf16 may also fail to run: still fp32
-        assert "gate failed" in run["reason"] and run["n_stamps"] > 0
+    assert run["requested"] == "bf16" and run["n_stamps"] > 0
+    assert [t["precision"] for t in run["tried"]] == ["bf16", "bf16-late"]
+    if precision.cpu_has_native_bf16():  # full bf16 fails, the mixed plan (fp32 head) passes
+        assert run["used"] == "bf16-late" and "bf16 gate failed" in run["reason"], run["reason"]
+        assert bad["props"]["iic_precision"] == "bf16-late"
+    else:  # elsewhere the slow emulated bf16 may do either; the record says which
+        assert bad["props"]["iic_precision"] == run["used"]
 
 
 @needs_bf16

@@ -10,6 +10,10 @@ what :func:`iic_survey.model.ood.predict` does, batch for batch.
 
 :func:`gpu_batch_size` sizes the forward pass from the GPU's free memory, measured with a
 trial batch.
+
+A :class:`Predictor` runs one :class:`~iic_survey.model.precision.Plan`: fp32, a whole model
+under autocast, or only some submodules under it (the mixed plan ``bf16-late``,
+:meth:`Predictor.with_precision`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from iic_survey.core.constants import CLASSES
-from iic_survey.model.precision import autocast
+from iic_survey.model.precision import autocast, autocast_modules, plan
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,9 @@ class Predictor:
         Autocast dtype (``torch.bfloat16`` / ``torch.float16``); None for fp32.
     batch_size
         Images per forward pass.
+    modules
+        Only these submodules run under autocast in ``dtype`` (their outputs come back fp32);
+        empty: the whole model (:func:`~iic_survey.model.precision.autocast_modules`).
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class Predictor:
         device: torch.device,
         dtype: torch.dtype | None = None,
         batch_size: int = 256,
+        modules: tuple[str, ...] = (),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -82,12 +90,19 @@ class Predictor:
             dtype,
             batch_size,
         )
+        self.modules = tuple(modules)
         self.dim = int(getattr(getattr(model, "fc1", None), "out_features", 0))
         self._pinned: dict[str, torch.Tensor | None] = {"image": None, "features": None}
 
     def with_dtype(self, dtype: torch.dtype | None) -> Predictor:
-        """The same model and batch in another precision."""
+        """The same model and batch in another precision, for the whole model."""
         return Predictor(self.model, self.device, dtype, self.batch)
+
+    def with_precision(self, precision: str) -> Predictor:
+        """The same model and batch in a precision a run may use (``fp32``, ``bf16``,
+        ``bf16-late``, ``fp16``: :func:`~iic_survey.model.precision.plan`)."""
+        p = plan(precision)
+        return Predictor(self.model, self.device, p.dtype, self.batch, p.modules)
 
     @torch.inference_mode()
     def on_device(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -99,15 +114,17 @@ class Predictor:
         n = images.shape[0]
         out = torch.empty((n, self.dim + len(CLASSES)), dtype=torch.float32, device=self.device)
         cuda = self.device.type == "cuda"
-        for i in range(0, n, self.batch):
-            x, f = images[i : i + self.batch], features[i : i + self.batch]
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.dtype):
-                e = self.model.embed(x, f)  # (B, D)
-                logits = self.model.fc2(e)  # Classifier's head after embed
-            out[i : i + len(x), : self.dim] = e.float()
-            out[i : i + len(x), self.dim :] = logits.float()
+        whole = None if self.modules else self.dtype  # autocast around the whole model
+        with autocast_modules(self.model, self.device, self.dtype, self.modules):
+            for i in range(0, n, self.batch):
+                x, f = images[i : i + self.batch], features[i : i + self.batch]
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(self.device, whole):
+                    e = self.model.embed(x, f)  # (B, D)
+                    logits = self.model.fc2(e)  # Classifier's head after embed
+                out[i : i + len(x), : self.dim] = e.float()
+                out[i : i + len(x), self.dim :] = logits.float()
         return out
 
     def __call__(self, images: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

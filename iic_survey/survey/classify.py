@@ -29,7 +29,7 @@ from iic_survey.model.directory import load_model_dir
 from iic_survey.model.inference import Predictor, gpu_batch_size, upload
 from iic_survey.model.network import optimize_for_inference
 from iic_survey.model.ood import OodStats
-from iic_survey.model.precision import Gate, autocast_dtype, check_gate
+from iic_survey.model.precision import Gate, check_gate, plan
 from iic_survey.output import schema
 from iic_survey.stamps.rgb import RGBParams
 from iic_survey.stamps.split import finish_images
@@ -127,10 +127,11 @@ def model_version(bundle: Any) -> str:
 class Classify:
     """Inference actor: loads the model once, turns a chunk into small result rows.
 
-    ``precision`` is the resolved precision of the run (``fp32``, ``bf16`` or ``fp16``; the
-    driver's gate, :func:`gate_precision`, decided it); ``model_batch_size`` None sizes the
-    forward pass from the GPU's memory on CUDA (:func:`~iic_survey.model.inference.
-    gpu_batch_size`) and is :data:`~iic_survey.survey.config.CPU_MODEL_BATCH` on CPU.
+    ``precision`` is the resolved precision of the run (``fp32``, ``bf16``, ``fp16`` or the
+    mixed plan ``bf16-late``; the driver's gate, :func:`gate_precision`, decided it);
+    ``model_batch_size`` None sizes the forward pass from the GPU's memory on CUDA
+    (:func:`~iic_survey.model.inference.gpu_batch_size`) and is
+    :data:`~iic_survey.survey.config.CPU_MODEL_BATCH` on CPU.
     """
 
     def __init__(
@@ -148,12 +149,15 @@ class Classify:
         self.bundle = load_model_dir(model_dir, device=self.device)
         # BN folded into the convolutions, channels-last weights: same outputs to fp32 rounding
         model = optimize_for_inference(self.bundle.model.to(self.device).eval())
-        dtype = autocast_dtype(precision)
+        run_plan = plan(precision)  # fp32, bf16, fp16, or the mixed plan bf16-late
         cuda = self.device.type == "cuda"
         batch = model_batch_size or (
-            gpu_batch_size(model, self.device, dtype) if cuda else CPU_MODEL_BATCH
+            # the mixed plan's early layers are fp32: size it as fp32 (the larger footprint)
+            gpu_batch_size(model, self.device, None if run_plan.modules else run_plan.dtype)
+            if cuda
+            else CPU_MODEL_BATCH
         )
-        self.predictor = Predictor(model, self.device, dtype, batch)
+        self.predictor = Predictor(model, self.device, run_plan.dtype, batch, run_plan.modules)
         self.precision = precision
         self.rgb = RGBParams.from_dict(self.bundle.rgb) if self.bundle.rgb else RGBParams()
         self._pinned: dict[str, torch.Tensor | None] = {}
@@ -236,7 +240,7 @@ def gate_precision(
     rows = {k: np.asarray(v)[good] for k, v in batch.items()} if good.any() else dict(batch)
 
     def run_logits(precision: str) -> np.ndarray:
-        actor.predictor = actor.predictor.with_dtype(autocast_dtype(precision))
+        actor.predictor = actor.predictor.with_precision(precision)
         return actor.logits(rows)[0]
 
     gate = Gate(temperature=actor.scoring.temperature)
