@@ -42,6 +42,7 @@ from results_md import write_section
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.fixtures.ray_cluster starts and stops the local head
 SECTION = "## Sky-scale rehearsal (bench/bench_scale.py)"
+MEMORY_SECTION = "## Memory against size (bench/bench_scale.py --memory)"
 PY = sys.executable
 
 
@@ -106,15 +107,29 @@ def plan_costs(work: pathlib.Path) -> dict[str, Any]:
 
 
 class _PeakRss:
-    """Peak RSS of one process, sampled every 0.5 s."""
+    """Peak RSS of process ``pid``, and peak summed RSS and PSS of it plus the process trees
+    of ``roots`` (the Ray head), sampled every 0.5 s."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, roots: tuple[int, ...] = ()) -> None:
         import psutil
 
-        self.proc, self.peak = psutil.Process(pid), 0
+        self.proc, self.roots = psutil.Process(pid), roots
+        self.peak = self.peak_rss_all = self.peak_pss_all = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def _tree(self) -> list[Any]:
+        import psutil
+
+        procs = [self.proc]
+        for pid in self.roots:
+            try:
+                root = psutil.Process(pid)
+                procs += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        return procs
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
@@ -122,6 +137,17 @@ class _PeakRss:
                 self.peak = max(self.peak, self.proc.memory_info().rss)
             except Exception:
                 return
+            if not self.roots:
+                continue
+            rss = pss = 0
+            for p in self._tree():
+                try:
+                    info = p.memory_full_info()
+                except Exception:
+                    continue
+                rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+            self.peak_rss_all = max(self.peak_rss_all, rss)
+            self.peak_pss_all = max(self.peak_pss_all, pss)
 
     def stop(self) -> int:
         self._stop.set()
@@ -130,7 +156,8 @@ class _PeakRss:
 
 
 def _job(head: Any, args: list[str], extra_env: dict[str, str]) -> dict[str, Any]:
-    """``python jobs/classify_sky.py ARGS`` as a driver of ``head``: wall, driver RSS, log."""
+    """``python jobs/classify_sky.py ARGS`` as a driver of ``head``: wall, driver RSS, the
+    summed RSS and PSS of the driver and every process of the head, and the log."""
     env = dict(head.env, RAY_ADDRESS=head.gcs_address, **extra_env)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -141,10 +168,11 @@ def _job(head: Any, args: list[str], extra_env: dict[str, str]) -> dict[str, Any
         stderr=subprocess.STDOUT,
         text=True,
     )
-    peak = _PeakRss(proc.pid)
+    peak = _PeakRss(proc.pid, (head.process.pid,))
     log, _ = proc.communicate()
     return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0,
-            "driver_rss_mb": peak.stop() / 2**20, "log": log}  # fmt: skip
+            "driver_rss_mb": peak.stop() / 2**20, "all_rss_mb": peak.peak_rss_all / 2**20,
+            "all_pss_mb": peak.peak_pss_all / 2**20, "log": log}  # fmt: skip
 
 
 def rehearsal(work: pathlib.Path, model: str, num_cpus: int) -> dict[str, Any]:
@@ -193,6 +221,59 @@ def rehearsal(work: pathlib.Path, model: str, num_cpus: int) -> dict[str, Any]:
     return res
 
 
+MEMORY_FIELDS = tuple((15.0 + 22.0 * i, 25.0 if i % 2 else -25.0) for i in range(16))
+"""Field centres at |dec| 25 deg, 22 deg apart in ra (no shared tile)."""
+
+
+def memory_growth(work: pathlib.Path, model: str, num_cpus: int) -> list[dict[str, Any]]:
+    """One run each over 1, 4 and 16 demo-density fields (2,500 sources each), each on a fresh
+    Ray head: peak summed RSS and PSS of the driver and all Ray processes."""
+    from iic_survey.synthetic.sky import SkyConfig, SkyManifest, write_sky
+    from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
+
+    out = []
+    for k in (1, 4, 16):
+        root = work / f"memory_sky_{k}"
+        if not (root / "sky.json").is_file():
+            write_sky(root, SkyConfig(n_sources=2500 * k, fields=MEMORY_FIELDS[:k]))
+        sky = SkyManifest.load(root)
+        args = ["--healpix-order", "5", "--all", "--catalog", sky.catalog_url, "--images",
+                sky.images_url, "--model", model, "--output", str(work / f"memory_out_{k}"),
+                "--overwrite"]  # fmt: skip
+        head = start_local_ray(num_cpus=num_cpus)
+        try:
+            r = _job(head, args, {})
+        finally:
+            stop_local_ray(head)
+        r.pop("log")
+        out.append({"fields": k, "sources": sky.n_sources, "pixels": len(sky.pixels), **r})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def memory_report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
+    first, last = rows[0], rows[-1]
+    return "\n".join([
+        MEMORY_SECTION, "",
+        f"Measured {res['date']} on {res['nproc']} shared cores, load average {res['load_before']} "
+        f"before and {res['load_after']} after; one job (`jobs/classify_sky.py --all`) per size, "
+        f"each on a fresh local Ray head ({res['num_cpus']} logical CPUs), the paper-sized IICnet; "
+        "peaks of the summed RSS and PSS of the driver and every process of the head, sampled "
+        f"every 0.5 s. Command: `{res['command']}`.", "",
+        "| fields | sources | pixels | exit | wall (s) | driver RSS (MB) | all RSS (MB) "
+        "| all PSS (MB) |",
+        "|---|---|---|---|---|---|---|---|",
+        *(f"| {r['fields']} | {r['sources']:,} | {r['pixels']} | {r['rc']} | "
+          f"{r['wall_s']:.0f} | {r['driver_rss_mb']:.0f} | {r['all_rss_mb']:.0f} | "
+          f"{r['all_pss_mb']:.0f} |" for r in rows),
+        "",
+        f"From {first['sources']:,} to {last['sources']:,} sources "
+        f"({last['sources'] / first['sources']:.0f}x): all-process PSS "
+        f"{100 * (last['all_pss_mb'] / first['all_pss_mb'] - 1):+.1f} %, RSS "
+        f"{100 * (last['all_rss_mb'] / first['all_rss_mb'] - 1):+.1f} % (goal < 20 %).",
+    ]) + "\n"  # fmt: skip
+
+
 def _model(work: pathlib.Path) -> str:
     """The paper-sized IICnet, untrained (the speed is a trained one's), as bench_pipeline's."""
     import bench_pipeline
@@ -218,16 +299,22 @@ def report(res: dict[str, Any]) -> str:
         f"**The sky** (`jobs/make_sky.py DIR --preset sky-scale --scale {res['scale']}`): "
         f"{s['sky']['rows']:,} rows in {s['sky']['pixels']:,} partitions, 300 columns, "
         f"`_metadata` {s['metadata_bytes'] / 1e6:,.0f} MB"
-        + (f"; written in {s['sky']['wall_s']:.0f} s at {s['sky']['rss_mb']:.0f} MB peak RSS."
-           if "wall_s" in s["sky"] else " (reused from an earlier run of this script)."),
+        + (
+            f"; written in {s['sky']['wall_s']:.0f} s at {s['sky']['rss_mb']:.0f} MB peak RSS."
+            if "wall_s" in s["sky"]
+            else " (reused from an earlier run of this script)."
+        ),
         "Rows with images: the tiny sky's two fields (2,000 rows in 6 partitions), cut and "
         "classified from real pixels; every other row's Atlas tile is absent, so it is "
         "flagged BAND_MISSING after the tile lookup, as a tile missing from the archive is.",
         "",
         "| planning (`plan_run`, fresh process) | partitions | rows | wall (s) | peak RSS (MB) |",
         "|---|---|---|---|---|",
-        *(f"| {n} | {p[n]['pixels']:,} | {p[n]['rows']:,} | {p[n]['wall_s']:.1f} | "
-          f"{p[n]['rss_mb']:.0f} |" for n in ("sky_100", "sky_1000", "sky")),
+        *(
+            f"| {n} | {p[n]['pixels']:,} | {p[n]['rows']:,} | {p[n]['wall_s']:.1f} | "
+            f"{p[n]['rss_mb']:.0f} |"
+            for n in ("sky_100", "sky_1000", "sky")
+        ),
         "",
         f"Planning 12,288 partitions: {p['sky']['wall_s']:.1f} s (goal < 60 s); peak RSS "
         f"{p['sky']['rss_mb']:.0f} MB, {p['sky']['rss_mb'] / p['sky_100']['rss_mb']:.2f}x the "
@@ -269,6 +356,7 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1e-4)
     ap.add_argument("--num-cpus", type=int, default=4)
     ap.add_argument("--partitions", type=int, help="rehearse only this many (a quick check)")
+    ap.add_argument("--memory", action="store_true", help="only the memory-against-size runs")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -278,6 +366,15 @@ def main() -> int:
                            "cpu": platform.processor() or platform.machine(),
                            "scale": args.scale, "num_cpus": args.num_cpus,
                            "command": "bench/bench_scale.py " + " ".join(sys.argv[1:])}  # fmt: skip
+    if args.memory:
+        rows = memory_growth(work, _model(work), args.num_cpus)
+        res["load_after"] = _load()
+        res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        text = memory_report(rows, res)
+        print(text)
+        if args.write_results:
+            write_section(MEMORY_SECTION, text)
+        return 0 if all(r["rc"] == 0 for r in rows) else 1
     res["skies"] = write_skies(work, args.scale, args.partitions)
     print(json.dumps(res["skies"]), flush=True)
     res["plan"] = plan_costs(work)
