@@ -110,10 +110,17 @@ def _model_dir(path: pathlib.Path, manifest: Any) -> str:
 
 
 class MemorySampler:
-    """Peak summed RSS and PSS of a process tree (the Ray head's) plus this process."""
+    """Peak summed RSS and PSS of process trees (the Ray head's, ``also``'s) and this process
+    (unless ``include_self`` is False)."""
 
-    def __init__(self, root_pid: int, interval_s: float = 0.25) -> None:
-        self.root_pid, self.interval_s = root_pid, interval_s
+    def __init__(
+        self,
+        root_pid: int,
+        interval_s: float = 0.25,
+        also: tuple[int, ...] = (),
+        include_self: bool = True,
+    ) -> None:
+        self.roots, self.interval_s, self.include_self = (root_pid, *also), interval_s, include_self
         self.peak_rss = self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -121,12 +128,13 @@ class MemorySampler:
     def _sample(self) -> tuple[int, int]:
         import psutil
 
-        procs = [psutil.Process()]
-        try:
-            root = psutil.Process(self.root_pid)
-            procs += [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
+        procs = [psutil.Process()] if self.include_self else []
+        for pid in self.roots:
+            try:
+                root = psutil.Process(pid)
+                procs += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
         rss = pss = 0
         for p in procs:
             try:

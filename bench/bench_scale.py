@@ -33,10 +33,10 @@ import platform
 import re
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
+from bench_pipeline import MemorySampler
 from results_md import write_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -106,55 +106,6 @@ def plan_costs(work: pathlib.Path) -> dict[str, Any]:
     return out
 
 
-class _PeakRss:
-    """Peak RSS of process ``pid``, and peak summed RSS and PSS of it plus the process trees
-    of ``roots`` (the Ray head), sampled every 0.5 s."""
-
-    def __init__(self, pid: int, roots: tuple[int, ...] = ()) -> None:
-        import psutil
-
-        self.proc, self.roots = psutil.Process(pid), roots
-        self.peak = self.peak_rss_all = self.peak_pss_all = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _tree(self) -> list[Any]:
-        import psutil
-
-        procs = [self.proc]
-        for pid in self.roots:
-            try:
-                root = psutil.Process(pid)
-                procs += [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        return procs
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except Exception:
-                return
-            if not self.roots:
-                continue
-            rss = pss = 0
-            for p in self._tree():
-                try:
-                    info = p.memory_full_info()
-                except Exception:
-                    continue
-                rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
-            self.peak_rss_all = max(self.peak_rss_all, rss)
-            self.peak_pss_all = max(self.peak_pss_all, pss)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
 def _job(head: Any, args: list[str], extra_env: dict[str, str]) -> dict[str, Any]:
     """``python jobs/classify_sky.py ARGS`` as a driver of ``head``: wall, driver RSS, the
     summed RSS and PSS of the driver and every process of the head, and the log."""
@@ -168,11 +119,15 @@ def _job(head: Any, args: list[str], extra_env: dict[str, str]) -> dict[str, Any
         stderr=subprocess.STDOUT,
         text=True,
     )
-    peak = _PeakRss(proc.pid, (head.process.pid,))
-    log, _ = proc.communicate()
+    with (
+        MemorySampler(proc.pid, 0.5, include_self=False) as driver,
+        MemorySampler(head.process.pid, 0.5, also=(proc.pid,), include_self=False) as every,
+    ):
+        log, _ = proc.communicate()
+    mb = 2**20
     return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0,
-            "driver_rss_mb": peak.stop() / 2**20, "all_rss_mb": peak.peak_rss_all / 2**20,
-            "all_pss_mb": peak.peak_pss_all / 2**20, "log": log}  # fmt: skip
+            "driver_rss_mb": driver.peak_rss / mb, "all_rss_mb": every.peak_rss / mb,
+            "all_pss_mb": every.peak_pss / mb, "log": log}  # fmt: skip
 
 
 def rehearsal(work: pathlib.Path, model: str, num_cpus: int) -> dict[str, Any]:

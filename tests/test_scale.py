@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from astropy.coordinates import SkyCoord
 
 from iic_survey.core import sky as hpx
 from iic_survey.inputs import footer_bytes, partitions
@@ -79,7 +80,7 @@ def test_scan_metadata_counts_every_file_as_pyarrow_does(tmp_path: Path, window:
     with open(tmp_path / "_metadata", "rb") as f:
         counts, paths = footer_bytes.scan_metadata(f, "designation", window=window)
     assert counts == want and paths == set(want)
-    # A first column the chunks do not carry: paths are still found, counts are not ...
+    # A first column the chunks do not carry: paths are still found, counts are not.
     with open(tmp_path / "_metadata", "rb") as f:
         counts, paths = footer_bytes.scan_metadata(f, "cntr_not_there", window=window)
     assert counts == {} and paths == set(want)
@@ -131,8 +132,6 @@ def test_density_model_has_allwises_structure() -> None:
     assert w.shape == (12288,) and np.isclose(w.mean(), 1.0)
     ra, dec = (np.array(v) for v in zip(*[hpx.pixel_center(int(p), 5) for p in range(12288)],
                                          strict=True))  # fmt: skip
-    from astropy.coordinates import SkyCoord
-
     gal = SkyCoord(ra, dec, unit="deg").galactic
     b, lon = gal.b.deg, (gal.l.deg + 180) % 360 - 180
     plane, pole = w[np.abs(b) < 2].mean(), w[np.abs(b) > 60].mean()

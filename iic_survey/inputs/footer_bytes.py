@@ -24,7 +24,6 @@ many footers without holding them: :mod:`iic_survey.synthetic.metadata_file`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import BinaryIO
 
 MAGIC = b"PAR1"
@@ -118,36 +117,27 @@ def skip(buf: bytes | memoryview, pos: int, ctype: int) -> int:
                 pos = skip(buf, skip(buf, pos, kinds >> 4), kinds & 0x0F)
         return pos
     if ctype == _STRUCT:
-        for _fid, ftype, _start, value in _fields(buf, pos):
-            pos = skip(buf, value, ftype)
-        return _stop(buf, pos) + 1
+        fid = 0
+        while (field := _field_header(buf, pos, fid)) is not None:
+            fid, ftype, pos = field
+            pos = skip(buf, pos, ftype)
+        return pos + 1  # the stop byte
     raise ValueError(f"not a Thrift compact type: {ctype}")
 
 
-def _stop(buf: bytes | memoryview, pos: int) -> int:
-    """``pos`` itself: the struct's stop byte, checked."""
-    if buf[pos] != 0:
-        raise ValueError(f"expected a struct's stop byte at {pos}")
-    return pos
+def _field_header(buf: bytes | memoryview, pos: int, last_fid: int) -> tuple[int, int, int] | None:
+    """(field id, type, value start) of the field header at ``pos``; None at the stop byte.
 
-
-def _fields(buf: bytes | memoryview, pos: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field id, type, header start, value start) of each field of the struct at ``pos``.
-
-    The caller skips each value and sends nothing back: the next header is looked for after
-    the value, found again here with :func:`skip` (a field is walked twice, its bytes once).
+    ``last_fid`` is the previous field's id (the header may give only the difference).
     """
-    fid = 0
-    while buf[pos] != 0:
-        head, start = buf[pos], pos
-        delta, ftype, pos = head >> 4, head & 0x0F, pos + 1
-        if delta:
-            fid += delta
-        else:
-            raw, pos = varint(buf, pos)
-            fid = zigzag(raw)
-        yield fid, ftype, start, pos
-        pos = skip(buf, pos, ftype)
+    head = buf[pos]
+    if head == 0:
+        return None
+    delta, ftype, pos = head >> 4, head & 0x0F, pos + 1
+    if delta:
+        return last_fid + delta, ftype, pos
+    raw, pos = varint(buf, pos)
+    return zigzag(raw), ftype, pos
 
 
 def top_level_fields(footer: bytes) -> dict[int, tuple[int, int, int]]:
@@ -156,8 +146,12 @@ def top_level_fields(footer: bytes) -> dict[int, tuple[int, int, int]]:
     ``footer`` is the Thrift struct alone (no ``PAR1`` magic, length or trailing magic).
     """
     out: dict[int, tuple[int, int, int]] = {}
-    for fid, ftype, start, value in _fields(footer, 0):
-        out[fid] = (start, value, skip(footer, value, ftype))
+    pos = fid = 0
+    while (field := _field_header(footer, pos, fid)) is not None:
+        start = pos
+        fid, ftype, value = field
+        pos = skip(footer, value, ftype)
+        out[fid] = (start, value, pos)
     return out
 
 

@@ -37,6 +37,7 @@ import math
 import os
 import pathlib
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -242,6 +243,36 @@ def prepare_root(root: pathlib.Path, overwrite: bool) -> None:
             )
 
 
+def write_in_place(
+    root: pathlib.Path, overwrite: bool, write: Callable[[pathlib.Path], dict[str, Any]]
+) -> dict[str, Any]:
+    """``write(out)`` into an empty sibling directory of ``root``, then move it to ``root``.
+
+    A crash never leaves a half-written sky at ``root``; an old sky there is replaced only when
+    the new one is complete (``overwrite``, see :func:`prepare_root`). Returns ``write``'s
+    ``sky.json`` document.
+    """
+    prepare_root(root, overwrite)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        doc = write(tmp)
+        if root.exists():
+            old = root.parent / f".{root.name}.old-{os.getpid()}"
+            root.rename(old)
+            tmp.rename(root)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return doc
+
+
 def write_sky(
     root: str | os.PathLike[str], config: SkyConfig | None = None, overwrite: bool = False
 ) -> SkyManifest:
@@ -264,24 +295,7 @@ def write_sky(
     """
     config = config or SkyConfig()
     root_p = pathlib.Path(root).absolute()
-    prepare_root(root_p, overwrite)
-    root_p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root_p.parent / f".{root_p.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        doc = _write_into(tmp, config)
-        if root_p.exists():
-            old = root_p.parent / f".{root_p.name}.old-{os.getpid()}"
-            root_p.rename(old)
-            tmp.rename(root_p)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(root_p)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    doc = write_in_place(root_p, overwrite, lambda out: _write_into(out, config))
     log.info("wrote %d sources on %d tiles to %s", doc["n_sources"], len(doc["tiles"]), root_p)
     return SkyManifest.load(root_p)
 

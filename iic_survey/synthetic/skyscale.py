@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 from typing import Any
 
 import healpy as hp
@@ -157,32 +156,13 @@ def _model_rows(
     return k5, rows, truth
 
 
-def _prepare(root: pathlib.Path, overwrite: bool) -> pathlib.Path:
-    """A fresh sibling directory to write into (moved to ``root`` when complete)."""
-    sky.prepare_root(root, overwrite)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
 def write_sky_scale(
     root: str | os.PathLike[str], config: SkyScaleConfig | None = None, overwrite: bool = False
 ) -> sky.SkyManifest:
     """Write the sky-scale sky under ``root`` (see the module docstring); return its manifest."""
     config = config or SkyScaleConfig()
     root_p = pathlib.Path(root).absolute()
-    tmp = _prepare(root_p, overwrite)
-    try:
-        doc = _write_into(tmp, config)
-        if root_p.exists():
-            shutil.rmtree(root_p)
-        tmp.rename(root_p)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    doc = sky.write_in_place(root_p, overwrite, lambda out: _write_into(out, config))
     log.info(
         "wrote %s sources in %d partitions to %s",
         f"{doc['n_sources']:,}",
