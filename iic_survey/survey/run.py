@@ -125,8 +125,7 @@ def _record_precision(config: PipelineConfig, fs: Any, decision: GateResult) -> 
     """Add this run's precision decision to ``_run.json`` (``precision_runs``, one per start)."""
     fsys, root = schema.resolve(config.output, fs)
     path = f"{root}/_run.json"
-    with fsys.open(path, "rb") as f:
-        record = json.loads(f.read())
+    record = output.read_json(fsys, path)
     record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
     write_atomic(fsys, path, json.dumps(record, indent=1, sort_keys=True).encode())
 
@@ -134,8 +133,7 @@ def _record_precision(config: PipelineConfig, fs: Any, decision: GateResult) -> 
 def _precision_used(config: PipelineConfig, fs: Any) -> str:
     """The precision the catalog's rows were computed in (``mixed: ...`` if starts differed)."""
     fsys, root = schema.resolve(config.output, fs)
-    with fsys.open(f"{root}/_run.json", "rb") as f:
-        runs = json.loads(f.read()).get("precision_runs", [])
+    runs = output.read_json(fsys, f"{root}/_run.json").get("precision_runs", [])
     used = sorted({str(r.get("used")) for r in runs})
     return used[0] if len(used) == 1 else f"mixed: {', '.join(used)}" if used else "unknown"
 
