@@ -48,7 +48,13 @@ from iic_survey.output.schema import (
     pixel_file,
     resolve,
 )
-from iic_survey.output.writer import OutputError, commit_markers, file_metadata, parquet_bytes
+from iic_survey.output.writer import (
+    OutputError,
+    commit_markers,
+    file_metadata,
+    parquet_bytes,
+    read_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +163,7 @@ def margin_pixel(
     name = margin_name(arcsec)
     marker = _marker_path(root, name, *pixel)
     if fs.exists(marker):
-        with fs.open(marker, "rb") as f:
-            return dict(json.loads(f.read()))
+        return dict(read_json(fs, marker))
     table = margin_rows(fs, root, pixel, near, arcsec)
     info: dict[str, Any] = {"order": pixel[0], "pixel": pixel[1], "rows": table.num_rows}
     if table.num_rows:
