@@ -9,3 +9,6 @@ CLASSES: tuple[str, ...] = ("galaxy", "quasar", "star")
 
 BANDS: tuple[int, ...] = (1, 2, 3)
 """WISE bands the model sees, mapped to image channels 0, 1, 2."""
+
+SUBSETS: tuple[str, ...] = ("safe", "extrapolation", "unsafe")
+"""Values of the catalog's ``subset`` column, in order of trust (see ``output.schema``)."""

@@ -35,7 +35,13 @@ class QualityFlag(enum.IntFlag):
     BLANK = 256
     """A band's stamp is constant (blank or zero-filled data)."""
     BAD_INPUT = 512
-    """The catalog row itself is unusable (e.g. a duplicate cntr); kept for the record."""
+    """The catalog row itself is unusable (e.g. a duplicate cntr, or a ``cc_flags`` that is null
+    or not four characters long); kept for the record."""
+    ARTEFACT = 1024
+    """AllWISE marks the W1 or W2 measurement as a likely spurious detection of an image
+    artefact: an upper-case D (diffraction spike), H (halo), O (optical ghost) or P (latent)
+    in the W1 or W2 character of ``cc_flags``. The row is classified; "clean" selections
+    exclude it."""
 
 
 UNCLASSIFIABLE = (
@@ -48,9 +54,47 @@ UNCLASSIFIABLE = (
 """Rows with any of these bits get null probabilities: the image is not trustworthy input."""
 
 
+NOT_CLEAN = (
+    UNCLASSIFIABLE
+    | QualityFlag.OFF_EDGE
+    | QualityFlag.NAN_PIXELS
+    | QualityFlag.NO_CENTRAL_SOURCE
+    | QualityFlag.SATURATED
+    | QualityFlag.ARTEFACT
+)
+"""Rows with any of these bits are not "clean": their image or their AllWISE measurement is
+suspect (``W3_UNDETECTED`` is not among them: most faint sources have it, and the model was
+trained on them). A row that is not clean is in the ``unsafe`` subset."""
+
+ARTEFACT_CHARS = frozenset("DHOP")
+"""Upper-case ``cc_flags`` characters that mark a spurious detection (lower case: contaminated
+but real; ``0``: clean)."""
+
+
 def unclassifiable(flags: np.ndarray) -> np.ndarray:
     """Boolean mask of rows whose flags forbid classification."""
     return (np.asarray(flags, dtype=np.int64) & int(UNCLASSIFIABLE)) != 0
+
+
+def clean(flags: np.ndarray) -> np.ndarray:
+    """Boolean mask of rows with none of the :data:`NOT_CLEAN` bits."""
+    return (np.asarray(flags, dtype=np.int64) & int(NOT_CLEAN)) == 0
+
+
+def cc_flags_bits(cc_flags: np.ndarray) -> np.ndarray:
+    """``ARTEFACT`` or ``BAD_INPUT`` (0 otherwise) per AllWISE ``cc_flags`` string.
+
+    ``cc_flags`` has one character per band, W1 W2 W3 W4; an upper-case D, H, O or P in the W1
+    or W2 character is an artefact. A null, or a string that is not four characters long,
+    cannot be read: BAD_INPUT (the row is kept, unclassified).
+    """
+    out = np.zeros(len(cc_flags), dtype=np.uint32)
+    for i, cc in enumerate(cc_flags):
+        if not isinstance(cc, str) or len(cc) != 4:
+            out[i] = int(QualityFlag.BAD_INPUT)
+        elif cc[0] in ARTEFACT_CHARS or cc[1] in ARTEFACT_CHARS:
+            out[i] = int(QualityFlag.ARTEFACT)
+    return out
 
 
 def describe(flags: int) -> list[str]:
