@@ -166,6 +166,7 @@ def stage_costs(
     """Seconds per source of each stage, on one core of this process, one thread each."""
     import torch
 
+    from iic_survey.core.calibration import DepthCalibration
     from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
     from iic_survey.inputs.catalog import open_catalog
     from iic_survey.output import commit
@@ -207,7 +208,7 @@ def stage_costs(
                 np.zeros((len(m["cntr"]), 3)),
                 None,
                 Scoring(
-                    temperature=1.0,
+                    calibration=DepthCalibration.constant(1.0),
                     confidence_threshold=0.6,
                     ood_threshold=None,
                     model_version="bench",
@@ -555,7 +556,7 @@ def model_agreement(manifest: Any, model_dir: str, pixels: list[int]) -> dict[st
         for p, actor in actors.items():
             logits[p].append(actor.logits(cut)[0][ok])
     a, b = (np.concatenate(logits[p]) for p in ("fp32", "bf16"))
-    temperature = actors["fp32"].scoring.temperature
+    temperature = actors["fp32"].scoring.calibration.temperature
     agree, diff = compare(a, b, temperature)
     return {"agree_model": model_dir, "agree_n": len(a), "agree": agree, "agree_diff": diff}
 

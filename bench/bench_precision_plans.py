@@ -114,7 +114,7 @@ def agreement(sky: Any, model_dir: str) -> dict[str, Any]:
         for p, actor in actors.items():
             logits[p].append(actor.logits(cut)[0][ok])
     ref = np.concatenate(logits["fp32"])
-    temperature = actors["fp32"].scoring.temperature
+    temperature = actors["fp32"].scoring.calibration.temperature
     out: dict[str, Any] = {"n": len(ref), "temperature": temperature}
     for p in PLANS[1:]:
         agree, diff = compare(ref, np.concatenate(logits[p]), temperature)

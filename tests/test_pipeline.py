@@ -10,14 +10,17 @@ from pathlib import Path
 import healpy as hp
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from iic_survey.core import sky
+from iic_survey.core import metrics, sky
+from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
 from iic_survey.inputs.catalog import open_catalog
 from iic_survey.model import ood as model_ood
+from iic_survey.model.domain import TrainingDomain
 from iic_survey.model.ood import OodStats
 from iic_survey.output import commit, schema
 from iic_survey.output import writer as output
@@ -135,7 +138,12 @@ def test_result_rows_probabilities_and_outliers():
         _batch(flags),
         logits,
         ood,
-        Scoring(temperature=2.0, confidence_threshold=0.6, ood_threshold=10.0, model_version="m"),
+        Scoring(
+            calibration=DepthCalibration.constant(2.0),
+            confidence_threshold=0.6,
+            ood_threshold=10.0,
+            model_version="m",
+        ),
     )
     p = np.stack([out[f"p_{c}"] for c in CLASSES], axis=1).astype(np.float64)
     z = np.exp(logits / 2.0)
@@ -152,6 +160,69 @@ def test_result_rows_probabilities_and_outliers():
     # row 1: near-uniform -> low confidence; row 3: far from the training set; row 2: not judged
     assert out["is_outlier"].tolist() == [False, True, False, True]
     assert out["quality_flags"].dtype == np.int32 and out["model_version"][0] == "m"
+
+
+def test_result_rows_calibrate_per_depth_carry_allwise_columns_and_label_subsets():
+    n = 7
+    batch = {
+        **_batch([0, 0, 0, int(QualityFlag.ARTEFACT), int(QualityFlag.FETCH_FAILED), 0, 0]),
+        "w1mpro": np.array([12.0, 17.0, 15.0, 15.0, 15.0, 19.5, 15.0]),
+        "w2mpro": np.array([11.8, 16.0, 14.5, 14.5, 14.5, 18.5, 13.0]),
+        "w3mpro": np.array([11.0, 15.0, 11.0, 11.0, 11.0, 16.0, 11.0]),
+        "features": np.zeros((n, 7), np.float32),  # no W3 detections: W2-W3 not judged
+        "cc_flags": np.array(["0000", "0000", "00h0", "H000", "0000", "0000", "0000"], object),
+        "ph_qual": np.array(["AAAU"] * n, dtype=object),
+        "nb": np.ones(n, np.int64),
+        "w4mpro": np.full(n, 9.1),
+    }
+    calibration = DepthCalibration(knots=(13.0, 17.0), log_t=(0.0, np.log(3.0)), temperature=1.5)
+    domain = TrainingDomain(w1=(8.0, 18.0), w1_w2=(-0.5, 1.2), w2_w3=(-1.0, 5.0))
+    scoring = Scoring(calibration, 0.4, 10.0, "m", domain)
+    logits = np.tile([3.0, 0.0, 0.0], (n, 1))
+    ood = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 50.0])
+    out = result_rows(batch, logits, ood, scoring)
+    p0 = np.stack([out[f"p_{c}"] for c in CLASSES], axis=1)
+    # each row at the temperature of its own depth: T = 1 at W1 12, 3 at W1 17
+    np.testing.assert_allclose(p0[0], metrics.softmax(logits[:1], 1.0)[0], rtol=1e-6)
+    np.testing.assert_allclose(p0[1], metrics.softmax(logits[:1], 3.0)[0], rtol=1e-6)
+    assert out["subset"].tolist() == [
+        "safe",
+        "safe",  # W1 17 is inside the training range
+        "safe",  # a lower-case (real, contaminated) cc_flags is still clean
+        "unsafe",  # AllWISE artefact
+        "unsafe",  # unclassified
+        "extrapolation",  # fainter than the training set
+        "unsafe",  # out of distribution
+    ]
+    assert out["cc_flags"][3] == "H000" and out["nb"][0] == 1 and out["w4mpro"][0] == 9.1
+    assert out["w1snr"][0] is None  # absent from the batch: null
+    table = schema.as_output_table(
+        pd.DataFrame(out).drop(columns=["_pixel", "_row", "_chunk"]),
+        5,
+        int(sky.pixel_of(np.array([10.5]), np.array([-4.5]), 5)[0]),
+    )
+    assert table.column("subset").type == pa.dictionary(pa.int8(), pa.string())
+    # an older model (no training domain): nothing is extrapolation
+    old = result_rows(batch, logits, ood, dataclasses.replace(scoring, domain=None))
+    assert old["subset"][5] == "safe" and old["subset"][3] == "unsafe"
+
+
+def test_training_domain_ranges_and_roundtrip():
+    rng = np.random.default_rng(0)
+    w1 = rng.uniform(10, 16, 5000)
+    phot = {"w1mpro": w1, "w2mpro": w1 - 0.3, "w3mpro": w1 - 3.0,
+            "w3_detected": np.arange(5000) % 2 == 0}  # fmt: skip
+    dom = TrainingDomain.from_photometry(phot)
+    assert 10 <= dom.w1[0] < 10.05 and 15.95 < dom.w1[1] <= 16
+    assert TrainingDomain.from_dict(json.loads(json.dumps(dom.to_dict()))) == dom
+    assert TrainingDomain.from_dict({}) is None
+    probe = {
+        "w1mpro": np.array([12.0, 16.5, 12.0]),
+        "w2mpro": np.array([11.7, 16.2, 10.0]),
+        "w3mpro": np.array([0.0, 0.0, 0.0]),
+        "w3_detected": np.array([False, False, False]),
+    }
+    assert dom.inside(probe).tolist() == [True, False, False]  # too faint; too red in W1-W2
 
 
 def test_ood_stats_roundtrip():
@@ -240,7 +311,12 @@ def test_part_names_are_a_function_of_the_rows(tmp_path):
         _batch([0] * 6),
         np.zeros((6, 3)),
         None,
-        Scoring(temperature=1.0, confidence_threshold=0.5, ood_threshold=None, model_version="m"),
+        Scoring(
+            calibration=DepthCalibration.constant(1.0),
+            confidence_threshold=0.5,
+            ood_threshold=None,
+            model_version="m",
+        ),
     )
     rows = pd.DataFrame(result)
     pixel = int(sky.pixel_of(np.array([10.5]), np.array([-4.5]), 5)[0])

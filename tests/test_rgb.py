@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from iic_survey.core.flags import QualityFlag as Q
+from iic_survey.core.flags import clean, unclassifiable
 from iic_survey.stamps import features, rgb
 
 S = 37
@@ -413,3 +414,16 @@ def test_make_rgb_throughput_floor() -> None:
     rate = len(x) / max(time.process_time() - t0, 1e-9)
     print(f"make_rgb: {rate:,.0f} stamps per CPU-second")
     assert rate > 3000
+
+
+def test_cc_flags_mark_artefacts_and_refuse_unreadable_values() -> None:
+    df = pd.concat([catalog_frame()] * 2, ignore_index=True).iloc[:8].copy()
+    df["cc_flags"] = ["0000", "D000", "0H00", "00DH", "h0P0", "d000", None, "000"]
+    flags = features.catalog_flags(df)
+    # upper-case D/H/O/P in W1 or W2 only; W3/W4 and lower case are not artefacts
+    assert has(flags, Q.ARTEFACT).tolist() == [False, True, True, False, False, False, False, False]
+    assert has(flags, Q.BAD_INPUT)[6:].tolist() == [True, True]  # null, wrong length
+    assert not has(flags, Q.BAD_INPUT)[[0, 1, 2, 4, 5]].any()
+    # an artefact is still classified, but it is not clean
+    assert not unclassifiable(np.array([int(Q.ARTEFACT)]))[0]
+    assert not clean(np.array([int(Q.ARTEFACT)]))[0] and clean(np.array([int(Q.W3_UNDETECTED)]))[0]

@@ -24,12 +24,14 @@ PIPELINE_COLUMNS: tuple[str, ...] = (
     "w1mpro",
     "w2mpro",
     "w3mpro",
+    "w4mpro",
     "w1sigmpro",
     "w2sigmpro",
     "w3sigmpro",
     "w1snr",
     "w2snr",
     "w3snr",
+    "nb",
     "ext_flg",
     "ph_qual",
     "cc_flags",
@@ -37,7 +39,8 @@ PIPELINE_COLUMNS: tuple[str, ...] = (
     "wx",
     "wy",
 )
-"""Columns the classification pipeline reads (identity, position, photometry, tile position)."""
+"""Columns the classification pipeline reads (identity, position, photometry, the quality
+columns it carries into the output, tile position)."""
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("cntr", "ra", "dec")
 """Columns every catalog must have: without them no row can be identified or placed."""

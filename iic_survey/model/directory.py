@@ -2,7 +2,8 @@
 
 Training writes one with :func:`save_model_dir`; the classify job and the reports read it back
 with :func:`load_model_dir` as a :class:`ModelBundle` (the model in eval mode, its config, the
-RGB parameters of its images, the fitted temperature, OOD statistics, metrics, provenance).
+RGB parameters of its images, the fitted temperature and depth calibration, the training
+domain, OOD statistics, metrics, provenance).
 The weights load with ``torch.load(weights_only=True)`` and are checked against the sha256 that
 ``model.json`` records, so a directory from elsewhere can be refused but never runs code.
 """
@@ -25,6 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
 from iic_survey.core.atomic import write_atomic
+from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.model.config import ModelConfig
@@ -38,7 +40,15 @@ FORMAT_VERSION = 1
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
-EXTRA_KEYS: tuple[str, ...] = ("rgb", "temperature", "feature_stats", "metrics", "meta")
+EXTRA_KEYS: tuple[str, ...] = (
+    "rgb",
+    "temperature",
+    "calibration",
+    "training_domain",
+    "feature_stats",
+    "metrics",
+    "meta",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,6 +66,11 @@ class ModelBundle:
     """``RGBParams.to_dict()`` of the images the model was trained on."""
     temperature: float
     """Temperature fitted on the validation set: calibrated probabilities = softmax(logits / T)."""
+    calibration: DepthCalibration | None
+    """The depth-dependent calibration (``T(w1)``); None for a directory written before it."""
+    training_domain: dict[str, Any]
+    """Ranges of the labelled training set (W1, colours) that define the ``safe`` subset;
+    empty for a directory written before it (see :mod:`iic_survey.model.domain`)."""
     feature_stats: dict[str, Any]
     """Statistics of the training embeddings / features for out-of-distribution scores."""
     metrics: dict[str, Any]
@@ -106,11 +121,13 @@ def save_model_dir(
 ) -> pathlib.Path:
     """Write ``weights.pt`` and ``model.json`` into the folder ``path`` (created if needed).
 
-    ``extra`` may hold ``rgb``, ``temperature``, ``feature_stats``, ``metrics`` and ``meta``
-    (plain data, numpy arrays allowed). Each file is written to a temporary name and renamed,
-    ``model.json`` last, so a reader never sees a half-written directory. Pass the trained model,
-    not the output of :func:`~iic_survey.model.network.optimize_for_inference` (its folded
-    weights have other names).
+    ``extra`` may hold ``rgb``, ``temperature``, ``calibration`` (a
+    :class:`~iic_survey.core.calibration.DepthCalibration` or its dict), ``training_domain``,
+    ``feature_stats``, ``metrics`` and ``meta`` (plain data, numpy arrays allowed). Each file
+    is written to a temporary name and renamed, ``model.json`` last, so a reader never sees a
+    half-written directory. Pass the trained model, not the output of
+    :func:`~iic_survey.model.network.optimize_for_inference` (its folded weights have other
+    names).
     """
     extra = dict(extra or {})
     unknown = [k for k in extra if k not in EXTRA_KEYS]
@@ -127,6 +144,11 @@ def save_model_dir(
     temperature = float(extra.get("temperature", 1.0))
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    calibration = extra.get("calibration")
+    if isinstance(calibration, DepthCalibration):
+        calibration = calibration.to_dict()
+    elif calibration is not None:
+        calibration = DepthCalibration.from_dict(calibration).to_dict()  # checked
     out = pathlib.Path(path)
     fs = LocalFileSystem()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -147,6 +169,8 @@ def save_model_dir(
         "classes": list(CLASSES),
         "rgb": extra.get("rgb", {}),
         "temperature": temperature,
+        "calibration": calibration,
+        "training_domain": extra.get("training_domain", {}),
         "feature_stats": extra.get("feature_stats", {}),
         "metrics": extra.get("metrics", {}),
         "meta": meta,
@@ -224,6 +248,16 @@ def _load_weights(weights: pathlib.Path, cfg: ModelConfig) -> Classifier:
     return model
 
 
+def _calibration(doc: dict[str, Any], meta_path: pathlib.Path) -> DepthCalibration | None:
+    """The stored depth calibration; None when the directory predates it."""
+    if not doc.get("calibration"):
+        return None
+    try:
+        return DepthCalibration.from_dict(doc["calibration"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{meta_path}: unreadable calibration: {err}") from err
+
+
 def load_model_dir(
     path: str | os.PathLike[str],
     device: str | torch.device | None = None,
@@ -256,6 +290,8 @@ def load_model_dir(
         classes=CLASSES,
         rgb=dict(doc.get("rgb") or {}),
         temperature=float(doc.get("temperature", 1.0)),
+        calibration=_calibration(doc, meta_path=root / META_FILE),
+        training_domain=dict(doc.get("training_domain") or {}),
         feature_stats=dict(doc.get("feature_stats") or {}),
         metrics=dict(doc.get("metrics") or {}),
         meta=meta,

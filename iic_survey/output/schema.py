@@ -52,13 +52,15 @@ import pandas as pd
 import pyarrow as pa
 
 from iic_survey.core import sky
-from iic_survey.core.constants import CLASSES
+from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.core.flags import QualityFlag
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "iic_survey.classification_catalog"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""1: the first catalogs; 2: AllWISE quality columns (``w4mpro`` ... ``cc_flags``), ``subset``,
+the ARTEFACT quality bit, probabilities calibrated per depth."""
 
 _UNCLASSIFIABLE = "; null when unclassifiable (see quality_flags)"
 _FLAG_BITS = ", ".join(f"{int(f)}={f.name}" for f in QualityFlag)
@@ -74,6 +76,22 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str, str]] = {
     "w1mpro": (pa.float64(), True, "mag", "AllWISE W1 (3.4 um) profile-fit magnitude (Vega)"),
     "w2mpro": (pa.float64(), True, "mag", "AllWISE W2 (4.6 um) profile-fit magnitude (Vega)"),
     "w3mpro": (pa.float64(), True, "mag", "AllWISE W3 (12 um) profile-fit magnitude (Vega)"),
+    "w4mpro": (pa.float64(), True, "mag", "AllWISE W4 (22 um) profile-fit magnitude (Vega); "
+               "a 95 % upper limit when w4snr < 2 (not used by the model)"),
+    **{f"w{b}sigmpro": (pa.float32(), True, "mag", f"AllWISE W{b} profile-fit magnitude "
+                        "uncertainty; null for an upper limit") for b in (1, 2, 3)},
+    **{f"w{b}snr": (pa.float32(), True, "", f"AllWISE W{b} profile-fit signal-to-noise ratio")
+       for b in (1, 2, 3)},
+    "nb": (pa.int32(), True, "", "AllWISE number of blended PSF components fitted together "
+           "with this source (1: unblended)"),
+    "ext_flg": (pa.int32(), True, "", "AllWISE extended-source flag: 0 point-like; 1-5 "
+                "resolved or associated with a 2MASS XSC source (see the AllWISE supplement)"),
+    "ph_qual": (pa.string(), True, "", "AllWISE photometric quality per band, W1 W2 W3 W4: A "
+                "SNR >= 10, B 3-10, C 2-3, U upper limit, X no measurement, Z saturated"),
+    "cc_flags": (pa.string(), True, "", "AllWISE contamination and confusion flags per band, "
+                 "W1 W2 W3 W4: 0 clean; upper-case D, H, O, P a likely spurious artefact "
+                 "(diffraction spike, halo, ghost, latent; sets the ARTEFACT quality bit for "
+                 "W1 or W2); lower case real but contaminated"),
     "p_galaxy": (pa.float32(), True, "", "Calibrated galaxy probability" + _UNCLASSIFIABLE),
     "p_quasar": (pa.float32(), True, "", "Calibrated quasar probability" + _UNCLASSIFIABLE),
     "p_star": (pa.float32(), True, "", "Calibrated star probability" + _UNCLASSIFIABLE),
@@ -84,6 +102,10 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str, str]] = {
     "ood_score": (pa.float32(), True, "", "Out-of-distribution score of the image embedding "
                   "(larger = less like the training set)"),
     "is_outlier": (pa.bool_(), False, "", "Low confidence or out of distribution"),
+    "subset": (pa.dictionary(pa.int8(), pa.string()), False, "", "Trust of the row: safe (clean, "
+               "in distribution, W1 and colours inside the training set's range), extrapolation "
+               "(W1 or a colour outside that range, e.g. fainter than the labelled set), unsafe "
+               "(not clean: see NOT_CLEAN in iic_survey.core.flags; or out of distribution)"),
     "quality_flags": (pa.int32(), False, "", f"Bitmask of QualityFlag bits: {_FLAG_BITS}"),
     "model_version": (pa.string(), False, "", "Model identity (code version and weights hash)"),
 }  # fmt: skip
@@ -161,16 +183,21 @@ def stray_file(root: str, order: int, dest: int, source: int) -> str:
 # ---------------------------------------------------------------- rows -> schema
 
 
-def _class_array(values: pd.Series) -> pa.Array:
+_DICTIONARIES = {"class": CLASSES, "subset": SUBSETS}
+
+
+def _dictionary_array(values: pd.Series, name: str, categories: tuple[str, ...]) -> pa.Array:
+    """A dictionary column whose dictionary is always ``categories`` (in that order)."""
     raw = values.astype(object)
-    unknown = raw.notna() & ~raw.isin(CLASSES)
+    unknown = raw.notna() & ~raw.isin(categories)
     if unknown.any():
         raise ValueError(
-            f"'class' holds values outside {CLASSES}: {sorted(set(raw[unknown].astype(str)))[:5]}"
+            f"{name!r} holds values outside {categories}: "
+            f"{sorted(set(raw[unknown].astype(str)))[:5]}"
         )
-    codes = np.asarray(pd.Categorical(raw, categories=list(CLASSES)).codes, dtype=np.int8)
+    codes = np.asarray(pd.Categorical(raw, categories=list(categories)).codes, dtype=np.int8)
     return pa.DictionaryArray.from_arrays(
-        pa.array(codes, mask=codes < 0, type=pa.int8()), pa.array(CLASSES, type=pa.string())
+        pa.array(codes, mask=codes < 0, type=pa.int8()), pa.array(categories, type=pa.string())
     )
 
 
@@ -197,8 +224,8 @@ def as_output_table(rows: pd.DataFrame | pa.Table, order: int, pixel: int) -> pa
     for field in OUTPUT_SCHEMA:
         if field.name == "_healpix_29" and field.name not in df.columns:
             arr = pa.array(_healpix_29_of(df, order, pixel), type=pa.int64())
-        elif field.name == "class":
-            arr = _class_array(df["class"])
+        elif field.name in _DICTIONARIES:
+            arr = _dictionary_array(df[field.name], field.name, _DICTIONARIES[field.name])
         else:
             arr = pa.array(df[field.name], from_pandas=True).cast(field.type)
         if not field.nullable and arr.null_count:

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from iic_survey.core.flags import QualityFlag
+from iic_survey.core.flags import QualityFlag, cc_flags_bits
 
 # ---------------------------------------------------------------------------------------------
 # Catalog features
@@ -75,9 +75,13 @@ def w3_undetected(df: pd.DataFrame) -> np.ndarray:
 
 
 def catalog_flags(df: pd.DataFrame) -> np.ndarray:
-    """Per-row flags from the photometry: W3_UNDETECTED; BAD_INPUT where W1 or W2 is null."""
+    """Per-row flags from the catalog: W3_UNDETECTED; BAD_INPUT where W1 or W2 is null; from
+    ``cc_flags`` when the frame has it, ARTEFACT (or BAD_INPUT for a null or malformed value,
+    :func:`~iic_survey.core.flags.cc_flags_bits`)."""
     c = _columns(df)
     flags = np.zeros(len(df), dtype=np.uint32)
+    if "cc_flags" in df.columns:
+        flags |= cc_flags_bits(df["cc_flags"].to_numpy(dtype=object))
     flags[~_w3_detected(c)] |= np.uint32(QualityFlag.W3_UNDETECTED)
     flags[~np.isfinite(c["w1mpro"]) | ~np.isfinite(c["w2mpro"])] |= np.uint32(QualityFlag.BAD_INPUT)
     return flags

@@ -5,8 +5,9 @@ and turns each chunk of cut stamps into the output's columns: the RGB images are
 the model's device (:func:`~iic_survey.stamps.split.finish_images`), the model runs in the
 run's precision (:func:`gate_precision` decided it once, on the first chunk), and images never
 leave the actor. The arithmetic that
-turns logits into those columns, :func:`result_rows`, is pure (temperature-scaled softmax,
-confidence, entropy, outlier flag) and takes its settings as one :class:`Scoring`;
+turns logits into those columns, :func:`result_rows`, is pure (softmax at the temperature of
+each source's depth, confidence, entropy, outlier flag, ``subset``) and takes its settings as
+one :class:`Scoring`;
 :class:`~iic_survey.model.ood.OodStats` scores how far a source's embedding lies from the
 training set. :mod:`iic_survey.survey.stages` wires this stage into the Ray Data stream.
 """
@@ -20,17 +21,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.core.flags import unclassifiable
-from iic_survey.core.metrics import softmax
 from iic_survey.model.directory import load_model_dir
+from iic_survey.model.domain import TrainingDomain, subsets
 from iic_survey.model.inference import Predictor, gpu_batch_size, upload
 from iic_survey.model.network import optimize_for_inference
 from iic_survey.model.ood import OodStats
 from iic_survey.model.precision import Gate, check_gate, plan
 from iic_survey.output import schema
+from iic_survey.stamps.features import FEATURE_NAMES
 from iic_survey.stamps.rgb import RGBParams
 from iic_survey.stamps.split import finish_images
 from iic_survey.survey.config import CPU_MODEL_BATCH
@@ -52,20 +56,27 @@ may carry its own value (``meta["confidence_threshold"]``, e.g. chosen on its va
 RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in schema.COLUMNS if c != "_healpix_29")
 """Columns the inference stage produces (``_healpix_29`` is added by the writer)."""
 _KEYS = ("_pixel", "_row", "_chunk")
+CARRIED: tuple[str, ...] = ("cntr", "designation", "ra", "dec", "w1mpro", "w2mpro", "w3mpro",
+                            "w4mpro", "w1sigmpro", "w2sigmpro", "w3sigmpro", "w1snr", "w2snr",
+                            "w3snr", "nb", "ext_flg", "ph_qual", "cc_flags")  # fmt: skip
+"""Catalog columns copied into the output as they are."""
+_W3_DETECTED = FEATURE_NAMES.index("w3_detected")
 
 
 @dataclasses.dataclass(frozen=True)
 class Scoring:
     """How a model's logits become result rows: one per model, fixed for a whole run."""
 
-    temperature: float
-    """Calibration temperature: probabilities are ``softmax(logits / temperature)``."""
+    calibration: DepthCalibration
+    """Probabilities are ``softmax(logits / T(w1))`` (a constant ``T`` for an older model)."""
     confidence_threshold: float
     """A source whose largest calibrated probability is below this is an outlier."""
     ood_threshold: float | None
     """A source whose OOD score is above this is an outlier; None: no OOD test."""
     model_version: str
     """The ``model_version`` column (:func:`model_version`)."""
+    domain: TrainingDomain | None = None
+    """The training set's W1 and colour ranges (``subset``); None: no row is extrapolation."""
 
 
 def result_rows(
@@ -77,12 +88,14 @@ def result_rows(
     """The output columns of a batch, from its logits and OOD scores (pure; no model needed).
 
     Rows with unclassifiable flags get null probabilities, class, confidence, entropy and OOD
-    score, and ``is_outlier`` False (their flags say why they are not classified).
+    score, ``is_outlier`` False (their flags say why they are not classified) and ``subset``
+    unsafe. A :data:`CARRIED` column absent from ``batch`` comes out null.
     """
     n = len(logits)
     flags = np.asarray(batch["quality_flags"], dtype=np.int64)
     bad = unclassifiable(flags)
-    probs = np.array(softmax(logits, scoring.temperature), dtype=np.float64)  # as calibrated
+    w1 = _numeric(batch, "w1mpro", n)
+    probs = scoring.calibration.probabilities(logits, w1)
     probs[bad] = np.nan
     conf = probs.max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -96,10 +109,8 @@ def result_rows(
     outlier &= ~bad
     labels = np.asarray(CLASSES, dtype=object)[np.argmax(np.nan_to_num(probs, nan=0.0), axis=1)]
     labels[bad] = None
-    out = {
-        k: np.asarray(batch[k])
-        for k in (*_KEYS, "cntr", "designation", "ra", "dec", "w1mpro", "w2mpro", "w3mpro")
-    }
+    out = {k: np.asarray(batch[k]) for k in _KEYS}
+    out.update({k: _carried(batch, k, n) for k in CARRIED})
     for i, name in enumerate(CLASSES):
         out[f"p_{name}"] = probs[:, i].astype(np.float32)
     out.update(
@@ -109,11 +120,41 @@ def result_rows(
             "entropy": ent.astype(np.float32),
             "ood_score": score.astype(np.float32),
             "is_outlier": outlier,
+            "subset": subsets(flags, score, scoring.ood_threshold, _inside(batch, scoring, n)),
             "quality_flags": flags.astype(np.int32),
             "model_version": np.full(n, scoring.model_version, dtype=object),
         }
     )
     return out
+
+
+def _carried(batch: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    if name in batch:
+        return np.asarray(batch[name])
+    return np.full(n, None, dtype=object)
+
+
+def _numeric(batch: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    """A catalog column as float64 (NaN for nulls and when absent)."""
+    if name not in batch:
+        return np.full(n, np.nan)
+    return pd.to_numeric(pd.Series(np.asarray(batch[name])), errors="coerce").to_numpy(
+        np.float64, na_value=np.nan
+    )
+
+
+def _inside(batch: Mapping[str, np.ndarray], scoring: Scoring, n: int) -> np.ndarray | None:
+    """:meth:`TrainingDomain.inside` of the rows; None without a domain."""
+    if scoring.domain is None:
+        return None
+    features = batch.get("features")
+    detected = (
+        np.asarray(features)[:, _W3_DETECTED] > 0.5
+        if features is not None and len(features)
+        else np.isfinite(_numeric(batch, "w3sigmpro", n))
+    )
+    phot = {b: _numeric(batch, b, n) for b in ("w1mpro", "w2mpro", "w3mpro")}
+    return scoring.domain.inside({**phot, "w3_detected": detected})
 
 
 def model_version(bundle: Any) -> str:
@@ -166,7 +207,9 @@ class Classify:
         if self.ood is None:
             logger.warning("model %s has no OOD statistics: ood_score stays null", model_dir)
         self.scoring = Scoring(
-            temperature=float(self.bundle.temperature or 1.0),
+            calibration=self.bundle.calibration
+            or DepthCalibration.constant(float(self.bundle.temperature or 1.0)),
+            domain=TrainingDomain.from_dict(self.bundle.training_domain),
             confidence_threshold=float(
                 confidence_threshold
                 if confidence_threshold is not None
@@ -226,6 +269,34 @@ class Classify:
         return result_rows({**batch, "quality_flags": flags}, logits, ood, self.scoring)
 
 
+def scoring_record(model_dir: str) -> dict[str, Any]:
+    """How a model directory's rows are scored, for ``_run.json``: the calibration (``T(W1)``,
+    or the single temperature of an older directory) and the training domain behind ``subset``,
+    with a note for each thing an older directory lacks."""
+    bundle = load_model_dir(model_dir)
+    notes = []
+    if bundle.calibration is None:
+        notes.append(
+            f"model {model_dir} has no depth calibration (written before it): probabilities use "
+            f"its single temperature T = {bundle.temperature:.4f} at every depth"
+        )
+        calibration = DepthCalibration.constant(float(bundle.temperature or 1.0)).to_dict()
+    else:
+        calibration = bundle.calibration.to_dict()
+    domain = TrainingDomain.from_dict(bundle.training_domain)
+    if domain is None:
+        notes.append(
+            f"model {model_dir} has no training domain: no row is labelled 'extrapolation' "
+            f"(subset is safe or unsafe only)"
+        )
+    return {
+        "calibration": calibration,
+        "depth_calibration": bundle.calibration is not None,
+        "training_domain": domain.to_dict() if domain else None,
+        "notes": notes,
+    }
+
+
 def gate_precision(
     model_dir: str, device: str, requested: str, batch: Mapping[str, np.ndarray], threads: int = 1
 ) -> dict[str, Any]:
@@ -243,5 +314,5 @@ def gate_precision(
         actor.predictor = actor.predictor.with_precision(precision)
         return actor.logits(rows)[0]
 
-    gate = Gate(temperature=actor.scoring.temperature)
+    gate = Gate(temperature=actor.scoring.calibration.temperature)
     return check_gate(run_logits, requested, actor.device, gate).to_dict()

@@ -57,6 +57,7 @@ from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
 from iic_survey.output import finalize, margin, schema
 from iic_survey.output import writer as output
+from iic_survey.survey.classify import scoring_record
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import Plan, plan_run
 from iic_survey.survey.progress import Progress
@@ -121,12 +122,17 @@ def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[i
         fsys.rm(stale, recursive=True)
 
 
-def _record_precision(config: PipelineConfig, fs: Any, decision: GateResult) -> None:
-    """Add this run's precision decision to ``_run.json`` (``precision_runs``, one per start)."""
+def _record_start(config: PipelineConfig, fs: Any, decision: GateResult) -> None:
+    """Add this start's precision decision to ``_run.json`` (``precision_runs``, one per start)
+    and say how the model scores rows (``scoring``: depth calibration or a single temperature;
+    with or without a training domain for ``subset``)."""
     fsys, root = schema.resolve(config.output, fs)
     path = f"{root}/_run.json"
     record = output.read_json(fsys, path)
     record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
+    record["scoring"] = scoring_record(config.model_dir)
+    for note in record["scoring"]["notes"]:
+        logger.warning("%s", note)
     write_atomic(fsys, path, json.dumps(record, indent=1, sort_keys=True).encode())
 
 
@@ -173,7 +179,7 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     if plan.todo:
         _clear_staging(config, inputs.fs, plan.order, plan.todo)
         decision = decide_precision(config, inputs, plan)
-        _record_precision(config, inputs.fs, decision)
+        _record_start(config, inputs.fs, decision)
         ds = build_dataset(config, inputs, plan, decision.used)
         driver = _Driver(config, plan, inputs.fs, t0)
         driver.run(ds)

@@ -3,13 +3,15 @@
 :func:`finalize` takes the best checkpoint of a run and
 
 1. runs the network over the validation and test splits (and a sample of the training split);
-2. fits a temperature on the validation logits (:func:`iic_survey.core.metrics.fit_temperature`);
+2. fits the calibration, a temperature that is a smooth function of W1, on the validation
+   logits (:mod:`iic_survey.training.evaluate`, :mod:`iic_survey.core.calibration`);
 3. reports on the test split in the paper's format (per-class precision, recall, specificity,
    F1, accuracy; AUC; the confusion matrix; ECE before and after calibration) as JSON, Markdown
    and PNG plots (loss and accuracy per epoch, ROC per class, the confusion matrix);
-4. computes the out-of-distribution statistics of the training embeddings (mean and inverse
-   covariance of ``embed()``, and a high percentile of the training Mahalanobis distance) that
-   the classify job compares new sources against;
+4. records the training domain (the W1 and colour ranges behind the ``safe`` subset,
+   :mod:`iic_survey.model.domain`) and computes the out-of-distribution statistics of the
+   training embeddings (mean and inverse covariance of ``embed()``, and a high percentile of
+   the training Mahalanobis distance) that the classify job compares new sources against;
 5. writes the model directory with :func:`iic_survey.model.directory.save_model_dir`.
 
 It runs as one Ray task holding a GPU when training used GPUs, so the driver stays light.
@@ -28,14 +30,13 @@ import torch
 
 from iic_survey.core import metrics
 from iic_survey.core.constants import CLASSES, __version__
-from iic_survey.core.hashing import hash_unit
 from iic_survey.model.config import ModelConfig
 from iic_survey.model.directory import save_model_dir
 from iic_survey.model.network import build_model
 from iic_survey.model.ood import ood_statistics, predict
-from iic_survey.training import trainingset
 from iic_survey.training.checkpoints import load_state
 from iic_survey.training.config import TrainConfig
+from iic_survey.training.evaluate import Evaluation, evaluate, read_rows, training_domain
 from iic_survey.training.plots import plot_confusion, plot_history, plot_roc
 
 logger = logging.getLogger(__name__)
@@ -53,15 +54,41 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['best_epoch'] + 1} (validation loss {meta['best_val_loss']:.4f}).",
         "",
         metrics.report_markdown(report),
-        f"Temperature T = {meta['temperature']:.4f} (fitted on {meta['n_val']} validation "
-        f"sources): ECE {report['ece_uncalibrated']:.4f} before, {report['ece']:.4f} after.",
+        f"Calibration: a temperature that is a smooth function of W1, fitted on {meta['n_val']} "
+        f"validation sources (single temperature T = {meta['temperature']:.4f}). ECE "
+        f"{report['ece_uncalibrated']:.4f} before, {report['ece_single_temperature']:.4f} with "
+        f"the single temperature, {report['ece']:.4f} with T(W1).",
         "",
+        *_ece_table(report),
         "![loss and accuracy per epoch](history.png)",
         "",
         "![ROC per class](roc.png) ![confusion matrix](confusion.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def _ece_table(report: dict[str, Any]) -> list[str]:
+    """ECE per W1 bin of the test split: uncalibrated, single temperature, T(W1)."""
+    rows = report.get("ece_w1") or []
+    if not rows:
+        return []
+    lines = [
+        "| W1 | test sources | ECE uncalibrated | single T | T(W1) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lo, hi = r["w1_lo"], r["w1_hi"]
+        name = (
+            f"< {hi:g}"
+            if lo == float("-inf")
+            else f">= {lo:g}"
+            if hi == float("inf")
+            else f"{lo:g}-{hi:g}"
+        )
+        eces = " | ".join(f"{r[k]:.4f}" for k in ("ece_uncalibrated", "ece_single", "ece"))
+        lines.append(f"| {name} | {r['n']} | {eces} |")
+    return [*lines, ""]
 
 
 def write_report(
@@ -87,21 +114,6 @@ def _json_default(obj: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # Finalising a run
-
-
-def read_rows(data: str, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
-    """``image``, ``features``, ``label`` of one split; with ``limit``, a stable hash-chosen subset
-    (only the chosen rows' images are read)."""
-    import pyarrow.compute as pc
-
-    cols = ["cntr", "image", "features", "label"]
-    if limit is None:
-        return trainingset.read_split(data, split, columns=cols)
-    ids = trainingset.read_split(data, split, columns=["cntr"]).get("cntr", np.zeros(0, np.int64))
-    if len(ids) <= limit:
-        return trainingset.read_split(data, split, columns=cols)
-    chosen = ids[np.argsort(hash_unit(ids, "iic-ood-sample"), kind="stable")[:limit]]
-    return trainingset.read_split(data, split, columns=cols, filter=pc.field("cntr").isin(chosen))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,25 +151,6 @@ class _Trained:
         return int(self.state["epoch"])
 
 
-@dataclasses.dataclass(frozen=True)
-class _Evaluation:
-    """The best checkpoint's network on the validation and test splits."""
-
-    val: dict[str, np.ndarray]
-    """The validation rows (``label``, ...)."""
-    val_logits: np.ndarray
-    """(N_val, 3) validation logits; (0, 3) when the split is empty."""
-    temperature: float
-    """Temperature fitted on the validation logits (1 without any)."""
-    report: dict[str, Any]
-    """The test split's report, calibrated, with the uncalibrated ECE and the temperature."""
-
-    @property
-    def n_val(self) -> int:
-        """Validation rows."""
-        return len(self.val.get("label", ()))
-
-
 def _load(checkpoint: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     with checkpoint.as_directory() as d:
         return load_state(d)
@@ -170,31 +163,6 @@ def _load_run(run: FinishedRun) -> _Trained:
     return _Trained(state=state, history=history, starts=list(latest.get("starts", [])))
 
 
-def _evaluate(model: torch.nn.Module, data: str, device: torch.device) -> _Evaluation:
-    """Fit the temperature on the validation split and report on the test split.
-
-    An empty test split is replaced by the validation split; an empty validation split leaves
-    the temperature at 1.
-    """
-    val = read_rows(data, "val")
-    test = read_rows(data, "test")
-    if not len(test.get("label", ())):
-        logger.warning("the test split is empty: reporting on the validation split instead")
-        test = val
-    if len(val.get("label", ())):
-        val_logits, _ = predict(model, val["image"], val["features"], device)
-        temperature = metrics.fit_temperature(val_logits, val["label"])
-    else:
-        logger.warning("the validation split is empty: temperature left at 1")
-        val_logits, temperature = np.zeros((0, len(CLASSES))), 1.0
-    logits, _ = predict(model, test["image"], test["features"], device)
-    y = test["label"]
-    report = metrics.classification_report(y, metrics.softmax(logits, temperature), CLASSES)
-    report["ece_uncalibrated"] = metrics.expected_calibration_error(y, metrics.softmax(logits))
-    report["temperature"] = temperature
-    return _Evaluation(val=val, val_logits=val_logits, temperature=temperature, report=report)
-
-
 def _feature_stats(
     model: torch.nn.Module,
     config: TrainConfig,
@@ -205,7 +173,7 @@ def _feature_stats(
     """The training distribution the classify job compares new sources against: OOD statistics
     of the embeddings of up to ``config.ood_rows`` training rows, and the catalog features'
     mean and spread."""
-    train = read_rows(config.data, "train", limit=config.ood_rows)
+    train = read_rows(config.data, "train", config.ood_rows, ("cntr", "image", "features"))
     train_logits, train_emb = predict(model, train["image"], train["features"], device)
     feats = np.asarray(train["features"], dtype=np.float64)
     return {
@@ -223,7 +191,7 @@ def _meta(
     model_cfg: ModelConfig,
     run: FinishedRun,
     trained: _Trained,
-    ev: _Evaluation,
+    ev: Evaluation,
 ) -> dict[str, Any]:
     """The model's ``meta``: how it was trained, on what, and its best epoch."""
     history, best_epoch = trained.history, trained.best_epoch
@@ -256,19 +224,23 @@ _SUMMARY_KEYS = (
     "log_loss",
     "ece",
     "ece_uncalibrated",
+    "ece_single_temperature",
+    "ece_w1",
     "temperature",
+    "calibration",
 )
 """The keys of the test report kept in the model's ``metrics``."""
 
 
-def _scores(ev: _Evaluation, history: list[dict[str, Any]]) -> dict[str, Any]:
+def _scores(ev: Evaluation, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The model's ``metrics``: the test summary, validation NLL, the training history."""
     return {
         "test": {k: ev.report[k] for k in _SUMMARY_KEYS},
         "val": {
             "n": ev.n_val,
             "nll_uncalibrated": _nll(ev.val_logits, ev.val, 1.0),
-            "nll": _nll(ev.val_logits, ev.val, ev.temperature),
+            "nll_single_temperature": _nll(ev.val_logits, ev.val, ev.temperature),
+            "nll": _nll_depth(ev),
         },
         "history": history,
     }
@@ -297,7 +269,7 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
     model = build_model(model_cfg)
     model.load_state_dict(trained.state["model"])
     model.to(device).eval()
-    ev = _evaluate(model, config.data, device)
+    ev = evaluate(model, config.data, device)
     feature_stats = _feature_stats(model, config, run.manifest, ev.temperature, device)
     meta = _meta(config, model_cfg, run, trained, ev)
     out = save_model_dir(
@@ -307,6 +279,8 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
         extra={
             "rgb": run.manifest["rgb"],
             "temperature": ev.temperature,
+            "calibration": ev.calibration,
+            "training_domain": training_domain(config.data).to_dict(),
             "feature_stats": feature_stats,
             "metrics": _scores(ev, trained.history),
             "meta": meta,
@@ -334,6 +308,14 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
         "best_epoch": trained.best_epoch,
         "report_files": files,
     }
+
+
+def _nll_depth(ev: Evaluation) -> float | None:
+    """Validation NLL under the depth calibration."""
+    if not ev.n_val:
+        return None
+    p = ev.calibration.probabilities(ev.val_logits, ev.val["w1mpro"])
+    return float(-np.mean(np.log(np.clip(p[np.arange(ev.n_val), ev.val["label"]], 1e-300, 1))))
 
 
 def _nll(logits: np.ndarray, rows: dict[str, np.ndarray], temperature: float) -> float | None:
