@@ -38,6 +38,9 @@ def make_fake_training_set(root: Path, n: int = 240, seed: int = 0) -> dict:
             "cntr": cntr,
             "ra": rng.uniform(10, 11, n),
             "dec": rng.uniform(-1, 1, n),
+            "w1mpro": rng.uniform(10.0, 17.0, n),
+            "w2mpro": rng.uniform(10.0, 16.0, n),
+            "w3mpro": rng.uniform(7.0, 12.0, n),
             "label": label.astype(np.int64),
             "class": np.asarray(CLASSES, dtype=object)[label],
             "quality_flags": np.zeros(n, dtype=np.uint32),
@@ -279,6 +282,14 @@ def test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path):
         p.name for p in report.iterdir()
     }
     assert "| galaxy |" in (report / "report.md").read_text()
+    # calibration per depth (few validation rows: one knot, the single temperature) and the
+    # training domain are stored and read back
+    assert bundle.calibration is not None
+    assert bundle.calibration.temperature == pytest.approx(bundle.temperature)
+    assert 10.0 <= bundle.training_domain["w1"][0] < bundle.training_domain["w1"][1] <= 17.0
+    assert [r["n"] for r in bundle.metrics["test"]["ece_w1"]] and "T(W1)" in (
+        report / "report.md"
+    ).read_text()
     # The weights load with weights_only=True (what the classify job does).
     torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
 
