@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from iic_survey.core.flags import QualityFlag as Q
-from iic_survey.core.flags import clean, unclassifiable
+from iic_survey.core.flags import NOT_CLEAN, clean, unclassifiable
 from iic_survey.stamps import features, rgb
 
 S = 37
@@ -427,3 +427,13 @@ def test_cc_flags_mark_artefacts_and_refuse_unreadable_values() -> None:
     # an artefact is still classified, but it is not clean
     assert not unclassifiable(np.array([int(Q.ARTEFACT)]))[0]
     assert not clean(np.array([int(Q.ARTEFACT)]))[0] and clean(np.array([int(Q.W3_UNDETECTED)]))[0]
+
+
+def test_readme_states_the_clean_mask_this_code_uses() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    stated = {int(v) for v in re.findall(r"NOT_CLEAN` = (\d+)", text)}
+    stated |= {int(v) for v in re.findall(r"quality_flags & (\d+)\) == 0", text)}
+    assert stated == {int(NOT_CLEAN)}
