@@ -25,7 +25,7 @@ from iic_survey.model.ood import OodStats
 from iic_survey.output import commit, schema
 from iic_survey.output import writer as output
 from iic_survey.stamps.maker import StampMaker
-from iic_survey.survey.classify import Classify, Scoring, result_rows
+from iic_survey.survey.classify import Classify, Scoring, result_rows, scoring_record
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import assign_pixels, plan_run
 from iic_survey.survey.run import CRASH_ENV, run_pipeline
@@ -304,6 +304,34 @@ def test_stages_without_ray_commit_a_pixel(tiny_sky, model_dir, tmp_path):
     assert len(table) == n and table["cntr"].is_unique
     assert table["_healpix_29"].is_monotonic_increasing
     assert table["model_version"].iloc[0] == classify.version
+
+
+def test_a_model_with_depth_calibration_and_a_domain_scores_rows_by_them(tiny_sky, tmp_path):
+    cat = open_catalog(tiny_sky.catalog_url)
+    rows = cat.read_pixel(int(tiny_sky.pixels[0]), 5, columns=PIPELINE_COLUMNS).head(300)
+    rows = rows.assign(_pixel=int(tiny_sky.pixels[0]), _row=np.arange(len(rows)), _chunk=0)
+    made = StampMaker.from_spec(tiny_sky.images_url)(rows)
+    calibration = DepthCalibration(knots=(12.0, 16.0), log_t=(-0.7, 0.9), temperature=1.3)
+    domain = TrainingDomain(w1=(5.0, 15.0), w1_w2=(-5.0, 5.0), w2_w3=(-10.0, 10.0))
+    extra = {"calibration": calibration, "training_domain": domain.to_dict()}
+    new = make_model_dir(tmp_path / "new", tiny_sky.images_url, tiny_sky.catalog_url, 0, extra)
+    old = make_model_dir(tmp_path / "old", tiny_sky.images_url, tiny_sky.catalog_url, 0)
+    a, b = Classify(new, "cpu", 128, None), Classify(old, "cpu", 128, None)
+    out_new, out_old = a(made), b(made)
+    logits = a.logits(made)[0]
+    w1 = np.asarray(made["w1mpro"], dtype=np.float64)
+    ok = np.isfinite(out_new["p_star"])
+    p_new = np.stack([out_new[f"p_{c}"] for c in CLASSES], 1)
+    p_old = np.stack([out_old[f"p_{c}"] for c in CLASSES], 1)
+    np.testing.assert_allclose(p_new[ok], calibration.probabilities(logits, w1)[ok], atol=1e-6)
+    np.testing.assert_allclose(p_old[ok], metrics.softmax(logits, 1.3)[ok], atol=1e-6)
+    assert (out_new["class"][ok] == out_old["class"][ok]).all()  # same arg-max
+    faint = ok & (w1 > 15.0) & (out_new["subset"] != "unsafe")
+    assert faint.any() and set(out_new["subset"][faint]) == {"extrapolation"}
+    assert "extrapolation" not in set(out_old["subset"])  # no domain: never extrapolation
+    assert scoring_record(new)["depth_calibration"] and not scoring_record(new)["notes"]
+    notes = scoring_record(old)["notes"]
+    assert len(notes) == 2 and "single temperature T = 1.3000" in notes[0]
 
 
 def test_part_names_are_a_function_of_the_rows(tmp_path):
