@@ -35,6 +35,7 @@ import tempfile
 import time
 from typing import Any
 
+import selection_quality
 from results_md import write_section as replace_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -340,6 +341,10 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     res["load_after"] = _load()
     res["classes"] = list(CLASSES)
     res["depth"] = depth_breakdown(res, work)
+    if "iicnet" in res["models"]:  # calibration per depth and the selection products
+        res["calibration_and_selection"] = selection_quality.analyse(
+            work, work / "models" / "iicnet"
+        )
     (work / "quality.json").write_text(json.dumps(res, indent=1, default=str))
     return res
 
@@ -381,7 +386,11 @@ def depth_breakdown(res: dict[str, Any], work: pathlib.Path) -> dict[str, Any]:
             logits, _ = predict(
                 bundle.model, test["image"], test["features"], torch.device("cpu"), 64
             )
-        probas[arch] = metrics.softmax(logits, bundle.temperature or 1.0)
+        # the model's own calibration: T(W1) (a single temperature for an older directory)
+        if bundle.calibration is not None:
+            probas[arch] = bundle.calibration.probabilities(logits, w1)
+        else:
+            probas[arch] = metrics.softmax(logits, bundle.temperature or 1.0)
     gbt = catalog_gbt(str(work / "ts"))  # the fit of the baselines table, not a second one
     probas["gradient-boosted trees (catalog)"] = gbt.predict_proba(np.nan_to_num(test["features"]))
     out: dict[str, Any] = {}
@@ -458,7 +467,8 @@ def quality_section(res: dict[str, Any], work: pathlib.Path) -> str:
         f"(8:1:1 by hash of cntr); sky + cutouts "
         + (f"{res['prep_seconds']:.0f} s." if res["prep_seconds"] >= 1 else "from an earlier run."),
         "",
-        "Test split, after temperature scaling on the validation split. Per-class accuracy is the "
+        "Test split, after calibration fitted on the validation split (a temperature that is a "
+        "smooth function of W1; T is its all-depth single temperature). Per-class accuracy is the "
         "paper's one-vs-rest accuracy; recall is the fraction of the class found.",
         "",
         "| model | epochs | accuracy | acc. galaxy / quasar / star (1-vs-rest) | recall "
@@ -492,6 +502,8 @@ def quality_section(res: dict[str, Any], work: pathlib.Path) -> str:
     ]
     if "depth" in res:
         lines += depth_lines(res["depth"], res["classes"])
+    if "calibration_and_selection" in res:
+        lines += ["", *selection_quality.lines(res["calibration_and_selection"])]
     return "\n".join(lines)
 
 

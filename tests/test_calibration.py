@@ -14,6 +14,7 @@ from iic_survey.core.calibration import (
     _objective,
     choose_knots,
     ece_by_depth,
+    ece_noise_floor,
     fit_depth_calibration,
 )
 
@@ -86,3 +87,18 @@ def test_gradient_is_exact() -> None:
         for e in np.eye(len(knots))
     ]
     assert np.allclose(grad, num, atol=1e-6)
+
+
+def test_noise_floor_is_what_a_calibrated_sample_of_that_size_shows() -> None:
+    rng = np.random.default_rng(7)
+    z = rng.normal(0.0, 1.0, (300, 3))
+    p = metrics.softmax(z)
+    floor = ece_noise_floor(p, draws=100)
+    # 300 low-confidence sources: a calibrated model's ECE is several hundredths by noise alone
+    seen = [
+        metrics.expected_calibration_error(np.array([rng.choice(3, p=row) for row in p]), p)
+        for _ in range(40)
+    ]
+    assert 0.03 < floor < 0.12
+    assert abs(np.mean(seen) - floor) < 0.2 * floor
+    assert ece_noise_floor(metrics.softmax(z * 0 + np.array([9.0, 0, 0])), draws=20) < 0.01

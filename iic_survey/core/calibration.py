@@ -205,3 +205,23 @@ def ece_by_depth(
         ece = expected_calibration_error(y[sel], p[sel]) if sel.any() else float("nan")
         out.append({"w1_lo": float(lo), "w1_hi": float(hi), "n": int(sel.sum()), "ece": ece})
     return out
+
+
+def ece_noise_floor(proba: np.ndarray, draws: int = 200, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model would show on this sample, from finite size alone.
+
+    Labels are drawn from ``proba`` itself (so ``proba`` is calibrated by construction) and the
+    ECE of each draw is averaged: a measured ECE near this value is noise, not miscalibration.
+    Small samples of low-confidence sources have a floor of several hundredths.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if not len(p):
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    cum = np.cumsum(p, axis=1)
+    eces = []
+    for _ in range(draws):
+        u = rng.random((len(p), 1))
+        labels = np.minimum((u > cum).sum(axis=1), p.shape[1] - 1)
+        eces.append(expected_calibration_error(labels, p))
+    return float(np.mean(eces))
