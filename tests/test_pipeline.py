@@ -15,7 +15,7 @@ import pytest
 
 from iic_survey.core import metrics, sky
 from iic_survey.core.calibration import DepthCalibration
-from iic_survey.core.constants import CLASSES
+from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
 from iic_survey.inputs.catalog import open_catalog
@@ -411,6 +411,13 @@ def test_run_writes_a_valid_hats_catalog(order5, tiny_sky):
     c = summary.counters
     assert sum(c[f"n_{k}"] for k in CLASSES) + c["n_unclassified"] == summary.rows
     assert c["n_outlier"] == int(df["is_outlier"].sum())
+    seen = df["subset"].astype(object).value_counts()
+    assert {k: c[f"subset_{k}"] for k in SUBSETS} == {k: int(seen.get(k, 0)) for k in SUBSETS}
+    assert (df.loc[bad, "subset"] == "unsafe").all()  # unclassified rows are never trusted
+    assert (
+        df.loc[df["quality_flags"] & int(QualityFlag.ARTEFACT) != 0, "subset"] == "unsafe"
+    ).all()
+    assert df["cc_flags"].str.len().eq(4).all() and df["w4mpro"].notna().any()
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ from typing import Any
 import ray
 
 from iic_survey.core.atomic import write_atomic
-from iic_survey.core.constants import CLASSES
+from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
 from iic_survey.output import finalize, margin, schema
@@ -100,6 +100,7 @@ class Summary:
             + ", ".join(f"{k} {c.get(f'n_{k}', 0):,}" for k in CLASSES)
             + f", unclassified {c.get('n_unclassified', 0):,}",
             f"outliers: {c.get('n_outlier', 0):,}",
+            "subset: " + ", ".join(f"{k} {c.get(f'subset_{k}', 0):,}" for k in SUBSETS),
             "flags: "
             + (
                 ", ".join(f"{k[5:]} {v:,}" for k, v in c.items() if k.startswith("flag_") and v)

@@ -23,7 +23,7 @@ import pandas as pd
 import ray
 from ray.data import ActorPoolStrategy
 
-from iic_survey.core.constants import CLASSES
+from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.core.flags import QualityFlag
 from iic_survey.inputs import allwise_schema, storage
 from iic_survey.inputs import catalog as catalog_mod
@@ -109,6 +109,7 @@ COUNTERS: tuple[str, ...] = (
     *(f"n_{c}" for c in CLASSES),
     "n_unclassified",
     "n_outlier",
+    *(f"subset_{s}" for s in SUBSETS),
     *(f"flag_{f.name}" for f in QualityFlag if f.name),
 )
 """Per-part counters a receipt carries to the driver's summary."""
@@ -120,6 +121,8 @@ def _counters(rows: pd.DataFrame) -> dict[str, int]:
     out = {f"n_{c}": int((cls == c).sum()) for c in CLASSES}
     out["n_unclassified"] = int(cls.isna().sum())
     out["n_outlier"] = int(rows["is_outlier"].to_numpy(bool).sum())
+    subset = rows["subset"].astype(object)
+    out.update({f"subset_{s}": int((subset == s).sum()) for s in SUBSETS})
     for f in QualityFlag:
         out[f"flag_{f.name}"] = int(((flags & int(f)) != 0).sum())
     return out
