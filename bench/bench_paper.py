@@ -1,0 +1,240 @@
+"""The paper's experiments (Zhao et al. 2023) on the synthetic sky, as one benchmark.
+
+    .venv/bin/python bench/bench_paper.py --part all --write-results      # everything
+    .venv/bin/python bench/bench_paper.py --part cost --write-results     # one part
+    .venv/bin/python bench/bench_paper.py --render --write-results        # re-render only
+
+Parts (each writes its own sub-section of "## Paper experiments (bench/bench_paper.py)"):
+
+* ``cost``: Table 3's cost side: parameters, MACs (1x3x80x80) and CPU images/s at the
+  pipeline's settings of IICnet and the six comparison networks (:mod:`paper_cost`).
+* ``compare``: Table 3's accuracy side / Fig. 15a: every network trained with the same budget
+  on the same rows and scored on the same test split (:mod:`paper_train`).
+* ``ablate``: Figs. 8, 12, 15b: 5x5 vs 3x3 stem; input size 64..128 px in steps of 8 (the 80 px
+  stamps resampled bilinearly: same 50" field of view, other pixel counts); 3 bands vs 4 (W4
+  cut from the sky's W4 tiles, :mod:`paper_data`); IICnet without RFB / CBAM 1 / CBAM 2 /
+  both CBAMs / all three.
+* ``errors``: Figs. 11, 19-21, Table 4: K-means groups of the misclassified test stamps,
+  low-confidence correct stamps, feature maps, as PNGs under ``<workdir>/errors``
+  (:mod:`paper_errors`).
+
+The data (a seeded synthetic sky with W4 tiles, its training set, W4 stamps) is built once into
+``--workdir`` and reused; every trained run is kept in ``<workdir>/paper.json`` (keyed by the
+budget, network, variant, input, seed), so a rerun trains only what is missing and
+``--render`` rewrites the section from the kept results. ``--budget cpu`` (the default without
+CUDA) is the reduced budget of :data:`paper_train.BUDGETS`; ``--budget paper`` (the default
+when CUDA is present) is the paper's: full width, every training row, 30 epochs, three seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import paper_data
+import paper_nets
+import paper_report
+import paper_train
+from results_md import write_section
+
+PARTS = ("cost", "compare", "errors", "ablate")
+"""Run order of ``--part all``: the long ablations last, published run by run."""
+SIZES = tuple(range(64, 129, 8))
+ABLATE_VARIANTS = ("stem3x3", "no_rfb", "no_cbam1", "no_cbam2", "no_cbam", "no_rfb_no_cbam")
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class Runs:
+    """The kept results (``<workdir>/paper.json``) and the data they are trained on."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = pathlib.Path(args.workdir)
+        self.file = self.work / "paper.json"
+        self.state: dict[str, Any] = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.state.setdefault("runs", {})
+        self.budget = paper_train.BUDGETS[args.budget]
+        if args.seeds:
+            self.budget = dataclasses.replace(self.budget, seeds=tuple(args.seeds))
+        self._data: dict[bool, dict[str, Any]] = {}
+
+    def save(self) -> None:
+        self.file.write_text(json.dumps(self.state, indent=1, default=str))
+
+    def data(self, w4: bool = False) -> dict[str, Any]:
+        if w4 not in self._data:
+            self._data[w4] = {s: paper_data.load_split(self.work, s, w4) for s in ("train", "test")}
+        return self._data[w4]
+
+    def key(self, net: str, variant: str, size: int, bands: int, seed: int) -> str:
+        b = self.budget
+        return f"{b.name}:e{b.epochs}:r{b.rows}:w{b.width:g}|{net}|{variant}|{size}|{bands}|{seed}"
+
+    def run(self, net: str, variant: str = "full", size: int = 80, bands: int = 3, seed: int = 0):
+        """The kept result of one training run, training it first if it is missing."""
+        key = self.key(net, variant, size, bands, seed)
+        if key in self.state["runs"]:
+            return self.state["runs"][key]
+        w = self.budget.width
+        if net == "iicnet":
+
+            def make() -> Any:
+                return paper_train.ImageOnly(paper_train.iicnet(variant, w, size, bands))
+        else:
+
+            def make() -> Any:
+                return paper_nets.build(net, in_ch=bands, width=w)
+
+        print(f"training {key} (load {_load()})", flush=True)
+        out = paper_train.train(make, self.data(bands == 4), self.budget, seed, size)
+        if net == "iicnet" and variant == "full" and size == 80 and bands == 3:
+            models = self.work / "models"
+            models.mkdir(exist_ok=True)
+            stem = f"iicnet_{self.budget.name}_s{seed}"
+            torch.save(out["model"].state_dict(), models / f"{stem}.pt")
+            np.save(models / f"{stem}_logits.npy", out["logits"])
+        rep = out["report"]
+        self.state["runs"][key] = {
+            "net": net, "variant": variant, "size": size, "bands": bands, "seed": seed,
+            "accuracy": rep["accuracy"], "n": rep["n"],
+            "per_class": {c: {k: v[k] for k in ("accuracy", "recall", "auc")}
+                          for c, v in rep["per_class"].items()},
+            "macro_auc": rep["macro"]["auc"], "confusion": rep["confusion"],
+            "losses": out["losses"], "train_seconds": out["train_seconds"],
+            "train_rows": out["train_rows"], "load": _load(),
+        }  # fmt: skip
+        self.save()
+        print(f"  -> accuracy {rep['accuracy']:.4f}, AUC {rep['macro']['auc']:.4f}, "
+              f"{out['train_seconds']:.0f} s", flush=True)  # fmt: skip
+        return self.state["runs"][key]
+
+
+def part_compare(runs: Runs) -> dict[str, Any]:
+    """Every network, every seed of the budget (seeds interleaved: seed 0 of all nets first)."""
+    out: dict[str, list[Any]] = {}
+    for seed in runs.budget.seeds:
+        for net in ("iicnet", *paper_nets.NETS):
+            out.setdefault(net, []).append(runs.run(net, seed=seed))
+    return {"nets": out}
+
+
+def part_ablate(runs: Runs, publish: Any) -> dict[str, Any]:
+    """Stem, modules, bands, input size (seed = the budget's first); ``publish(partial)`` is
+    called after every run, so an interrupted part still leaves the rows it finished."""
+    seed = runs.budget.seeds[0]
+    base = runs.run("iicnet", seed=seed)
+    res: dict[str, Any] = {"base": base, "variants": {}, "sizes": {80: base}, "bands4": None}
+    for v in ABLATE_VARIANTS:
+        res["variants"][v] = runs.run("iicnet", v, seed=seed)
+        publish(res)
+    res["bands4"] = runs.run("iicnet", bands=4, seed=seed)
+    publish(res)
+    for size in SIZES:
+        res["sizes"][size] = runs.run("iicnet", size=size, seed=seed)
+        publish(res)
+    res["sizes"] = dict(sorted(res["sizes"].items()))
+    return res
+
+
+def part_errors(runs: Runs) -> dict[str, Any]:
+    """Error analysis of IICnet (the budget's first seed, trained on 3 bands at 80 px)."""
+    import paper_errors
+
+    seed = runs.budget.seeds[0]
+    runs.run("iicnet", seed=seed)
+    stem = runs.work / "models" / f"iicnet_{runs.budget.name}_s{seed}"
+    model = paper_train.ImageOnly(paper_train.iicnet("full", runs.budget.width))
+    model.load_state_dict(torch.load(f"{stem}.pt", weights_only=True))
+    logits = np.load(f"{stem}_logits.npy")
+    return paper_errors.analyse(model, logits, runs.data()["test"], runs.args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the parts asked for, render and optionally write the section."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=(*PARTS, "all"), default="all")
+    parser.add_argument("--render", action="store_true", help="only re-render kept results")
+    parser.add_argument("--workdir", default="/tmp/iic_paper")
+    parser.add_argument(
+        "--budget", choices=tuple(paper_train.BUDGETS),
+        default="paper" if torch.cuda.is_available() else "cpu",
+    )  # fmt: skip
+    parser.add_argument("--sky-sources", type=int, default=14_000)
+    parser.add_argument("--sky-seed", type=int, default=19)
+    parser.add_argument("--field-size", type=float, default=0.5)
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: all cores, 1 when the load average exceeds the cores)",
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    parser.add_argument("--clusters", type=int, default=4, help="K-means groups of the errors")
+    parser.add_argument("--low-conf", type=float, default=0.6, help="low-confidence threshold")
+    parser.add_argument("--seed", type=int, default=0, help="K-means seed")
+    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    cores = os.cpu_count() or 1
+    threads = args.threads or (1 if os.getloadavg()[0] > cores else cores)
+    torch.set_num_threads(threads)
+    runs = Runs(args)
+    if not args.render:
+        runs.state["data"] = paper_data.prepare(args)
+        for part in PARTS if args.part == "all" else (args.part,):
+            run_part(runs, part, threads, argv)
+            render(runs, args.write_results)
+    text = render(runs, args.write_results)
+    print(text)
+    return 0
+
+
+def run_part(runs: Runs, part: str, threads: int, argv: list[str] | None) -> None:
+    """Run one part and keep its result (with when, load and command) in ``paper.json``."""
+    t0, load0 = time.perf_counter(), _load()
+    print(
+        f"== part {part} (budget {runs.budget.name}, {threads} threads, load {load0})", flush=True
+    )
+    command = " ".join(["bench/bench_paper.py", *(argv if argv is not None else sys.argv[1:])])
+
+    def publish(res: dict[str, Any]) -> dict[str, Any]:
+        res.update(budget=runs.budget.describe(), command=command, threads=threads,
+                   load_before=load0, load_after=_load(), wall_seconds=time.perf_counter() - t0,
+                   when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))  # fmt: skip
+        runs.state.setdefault("parts", {})[part] = res
+        runs.save()
+        render(runs, runs.args.write_results)
+        return res
+
+    if part == "cost":
+        import paper_cost
+
+        publish(paper_cost.cost())
+    elif part == "ablate":
+        res = part_ablate(runs, lambda partial: publish({**partial, "complete": False}))
+        publish({**res, "complete": True})
+    else:
+        publish({"compare": part_compare, "errors": part_errors}[part](runs))
+
+
+def render(runs: Runs, write: bool) -> str:
+    """The section from the kept results; written to RESULTS.md when ``write``."""
+    text = paper_report.section(runs.state)
+    if write:
+        write_section(paper_report.SECTION, text)
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The RESULTS.md section of bench_paper.py, rendered from the kept results (``paper.json``).
+
+Every figure comes from the run's JSON; the reading at the end is worded from the numbers
+(which claim holds is decided by comparing measured values, with the test split's binomial
+error and, where there are several seeds, their spread as the noise).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from typing import Any
+
+SECTION = "## Paper experiments (bench/bench_paper.py)"
+CLASSES = ("galaxy", "quasar", "star")
+NAMES = {
+    "iicnet": "IICnet",
+    "vgg16": "VGG16",
+    "googlenet": "GoogLeNet",
+    "resnet34": "ResNet34",
+    "mobilenet_v1": "MobileNet v1",
+    "efficientnet_v2_s": "EfficientNetV2-S",
+    "repvgg_a0": "RepVGG-A0",
+}
+VARIANT_NAMES = {
+    "stem3x3": "3x3 stem (instead of 5x5)",
+    "no_rfb": "no RFB (1x1 conv + BN in its place)",
+    "no_cbam1": "no CBAM 1",
+    "no_cbam2": "no CBAM 2",
+    "no_cbam": "no CBAM (neither)",
+    "no_rfb_no_cbam": "no RFB, no CBAM",
+}
+
+
+def _m(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1e6:.2f} M"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def noise(acc: float, n: int) -> float:
+    """Standard error of the difference of two accuracies measured on n test rows."""
+    return math.sqrt(2 * acc * (1 - acc) / max(n, 1))
+
+
+def _head(part: dict[str, Any]) -> str:
+    return (
+        f"Measured {part['when']}, {part['wall_seconds'] / 60:.1f} min, on {os.cpu_count()} "
+        f"shared cores ({platform.machine()}, {platform.processor() or 'cpu'}), load average "
+        f"(1/5/15 min) {part['load_before']} before and {part['load_after']} after. "
+        f"Command: `{part['command']}`; {part.get('threads', '?')} torch thread(s)."
+    )
+
+
+def cost_lines(part: dict[str, Any]) -> list[str]:
+    rows = part["rows"]
+    base = rows["iicnet"]["rate"]
+    lines = [
+        "### Table 3, cost side: size and CPU speed (full width, 3x80x80 in, 3 classes)",
+        "",
+        _head(part),
+        "",
+        f"MACs: `torch.utils.flop_counter` FLOPs / 2 for one 1x3x80x80 image, as "
+        f"`iic_survey.model.size.count_macs` (which gives IICnet "
+        f"{rows['iicnet']['count_macs'] / 1e6:.2f} M; this script's counter "
+        f"{rows['iicnet']['macs'] / 1e6:.2f} M). Speed: {part['threads']} torch thread, batch "
+        f"{part['batch']}, fp32, BN folded, channels-last, inference mode (the pipeline's CPU "
+        f"actor settings), all networks interleaved in {part['rounds']} rounds, best round. "
+        "Paper columns: the paper's Table 3 where this repository records it (IICnet only; the "
+        "comparison networks' entries are not recorded here and are not typed from memory).",
+        "",
+        "| network | params (as trained) | params (inference form) | MACs | paper params | "
+        "paper MACs | CPU images/s | vs IICnet |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in rows.items():
+        pp, pm = r["paper"]
+        lines.append(
+            f"| {NAMES[name]} | {_m(r['params'])} | {_m(r['params_inference'])} | "
+            f"{_m(r['macs'])} | {_m(pp)} | {_m(pm)} | {r['rate']:.1f} | {r['rate'] / base:.2f}x |"
+        )
+    return [*lines, ""]
+
+
+def _acc_row(name: str, runs: list[dict[str, Any]]) -> str:
+    accs = [r["accuracy"] for r in runs]
+    mean = sum(accs) / len(accs)
+    pc = " / ".join(
+        _pct(sum(r["per_class"][c]["accuracy"] for r in runs) / len(runs)) for c in CLASSES
+    )
+    rec = " / ".join(
+        _pct(sum(r["per_class"][c]["recall"] for r in runs) / len(runs)) for c in CLASSES
+    )
+    auc = sum(r["macro_auc"] for r in runs) / len(runs)
+    secs = sum(r["train_seconds"] for r in runs) / len(runs)
+    each = ", ".join(_pct(a) for a in accs)
+    return f"| {name} | {_pct(mean)} ({each}) | {pc} | {rec} | {auc:.4f} | {secs:.0f} s |"
+
+
+def compare_lines(part: dict[str, Any]) -> list[str]:
+    nets = part["nets"]
+    n = next(iter(nets.values()))[0]["n"]
+    lines = [
+        "### Table 3, accuracy side / Fig. 15a: the networks on the same split and budget",
+        "",
+        _head(part),
+        "",
+        f"Budget: {part['budget']}. Test split: {n} stamps. Accuracy is the mean over seeds "
+        "(each seed in brackets); per-class accuracy is the paper's one-vs-rest accuracy, recall "
+        "the fraction of the class found, macro AUC one-vs-rest; means over seeds. Train time "
+        "is per seed on the shared cores.",
+        "",
+        "| network | accuracy (per seed) | acc. galaxy / quasar / star | recall galaxy / quasar "
+        "/ star | macro AUC | train time |",
+        "| --- | --- | --- | --- | ---: | ---: |",
+    ]
+    lines += [_acc_row(NAMES[k], v) for k, v in nets.items()]
+    return [*lines, ""]
+
+
+def ablate_lines(part: dict[str, Any]) -> list[str]:
+    base = part["base"]
+    n = base["n"]
+    se = noise(base["accuracy"], n)
+    lines = [
+        "### Ablations (Figs. 8, 12, 15b): IICnet, one change at a time",
+        "",
+        _head(part),
+        "",
+        f"Budget: {part['budget']}; seed {base['seed']} for every row (one seed: the standard "
+        f"error of a difference of two accuracies on {n} test stamps is about "
+        f"{100 * se:.1f} points, so differences under ~{200 * se:.1f} points are noise). "
+        "Input size: the 80x80 stamps resampled bilinearly to the size (same 50 arcsec field, "
+        "other pixel counts). 4 bands: W4 stamps cut from the synthetic sky's W4 Atlas tiles at "
+        "the same positions and stretched by the pipeline's transform (softening fitted on the "
+        "training stamps), added as a fourth input channel.",
+        "",
+        "| change | accuracy | vs baseline | macro AUC | train time |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| baseline (5x5 stem, RFB, 2 CBAMs, 80 px, 3 bands) | {_pct(base['accuracy'])} | - | "
+        f"{base['macro_auc']:.4f} | {base['train_seconds']:.0f} s |",
+    ]
+
+    def row(label: str, r: dict[str, Any]) -> str:
+        d = 100 * (r["accuracy"] - base["accuracy"])
+        return (
+            f"| {label} | {_pct(r['accuracy'])} | {d:+.1f} | {r['macro_auc']:.4f} | "
+            f"{r['train_seconds']:.0f} s |"
+        )
+
+    lines += [row(VARIANT_NAMES[k], r) for k, r in part["variants"].items()]
+    if part.get("bands4"):
+        lines.append(row("4 bands (W1-W4)", part["bands4"]))
+    sizes = sorted((int(s), r) for s, r in part["sizes"].items())
+    lines += [row(f"input {s} px", r) for s, r in sizes if s != 80]
+    if not part.get("complete", True):
+        lines += ["", "**This part was interrupted: the rows above are the runs it finished.**"]
+    return [*lines, ""]
+
+
+def _desc(d: dict[str, Any]) -> str:
+    true = "/".join(str(d["true"][c]) for c in CLASSES)
+    pred = "/".join(str(d["pred"][c]) for c in CLASSES)
+    return (
+        f"| {d['n']} | {true} | {pred} | {d['w1_median']:.2f} | {_pct(d['w1_faint_frac'])} | "
+        f"{d['no_centre']} |"
+    )
+
+
+def errors_lines(part: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Error analysis (Figs. 11, 19-21, Table 4)",
+        "",
+        _head(part),
+        "",
+        f"IICnet of the compare table (seed 0, {part['budget']}): {part['n_wrong']} of "
+        f"{part['n_test']} test stamps misclassified, clustered with K-means (k = "
+        f"{len(part['clusters'])}, k-means++ start, seeded, on the standardised penultimate "
+        "features). Counts are galaxy/quasar/star; W1 is the catalog magnitude; 'no centre' "
+        "counts the NO_CENTRAL_SOURCE flag (the paper's fourth class, empty centres).",
+        "",
+        "| group | stamps | true | predicted | median W1 | W1 >= 16 | no centre | PNG |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for j, c in enumerate(part["clusters"]):
+        lines.append(f"| K-means {j} " + _desc(c) + f" `{c['png']}` |")
+    lc = part["low_conf"]
+    lines.append(f"| correct, p_max < {lc['threshold']:g} " + _desc(lc) + f" `{lc['png']}` |")
+    lines.append("| all test stamps " + _desc(part["all"]) + " - |")
+    lines += [
+        "",
+        f"Feature maps after the stem, the RFB and each CBAM for one stamp per class (mean over "
+        f"channels and the most active channel): `{part['feature_maps']}`. The PNGs are "
+        "generated data under the work directory, not committed; rerun `--part errors` to "
+        "draw them.",
+        "",
+    ]
+    return lines
+
+
+def section(state: dict[str, Any]) -> str:
+    """The whole section from the kept results; parts not run yet are said to be missing."""
+    parts = state.get("parts", {})
+    data = state.get("data", {})
+    lines = [SECTION, ""]
+    if data:
+        sky = data["sky"]
+        n = {s: sum(c.values()) for s, c in data["counts"].items()}
+        lines += [
+            f"Data: `SkyConfig(seed={sky['seed']}, n_sources={sky['n_sources']:,}, "
+            f"field_size_deg={sky['field_size_deg']}, bands={tuple(sky['bands'])})` (default "
+            f"fields), its training set balanced to the rarest class: {n['train']:,} train / "
+            f"{n['val']:,} val / {n['test']:,} test (8:1:1 by hash of cntr), built once into "
+            "the work directory and reused.",
+            "",
+        ]
+    render = {
+        "cost": cost_lines,
+        "compare": compare_lines,
+        "ablate": ablate_lines,
+        "errors": errors_lines,
+    }
+    for name, fn in render.items():
+        if name in parts:
+            lines += fn(parts[name])
+        else:
+            lines += [f"Part `{name}` has not been run yet.", ""]
+    import paper_reading
+
+    lines += paper_reading.reading(parts)
+    return "\n".join(lines)
