@@ -290,6 +290,16 @@ def test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path):
     assert [r["n"] for r in bundle.metrics["test"]["ece_w1"]] and "T(W1)" in (
         report / "report.md"
     ).read_text()
+    sel = tmp_path / "model" / evaluation.SELECTION_DIR
+    assert {
+        "completeness_purity.parquet",
+        "thresholds.parquet",
+        "reliability_w1.parquet",
+        "completeness_purity_w1.parquet",
+        "tables.json",
+    } <= {p.name for p in sel.iterdir()}
+    thresholds = pd.read_parquet(sel / "thresholds.parquet")
+    assert set(thresholds["class"]) == set(CLASSES) and len(thresholds) == 9
     # The weights load with weights_only=True (what the classify job does).
     torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
 

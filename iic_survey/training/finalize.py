@@ -34,6 +34,7 @@ from iic_survey.model.config import ModelConfig
 from iic_survey.model.directory import save_model_dir
 from iic_survey.model.network import build_model
 from iic_survey.model.ood import ood_statistics, predict
+from iic_survey.training import selection
 from iic_survey.training.checkpoints import load_state
 from iic_survey.training.config import TrainConfig
 from iic_survey.training.evaluate import Evaluation, evaluate, read_rows, training_domain
@@ -43,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
 """Sub-folder of the model directory that holds the report files."""
+SELECTION_DIR = "selection"
+"""Sub-folder of the model directory that holds the selection tables (the classify job copies
+them into the catalog, :mod:`iic_survey.output.selection`)."""
 
 
 def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -272,6 +276,7 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
     ev = evaluate(model, config.data, device)
     feature_stats = _feature_stats(model, config, run.manifest, ev.temperature, device)
     meta = _meta(config, model_cfg, run, trained, ev)
+    _write_selection(ev, Path(run.model_dir) / SELECTION_DIR, meta)  # before model.json
     out = save_model_dir(
         run.model_dir,
         model,
@@ -308,6 +313,18 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
         "best_epoch": trained.best_epoch,
         "report_files": files,
     }
+
+
+def _write_selection(ev: Evaluation, out: Path, meta: dict[str, Any]) -> None:
+    """Completeness, purity, thresholds and reliability of the test split
+    (:mod:`iic_survey.training.selection`), with the calibrated probabilities."""
+    t = ev.test
+    tables = selection.selection_tables(
+        t["label"], ev.test_proba, t["w1mpro"], t["ra"], t["dec"], t["quality_flags"]
+    )
+    info = {"split": "test", "n_rows": len(t["label"]), "arch": meta["arch"],
+            "calibration": ev.calibration.to_dict()}  # fmt: skip
+    selection.write_tables(out, tables, info)
 
 
 def _nll_depth(ev: Evaluation) -> float | None:
