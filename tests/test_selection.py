@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+from hats.io.validation import is_valid_catalog
 
 from iic_survey.core.flags import QualityFlag
+from iic_survey.output import selection as out_selection
 from iic_survey.training import selection
+from tests.test_output import ORDER, fake_results, write_catalog
 
 
 def _proba(pred: list[int], conf: list[float]) -> np.ndarray:
@@ -83,3 +89,70 @@ def test_write_tables_round_trip(tmp_path):
     back = pd.read_parquet(tmp_path / selection.FILES["thresholds"])
     pd.testing.assert_frame_equal(back, t["thresholds"])
     assert (tmp_path / selection.SUMMARY).exists()
+
+
+# ------------------------------------------------------------------ the catalog's selection/
+
+
+def _catalog_with_gaps(tmp_path) -> tuple[str, pd.DataFrame]:
+    """A catalog in the Galactic plane (centre l ~ 0, b ~ 0) with one region of unclassified
+    rows and one region of rows that are classified but all flagged."""
+    df, _ = fake_results(3000, seed=3, centre=(266.4, -28.9), radius_deg=3.0)
+    df["quality_flags"] = df["quality_flags"] & ~int(QualityFlag.FETCH_FAILED)
+    ra, dec = df["ra"].to_numpy(), df["dec"].to_numpy()
+    dark = (ra > 267.5) & (dec > -28.0)  # no images there
+    flagged = (ra < 265.0) & (dec < -29.5)  # only artefacts there
+    df.loc[dark, "quality_flags"] = int(QualityFlag.FETCH_FAILED)
+    for c in ("p_galaxy", "p_quasar", "p_star", "confidence", "entropy", "ood_score"):
+        df.loc[dark, c] = np.nan
+    df.loc[dark, "class"] = None
+    df.loc[dark, "is_outlier"] = False
+    df.loc[flagged, "quality_flags"] = int(QualityFlag.ARTEFACT)
+    out = str(tmp_path / "cat")
+    write_catalog(out, df, ORDER)
+    return out, df
+
+
+def test_publish_writes_masks_and_copies_the_models_tables(tmp_path):
+    import astropy.units as u
+    from mocpy import MOC
+
+    out, df = _catalog_with_gaps(tmp_path)
+    model = tmp_path / "model"
+    (model / "selection").mkdir(parents=True)
+    (model / "selection" / "thresholds.parquet").write_bytes(b"PAR1-test")
+    info = out_selection.publish(out, str(model))
+    sel = Path(out) / "selection"
+    assert info["tables"] == ["thresholds.parquet"]
+    assert (sel / "thresholds.parquet").read_bytes() == b"PAR1-test"
+    masks = {m: MOC.from_fits(sel / "masks" / f"{m}.fits") for m in out_selection.MASKS}
+    ra, dec = df["ra"].to_numpy() * u.deg, df["dec"].to_numpy() * u.deg
+    flags = df["quality_flags"].to_numpy()
+    dark = (flags & int(QualityFlag.FETCH_FAILED)) != 0
+    flagged = (flags & int(QualityFlag.ARTEFACT)) != 0
+    inside_no_images = masks["no_images"].contains_lonlat(ra, dec)
+    inside_flagged = masks["flagged_only"].contains_lonlat(ra, dec)
+    # every mask cell holds only such rows; most such rows are in their mask (edge cells mix)
+    assert not inside_no_images[~dark].any() and inside_no_images[dark].mean() > 0.5
+    assert not inside_flagged[~(dark | flagged)].any() and inside_flagged[flagged].mean() > 0.5
+    assert masks["galactic_plane"].contains_lonlat(ra, dec).all()  # |b| < 3.5 everywhere here
+    assert masks["bulge"].contains_lonlat(ra, dec).all()
+    far = masks["galactic_plane"].contains_lonlat([0.0] * u.deg, [90.0] * u.deg)  # b ~ 27
+    assert not far[0]
+    assert abs(info["mask_sky_fraction"]["galactic_plane"] - np.sin(np.radians(10))) < 0.005
+    assert "thresholds.parquet" in (sel / "README.md").read_text()
+    assert is_valid_catalog(out, strict=True)  # the collection is still valid HATS
+
+
+def test_publish_without_model_tables_or_counts_still_writes_masks(tmp_path):
+    out, _ = _catalog_with_gaps(tmp_path)
+    for marker in (Path(out) / "_done").rglob("*.json"):  # markers of an older version
+        doc = json.loads(marker.read_text())
+        doc.pop("histogram_clean"), doc.pop("histogram_classified")
+        marker.write_text(json.dumps(doc))
+    info = out_selection.publish(out, str(tmp_path / "old_model"))
+    text = (Path(out) / "selection" / "README.md").read_text()
+    assert info["tables"] == [] and "**absent**" in text
+    assert info["markers_without_counts"] > 0 and "older version" in text
+    assert info["mask_sky_fraction"]["no_images"] == 0.0
+    assert (Path(out) / "selection" / "masks" / "galactic_plane.fits").exists()

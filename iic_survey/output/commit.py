@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from iic_survey.core import sky
 from iic_survey.core.atomic import write_atomic
+from iic_survey.core.flags import clean, unclassifiable
 from iic_survey.output import partitions
 from iic_survey.output.schema import (
     OUTPUT_SCHEMA,
@@ -118,6 +119,8 @@ def commit_pixel(
         "partitions": write_partitions(fs, root, order, pixel, inside),
         "strays": strays,
         "histogram": histogram(inside),
+        # per order-9 pixel: rows classified, and clean ones (the catalog's selection masks)
+        **quality_histograms(inside),
     }
     write_atomic(fs, marker, json.dumps(info, sort_keys=True).encode())
     _remove_staging(fs, root, order, pixel)
@@ -160,6 +163,17 @@ def histogram(table: pa.Table) -> list[list[int]]:
     h29 = table.column("_healpix_29").to_numpy()
     pix, n = np.unique(h29 >> (2 * (sky.MAX_ORDER - SKYMAP_ORDER)), return_counts=True)
     return [[int(a), int(b)] for a, b in zip(pix, n, strict=True)]
+
+
+def quality_histograms(table: pa.Table) -> dict[str, list[list[int]]]:
+    """``histogram_classified`` and ``histogram_clean`` of a table's rows (see :func:`histogram`):
+    rows not :func:`~iic_survey.core.flags.unclassifiable`, and :func:`~iic_survey.core.flags.
+    clean` ones."""
+    flags = table.column("quality_flags").to_numpy()
+    return {
+        "histogram_classified": histogram(table.filter(pa.array(~unclassifiable(flags)))),
+        "histogram_clean": histogram(table.filter(pa.array(clean(flags)))),
+    }
 
 
 def _hand_over_strays(

@@ -55,7 +55,7 @@ from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
-from iic_survey.output import finalize, margin, schema
+from iic_survey.output import finalize, margin, schema, selection
 from iic_survey.output import writer as output
 from iic_survey.survey.classify import scoring_record
 from iic_survey.survey.config import PipelineConfig, PipelineError
@@ -194,6 +194,7 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     url = finalize.finalize(config.output, inputs.fs, props, allow_partial=plan.partial)
     if config.margin_arcsec > 0 and not plan.partial:
         margin.build_margin(config.output, config.margin_arcsec, inputs.fs, _ray_map)
+    selection.publish(config.output, config.model_dir, inputs.fs)
     summary = Summary(
         url,
         plan.order,

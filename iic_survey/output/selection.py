@@ -1,0 +1,199 @@
+"""The catalog's ``selection/`` folder: the model's selection tables and sky masks (MOC).
+
+Written at the end of a classification run (:func:`publish`), beside the HATS collection::
+
+    selection/README.md                        what every file is, and how to use it
+    selection/completeness_purity.parquet      } measured on the model's labelled test split
+    selection/completeness_purity_w1.parquet   } (copied from <model_dir>/selection/;
+    selection/thresholds.parquet               }  :mod:`iic_survey.training.selection`)
+    selection/reliability_w1.parquet           }
+    selection/tables.json                      }
+    selection/masks/galactic_plane.fits        |b| < 10 deg
+    selection/masks/bulge.fits                 |l| < 20 deg and |b| < 15 deg (wrapping l = 0)
+    selection/masks/no_images.fits             order-9 cells with rows, none classified
+    selection/masks/flagged_only.fits          order-9 cells with rows, none clean
+
+The masks are IVOA MOCs (FITS, written by ``mocpy``), at HEALPix order :data:`MASK_ORDER`
+(0.11 deg cells): the two Galactic ones are every cell whose centre lies in the region; the
+two catalog ones come from the per-cell counts the commit markers keep
+(:func:`iic_survey.output.commit.quality_histograms`). A model directory without selection
+tables (an older one) gives the masks alone, and the README says so; markers without the
+counts (an older run) leave their pixels out of the catalog masks, and the README says how
+many.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import healpy as hp
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from mocpy import MOC
+
+from iic_survey.core import sky
+from iic_survey.core.atomic import write_atomic
+from iic_survey.output.commit import SKYMAP_ORDER
+from iic_survey.output.hatsfiles import coverage_map
+from iic_survey.output.schema import resolve
+from iic_survey.output.writer import commit_markers
+
+logger = logging.getLogger(__name__)
+
+SELECTION = "selection"
+"""Folder of the selection products inside the catalog root."""
+MASK_ORDER = SKYMAP_ORDER
+"""HEALPix order of the masks (the order of the markers' counts)."""
+GALACTIC_PLANE_B = 10.0
+"""|b| (deg) below which a cell is in the Galactic-plane mask."""
+BULGE_L, BULGE_B = 20.0, 15.0
+"""The bulge mask: |l| < BULGE_L and |b| < BULGE_B (deg)."""
+MASKS = ("galactic_plane", "bulge", "no_images", "flagged_only")
+
+
+def galactic_masks(order: int = MASK_ORDER) -> dict[str, np.ndarray]:
+    """NESTED cell indices at ``order`` whose centres lie in the plane and the bulge."""
+    ipix = np.arange(sky.npix(order), dtype=np.int64)
+    ra, dec = hp.pix2ang(sky.nside(order), ipix, nest=True, lonlat=True)
+    gal = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs").galactic
+    b, lon = gal.b.deg, (gal.l.deg + 180.0) % 360.0 - 180.0
+    return {
+        "galactic_plane": ipix[np.abs(b) < GALACTIC_PLANE_B],
+        "bulge": ipix[(np.abs(lon) < BULGE_L) & (np.abs(b) < BULGE_B)],
+    }
+
+
+def catalog_masks(markers: dict[int, dict[str, Any]]) -> tuple[dict[str, np.ndarray], int]:
+    """(``no_images`` and ``flagged_only`` cells, markers lacking the counts) of a catalog."""
+    full = [m for m in markers.values() if "histogram_clean" in m]
+    rows = coverage_map([m.get("histogram", []) for m in full], MASK_ORDER)
+    classified = coverage_map([m["histogram_classified"] for m in full], MASK_ORDER)
+    clean = coverage_map([m["histogram_clean"] for m in full], MASK_ORDER)
+    return {
+        "no_images": np.flatnonzero((rows > 0) & (classified == 0)),
+        "flagged_only": np.flatnonzero((rows > 0) & (clean == 0)),
+    }, len(markers) - len(full)
+
+
+def _moc_bytes(cells: np.ndarray, order: int) -> bytes:
+    moc = MOC.from_healpix_cells(
+        np.asarray(cells, dtype=np.uint64), np.full(len(cells), order, dtype=np.uint8), order
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "mask.fits")
+        moc.save(path, format="fits", overwrite=True)
+        return Path(path).read_bytes()
+
+
+def _copy_tables(fs: fsspec.AbstractFileSystem, out: str, model_dir: str | None) -> list[str]:
+    """Copy ``<model_dir>/selection/*`` into ``out``; the names copied (none if absent)."""
+    src = Path(model_dir or "") / SELECTION
+    if not model_dir or not src.is_dir():
+        return []
+    names = sorted(p.name for p in src.iterdir() if p.is_file())
+    for name in names:
+        write_atomic(fs, f"{out}/{name}", (src / name).read_bytes())
+    return names
+
+
+def publish(
+    path: str, model_dir: str | None, fs: fsspec.AbstractFileSystem | None = None
+) -> dict[str, Any]:
+    """Write ``selection/`` into the catalog root ``path`` (see the module); what was written."""
+    fsys, root = resolve(path, fs)
+    out = f"{root}/{SELECTION}"
+    tables = _copy_tables(fsys, out, model_dir)
+    markers = commit_markers(root, fsys)
+    order = next(iter(markers), None)
+    cells, missing = catalog_masks(markers.get(order, {}) if order is not None else {})
+    cells |= galactic_masks()
+    for name in MASKS:
+        write_atomic(fsys, f"{out}/masks/{name}.fits", _moc_bytes(cells[name], MASK_ORDER))
+    sky_fraction = {n: len(c) / sky.npix(MASK_ORDER) for n, c in cells.items()}
+    info = {"tables": tables, "model_dir": model_dir, "markers_without_counts": missing,
+            "mask_sky_fraction": sky_fraction}  # fmt: skip
+    write_atomic(fsys, f"{out}/README.md", readme(info).encode())
+    logger.info("selection products written to %s (%d tables, %d masks)", out, len(tables),
+                len(MASKS))  # fmt: skip
+    return info
+
+
+def readme(info: dict[str, Any]) -> str:
+    """The ``selection/README.md`` text for what :func:`publish` wrote."""
+    frac = info["mask_sky_fraction"]
+    tables = info["tables"]
+    if tables:
+        source = (f"measured by training on the labelled test split of the model "
+                  f"`{info['model_dir']}` (clean rows, calibrated probabilities)")  # fmt: skip
+    else:
+        source = ("**absent**: the model directory has no selection tables (it was trained "
+                  "before they existed); retrain to get them")  # fmt: skip
+    lines = [
+        "# Selection products",
+        "",
+        f"Tables: {source}.",
+        "",
+        "| file | what |",
+        "| --- | --- |",
+        "| `thresholds.parquet` | recommended `confidence` threshold per `class` for purity 0.90 / "
+        "0.95 / 0.99 (`target_purity`), with the `purity` and `completeness` it gave |",
+        "| `completeness_purity.parquet` | per `class`, W1 bin (`w1_lo`, `w1_hi`), Galactic |b| "
+        "bin, ecliptic |beta| bin and `threshold`: `n_true`, `n_selected`, `n_correct`, "
+        "`n_from_<class>`, `completeness`, `purity` |",
+        "| `completeness_purity_w1.parquet` | the same per W1 bin, over all positions |",
+        "| `reliability_w1.parquet` | per W1 bin and confidence bin: `n`, mean `confidence`, "
+        "fraction correct (`accuracy`) |",
+        "| `tables.json` | bin edges, the threshold grid, the calibration, the recommended rows |",
+        f"| `masks/galactic_plane.fits` | MOC: \\|b\\| < {GALACTIC_PLANE_B:g} deg "
+        f"({100 * frac['galactic_plane']:.1f} % of the sky) |",
+        f"| `masks/bulge.fits` | MOC: \\|l\\| < {BULGE_L:g} deg and \\|b\\| < {BULGE_B:g} deg "
+        f"({100 * frac['bulge']:.2f} %) |",
+        f"| `masks/no_images.fits` | MOC: order-{MASK_ORDER} cells whose rows all lack images "
+        f"(none classified; {100 * frac['no_images']:.4f} %) |",
+        f"| `masks/flagged_only.fits` | MOC: order-{MASK_ORDER} cells whose rows are all not "
+        f"clean ({100 * frac['flagged_only']:.4f} %) |",
+        "",
+        "Counts are over **clean** rows (`quality_flags & 2015 == 0`, `iic_survey.core.flags."
+        "NOT_CLEAN`). The labelled split is class-balanced, so `purity` holds for equal class "
+        "fractions; for true fractions `f_k`: `purity_c = f_c n_from_c / sum_k f_k n_from_k`. "
+        "The masks are IVOA MOCs: `mocpy.MOC.from_fits(path)`, then `moc.contains_lonlat(ra, "
+        "dec)` (with astropy units).",
+        "",
+    ]
+    if info["markers_without_counts"]:
+        n_old = info["markers_without_counts"]
+        lines += [f"{n_old} work pixels were committed by an older version without per-cell "
+                  "counts: they are not in the two catalog masks.", ""]  # fmt: skip
+    lines += [
+        "A pure quasar sample (purity 0.95 on the labelled set), outside the Galactic plane:",
+        "",
+        "```python",
+        "import astropy.units as u, pandas as pd",
+        "from mocpy import MOC",
+        "t = pd.read_parquet(f'{root}/selection/thresholds.parquet')",
+        "cut = t.query(\"`class` == 'quasar' and target_purity == 0.95\")['threshold'].item()",
+        "q = pd.read_parquet(f'{root}/iic_allwise/dataset', filters=[('class', '==', 'quasar'),",
+        "                    ('subset', '==', 'safe'), ('confidence', '>=', cut)])",
+        "plane = MOC.from_fits(f'{root}/selection/masks/galactic_plane.fits')",
+        "q = q[~plane.contains_lonlat(q['ra'].values * u.deg, q['dec'].values * u.deg)]",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def read_summary(path: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, Any] | None:
+    """``selection/tables.json`` of a catalog root; None when absent."""
+    fsys, root = resolve(path, fs)
+    name = f"{root}/{SELECTION}/tables.json"
+    if not fsys.exists(name):
+        return None
+    with fsys.open(name, "rb") as f:
+        return dict(json.loads(f.read()))
