@@ -18,7 +18,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-if .venv/bin/python -c "import iic_survey, torch, ray, hats, lsdb, moto, importlinter, nbclient, ipykernel" >/dev/null 2>&1; then
+if .venv/bin/python -c "import iic_survey, torch, ray, hats, lsdb, moto, importlinter, nbclient, ipykernel, mocpy" >/dev/null 2>&1; then
   echo "[setup] .venv is ready"
   exit 0
 fi

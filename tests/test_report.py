@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES
 from iic_survey.report import cli, config, examples, figures
 from iic_survey.report import sections as report
@@ -254,3 +255,31 @@ def test_map_views() -> None:
     views = figures.map_views(few, order)
     assert [v["kind"] for v in views] == ["moll", "cart"]
     assert 30 < views[1]["rot"][0] < 60 and views[1]["latra"][0] < 5 < views[1]["latra"][1]
+
+
+def test_separate_small_fields_get_one_zoom_each_drawn_from_fine_counts(monkeypatch) -> None:
+    from iic_survey.report import zoom
+    from tests.test_output import fake_results
+
+    centres = [(165.5, 18.95), (226.07, -0.75), (316.85, -52.8), (139.8, 56.65)]
+    frames = [fake_results(400, seed=i, centre=c, radius_deg=0.2)[0] for i, c in enumerate(centres)]
+    df = pd.concat(frames, ignore_index=True)
+    df["_healpix_29"] = sky.healpix_29(df["ra"].to_numpy(), df["dec"].to_numpy())
+    order = 6
+    counts = np.bincount(
+        df["_healpix_29"].to_numpy() >> (2 * (29 - order)), minlength=12 * 4**order
+    )
+    fine = zoom.FineTally()
+    fine.add(df.iloc[:700])
+    fine.add(df.iloc[700:])
+    assert fine.table is not None and int(fine.table["n"].sum()) == len(df)
+    views = figures.map_views(counts, order, fine.table)
+    assert [v["kind"] for v in views] == ["moll"] + ["cart"] * 4
+    found = sorted(v["rot"][0] for v in views[1:])
+    assert np.allclose(found, sorted(c[0] for c in centres), atol=0.1)
+    # each zoom spans its 0.4 deg field, not the whole sky or all four fields
+    assert all(0.3 < v["latra"][1] - v["latra"][0] < 1.0 for v in views[1:])
+    monkeypatch.setattr(zoom, "MAX_FINE", 10)  # too many fine pixels: no fine table
+    big = zoom.FineTally()
+    big.add(df)
+    assert big.table is None

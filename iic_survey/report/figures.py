@@ -2,9 +2,10 @@
 
 Figures are drawn with matplotlib's object API on an Agg canvas: no pyplot, so importing or
 running this never changes the caller's matplotlib backend. :func:`map_figure` projects
-:class:`MapPanel` values with healpy's Mollweide projector, plus a zoomed panel when the catalog
-covers under 10 % of the sky (:func:`map_views`); :func:`stamp_grid` shows example cutouts with a
-reticle and :func:`display_stretch` brightens each one for the eye.
+:class:`MapPanel` values with healpy's Mollweide projector, plus a zoomed panel per covered
+region when the catalog covers under 10 % of the sky (:func:`map_views`, :mod:`.zoom`);
+:func:`stamp_grid` shows example cutouts with a reticle and :func:`display_stretch` brightens
+each one for the eye.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from iic_survey.core import sky
+from iic_survey.report import zoom
 from iic_survey.report.config import FIGSIZES
 
 
@@ -32,24 +33,12 @@ def save_png(fig: Figure, path: Path, dpi: int) -> Path:
     return path
 
 
-def map_views(counts: np.ndarray, order: int) -> list[dict[str, Any]]:
-    """Mollweide always; a zoomed Cartesian view when the data cover under 10 % of the sky."""
-    views: list[dict[str, Any]] = [{"kind": "moll"}]
-    filled = np.flatnonzero(counts)
-    if 0 < len(filled) < 0.1 * len(counts):
-        lon, lat = hp.pix2ang(sky.nside(order), filled, nest=True, lonlat=True)
-        lon0 = float(np.degrees(np.angle(np.mean(np.exp(1j * np.radians(lon))))) % 360)
-        dlon = (lon - lon0 + 180) % 360 - 180
-        pad = 2 * sky.pixel_radius_deg(order)
-        views.append(
-            {
-                "kind": "cart",
-                "rot": (lon0, 0, 0),
-                "latra": [max(lat.min() - pad, -90), min(lat.max() + pad, 90)],
-                "lonra": [max(dlon.min() - pad, -180), min(dlon.max() + pad, 180)],
-            }
-        )
-    return views
+def map_views(
+    counts: np.ndarray, order: int, fine: pd.DataFrame | None = None
+) -> list[dict[str, Any]]:
+    """Mollweide always; when the data cover under 10 % of the sky, one zoomed Cartesian view
+    per covered region (:func:`iic_survey.report.zoom.region_views`)."""
+    return [{"kind": "moll"}, *zoom.region_views(counts, order, fine)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,17 +51,25 @@ class MapPanel:
     cmap: str
     vmin: float
     vmax: float
+    fine: np.ndarray | None = None
+    """The same quantity per covered pixel at the zoom order (rows of the report's fine
+    table), drawn in the zoomed views; None: zoomed views show ``values``."""
 
 
-def _draw_map(fig: Figure, ax: Any, panel: MapPanel, view: dict[str, Any], xsize: int) -> None:
+def _draw_map(
+    fig: Figure, ax: Any, panel: MapPanel, view: dict[str, Any], xsize: int, lookup: Any = None
+) -> None:
     if view["kind"] == "moll":
         proj: Any = hp.projector.MollweideProj(xsize=xsize)
     else:
         proj = hp.projector.CartesianProj(
             xsize=xsize, rot=view["rot"], lonra=view["lonra"], latra=view["latra"]
         )
-    nside = hp.npix2nside(len(panel.values))
-    img = proj.projmap(panel.values, lambda x, y, z: hp.vec2pix(nside, x, y, z, nest=True))
+    if view["kind"] == "cart" and panel.fine is not None and lookup is not None:
+        img = proj.projmap(np.append(panel.fine, hp.UNSEEN), lookup)  # the sparse fine counts
+    else:
+        nside = hp.npix2nside(len(panel.values))
+        img = proj.projmap(panel.values, lambda x, y, z: hp.vec2pix(nside, x, y, z, nest=True))
     outside = ~np.isfinite(img)
     cm = colormaps[panel.cmap].with_extremes(bad="0.85")
     x0, x1, y0, y1 = proj.get_extent()
@@ -94,19 +91,25 @@ def _draw_map(fig: Figure, ax: Any, panel: MapPanel, view: dict[str, Any], xsize
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v % 360:g}"))
         ax.set_xlabel("RA (deg)")
         ax.set_ylabel("Dec (deg)")
-    ax.set_title(panel.title + (" (zoom)" if view["kind"] == "cart" else ""), fontsize=10)
+    zoomed = f" ({view.get('title', 'zoom')})" if view["kind"] == "cart" else ""
+    ax.set_title(panel.title + zoomed, fontsize=10)
     fig.colorbar(im, ax=ax, orientation="horizontal", shrink=0.7, pad=0.08, label=panel.label)
 
 
-def map_figure(panels: list[MapPanel], views: list[dict[str, Any]], name: str, dpi: int) -> Figure:
-    """Panels side by side, one row per view; projected at about the panel's pixel width."""
+def map_figure(
+    panels: list[MapPanel], views: list[dict[str, Any]], name: str, dpi: int, lookup: Any = None
+) -> Figure:
+    """Panels side by side, one row per view; projected at about the panel's pixel width.
+
+    ``lookup`` (:func:`iic_survey.report.zoom.compact_lookup`) draws the panels' ``fine`` values
+    in the zoomed views."""
     w, h = FIGSIZES[name]
     fig = Figure(figsize=(w, h * len(views)), layout="constrained")
     xsize = int(np.clip(w / len(panels) * dpi, 100, 1600))
     axes = fig.subplots(len(views), len(panels), squeeze=False)
     for r, view in enumerate(views):
         for c, panel in enumerate(panels):
-            _draw_map(fig, axes[r][c], panel, view, xsize)
+            _draw_map(fig, axes[r][c], panel, view, xsize, lookup)
     return fig
 
 

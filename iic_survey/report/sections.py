@@ -12,6 +12,7 @@ The counting is :mod:`iic_survey.report.tally`, the drawing :mod:`iic_survey.rep
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from pathlib import Path
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.output.reader import iter_pixels, read_properties
+from iic_survey.report import zoom
 from iic_survey.report.config import COLOURS, COLUMNS, FIGSIZES, ReportConfig, StampSource
 from iic_survey.report.figures import MapPanel, map_figure, map_views, save_png, stamp_grid
 from iic_survey.report.tally import (
@@ -120,21 +122,35 @@ def _sky_section(t: Tally, out: Path) -> list[str]:
     lo, hi = (float(density[seen].min()), float(density[seen].max())) if seen.any() else (0, 1)
     outliers = np.where(seen, t.outliers / n, hp.UNSEEN)
     top = max(float(outliers[seen].max()) if seen.any() else 0.0, 0.05)
+    fine = t.fine.table
+    fv = (lambda col, per: zoom.fine_values(fine, col, per)) if fine is not None else None
     figures = {
         "sky_density": [MapPanel("Source density", density, "log10(sources / deg²)", "viridis",
-                               lo, hi)],
+                                 lo, hi, fv and fv("n", None))],
         "sky_class_fractions": [
             MapPanel(f"{c} fraction", np.where(seen, t.per_class[i] / n, hp.UNSEEN),
-                   "fraction of sources", "magma", 0.0, 1.0)
+                     "fraction of sources", "magma", 0.0, 1.0, fv and fv(c, "n"))
             for i, c in enumerate(CLASSES)
         ],
         "sky_outliers": [MapPanel("Outlier fraction", outliers, "fraction of sources", "inferno",
-                                0.0, top)],
+                                  0.0, top, fv and fv("outlier", "n"))],
     }  # fmt: skip
-    views = map_views(t.counts, order)
+    if fine is not None and len(fine):  # the zoom's colour range spans the fine densities
+        d = zoom.fine_values(fine, "n", None)
+        figures["sky_density"][0] = dataclasses.replace(
+            figures["sky_density"][0], vmin=float(d.min()), vmax=float(d.max())
+        )
+    views = map_views(t.counts, order, fine)
+    lookup = zoom.compact_lookup(fine) if fine is not None and len(fine) else None
     for name, panels in figures.items():
-        save_png(map_figure(panels, views, name, t.config.dpi), out / f"{name}.png", t.config.dpi)
-    note = " A zoomed panel shows the covered area." if len(views) > 1 else ""
+        fig = map_figure(panels, views, name, t.config.dpi, lookup)
+        save_png(fig, out / f"{name}.png", t.config.dpi)
+    note = (
+        f" One zoomed panel per covered region ({len(views) - 1}), at HEALPix order "
+        f"{zoom.ZOOM_ORDER} where the catalog is small enough."
+        if len(views) > 1
+        else ""
+    )
     return [
         "## Sky maps",
         "",

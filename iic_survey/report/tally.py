@@ -20,6 +20,7 @@ from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
 from iic_survey.core.hashing import keyed_hash
 from iic_survey.report.config import ReportConfig
+from iic_survey.report.zoom import FineTally
 
 
 class Tally:
@@ -37,12 +38,14 @@ class Tally:
         self.models: set[str] = set()
         self.examples: dict[str, pd.DataFrame] = {}  # category -> rows with the smallest keys
         self.matched: list[pd.DataFrame] = []  # rows with a true class
+        self.fine = FineTally()  # sparse counts at the zoom order (small-area catalogs)
 
     def add(self, df: pd.DataFrame) -> None:
         cfg = self.config
         self.rows += len(df)
         mpix = df["_healpix_29"].to_numpy() >> (2 * (sky.MAX_ORDER - cfg.map_order))
         self.counts += np.bincount(mpix, minlength=self.npix)
+        self.fine.add(df)
         self.outliers += np.bincount(
             mpix, weights=df["is_outlier"].to_numpy(), minlength=self.npix
         ).astype(np.int64)
