@@ -283,3 +283,28 @@ def test_separate_small_fields_get_one_zoom_each_drawn_from_fine_counts(monkeypa
     big = zoom.FineTally()
     big.add(df)
     assert big.table is None
+
+
+def test_selection_section_draws_the_catalogs_tables(tmp_path: Path) -> None:
+    from iic_survey.output.selection import SELECTION
+    from iic_survey.report import selection as selection_report
+    from iic_survey.training import selection
+
+    rng = np.random.default_rng(0)
+    n = 900
+    y = rng.integers(0, 3, n)
+    z = rng.normal(0, 1, (n, 3)) + 2.5 * np.eye(3)[y]
+    proba = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    tables = selection.selection_tables(
+        y, proba, rng.uniform(11, 17, n), rng.uniform(0, 360, n), rng.uniform(-60, 60, n),
+        np.zeros(n, int),
+    )  # fmt: skip
+    root = tmp_path / "cat"
+    assert selection_report.section(str(root), tmp_path, DPI)[2].startswith("This catalog has no")
+    selection.write_tables(root / SELECTION, tables, {"split": "test"})
+    md = selection_report.section(f"{root}/iic_allwise", tmp_path, DPI)  # main catalog path too
+    assert "![Reliability per W1 bin](reliability_w1.png)" in md
+    assert sum(line.startswith("| quasar |") for line in md) == 3
+    for name in ("reliability_w1.png", "selection_w1.png"):
+        with Image.open(tmp_path / name) as im:
+            assert np.asarray(im.convert("RGB")).std() > 5

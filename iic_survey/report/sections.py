@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.output.reader import iter_pixels, read_properties
+from iic_survey.report import selection as selection_report
 from iic_survey.report import zoom
 from iic_survey.report.config import COLOURS, COLUMNS, FIGSIZES, ReportConfig, StampSource
 from iic_survey.report.figures import MapPanel, map_figure, map_views, save_png, stamp_grid
@@ -76,6 +77,7 @@ def write_report(
     md += _summary_md(tally, npart, props)
     md += _sky_section(tally, out)
     md += _confidence_section(tally, out)
+    md += selection_report.section(catalog_path, out, cfg.dpi, filesystem)
     md += _examples_section(tally, out, stamps)
     if tally.truth is not None:
         md += _truth_section(tally, out)
