@@ -156,3 +156,31 @@ def test_publish_without_model_tables_or_counts_still_writes_masks(tmp_path):
     assert info["markers_without_counts"] > 0 and "older version" in text
     assert info["mask_sky_fraction"]["no_images"] == 0.0
     assert (Path(out) / "selection" / "masks" / "galactic_plane.fits").exists()
+
+
+def test_the_readme_worked_example_runs_on_a_published_catalog(tmp_path):
+    import re
+
+    out, df = _catalog_with_gaps(tmp_path)
+    rng = np.random.default_rng(2)
+    n = 900
+    y = rng.integers(0, 3, n)
+    z = rng.normal(0, 1, (n, 3)) + 1.5 * np.eye(3)[y]
+    proba = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    tables = selection.selection_tables(
+        y, proba, rng.uniform(11, 17, n), rng.uniform(0, 360, n), rng.uniform(-60, 60, n),
+        np.zeros(n, int),
+    )  # fmt: skip
+    selection.write_tables(tmp_path / "model" / "selection", tables, {"split": "test"})
+    out_selection.publish(out, str(tmp_path / "model"))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("A worked example, quasars at purity") :]
+    code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
+    scope = {"root": out}
+    exec(code, scope)  # noqa: S102 - the README's own code
+    q, cut = scope["q"], scope["cut"]
+    assert 0.34 < cut < 1.0
+    # the whole fake catalog lies in the Galactic plane: the mask leaves no row
+    assert len(q) == 0
+    before = df[(df["class"] == "quasar") & (df["subset"] == "safe") & (df["confidence"] >= cut)]
+    assert len(before) > 0  # so it was the mask that removed them
