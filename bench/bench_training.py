@@ -542,7 +542,7 @@ def goals_section(res: dict[str, Any], work: pathlib.Path) -> str:
         GOALS_SECTION,
         "",
         f'Written by `bench/bench_training.py --quality` with the run of "{QUALITY_MARK[4:]}" '
-        "above (same test split; temperature fitted on the validation split).",
+        "above (same test split; calibration, T(W1), fitted on the validation split).",
         "",
         f"| goal | full depth ({full['n']:,} sources) | bright sample (W1 < {BRIGHT_W1:g}, "
         f"{bright['n']:,} sources) |",
