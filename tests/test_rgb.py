@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iic_survey.core.flags import QualityFlag as Q
 from iic_survey.core.flags import NOT_CLEAN, clean, unclassifiable
+from iic_survey.core.flags import QualityFlag as Q
 from iic_survey.stamps import features, rgb
 
 S = 37

@@ -125,6 +125,24 @@ def publish(
     return info
 
 
+WORKED_EXAMPLE = [
+    "A pure quasar sample (purity 0.95 on the labelled set), outside the Galactic plane:",
+    "",
+    "```python",
+    "import astropy.units as u, pandas as pd",
+    "from mocpy import MOC",
+    "t = pd.read_parquet(f'{root}/selection/thresholds.parquet')",
+    "cut = t.query(\"`class` == 'quasar' and target_purity == 0.95\")['threshold'].item()",
+    "q = pd.read_parquet(f'{root}/iic_allwise/dataset', filters=[('class', '==', 'quasar'),",
+    "                    ('subset', '==', 'safe'), ('confidence', '>=', cut)])",
+    "plane = MOC.from_fits(f'{root}/selection/masks/galactic_plane.fits')",
+    "q = q[~plane.contains_lonlat(q['ra'].values * u.deg, q['dec'].values * u.deg)]",
+    "```",
+    "",
+]
+"""The worked example closing ``selection/README.md``: a pure quasar sample off the plane."""
+
+
 def readme(info: dict[str, Any]) -> str:
     """The ``selection/README.md`` text for what :func:`publish` wrote."""
     frac = info["mask_sky_fraction"]
@@ -171,21 +189,7 @@ def readme(info: dict[str, Any]) -> str:
         n_old = info["markers_without_counts"]
         lines += [f"{n_old} work pixels were committed by an older version without per-cell "
                   "counts: they are not in the two catalog masks.", ""]  # fmt: skip
-    lines += [
-        "A pure quasar sample (purity 0.95 on the labelled set), outside the Galactic plane:",
-        "",
-        "```python",
-        "import astropy.units as u, pandas as pd",
-        "from mocpy import MOC",
-        "t = pd.read_parquet(f'{root}/selection/thresholds.parquet')",
-        "cut = t.query(\"`class` == 'quasar' and target_purity == 0.95\")['threshold'].item()",
-        "q = pd.read_parquet(f'{root}/iic_allwise/dataset', filters=[('class', '==', 'quasar'),",
-        "                    ('subset', '==', 'safe'), ('confidence', '>=', cut)])",
-        "plane = MOC.from_fits(f'{root}/selection/masks/galactic_plane.fits')",
-        "q = q[~plane.contains_lonlat(q['ra'].values * u.deg, q['dec'].values * u.deg)]",
-        "```",
-        "",
-    ]
+    lines += WORKED_EXAMPLE
     return "\n".join(lines)
 
 

@@ -95,7 +95,8 @@ def section(path: str, out: Path, dpi: int, fs: Any = None) -> list[str]:
     tables = read_tables(path, fs)
     md = ["## Selection", ""]
     if not tables:
-        return md + [
+        return [
+            *md,
             "This catalog has no `selection/` tables (its model directory was trained before "
             "they existed), so there are no per-depth reliability or completeness curves.",
             "",
