@@ -132,20 +132,36 @@ def part_compare(runs: Runs) -> dict[str, Any]:
     return {"nets": out}
 
 
+def _mean_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several seeds of one configuration as one row: means, and the accuracy of each seed."""
+    if len(runs) == 1:
+        return {**runs[0], "seeds": [runs[0]["seed"]], "accs": [runs[0]["accuracy"]]}
+    keys = ("accuracy", "macro_auc", "train_seconds")
+    out = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
+    return {**runs[0], **out, "seeds": [r["seed"] for r in runs],
+            "accs": [r["accuracy"] for r in runs]}  # fmt: skip
+
+
 def part_ablate(runs: Runs, publish: Any) -> dict[str, Any]:
-    """Stem, modules, bands, input size (seed = the budget's first); ``publish(partial)`` is
-    called after every run, so an interrupted part still leaves the rows it finished."""
-    seed = runs.budget.seeds[0]
-    base = runs.run("iicnet", seed=seed)
+    """Stem, modules, bands, input size, every seed of the budget (means);
+    ``publish(partial)`` is called after every configuration, so an interrupted part still
+    leaves the rows it finished."""
+    seeds = runs.budget.seeds
+
+    def row(**kw: Any) -> dict[str, Any]:
+        return _mean_run([runs.run("iicnet", seed=s, **kw) for s in seeds])
+
+    base = row()
     res: dict[str, Any] = {"base": base, "variants": {}, "sizes": {80: base}, "bands4": None}
     for v in ABLATE_VARIANTS:
-        res["variants"][v] = runs.run("iicnet", v, seed=seed)
+        res["variants"][v] = row(variant=v)
         publish(res)
-    res["bands4"] = runs.run("iicnet", bands=4, seed=seed)
+    res["bands4"] = row(bands=4)
     publish(res)
     for size in SIZES:
-        res["sizes"][size] = runs.run("iicnet", size=size, seed=seed)
-        publish(res)
+        if size != 80:
+            res["sizes"][size] = row(size=size)
+            publish(res)
     res["sizes"] = dict(sorted(res["sizes"].items()))
     return res
 

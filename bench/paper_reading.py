@@ -17,8 +17,8 @@ def _verdict(delta: float, tol: float) -> str:
     return "holds" if delta > 0 else "does not hold"
 
 
-def _cost(parts: dict[str, Any]) -> list[str]:
-    rows = parts["rows"]
+def _cost(part: dict[str, Any]) -> list[str]:
+    rows = part["rows"]
     iic = rows["iicnet"]
     fewer_p = [R.NAMES[k] for k, r in rows.items() if k != "iicnet" and r["params"] < iic["params"]]
     fewer_m = [R.NAMES[k] for k, r in rows.items() if k != "iicnet" and r["macs"] < iic["macs"]]
@@ -33,8 +33,8 @@ def _cost(parts: dict[str, Any]) -> list[str]:
     ]
 
 
-def _compare(parts: dict[str, Any]) -> list[str]:
-    nets = parts["nets"]
+def _compare(part: dict[str, Any]) -> list[str]:
+    nets = part["nets"]
     mean = {k: sum(r["accuracy"] for r in v) / len(v) for k, v in nets.items()}
     spread = max(
         (max(r["accuracy"] for r in v) - min(r["accuracy"] for r in v)) for v in nets.values()
@@ -43,6 +43,7 @@ def _compare(parts: dict[str, Any]) -> list[str]:
     tol = max(2 * R.noise(mean["iicnet"], n), spread)
     order = sorted(mean, key=mean.get, reverse=True)
     rank = order.index("iicnet") + 1
+    dead = [k for k, v in nets.items() if R.stuck(v)]
     best_other = max((k for k in mean if k != "iicnet"), key=mean.get)
     d = mean["iicnet"] - mean[best_other]
     ties = [R.NAMES[k] for k in mean if k != "iicnet" and abs(mean[k] - mean["iicnet"]) < tol]
@@ -52,13 +53,26 @@ def _compare(parts: dict[str, Any]) -> list[str]:
         f"{R.NAMES[best_other]} ({100 * mean[best_other]:.1f} %), the claim "
         f"{_verdict(d, tol)} ({100 * d:+.1f} points; noise threshold {100 * tol:.1f} points). "
         + (f"Within the noise of IICnet: {', '.join(ties)}." if ties else "")
+        + (
+            f" Not trained at all by the shared schedule (no verdict): "
+            f"{', '.join(R.NAMES[k] for k in dead)}."
+            if dead
+            else ""
+        )
     ]
 
 
-def _ablate(parts: dict[str, Any]) -> list[str]:
-    p = parts
+def _spread(row: dict[str, Any]) -> float:
+    accs = row.get("accs", [row["accuracy"]])
+    return max(accs) - min(accs)
+
+
+def _ablate(part: dict[str, Any]) -> list[str]:
+    p = part
     base = p["base"]["accuracy"]
-    tol = 2 * R.noise(base, p["base"]["n"])
+    rows = [p["base"], *p["variants"].values(), *p["sizes"].values()]
+    rows += [p["bands4"]] if p.get("bands4") else []
+    tol = max(2 * R.noise(base, p["base"]["n"]), *(_spread(r) for r in rows))
     v = p["variants"]
     out = []
     if "stem3x3" in v:
@@ -75,7 +89,7 @@ def _ablate(parts: dict[str, Any]) -> list[str]:
         if key not in v:
             continue
         d = base - v[key]["accuracy"]
-        out.append(f"- *{claim} help*: {_verdict(d, tol)} ({100 * d:+.1f} points for keeping it).")
+        out.append(f"- *Keeping {claim} helps*: {_verdict(d, tol)} ({100 * d:+.1f} points).")
     if p.get("bands4"):
         d4 = p["bands4"]["accuracy"] - base
         out.append(

@@ -97,7 +97,17 @@ def _acc_row(name: str, runs: list[dict[str, Any]]) -> str:
     auc = sum(r["macro_auc"] for r in runs) / len(runs)
     secs = sum(r["train_seconds"] for r in runs) / len(runs)
     each = ", ".join(_pct(a) for a in accs)
-    return f"| {name} | {_pct(mean)} ({each}) | {pc} | {rec} | {auc:.4f} | {secs:.0f} s |"
+    loss = " / ".join(f"{r['losses'][-1]:.3f}" for r in runs)
+    return f"| {name} | {_pct(mean)} ({each}) | {pc} | {rec} | {auc:.4f} | {loss} | {secs:.0f} s |"
+
+
+CHANCE_LOSS = math.log(3)
+"""Cross-entropy of a constant 1/3 guess: a final training loss near it means nothing learnt."""
+
+
+def stuck(runs: list[dict[str, Any]]) -> bool:
+    """Every seed ended with a training loss within 5 % of chance (the network did not learn)."""
+    return all(r["losses"][-1] > 0.95 * CHANCE_LOSS for r in runs)
 
 
 def compare_lines(part: dict[str, Any]) -> list[str]:
@@ -111,13 +121,28 @@ def compare_lines(part: dict[str, Any]) -> list[str]:
         f"Budget: {part['budget']}. Test split: {n} stamps. Accuracy is the mean over seeds "
         "(each seed in brackets); per-class accuracy is the paper's one-vs-rest accuracy, recall "
         "the fraction of the class found, macro AUC one-vs-rest; means over seeds. Train time "
-        "is per seed on the shared cores.",
+        "is per seed on the shared cores; the last epoch's training loss is given per seed "
+        f"(chance: ln 3 = {CHANCE_LOSS:.3f}).",
         "",
         "| network | accuracy (per seed) | acc. galaxy / quasar / star | recall galaxy / quasar "
-        "/ star | macro AUC | train time |",
-        "| --- | --- | --- | --- | ---: | ---: |",
+        "/ star | macro AUC | last train loss | train time |",
+        "| --- | --- | --- | --- | ---: | --- | ---: |",
     ]
     lines += [_acc_row(NAMES[k], v) for k, v in nets.items()]
+    dead = [NAMES[k] for k, v in nets.items() if stuck(v)]
+    if dead:
+        lines += [
+            "",
+            f"**Did not learn under this budget** (training loss stayed at chance, every seed): "
+            f"{', '.join(dead)}: same schedule as every other network, so the row says that "
+            "this shared schedule does not suit it, not what its design could reach."
+            + (
+                " (VGG16 as published has no BatchNorm; such nets are known not to start from "
+                "scratch at Adam lr 1e-3.)"
+                if "VGG16" in dead
+                else ""
+            ),
+        ]
     return [*lines, ""]
 
 
@@ -130,26 +155,31 @@ def ablate_lines(part: dict[str, Any]) -> list[str]:
         "",
         _head(part),
         "",
-        f"Budget: {part['budget']}; seed {base['seed']} for every row (one seed: the standard "
+        f"Budget: {part['budget']}; every row is the mean over seeds "
+        f"{base.get('seeds', [base['seed']])} (each seed's accuracy in brackets). The standard "
         f"error of a difference of two accuracies on {n} test stamps is about "
-        f"{100 * se:.1f} points, so differences under ~{200 * se:.1f} points are noise). "
+        f"{100 * se:.1f} points (binomial, one seed); the reading calls a difference noise "
+        f"under ~{200 * se:.1f} points or under the largest spread between the seeds of one "
+        "row, whichever is larger. "
         "Input size: the 80x80 stamps resampled bilinearly to the size (same 50 arcsec field, "
         "other pixel counts). 4 bands: W4 stamps cut from the synthetic sky's W4 Atlas tiles at "
         "the same positions and stretched by the pipeline's transform (softening fitted on the "
         "training stamps), added as a fourth input channel.",
         "",
-        "| change | accuracy | vs baseline | macro AUC | train time |",
+        "| change | accuracy (per seed) | vs baseline (points) | macro AUC | train time |",
         "| --- | ---: | ---: | ---: | ---: |",
-        f"| baseline (5x5 stem, RFB, 2 CBAMs, 80 px, 3 bands) | {_pct(base['accuracy'])} | - | "
-        f"{base['macro_auc']:.4f} | {base['train_seconds']:.0f} s |",
     ]
 
     def row(label: str, r: dict[str, Any]) -> str:
         d = 100 * (r["accuracy"] - base["accuracy"])
+        each = ", ".join(_pct(a) for a in r.get("accs", [r["accuracy"]]))
+        delta = "-" if r is base else f"{d:+.1f}"
         return (
-            f"| {label} | {_pct(r['accuracy'])} | {d:+.1f} | {r['macro_auc']:.4f} | "
+            f"| {label} | {_pct(r['accuracy'])} ({each}) | {delta} | {r['macro_auc']:.4f} | "
             f"{r['train_seconds']:.0f} s |"
         )
+
+    lines.append(row("baseline (5x5 stem, RFB, 2 CBAMs, 80 px, 3 bands)", base))
 
     lines += [row(VARIANT_NAMES[k], r) for k, r in part["variants"].items()]
     if part.get("bands4"):

@@ -56,7 +56,7 @@ class Budget:
 
 
 BUDGETS = {
-    "cpu": Budget("cpu", epochs=4, rows=3000, width=0.25, seeds=(0,), batch=32),
+    "cpu": Budget("cpu", epochs=4, rows=3000, width=0.25, seeds=(0, 1), batch=32),
     "paper": Budget("paper", epochs=30, rows=None, width=1.0, seeds=(0, 1, 2)),
     "smoke": Budget("smoke", epochs=1, rows=256, width=0.125, seeds=(0,)),  # a quick check
 }
