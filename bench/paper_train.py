@@ -144,7 +144,7 @@ def train(
     tr = data["train"]
     n = len(tr["label"]) if budget.rows is None else min(budget.rows, len(tr["label"]))
     x_all = torch.from_numpy(tr["image"][:n])
-    y_all = torch.from_numpy(np.asarray(tr["label"][:n], dtype=np.int64))
+    y_all = torch.from_numpy(np.array(tr["label"][:n], dtype=np.int64))  # a writable copy
     opt = torch.optim.Adam(model.parameters(), lr=budget.lr)
     halve = math.ceil(budget.epochs * 2 / 3)
     t0, losses = time.perf_counter(), []
@@ -161,7 +161,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, count = total + float(loss) * len(idx), count + len(idx)
+            total, count = total + loss.item() * len(idx), count + len(idx)
         losses.append(total / max(count, 1))
         print(f"    epoch {epoch}: loss {losses[-1]:.4f}", flush=True)
     train_s = time.perf_counter() - t0

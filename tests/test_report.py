@@ -15,6 +15,7 @@ from iic_survey.core.constants import CLASSES
 from iic_survey.report import cli, config, examples, figures
 from iic_survey.report import sections as report
 from iic_survey.report import tally as report_tally
+from tests.fixtures.selection import fake_selection_tables
 from tests.test_output import fake_results, write_catalog
 
 DPI = 50
@@ -290,15 +291,7 @@ def test_selection_section_draws_the_catalogs_tables(tmp_path: Path) -> None:
     from iic_survey.report import selection as selection_report
     from iic_survey.training import selection
 
-    rng = np.random.default_rng(0)
-    n = 900
-    y = rng.integers(0, 3, n)
-    z = rng.normal(0, 1, (n, 3)) + 2.5 * np.eye(3)[y]
-    proba = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    tables = selection.selection_tables(
-        y, proba, rng.uniform(11, 17, n), rng.uniform(0, 360, n), rng.uniform(-60, 60, n),
-        np.zeros(n, int),
-    )  # fmt: skip
+    tables = fake_selection_tables(seed=0, separation=2.5)
     root = tmp_path / "cat"
     assert selection_report.section(str(root), tmp_path, DPI)[2].startswith("This catalog has no")
     selection.write_tables(root / SELECTION, tables, {"split": "test"})

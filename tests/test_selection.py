@@ -13,6 +13,7 @@ from hats.io.validation import is_valid_catalog
 from iic_survey.core.flags import QualityFlag
 from iic_survey.output import selection as out_selection
 from iic_survey.training import selection
+from tests.fixtures.selection import fake_selection_tables
 from tests.test_output import ORDER, fake_results, write_catalog
 
 
@@ -162,15 +163,7 @@ def test_the_readme_worked_example_runs_on_a_published_catalog(tmp_path):
     import re
 
     out, df = _catalog_with_gaps(tmp_path)
-    rng = np.random.default_rng(2)
-    n = 900
-    y = rng.integers(0, 3, n)
-    z = rng.normal(0, 1, (n, 3)) + 1.5 * np.eye(3)[y]
-    proba = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    tables = selection.selection_tables(
-        y, proba, rng.uniform(11, 17, n), rng.uniform(0, 360, n), rng.uniform(-60, 60, n),
-        np.zeros(n, int),
-    )  # fmt: skip
+    tables = fake_selection_tables(seed=2, separation=1.5)
     selection.write_tables(tmp_path / "model" / "selection", tables, {"split": "test"})
     out_selection.publish(out, str(tmp_path / "model"))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
