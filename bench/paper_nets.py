@@ -6,7 +6,9 @@ standard ImageNet form (3x224x224, 1000 classes) has the published parameter cou
 (:data:`PUBLISHED_PARAMS`; ``tests/test_paper_nets.py`` holds every one to 1 %):
 
 * ``vgg16``: Simonyan & Zisserman 2015, configuration D without BatchNorm (torchvision
-  ``vgg16``): 13 3x3 convolutions, 7x7 adaptive pool, fc 4096-4096-classes.
+  ``vgg16``): 13 3x3 convolutions, 7x7 adaptive pool, fc 4096-4096-classes, with torchvision's
+  initialisation (Kaiming-normal convolutions, N(0, 0.01) linear layers): with no BN to
+  rescale them, the initial weights decide whether it trains at all.
 * ``googlenet``: Szegedy et al. 2015 as torchvision builds it (BN after every convolution, no
   auxiliary heads, the "5x5" branch as a 3x3 like torchvision's).
 * ``resnet34``: He et al. 2016, basic blocks [3, 4, 6, 3].
@@ -41,6 +43,10 @@ PUBLISHED_PARAMS: dict[str, tuple[int, str]] = {
     "repvgg_a0": (8_300_000, "Ding et al. 2021, Table 4: 8.30 M (inference form)"),
 }
 """Parameter counts of the standard ImageNet forms (224x224, 1000 classes) and their source."""
+
+REVISION: dict[str, int] = {"vgg16": 2}
+"""A network's definition revision where it changed in a way that changes training (vgg16: 2,
+torchvision's initialisation added); in bench_paper's keys, so older kept runs are retrained."""
 
 
 def _c(channels: int, width: float) -> int:
@@ -105,7 +111,7 @@ def vgg16(in_ch: int = 3, num_classes: int = 1000, width: float = 1.0) -> nn.Mod
         layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
         cin = cout
     fc = _c(4096, width)
-    return nn.Sequential(
+    model = nn.Sequential(
         *layers,
         nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(7),
@@ -118,6 +124,14 @@ def vgg16(in_ch: int = 3, num_classes: int = 1000, width: float = 1.0) -> nn.Mod
         nn.Dropout(0.5),
         nn.Linear(fc, num_classes),
     )
+    for m in model.modules():  # torchvision's VGG initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------

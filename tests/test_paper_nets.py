@@ -109,3 +109,27 @@ def test_kmeans_separates_two_blobs():
     labels, _ = paper_errors.kmeans(x, 2, seed=0)
     assert len(set(labels[:30])) == 1 and len(set(labels[30:])) == 1
     assert labels[0] != labels[-1]
+
+
+def test_vgg16_starts_from_torchvisions_initialisation():
+    torch.manual_seed(0)
+    model = paper_nets.vgg16(num_classes=3, width=0.25)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for conv in convs:  # Kaiming normal, fan out, ReLU gain: std = sqrt(2 / (9 * out))
+        expected = (2 / (9 * conv.out_channels)) ** 0.5
+        assert abs(conv.weight.std().item() / expected - 1) < 0.15
+        assert not conv.bias.any()
+    assert all(abs(lin.weight.std().item() - 0.01) < 0.002 for lin in linears)
+
+
+def test_a_kept_run_is_keyed_by_its_schedule_and_the_networks_revision():
+    import dataclasses as dc
+
+    import bench_paper
+
+    b = paper_train.BUDGETS["cpu"]
+    base = bench_paper.Runs.key(b, "resnet34", "full", 80, 3, 0)
+    assert bench_paper.Runs.key(dc.replace(b, lr=b.lr / 10), "resnet34", "full", 80, 3, 0) != base
+    assert bench_paper.Runs.key(dc.replace(b, width=1.0), "resnet34", "full", 80, 3, 0) != base
+    assert "vgg16@r2" in bench_paper.Runs.key(b, "vgg16", "full", 80, 3, 0)
