@@ -35,28 +35,37 @@ def _cost(part: dict[str, Any]) -> list[str]:
 
 def _compare(part: dict[str, Any]) -> list[str]:
     nets = part["nets"]
-    mean = {k: sum(r["accuracy"] for r in v) / len(v) for k, v in nets.items()}
+    live = {k: v for k, v in nets.items() if not R.stuck_seeds(v)}  # learnt in every seed
+    mean = {k: sum(r["accuracy"] for r in v) / len(v) for k, v in live.items()}
     spread = max(
-        (max(r["accuracy"] for r in v) - min(r["accuracy"] for r in v)) for v in nets.values()
+        (max(r["accuracy"] for r in v) - min(r["accuracy"] for r in v)) for v in live.values()
     )
     n = nets["iicnet"][0]["n"]
     tol = max(2 * R.noise(mean["iicnet"], n), spread)
     order = sorted(mean, key=mean.get, reverse=True)
     rank = order.index("iicnet") + 1
     dead = [k for k, v in nets.items() if R.stuck(v)]
+    part_dead = [k for k, v in nets.items() if R.stuck_seeds(v) and not R.stuck(v)]
     best_other = max((k for k in mean if k != "iicnet"), key=mean.get)
     d = mean["iicnet"] - mean[best_other]
     ties = [R.NAMES[k] for k in mean if k != "iicnet" and abs(mean[k] - mean["iicnet"]) < tol]
     return [
         f"- *IICnet is more accurate than the comparison networks* (Table 3): IICnet ranks "
-        f"{rank} of {len(mean)} ({100 * mean['iicnet']:.1f} %); against the best other, "
+        f"{rank} of the {len(mean)} networks that learnt in every seed "
+        f"({100 * mean['iicnet']:.1f} %); against the best other, "
         f"{R.NAMES[best_other]} ({100 * mean[best_other]:.1f} %): {_verdict(d, tol)} "
-        f"({100 * d:+.1f} points; noise threshold {100 * tol:.1f} points). "
+        f"({100 * d:+.1f} points; noise threshold {100 * tol:.1f} points, the larger of twice "
+        "the binomial error and the widest spread between seeds). "
         + (f"Within the noise of IICnet: {', '.join(ties)}." if ties else "")
         + (
-            f" Not trained at all by the shared schedule (no verdict): "
-            f"{', '.join(R.NAMES[k] for k in dead)}."
+            f" At chance in every seed (no verdict): {', '.join(R.NAMES[k] for k in dead)}."
             if dead
+            else ""
+        )
+        + (
+            f" At chance in some seeds (left out of the ranking): "
+            f"{', '.join(R.NAMES[k] for k in part_dead)}."
+            if part_dead
             else ""
         )
         + "".join(
@@ -120,10 +129,21 @@ def _ablate(part: dict[str, Any]) -> list[str]:
         out.append(
             f"- *80 px is the best input size* (of {sorted(sizes)}): best measured {best} px "
             f"({100 * sizes[best]:.1f} %, 80 px {100 * sizes[80]:.1f} %): {_verdict(d80, tol)}. "
-            "Resampling adds no information, so on this sky size mostly moves capacity and "
+            + _beyond_noise(sizes, tol)
+            + "Resampling adds no information, so on this sky size mostly moves capacity and "
             "cost (MACs grow as size^2)."
         )
     return out
+
+
+def _beyond_noise(sizes: dict[int, float], tol: float) -> str:
+    """The sizes whose accuracy differs from 80 px's by more than the noise, as a sentence."""
+    worse = [s for s in sorted(sizes) if sizes[80] - sizes[s] >= tol]
+    better = [s for s in sorted(sizes) if sizes[s] - sizes[80] >= tol]
+    said = [f"worse than 80 px beyond the noise: {worse} px" if worse else "",
+            f"better than 80 px beyond the noise: {better} px" if better else ""]  # fmt: skip
+    text = "; ".join(x for x in said if x)
+    return f"{text[0].upper()}{text[1:]}. " if text else "No size differs from 80 px beyond it. "
 
 
 def reading(parts: dict[str, Any]) -> list[str]:

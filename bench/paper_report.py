@@ -105,9 +105,22 @@ CHANCE_LOSS = math.log(3)
 """Cross-entropy of a constant 1/3 guess: a final training loss near it means nothing learnt."""
 
 
+def stuck_seeds(runs: list[dict[str, Any]]) -> list[int]:
+    """The seeds whose last training loss is within 5 % of chance (the network did not learn)."""
+    return [r["seed"] for r in runs if r["losses"][-1] > 0.95 * CHANCE_LOSS]
+
+
 def stuck(runs: list[dict[str, Any]]) -> bool:
-    """Every seed ended with a training loss within 5 % of chance (the network did not learn)."""
-    return all(r["losses"][-1] > 0.95 * CHANCE_LOSS for r in runs)
+    """Every seed of ``runs`` stayed at chance."""
+    return len(stuck_seeds(runs)) == len(runs)
+
+
+def _train_total(rows: list[dict[str, Any]]) -> str:
+    """The training time of a part's rows (a row: one run, or the mean of ``seeds`` runs), kept
+    runs included: the head's wall time counts only the last invocation."""
+    n = sum(len(r.get("seeds", [r["seed"]])) for r in rows)
+    secs = sum(r["train_seconds"] * len(r.get("seeds", [r["seed"]])) for r in rows)
+    return f"{n} training runs, {secs / 60:.1f} min of training in all"
 
 
 def compare_lines(part: dict[str, Any]) -> list[str]:
@@ -122,23 +135,29 @@ def compare_lines(part: dict[str, Any]) -> list[str]:
         "(each seed in brackets); per-class accuracy is the paper's one-vs-rest accuracy, recall "
         "the fraction of the class found, macro AUC one-vs-rest; means over seeds. Train time "
         "is per seed on the shared cores; the last epoch's training loss is given per seed "
-        f"(chance: ln 3 = {CHANCE_LOSS:.3f}).",
+        f"(chance: ln 3 = {CHANCE_LOSS:.3f}). "
+        + _train_total([r for v in nets.values() for r in v] + _retry_runs(part))
+        + ".",
         "",
         "| network | accuracy (per seed) | acc. galaxy / quasar / star | recall galaxy / quasar "
         "/ star | macro AUC | last train loss | train time |",
         "| --- | --- | --- | --- | ---: | --- | ---: |",
     ]
     lines += [_acc_row(NAMES[k], v) for k, v in nets.items()]
-    dead = [NAMES[k] for k, v in nets.items() if stuck(v)]
+    dead = [f"{NAMES[k]} (seeds {stuck_seeds(v)})" for k, v in nets.items() if stuck_seeds(v)]
     if dead:
         lines += [
             "",
-            f"**Did not learn under this budget** (training loss stayed at chance, every seed): "
-            f"{', '.join(dead)}: same schedule as every other network, so the row says that "
-            "this shared schedule does not suit it, not what its design could reach.",
+            f"**Did not learn under this budget** (last training loss within 5 % of chance): "
+            f"{', '.join(dead)}: same schedule as every other network, so such a seed says that "
+            "this shared schedule does not suit the network, not what its design could reach.",
         ]
     lines += retry_lines(part.get("retries", {}))
     return [*lines, ""]
+
+
+def _retry_runs(part: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for t in part.get("retries", {}).values() for r in t.values() if "skipped" not in r]
 
 
 def retry_lines(retries: dict[str, dict[str, Any]]) -> list[str]:
@@ -147,20 +166,22 @@ def retry_lines(retries: dict[str, dict[str, Any]]) -> list[str]:
         return []
     lines = [
         "",
-        "Second chance, one seed each, the shared schedule changed one way at a time (the "
+        "Second chance, the first seed that stayed at chance, the shared schedule changed one "
+        "way at a time (the "
         "learning rate divided by 10; every channel at full width where that fits the CPU "
         "budget). These rows are not in the ranking, which stays on the shared budget.",
         "",
-        "| network | change | accuracy | macro AUC | last train loss | train time |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| network | seed | change | accuracy | macro AUC | last train loss | train time |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for net, tries in retries.items():
         for change, r in tries.items():
             if "skipped" in r:
-                lines.append(f"| {NAMES[net]} | {change} | not run: {r['skipped']} | | | |")
+                lines.append(f"| {NAMES[net]} | | {change} | not run: {r['skipped']} | | | |")
                 continue
             lines.append(
-                f"| {NAMES[net]} | {change} | {_pct(r['accuracy'])} | {r['macro_auc']:.4f} | "
+                f"| {NAMES[net]} | {r['seed']} | {change} | {_pct(r['accuracy'])} | "
+                f"{r['macro_auc']:.4f} | "
                 f"{r['losses'][-1]:.3f} | {r['train_seconds']:.0f} s |"
             )
     return lines
@@ -184,7 +205,12 @@ def ablate_lines(part: dict[str, Any]) -> list[str]:
         "Input size: the 80x80 stamps resampled bilinearly to the size (same 50 arcsec field, "
         "other pixel counts). 4 bands: W4 stamps cut from the synthetic sky's W4 Atlas tiles at "
         "the same positions and stretched by the pipeline's transform (softening fitted on the "
-        "training stamps), added as a fourth input channel.",
+        "training stamps), added as a fourth input channel. "
+        + _train_total(
+            [*part["variants"].values(), *([part["bands4"]] if part.get("bands4") else [])]
+            + [r for s, r in part["sizes"].items() if int(s) != 80]
+        )
+        + " (the baseline's are the compare part's).",
         "",
         "| change | accuracy (per seed) | vs baseline (points) | macro AUC | train time |",
         "| --- | ---: | ---: | ---: | ---: |",
