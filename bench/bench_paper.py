@@ -60,6 +60,15 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def build(
+    net: str, variant: str = "full", width: float = 1.0, size: int = 80, bands: int = 3
+) -> torch.nn.Module:
+    """A fresh images -> logits network: IICnet (a variant) or a comparison network."""
+    if net == "iicnet":
+        return paper_train.ImageOnly(paper_train.iicnet(variant, width, size, bands))
+    return paper_nets.build(net, in_ch=bands, width=width)
+
+
 class Runs:
     """The kept results (``<workdir>/paper.json``) and the data they are trained on."""
 
@@ -101,18 +110,10 @@ class Runs:
         key = self.key(b, net, variant, size, bands, seed)
         if key in self.state["runs"]:
             return self.state["runs"][key]
-        w = b.width
-        if net == "iicnet":
-
-            def make() -> Any:
-                return paper_train.ImageOnly(paper_train.iicnet(variant, w, size, bands))
-        else:
-
-            def make() -> Any:
-                return paper_nets.build(net, in_ch=bands, width=w)
-
         print(f"training {key} (load {_load()})", flush=True)
-        out = paper_train.train(make, self.data(bands == 4), b, seed, size)
+        out = paper_train.train(
+            lambda: build(net, variant, b.width, size, bands), self.data(bands == 4), b, seed, size
+        )
         if net == "iicnet" and variant == "full" and size == 80 and bands == 3 and b is self.budget:
             models = self.work / "models"
             models.mkdir(exist_ok=True)
@@ -163,7 +164,7 @@ def retries(runs: Runs, net: str, seed: int) -> dict[str, Any]:
         "lr / 10": runs.run(net, seed=seed, budget=dataclasses.replace(b, lr=b.lr / 10))
     }
     if b.width < 1:
-        full = paper_cost.macs(paper_nets.build(net))
+        full = paper_cost.macs(build(net))
         if full <= RETRY_MAX_MACS:
             out["width 1"] = runs.run(net, seed=seed, budget=dataclasses.replace(b, width=1.0))
         else:

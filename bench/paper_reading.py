@@ -36,6 +36,12 @@ def _cost(part: dict[str, Any]) -> list[str]:
 def _compare(part: dict[str, Any]) -> list[str]:
     nets = part["nets"]
     live = {k: v for k, v in nets.items() if not R.stuck_seeds(v)}  # learnt in every seed
+    if "iicnet" not in live or len(live) < 2:
+        return [
+            "- *IICnet is more accurate than the comparison networks* (Table 3): no verdict: "
+            f"under this budget only {len(live)} of the {len(nets)} networks learnt in every "
+            "seed" + ("" if "iicnet" in live else ", and IICnet was not one of them") + "."
+        ]
     mean = {k: sum(r["accuracy"] for r in v) / len(v) for k, v in live.items()}
     spread = max(
         (max(r["accuracy"] for r in v) - min(r["accuracy"] for r in v)) for v in live.values()
