@@ -138,7 +138,8 @@ class Runs:
 
 RETRY_MAX_MACS = 600e6
 """A full-width retry is run only for a network under this many MACs per 80 px image at full
-width (MobileNet v1's 77 M is; VGG16's 2.1 G would take hours on 2 cores)."""
+width: MobileNet v1's 77 M is; VGG16's 2.1 G is not (16x the MACs of its x0.25 form, whose run
+takes about a minute here, and for VGG16 width is not what the shared schedule lacks)."""
 
 
 def part_compare(runs: Runs) -> dict[str, Any]:
