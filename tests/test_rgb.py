@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -398,22 +397,6 @@ def test_torch_twin_refuses_bad_shapes() -> None:
         make_rgb_torch(torch.zeros((2, 2, S, S)))
     with pytest.raises(ValueError, match="smaller"):
         make_rgb_torch(torch.zeros((2, 3, 6, 6)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Speed (a floor, not the goal: the shared test machine is noisy; see the docstring numbers)
-
-
-@pytest.mark.slow
-def test_make_rgb_throughput_floor() -> None:
-    x = stamps(2048)
-    buf = np.empty((2048, 3, 80, 80), np.float32)
-    rgb.make_rgb(x[:128], out=buf[:128])  # warm up
-    t0 = time.process_time()
-    rgb.make_rgb(x, out=buf)
-    rate = len(x) / max(time.process_time() - t0, 1e-9)
-    print(f"make_rgb: {rate:,.0f} stamps per CPU-second")
-    assert rate > 3000
 
 
 def test_cc_flags_mark_artefacts_and_refuse_unreadable_values() -> None:

@@ -419,7 +419,8 @@ def test_make_sky_job(repo_root, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_sky_is_fast_and_small(tmp_path):
+def test_demo_sky_is_small(tmp_path):
+    """Its size; its CPU time is logged, not asserted (bench/RESULTS.md measures speed)."""
     import time
 
     start = time.process_time()
@@ -428,4 +429,4 @@ def test_demo_sky_is_fast_and_small(tmp_path):
     size = sum(p.stat().st_size for p in pathlib.Path(manifest.root).rglob("*"))
     log.info("demo sky: %d sources, %.1f s CPU, %.1f MB", manifest.n_sources, cpu, size / 1e6)
     assert manifest.n_sources == 10_000 and len(manifest.pixels) >= 8
-    assert cpu < 60 and size < 150e6
+    assert size < 150e6
