@@ -175,8 +175,6 @@ def retries(runs: Runs, net: str, seed: int) -> dict[str, Any]:
 
 def _mean_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several seeds of one configuration as one row: means, and the accuracy of each seed."""
-    if len(runs) == 1:
-        return {**runs[0], "seeds": [runs[0]["seed"]], "accs": [runs[0]["accuracy"]]}
     keys = ("accuracy", "macro_auc", "train_seconds")
     out = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
     return {**runs[0], **out, "seeds": [r["seed"] for r in runs],

@@ -102,8 +102,7 @@ def _spread(row: dict[str, Any]) -> float:
 def _ablate(part: dict[str, Any]) -> list[str]:
     p = part
     base = p["base"]["accuracy"]
-    rows = [p["base"], *p["variants"].values(), *p["sizes"].values()]
-    rows += [p["bands4"]] if p.get("bands4") else []
+    rows = [p["base"], *R.ablate_rows(p)]
     tol = max(2 * R.noise(base, p["base"]["n"]), *(_spread(r) for r in rows))
     v = p["variants"]
     out = []

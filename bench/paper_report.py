@@ -123,6 +123,13 @@ def _train_total(rows: list[dict[str, Any]]) -> str:
     return f"{n} training runs, {secs / 60:.1f} min of training in all"
 
 
+def ablate_rows(part: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ablate part's changed configurations (variants, 4 bands, sizes other than 80 px),
+    each a row of :func:`bench_paper._mean_run`; the baseline is ``part["base"]``."""
+    rows = [*part["variants"].values(), *([part["bands4"]] if part.get("bands4") else [])]
+    return rows + [r for s, r in part["sizes"].items() if int(s) != 80]
+
+
 def compare_lines(part: dict[str, Any]) -> list[str]:
     nets = part["nets"]
     n = next(iter(nets.values()))[0]["n"]
@@ -167,9 +174,9 @@ def retry_lines(retries: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "",
         "Second chance, the first seed that stayed at chance, the shared schedule changed one "
-        "way at a time (the "
-        "learning rate divided by 10; every channel at full width where that fits the CPU "
-        "budget). These rows are not in the ranking, which stays on the shared budget.",
+        "way at a time (the learning rate divided by 10; every channel at full width where that "
+        "fits the CPU budget). These rows are not in the ranking, which stays on the shared "
+        "budget.",
         "",
         "| network | seed | change | accuracy | macro AUC | last train loss | train time |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
@@ -181,8 +188,7 @@ def retry_lines(retries: dict[str, dict[str, Any]]) -> list[str]:
                 continue
             lines.append(
                 f"| {NAMES[net]} | {r['seed']} | {change} | {_pct(r['accuracy'])} | "
-                f"{r['macro_auc']:.4f} | "
-                f"{r['losses'][-1]:.3f} | {r['train_seconds']:.0f} s |"
+                f"{r['macro_auc']:.4f} | {r['losses'][-1]:.3f} | {r['train_seconds']:.0f} s |"
             )
     return lines
 
@@ -206,10 +212,7 @@ def ablate_lines(part: dict[str, Any]) -> list[str]:
         "other pixel counts). 4 bands: W4 stamps cut from the synthetic sky's W4 Atlas tiles at "
         "the same positions and stretched by the pipeline's transform (softening fitted on the "
         "training stamps), added as a fourth input channel. "
-        + _train_total(
-            [*part["variants"].values(), *([part["bands4"]] if part.get("bands4") else [])]
-            + [r for s, r in part["sizes"].items() if int(s) != 80]
-        )
+        + _train_total(ablate_rows(part))
         + " (the baseline's are the compare part's).",
         "",
         "| change | accuracy (per seed) | vs baseline (points) | macro AUC | train time |",
