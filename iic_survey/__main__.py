@@ -6,6 +6,7 @@ summary CATALOG            rows per class, outliers and quality flags of an outp
 report CATALOG [...]       sky maps, confidence histograms, cutout grids (PNG + Markdown)
 export CATALOG DEST [...]  a selection as FITS or VOTable, units, descriptions and UCDs kept
 lookup CATALOG --cntr X .. --designation J..   sources by their AllWISE ids (the id index)
+cutouts CATALOG --cntr X .. | --from-file F --out DIR   their W1/W2/W3 stamps and RGB images
 model-info                 IICnet's parameter count and multiply-accumulates per image
 make-sky ROOT [...]        write a synthetic WISE sky in the archive's formats
 """
@@ -71,6 +72,12 @@ def _lookup(argv: list[str]) -> int:
     return 1 if missing else 0
 
 
+def _cutouts(argv: list[str]) -> int:
+    from iic_survey.report import cutouts
+
+    return cutouts.cli(argv)
+
+
 def _model_info(argv: list[str]) -> int:
     # Imported by name when asked for: it loads torch, which the catalog commands do not need.
     size = importlib.import_module("iic_survey.model.size")
@@ -86,6 +93,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "report": _report,
     "export": _export,
     "lookup": _lookup,
+    "cutouts": _cutouts,
     "model-info": _model_info,
     "make-sky": _make_sky,
 }
