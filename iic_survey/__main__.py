@@ -25,6 +25,7 @@ from iic_survey.core.config import did_you_mean
 from iic_survey.output import export as output_export
 from iic_survey.output import reader
 from iic_survey.report import cli
+from iic_survey.report import cutouts as report_cutouts
 from iic_survey.synthetic import cli as synthetic_cli
 
 
@@ -73,9 +74,7 @@ def _lookup(argv: list[str]) -> int:
 
 
 def _cutouts(argv: list[str]) -> int:
-    from iic_survey.report import cutouts
-
-    return cutouts.cli(argv)
+    return report_cutouts.cli(argv)
 
 
 def _model_info(argv: list[str]) -> int:

@@ -125,9 +125,11 @@ def test_build_resumes_after_a_crash(tmp_path: Path, results: pd.DataFrame) -> N
             raise RuntimeError("simulated crash during the index")
         return real(fs, root, column, parts)
 
-    with mock.patch.object(index, "_gather", dies_on_designation):
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            index.build_indexes(crashed)
+    with (
+        mock.patch.object(index, "_gather", dies_on_designation),
+        pytest.raises(RuntimeError, match="simulated crash"),
+    ):
+        index.build_indexes(crashed)
     assert (Path(crashed) / index.index_name("cntr") / "hats.properties").exists()
     assert "all_indexes" not in (Path(crashed) / "collection.properties").read_text()
     with mock.patch.object(index, "_gather", wraps=real) as gather:

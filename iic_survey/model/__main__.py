@@ -8,23 +8,20 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
+
+from iic_survey.model import onnx_export, size
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch: ``export-onnx`` or the size table."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "export-onnx":
-        import logging
-
-        from iic_survey.model import onnx_export
-
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return onnx_export.cli(args[1:])
-    from iic_survey.model.size import cli
-
-    return int(cli(args))
+    return int(size.cli(args))
 
 
 if __name__ == "__main__":
