@@ -54,6 +54,7 @@ import ray
 
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES, SUBSETS
+from iic_survey.core.progress import interactive
 from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
 from iic_survey.output import finalize, index, margin, schema, selection
@@ -182,6 +183,8 @@ def run_pipeline(config: PipelineConfig) -> Summary:
         _clear_staging(config, inputs.fs, plan.order, plan.todo)
         decision = decide_precision(config, inputs, plan)
         _record_start(config, inputs.fs, decision)
+        # Ray Data's own progress bars for a person at a terminal; a log gets Progress's lines
+        ray.data.DataContext.get_current().enable_progress_bars = interactive()
         ds = build_dataset(config, inputs, plan, decision.used)
         driver = _Driver(config, plan, inputs.fs, t0)
         driver.run(ds)
