@@ -139,3 +139,27 @@ def test_build_resumes_after_a_crash(tmp_path: Path, results: pd.DataFrame) -> N
     assert (Path(crashed) / "collection.properties").read_text() == (
         Path(clean) / "collection.properties"
     ).read_text()
+
+
+def test_many_index_files_and_row_groups(tmp_path: Path, results: pd.DataFrame, monkeypatch):
+    """Small row groups and files: each id is found in its own row group of its own file."""
+    monkeypatch.setattr(index, "ROW_GROUP_ROWS", 128)
+    monkeypatch.setattr(index, "FILE_ROWS", 512)
+    out = str(tmp_path / "catalog")
+    write_catalog(out, results.iloc[:2000])
+    index.build_indexes(out)
+    files = sorted((Path(out) / index.index_name("cntr") / "dataset" / "index").iterdir())
+    assert len(files) == 4
+    fs = fsspec.filesystem("file")
+    some = results.iloc[:2000].sample(12, random_state=2)
+    for column in index.INDEXED:
+        values = [int(v) if column == "cntr" else v for v in some[column]]
+        with mock.patch.object(pq_file := index.pq, "ParquetFile", wraps=pq_file.ParquetFile) as pf:
+            found = index.locate(fs, out, column, values[:1])
+        assert pf.call_count == 1  # one index file opened for one id
+        found = index.locate(fs, out, column, values)
+        want = read(out, ["cntr", "designation", "_healpix_29"], ids=values)
+        assert sorted(found) == sorted(values)
+        for v, (order, pixel) in found.items():
+            h29 = int(want.loc[want[column] == v, "_healpix_29"].iloc[0])
+            assert h29 >> (2 * (29 - order)) == pixel
