@@ -147,23 +147,45 @@ def locate(
 ) -> dict[Any, tuple[int, int]] | None:
     """``{value: (order, pixel)}`` of the values found in ``column``'s index; None: no index.
 
-    Reads the index's ``dataset/_metadata`` and, per value, the one row group whose min/max
-    can hold it; values not in the catalog are absent from the result.
+    Reads the index's ``dataset/_metadata`` and, per value, the row group whose min/max can
+    hold it (one); values not in the catalog are absent from the result.
     """
     catalog = catalog_dir(root, index_name(column))
     if not fs.exists(f"{catalog}/hats.properties"):
         return None
     with fs.open(f"{catalog}/dataset/_metadata", "rb") as f:
         meta = pq.read_metadata(f)
-    j = meta.schema.names.index(column)
     wanted: dict[str, set[int]] = {}
-    for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        stats = rg.column(j).statistics
-        unknown = stats is None or not stats.has_min_max
-        if unknown or any(stats.min <= v <= stats.max for v in values):
-            wanted.setdefault(rg.column(j).file_path, set()).add(i)
+    for i in _candidate_groups(meta, column, values):
+        wanted.setdefault(meta.row_group(i).column(0).file_path, set()).add(int(i))
     return _read_groups(fs, catalog, meta, column, values, wanted)
+
+
+def _candidate_groups(meta: pq.FileMetaData, column: str, values: Sequence[Any]) -> set[int]:
+    """The row groups whose ``column`` min/max can hold one of ``values`` (all without stats).
+
+    The ids are sorted across the index, so the row groups' ranges are too (in id order): two
+    binary searches per value, not a scan of every row group.
+    """
+    j = meta.schema.names.index(column)
+    known, lows, highs = [], [], []
+    out: set[int] = set()
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(j).statistics
+        if stats is None or not stats.has_min_max:
+            out.add(i)
+        else:
+            known.append(i)
+            lows.append(stats.min)
+            highs.append(stats.max)
+    order = np.argsort(np.asarray(lows), kind="stable")
+    lo, hi = np.asarray(lows)[order], np.asarray(highs)[order]
+    v = np.asarray(list(values))
+    first = np.searchsorted(hi, v, side="left")  # groups from here on end at or after v
+    last = np.searchsorted(lo, v, side="right")  # groups before this start at or before v
+    for a, b in zip(first.tolist(), last.tolist(), strict=True):
+        out.update(np.asarray(known)[order[a:b]].tolist())
+    return out
 
 
 def _read_groups(
