@@ -42,6 +42,8 @@ def test_onnx_matches_pytorch_and_the_calibration(tmp_path: pathlib.Path, arch: 
     b = 9  # not the export's batch size: the batch axis is dynamic
     images = torch.rand(b, 3, 80, 80, generator=g)
     features = torch.randn(b, 7, generator=g)
+    features[2, 3] = float("nan")  # missing photometry and off-edge pixels, as in the catalog
+    images[4, :, :10, :] = float("nan")
     w1 = torch.tensor([6.0, 10.0, 11.7, 13.0, 14.2, 15.5, 18.0, float("nan"), 12.5])
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     feeds = {"images": images, "features": features, "w1": w1}
