@@ -43,6 +43,11 @@ OPSET = 17
 class Calibrated(nn.Module):
     """A classifier followed by its depth calibration: (inputs, w1) -> (logits, probabilities)."""
 
+    knots: torch.Tensor
+    log_t0: torch.Tensor
+    slopes: torch.Tensor
+    log_t_null: torch.Tensor
+
     def __init__(self, bundle: ModelBundle) -> None:
         super().__init__()
         self.model = bundle.model
@@ -108,7 +113,7 @@ def export_onnx(model_dir: str | pathlib.Path, out: str | pathlib.Path) -> pathl
         torch.onnx.export(
             wrapper,
             example_inputs(bundle),
-            sink,
+            sink,  # type: ignore[arg-type]  # a file object works (torch's hint says a path)
             input_names=names,
             output_names=["logits", "probabilities"],
             dynamic_axes={n: {0: "batch"} for n in [*names, "logits", "probabilities"]},

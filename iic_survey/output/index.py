@@ -114,12 +114,14 @@ def _build_one(
                        column_encoding={column: _ENCODING.get(column, "PLAIN")})  # fmt: skip
         write_atomic(fs, f"{catalog}/dataset/index/part.{i}.parquet", sink.getvalue())
     rows = hatsfiles.write_index_metadata(fs, catalog)
-    props = TableProperties(
-        catalog_name=index_name(column),
-        catalog_type="index",
-        total_rows=rows,
-        primary_catalog=MAIN,
-        indexing_column=column,
+    props = TableProperties.model_validate(
+        {
+            "obs_collection": index_name(column),
+            "dataproduct_type": "index",
+            "hats_nrows": rows,
+            "hats_primary_table_url": MAIN,
+            "hats_index_column": column,
+        }
     )
     hatsfiles.write_properties(fs, catalog, props)
     logger.info("index %s: %d rows", index_name(column), rows)

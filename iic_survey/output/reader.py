@@ -78,7 +78,7 @@ class Query:
     def id_values(self) -> dict[str, list[Any]]:
         """The ids by the column they are looked up in: ``{"cntr": [..], "designation": [..]}``."""
         ids = list(self.ids or [])
-        by = {"cntr": [int(v) for v in ids if not isinstance(v, str)],
+        by: dict[str, list[Any]] = {"cntr": [int(v) for v in ids if not isinstance(v, str)],
               "designation": [v for v in ids if isinstance(v, str)]}  # fmt: skip
         return {k: v for k, v in by.items() if v}
 

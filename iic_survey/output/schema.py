@@ -31,8 +31,9 @@ Every pixel file has :data:`OUTPUT_SCHEMA`: the AllWISE identity, position and p
 each source, the calibrated class probabilities, the most probable class, confidence, entropy,
 out-of-distribution score, outlier and quality flags, and the model version. :data:`COLUMNS`
 is the single source of names, types, units and descriptions, :data:`UCDS` of their IVOA UCDs
-(the README's column table and the exporters use :data:`COLUMN_DOCS`, made from both). :func:`as_output_table` conforms one pixel's
-result rows to the schema, computing the HATS spatial index ``_healpix_29``.
+(the README's column table and the exporters use :data:`COLUMN_DOCS`, made from both).
+:func:`as_output_table` conforms one pixel's result rows to the schema, computing the HATS
+spatial index ``_healpix_29``.
 
 Writing these files is :mod:`iic_survey.output.writer` (set-up, staging),
 :mod:`iic_survey.output.commit`, :mod:`iic_survey.output.finalize` and
