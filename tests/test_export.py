@@ -164,3 +164,69 @@ def test_cli_and_summary(tmp_path: Path, catalog: str, results) -> None:
     text = export.summary_text(catalog)
     assert f"rows: {len(results[0])}" in text
     assert "quasar" in text and "W3_UNDETECTED" in text
+
+
+def test_every_column_has_a_valid_ucd() -> None:
+    from astropy.io.votable.ucd import check_ucd
+
+    assert set(schema.UCDS) == set(schema.OUTPUT_SCHEMA.names)
+    for name, ucd in schema.UCDS.items():
+        assert check_ucd(ucd, check_controlled_vocabulary=True), (name, ucd)
+        assert schema.OUTPUT_SCHEMA.field(name).metadata[b"ucd"] == ucd.encode()
+    mains = [n for n, u in schema.UCDS.items() if "meta.main" in u.split(";")]
+    assert mains == ["cntr", "ra", "dec"]  # one main id, one main position
+
+
+# what a VO tool asks for by UCD, and the column it must get
+_BY_UCD = {
+    "pos.eq.ra;meta.main": "ra",
+    "pos.eq.dec;meta.main": "dec",
+    "meta.id;meta.main": "cntr",
+    "phot.mag;em.IR.3-4um": "w1mpro",
+    "phot.mag;em.IR.4-8um": "w2mpro",
+    "src.class": "class",
+}
+
+
+def test_votable_is_valid_with_ucds_and_coosys(tmp_path: Path, catalog: str) -> None:
+    import io
+    import warnings
+
+    from astropy.io import votable
+
+    dest = tmp_path / "sel.vot"
+    output_export.export(catalog, str(dest), cone=(150.0, 20.0, 3.0))
+    out = io.StringIO()
+    assert votable.validate(str(dest), output=out, xmllint=False), out.getvalue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any VOTable spec warning fails the test
+        vot = votable.parse(str(dest), verify="exception")
+    fields = vot.get_first_table().fields
+    by_ucd = {f.ucd: f.name for f in fields}
+    for ucd, name in _BY_UCD.items():
+        assert by_ucd[ucd] == name
+    probs = sorted(f.name for f in fields if f.ucd and "stat.probability" in f.ucd.split(";"))
+    assert probs == ["confidence", "p_galaxy", "p_quasar", "p_star"]
+    (coosys,) = vot.resources[0].coordinate_systems
+    assert (coosys.system, coosys.equinox, coosys.epoch) == ("ICRS", "J2000", "J2000")
+    assert {f.name: f.ref for f in fields if f.ref} == {"ra": coosys.ID, "dec": coosys.ID}
+    # and the values found by UCD are the catalog's
+    table = vot.get_first_table().to_table()
+    ra = next(table[c] for c in table.colnames if table[c].meta.get("ucd") == "pos.eq.ra;meta.main")
+    rows = export.read(catalog, cone=(150.0, 20.0, 3.0))
+    np.testing.assert_array_equal(np.asarray(ra), rows["ra"].to_numpy())
+
+
+def test_fits_has_tucd_and_frame(tmp_path: Path, catalog: str) -> None:
+    from astropy.io import fits
+
+    dest = tmp_path / "sel.fits"
+    output_export.export(catalog, str(dest), cone=(150.0, 20.0, 3.0))
+    header = fits.getheader(dest, 1)
+    by_ucd = {header[f"TUCD{i}"]: header[f"TTYPE{i}"] for i in range(1, header["TFIELDS"] + 1)}
+    for ucd, name in _BY_UCD.items():
+        assert by_ucd[ucd] == name
+    assert header["RADESYS"] == "ICRS" and header["EQUINOX"] == 2000.0
+    # FITS verification: the keywords are standard-conforming
+    with fits.open(dest) as hdul:
+        hdul.verify("exception")

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import pathlib
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -316,7 +317,11 @@ def saved(tmp_path: pathlib.Path, arch: str = "fusion") -> tuple[pathlib.Path, M
 
 def test_save_load_round_trip(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path, net = saved(tmp_path)
-    assert sorted(p.name for p in path.iterdir()) == ["model.json", "weights.pt"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "model.json",
+        "weights.pt",
+        "weights.safetensors",
+    ]
     calls = []
     real_load = torch.load
 
@@ -372,6 +377,10 @@ def test_load_refuses_missing_keys_and_bad_hash(tmp_path: pathlib.Path) -> None:
         directory.load_model_dir(path)
     doc = json.loads((path / "model.json").read_text())
     _edit_json(path, weights={**doc["weights"], "sha256": directory._sha256(path / "weights.pt")})
+    # the two weight files now disagree: refused, naming both
+    with pytest.raises(ValueError, match=r"weights.safetensors and .*weights.pt hold different"):
+        directory.load_model_dir(path)
+    (path / directory.SAFETENSORS_FILE).unlink()
     with pytest.raises(ValueError, match=r"missing keys \['fc2.bias'\]"):
         directory.load_model_dir(path)
     doc = json.loads((path / "model.json").read_text())
@@ -381,6 +390,41 @@ def test_load_refuses_missing_keys_and_bad_hash(tmp_path: pathlib.Path) -> None:
         directory.load_model_dir(path)
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         directory.load_model_dir(tmp_path / "nowhere")
+
+
+def test_safetensors_hold_the_same_weights_and_are_preferred(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file
+
+    path, net = saved(tmp_path)
+    from_st = load_file(path / directory.SAFETENSORS_FILE)  # any safetensors reader
+    from_pt = torch.load(path / directory.WEIGHTS_FILE, weights_only=True)
+    assert set(from_st) == set(from_pt) == set(net.state_dict())
+    for k, v in from_st.items():  # bit-exact
+        assert v.dtype == from_pt[k].dtype and torch.equal(v, from_pt[k]), k
+    doc = json.loads((path / "model.json").read_text())
+    assert doc["safetensors"]["sha256"] == directory._sha256(path / directory.SAFETENSORS_FILE)
+    images, features = inputs(2)
+    # safetensors only: loads without torch.load (which unpickles)
+    (path / directory.WEIGHTS_FILE).rename(tmp_path / "weights.pt")
+    monkeypatch.setattr(torch, "load", mock.Mock(side_effect=AssertionError("torch.load used")))
+    bundle = directory.load_model_dir(path)
+    assert bundle.meta["weights_sha256"] == doc["weights"]["sha256"]  # identity unchanged
+    with torch.no_grad():
+        assert torch.equal(bundle.model(images, features), net(images, features))
+    monkeypatch.undo()
+    # an older directory: weights.pt only, model.json without a safetensors record
+    (tmp_path / "weights.pt").rename(path / directory.WEIGHTS_FILE)
+    (path / directory.SAFETENSORS_FILE).unlink()
+    del doc["safetensors"]
+    (path / "model.json").write_text(json.dumps(doc))
+    with torch.no_grad():
+        out = directory.load_model_dir(path).model(images, features)
+    assert torch.equal(out, net(images, features))
+    (path / directory.WEIGHTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=r"weights\.pt not found"):
+        directory.load_model_dir(path)
 
 
 def test_save_checks_its_inputs(tmp_path: pathlib.Path) -> None:

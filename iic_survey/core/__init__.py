@@ -10,4 +10,5 @@ It imports nothing else of ours (import-linter checks it).
 - ``atomic``: writing a file so that readers see all of it or nothing.
 - ``config``: "did you mean" hints and configs from JSON dicts.
 - ``paths``: the default locations under ``$IIC_SURVEY_HOME``.
+- ``progress``: a progress bar on a terminal (nothing in a log).
 """

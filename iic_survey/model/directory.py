@@ -1,11 +1,16 @@
-"""The model directory: a trained classifier as ``weights.pt`` (a state_dict) + ``model.json``.
+"""The model directory: a trained classifier as ``weights.safetensors`` and ``weights.pt`` (the
+same state_dict twice: safetensors for other tools, torch for older readers) + ``model.json``
+(+ ``README.md``, the model card that training writes, :mod:`iic_survey.training.card`).
 
 Training writes one with :func:`save_model_dir`; the classify job and the reports read it back
 with :func:`load_model_dir` as a :class:`ModelBundle` (the model in eval mode, its config, the
 RGB parameters of its images, the fitted temperature and depth calibration, the training
 domain, OOD statistics, metrics, provenance).
-The weights load with ``torch.load(weights_only=True)`` and are checked against the sha256 that
-``model.json`` records, so a directory from elsewhere can be refused but never runs code.
+The loader prefers ``weights.safetensors`` (a format that holds tensors only); a directory with
+only ``weights.pt`` (written before safetensors) loads with ``torch.load(weights_only=True)``.
+Every file is checked against the sha256 that ``model.json`` records, and where both are present
+they must hold the same tensors, bit for bit, or the directory is refused: a directory from
+elsewhere can be refused but never runs code.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import pathlib
 import pickle
 from typing import Any
 
+import safetensors.torch
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from torch import nn
@@ -39,6 +45,7 @@ FORMAT_VERSION = 1
 """Version of the model-directory layout; a reader refuses directories with a newer one."""
 
 WEIGHTS_FILE = "weights.pt"
+SAFETENSORS_FILE = "weights.safetensors"
 META_FILE = "model.json"
 EXTRA_KEYS: tuple[str, ...] = (
     "rgb",
@@ -119,7 +126,7 @@ def save_model_dir(
     cfg: ModelConfig,
     extra: dict[str, Any] | None = None,
 ) -> pathlib.Path:
-    """Write ``weights.pt`` and ``model.json`` into the folder ``path`` (created if needed).
+    """Write ``weights.safetensors``, ``weights.pt`` and ``model.json`` into the folder ``path``.
 
     ``extra`` may hold ``rgb``, ``temperature``, ``calibration`` (a
     :class:`~iic_survey.core.calibration.DepthCalibration` or its dict), ``training_domain``,
@@ -151,11 +158,13 @@ def save_model_dir(
         calibration = DepthCalibration.from_dict(calibration).to_dict()  # checked
     out = pathlib.Path(path)
     fs = LocalFileSystem()
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     weights = buffer.getvalue()
     write_atomic(fs, str(out / WEIGHTS_FILE), weights)
+    tensors = safetensors.torch.save(state, metadata={"format": "pt", "arch": cfg.arch})
+    write_atomic(fs, str(out / SAFETENSORS_FILE), tensors)
     meta = {
         **dict(extra.get("meta", {})),
         "code_version": __version__,
@@ -175,6 +184,7 @@ def save_model_dir(
         "metrics": extra.get("metrics", {}),
         "meta": meta,
         "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(weights).hexdigest()},
+        "safetensors": {"file": SAFETENSORS_FILE, "sha256": hashlib.sha256(tensors).hexdigest()},
     }
     text = json.dumps(_jsonable(doc), indent=2, allow_nan=False).encode()
     write_atomic(fs, str(out / META_FILE), text)
@@ -209,22 +219,58 @@ def _read_meta(root: pathlib.Path) -> dict[str, Any]:
     return doc
 
 
-def _checked_weights(root: pathlib.Path, record: dict[str, Any]) -> tuple[pathlib.Path, str]:
-    """(path, sha256) of the weights file ``model.json`` records, refusing a changed file."""
-    weights = root / record.get("file", WEIGHTS_FILE)
+def _checked_file(root: pathlib.Path, record: dict[str, Any]) -> pathlib.Path | None:
+    """The weights file ``record`` names, its sha256 checked; None when it is absent."""
+    weights = root / record["file"]
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found (model.json refers to it)")
+        return None
     digest = _sha256(weights)
     if digest != record.get("sha256"):
         raise ValueError(
             f"{weights} has sha256 {digest}, model.json records "
             f"{record.get('sha256')}: the file is corrupt or was replaced"
         )
-    return weights, digest
+    return weights
 
 
-def _load_weights(weights: pathlib.Path, cfg: ModelConfig) -> Classifier:
-    """A model of ``cfg`` holding the state_dict in ``weights``, never unpickling code."""
+def _read_state(
+    root: pathlib.Path, doc: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], pathlib.Path]:
+    """The state_dict of the directory and its file: safetensors if there, else ``weights.pt``.
+
+    Where both are present they must hold the same tensors bit for bit (else refused, naming
+    both files).
+    """
+    pt_record = {"file": WEIGHTS_FILE, **doc["weights"]}
+    st_record = doc.get("safetensors")
+    pt = _checked_file(root, pt_record)
+    st = _checked_file(root, {"file": SAFETENSORS_FILE, **st_record}) if st_record else None
+    if pt is None and st is None:
+        raise FileNotFoundError(
+            f"{root / pt_record['file']} not found (model.json refers to it)"
+            + (f", nor {root / st_record['file']}" if st_record else "")
+        )
+    state = safetensors.torch.load(st.read_bytes()) if st is not None else None
+    if pt is None:
+        return dict(state or {}), root / SAFETENSORS_FILE
+    from_pt = _torch_state(pt)
+    if state is not None and not _same_state(state, from_pt):
+        raise ValueError(
+            f"{st} and {pt} hold different weights: the directory was altered; "
+            f"remove the wrong one (model.json records the sha256 of both)"
+        )
+    return (state, root / SAFETENSORS_FILE) if state is not None else (from_pt, pt)
+
+
+def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Same keys, dtypes, shapes and bits."""
+    return set(a) == set(b) and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
+    )
+
+
+def _torch_state(weights: pathlib.Path) -> dict[str, torch.Tensor]:
+    """The state_dict in a ``weights.pt``, never unpickling code."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # what weights_only=True raises for other pickles
@@ -232,18 +278,27 @@ def _load_weights(weights: pathlib.Path, cfg: ModelConfig) -> Classifier:
             f"{weights} is not a plain state_dict and was refused by "
             f"torch.load(weights_only=True): {str(exc).splitlines()[0]}"
         ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{weights} holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def _load_weights(
+    state: dict[str, torch.Tensor], source: pathlib.Path, cfg: ModelConfig
+) -> Classifier:
+    """A model of ``cfg`` holding ``state`` (read from the file ``source``)."""
     model = build_model(cfg)
     expected, found = set(model.state_dict()), set(state)
     if expected != found:
         raise ValueError(
-            f"{weights} does not fit a {cfg.arch!r} model: missing keys "
+            f"{source} does not fit a {cfg.arch!r} model: missing keys "
             f"{sorted(expected - found)[:5]}, unexpected keys {sorted(found - expected)[:5]}"
         )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(
-            f"{weights} does not fit a {cfg.arch!r} model of config {cfg}: {err}"
+            f"{source} does not fit a {cfg.arch!r} model of config {cfg}: {err}"
         ) from err
     return model
 
@@ -267,15 +322,16 @@ def load_model_dir(
 
     Refuses, with an error saying why: a missing or unparsable ``model.json``, a newer
     ``format_version``, other classes, an architecture other than ``expect_arch``, weights whose
-    sha256 differs from the recorded one, and weights that do not fit the recorded architecture.
+    sha256 differs from the recorded one, ``weights.safetensors`` and ``weights.pt`` that hold
+    different tensors, and weights that do not fit the recorded architecture.
     """
     root = pathlib.Path(path)
     doc = _read_meta(root)
     cfg = ModelConfig.from_dict(doc["config"])
     if expect_arch is not None and cfg.arch != expect_arch:
         raise ValueError(f"{root} holds a {cfg.arch!r} model, but {expect_arch!r} was expected")
-    weights, digest = _checked_weights(root, doc["weights"])
-    model = _load_weights(weights, cfg)
+    model = _load_weights(*_read_state(root, doc), cfg)
+    digest = doc["weights"]["sha256"]  # the model's identity: weights.pt's hash, as ever
     if device is not None:
         model = model.to(device)
     model.eval()

@@ -18,12 +18,14 @@ finalize
     The main catalog's HATS metadata (``_metadata``, coverage maps, ``hats.properties``) last.
 margin
     The margin catalog: each partition's neighbouring rows within a few arcseconds of its edge.
+index
+    Index catalogs on ``cntr`` and ``designation``: one source found by its id in one read.
 hatsfiles
     The HATS metadata files, written with the ``hats`` library and put in place atomically.
 reader
-    Queries (cone, pixels, class, confidence), pixel by pixel reads and a text summary.
+    Queries (cone, pixels, class, confidence, ids), pixel by pixel reads and a text summary.
 validate
     Everything wrong with a catalog, as readable sentences.
 export
-    A selection as FITS or VOTable, units and descriptions kept.
+    A selection as FITS or VOTable, units, descriptions, UCDs and the coordinate system kept.
 """

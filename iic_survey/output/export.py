@@ -1,9 +1,12 @@
-"""A catalog selection as FITS or VOTable, with the catalog's units and column descriptions.
+"""A catalog selection as FITS or VOTable, with the catalog's units, descriptions and UCDs.
 
 :func:`export` writes a DataFrame, or the rows of a :func:`~iic_survey.output.reader.read`
 query, to ``.fits`` or ``.vot`` / ``.xml`` (the format follows the suffix), refusing selections
 larger than ``max_rows``; :func:`to_astropy` is the conversion to an astropy Table (nulls
-masked). :func:`cli` is ``python -m iic_survey export``.
+masked). Both formats carry what VO tools (TOPCAT, Aladin, STILTS) look for: a UCD per column
+(:data:`~iic_survey.output.schema.UCDS`; VOTable ``ucd`` attributes, FITS ``TUCDn``) and the
+coordinate system (a VOTable ``COOSYS`` that ``ra`` and ``dec`` reference; FITS ``RADESYS``
+and ``EQUINOX``). :func:`cli` is ``python -m iic_survey export``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pandas as pd
 
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.output.reader import read
-from iic_survey.output.schema import COLUMN_DOCS, resolve
+from iic_survey.output.schema import COLUMN_DOCS, COOSYS, resolve
 
 logger = logging.getLogger(__name__)
 _FORMATS = {
@@ -34,7 +37,10 @@ _FORMATS = {
 
 
 def to_astropy(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> Any:
-    """An astropy Table of ``df`` with the catalog's units and descriptions (nulls masked)."""
+    """An astropy Table of ``df`` with the catalog's units, descriptions and UCDs (nulls masked).
+
+    A column's UCD is in its ``meta["ucd"]``, where astropy's VOTable writer looks for it.
+    """
     from astropy.table import MaskedColumn, Table
 
     table = Table(meta=dict(meta or {}))
@@ -53,9 +59,53 @@ def to_astropy(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> Any:
             values = s.to_numpy(dtype=np.dtype(s.dtype.name.lower()), na_value=np.nan)
         doc = COLUMN_DOCS.get(str(name), {})
         table[str(name)] = MaskedColumn(
-            values, mask=null, unit=doc.get("unit") or None, description=doc.get("description")
+            values,
+            mask=null,
+            unit=doc.get("unit") or None,
+            description=doc.get("description"),
+            meta={"ucd": doc["ucd"]} if doc.get("ucd") else None,
         )
     return table
+
+
+def _fits_bytes(table: Any) -> bytes:
+    """FITS of ``table`` with ``TCOMMn`` (descriptions) and ``TUCDn`` (UCDs) per column."""
+    from astropy.io import fits
+
+    sink = io.BytesIO()
+    table.write(sink, format="fits")  # astropy keeps descriptions in its header block
+    with fits.open(io.BytesIO(sink.getvalue())) as hdul:
+        header = hdul[1].header
+        for i, name in enumerate(table.colnames, start=1):
+            after = f"TTYPE{i}"
+            if table[name].description:  # TCOMMn: what TOPCAT and other readers show
+                header.insert(after, (f"TCOMM{i}", table[name].description), after=True)
+                after = f"TCOMM{i}"
+            ucd = (table[name].meta or {}).get("ucd")
+            if ucd:  # TUCDn: the FITS convention TOPCAT and STILTS read UCDs from
+                header.insert(after, (f"TUCD{i}", ucd), after=True)
+        if {"ra", "dec"} <= set(table.colnames):
+            header["RADESYS"] = (COOSYS["system"], "frame of ra and dec")
+            header["EQUINOX"] = (2000.0, "equinox of ra and dec")
+        sink = io.BytesIO()
+        hdul.writeto(sink)
+    return sink.getvalue()
+
+
+def _votable_bytes(table: Any) -> bytes:
+    """VOTable of ``table``: UCDs, and a ``COOSYS`` (ICRS, J2000) that ``ra``/``dec`` reference."""
+    from astropy.io.votable import from_table
+    from astropy.io.votable.tree import CooSys
+
+    vot = from_table(table)
+    fields = {f.name: f for f in vot.get_first_table().fields}
+    if {"ra", "dec"} <= set(fields):
+        vot.resources[0].coordinate_systems.append(CooSys(**COOSYS))
+        for name in ("ra", "dec"):
+            fields[name].ref = COOSYS["ID"]
+    sink = io.BytesIO()
+    vot.to_xml(sink)
+    return sink.getvalue()
 
 
 def export(
@@ -74,7 +124,8 @@ def export(
     of :class:`~iic_survey.output.reader.Query`: ``classes``, ``min_confidence``, ``cone``,
     ``pixels``). Column
     descriptions go to the VOTable DESCRIPTION elements and to FITS ``TCOMMn`` keywords (and the
-    astropy column header, which ``Table.read`` restores). ``dest`` may be an fsspec URL.
+    astropy column header, which ``Table.read`` restores), UCDs to VOTable ``ucd`` attributes
+    and FITS ``TUCDn``. ``dest`` may be an fsspec URL.
     """
     suffix = next(
         (s for s in sorted(_FORMATS, key=len, reverse=True) if str(dest).lower().endswith(s)), None
@@ -98,22 +149,9 @@ def export(
     if fs.exists(out) and not overwrite:
         raise FileExistsError(f"{dest} exists; pass overwrite=True")
     table = to_astropy(df, meta)
-    sink = io.BytesIO()
-    if _FORMATS[suffix] == "fits":
-        from astropy.io import fits
-
-        table.write(sink, format="fits")  # astropy keeps descriptions in its header block
-        with fits.open(io.BytesIO(sink.getvalue())) as hdul:
-            header = hdul[1].header
-            for i, name in enumerate(table.colnames, start=1):
-                if table[name].description:  # TCOMMn: what TOPCAT and other readers show
-                    header.insert(f"TTYPE{i}", (f"TCOMM{i}", table[name].description), after=True)
-            sink = io.BytesIO()
-            hdul.writeto(sink)
-    else:
-        table.write(sink, format="votable")
+    data = _fits_bytes(table) if _FORMATS[suffix] == "fits" else _votable_bytes(table)
     fs.makedirs(fs._parent(out), exist_ok=True)
-    fs.pipe_file(out, sink.getvalue())
+    fs.pipe_file(out, data)
     logger.info("wrote %d rows to %s", len(df), dest)
     return str(dest)
 

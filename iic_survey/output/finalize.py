@@ -110,14 +110,22 @@ def _url(fs: fsspec.AbstractFileSystem, root: str) -> str:
 
 
 def write_collection(fs: fsspec.AbstractFileSystem, root: str) -> None:
-    """``collection.properties``: the main catalog and every complete margin (last step)."""
+    """``collection.properties``: the main catalog, every complete margin and every complete
+    index catalog (``<MAIN>_<column>_index``, :mod:`iic_survey.output.index`; last step)."""
     fs.invalidate_cache()
     margins = sorted(
         p.rstrip("/").rsplit("/", 1)[-1]
         for p in fs.glob(f"{root}/{MAIN}_*arcs")
         if fs.exists(f"{p}/hats.properties")
     )
-    hatsfiles.write_collection(fs, root, f"{MAIN}_collection", MAIN, margins)
+    indexes = {
+        name[len(MAIN) + 1 : -len("_index")]: name
+        for name in sorted(
+            p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{MAIN}_*_index")
+        )
+        if fs.exists(f"{root}/{name}/hats.properties")
+    }
+    hatsfiles.write_collection(fs, root, f"{MAIN}_collection", MAIN, margins, indexes)
 
 
 def _committed_order(out: str, markers: dict[int, _Markers]) -> tuple[int, _Markers]:

@@ -5,7 +5,8 @@ it: ``dataset/_metadata``, ``_common_metadata`` and ``data_thumbnail.parquet``
 (:func:`hats.io.write_parquet_metadata`), ``partition_info.csv``
 (:class:`hats.catalog.PartitionInfo`), ``point_map.fits`` and ``skymap.fits``
 (:func:`hats.io.file_io.write_fits_image`, :func:`hats.io.skymap.write_skymap`),
-``hats.properties`` (:class:`hats.catalog.TableProperties`) and ``collection.properties``
+``hats.properties`` (:class:`hats.catalog.TableProperties`), an index catalog's metadata
+(:func:`write_index_metadata`) and ``collection.properties``
 (:class:`hats.catalog.CollectionProperties`). The staging/commit protocol stays ours: hats
 writes each file into an in-memory scratch folder, and :func:`iic_survey.core.atomic.write_atomic`
 puts it in place through the run's filesystem, so every file appears whole (local, S3, memory).
@@ -109,15 +110,39 @@ def write_properties(fs: fsspec.AbstractFileSystem, catalog: str, props: TablePr
     _publish(fs, catalog, props.to_properties_file, ["properties", "hats.properties"])
 
 
+def write_index_metadata(fs: fsspec.AbstractFileSystem, catalog: str) -> int:
+    """An index catalog's ``dataset/_common_metadata`` and ``dataset/_metadata``.
+
+    As hats-import writes them for an index: rows in id order, not HEALPix order, no thumbnail.
+    Returns the rows hats counted.
+    """
+    rows: list[int] = []
+
+    def write(tmp: UPath) -> None:
+        rows.append(write_parquet_metadata(upath(fs, catalog), order_by_healpix=False,
+                                           output_path=tmp))  # fmt: skip
+
+    _publish(fs, catalog, write, ["dataset/_common_metadata", "dataset/_metadata"])
+    return rows[0]
+
+
 def write_collection(
-    fs: fsspec.AbstractFileSystem, root: str, name: str, main: str, margins: Sequence[str]
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    name: str,
+    main: str,
+    margins: Sequence[str],
+    indexes: dict[str, str] | None = None,
 ) -> None:
-    """``collection.properties``: the main catalog and its margins (the first is the default)."""
+    """``collection.properties``: the main catalog, its margins (the first is the default) and
+    its index catalogs (``{column: folder}``; the first is the default)."""
     props = CollectionProperties(
         obs_collection=name,
         hats_primary_table_url=main,
         all_margins=list(margins) or None,
         default_margin=margins[0] if margins else None,
+        all_indexes=dict(indexes) if indexes else None,
+        default_index=next(iter(indexes)) if indexes else None,
     )
     _publish(fs, root, props.to_properties_file, ["collection.properties"])
 

@@ -13,6 +13,7 @@ a ``_done`` marker; a pixel file without one is ignored. FITS / VOTable export i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from astropy.coordinates import angular_separation
 from hats.io import file_io
@@ -30,10 +32,11 @@ from iic_survey.core import sky
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
-from iic_survey.output import hatsfiles
+from iic_survey.output import hatsfiles, index
 from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file, resolve
 from iic_survey.output.writer import commit_markers
 
+logger = logging.getLogger(__name__)
 PROB_COLUMNS = tuple(f"p_{c}" for c in CLASSES)
 
 
@@ -57,10 +60,27 @@ class Query:
     """``(ra, dec, radius)`` in degrees: keep rows within the radius (exact distance)."""
     pixels: tuple[int, Sequence[int]] | None = None
     """``(order, [pixel, ...])`` NESTED HEALPix pixels at any order: keep rows inside them."""
+    ids: Sequence[int | str] | None = None
+    """AllWISE ids: keep the rows with these ``cntr`` (integers) or ``designation`` (strings,
+    ``"J..."``) values. The catalog's index catalogs (:mod:`iic_survey.output.index`) say which
+    partitions to open; without them every partition is read."""
 
     def __post_init__(self) -> None:
         if self.classes is not None:
             _check_names(list(self.classes), CLASSES, "class")
+        if self.ids is not None:
+            if isinstance(self.ids, (str, bytes, int)):
+                raise TypeError(f"ids must be a list of ids, got {self.ids!r}")
+            bad = [v for v in self.ids if not isinstance(v, (int, np.integer, str))]
+            if bad:
+                raise TypeError(f"ids are cntr integers or designation strings, got {bad[:3]}")
+
+    def id_values(self) -> dict[str, list[Any]]:
+        """The ids by the column they are looked up in: ``{"cntr": [..], "designation": [..]}``."""
+        ids = list(self.ids or [])
+        by: dict[str, list[Any]] = {"cntr": [int(v) for v in ids if not isinstance(v, str)],
+              "designation": [v for v in ids if isinstance(v, str)]}  # fmt: skip
+        return {k: v for k, v in by.items() if v}
 
     def filters(self) -> list[tuple[str, str, Any]]:
         """The Parquet filters of the class and confidence conditions."""
@@ -72,7 +92,7 @@ class Query:
         return filters
 
     def row_mask(self, table: pa.Table) -> np.ndarray:
-        """The fine step for cones and pixels: which rows of ``table`` lie inside both."""
+        """The fine step for cones, pixels and ids: which rows of ``table`` match all three."""
         mask = np.ones(table.num_rows, dtype=bool)
         if self.cone is not None:
             ra0, dec0 = np.radians(float(self.cone[0])), np.radians(float(self.cone[1]))
@@ -85,6 +105,11 @@ class Query:
             q = sky.check_order(self.pixels[0])
             h29 = table.column("_healpix_29").to_numpy()
             mask &= np.isin(h29 >> (2 * (sky.MAX_ORDER - q)), np.asarray(self.pixels[1], np.int64))
+        if self.ids is not None:
+            hit = np.zeros(table.num_rows, dtype=bool)
+            for column, values in self.id_values().items():
+                hit |= np.asarray(pc.is_in(table.column(column), pa.array(values)).fill_null(False))
+            mask &= hit
         return mask
 
 
@@ -164,6 +189,23 @@ def _covered(
     return [(k, p) for k, p in parts if k > order or p in near[k]]
 
 
+def _indexed(
+    fs: fsspec.AbstractFileSystem, root: str, parts: list[tuple[int, int]], query: Query
+) -> list[tuple[int, int]]:
+    """The partitions that hold the query's ids, from the index catalogs (all without one)."""
+    keep: set[tuple[int, int]] = set()
+    for column, values in query.id_values().items():
+        found = index.locate(fs, root, column, values)
+        if found is None:
+            logger.warning("%s has no %s index: reading every partition", root, column)
+            return parts
+        keep |= set(found.values())
+        missing = [v for v in values if v not in found]
+        if missing:
+            logger.info("no source with %s %s in %s", column, missing[:10], root)
+    return [p for p in parts if p in keep]
+
+
 def read(
     path: str,
     columns: Sequence[str] | None = None,
@@ -182,7 +224,9 @@ def read(
         An fsspec filesystem for ``path`` (default: inferred from the URL).
     **conditions
         The fields of :class:`Query`: ``classes``, ``min_confidence``, ``cone`` (``(ra, dec,
-        radius)`` in degrees) and ``pixels`` (``(order, [pixel, ...])``).
+        radius)`` in degrees), ``pixels`` (``(order, [pixel, ...])``) and ``ids`` (``cntr``
+        integers and / or ``designation`` strings: found through the index catalogs, reading
+        one index row group and the partitions that hold them).
 
     Returns
     -------
@@ -197,11 +241,14 @@ def read(
     query = Query(**conditions)
     need = set(wanted) | ({"ra", "dec"} if query.cone else set())
     need |= {"_healpix_29"} if query.pixels else set()
+    need |= set(query.id_values())
     read_cols = [c for c in names if c in need]
     tables = []
     parts = _select(partitions(root, fs), query.cone, query.pixels)
     if query.cone is not None:
         parts = _covered(fs, root, parts, query.cone)
+    if query.ids is not None:
+        parts = _indexed(fs, root, parts, query)
     for order, pixel in parts:
         with fs.open(pixel_file(root, order, pixel), "rb") as f:
             table = pq.read_table(f, columns=read_cols, filters=query.filters() or None)

@@ -30,9 +30,10 @@ the pixel its position says (:mod:`iic_survey.output.strays`).
 Every pixel file has :data:`OUTPUT_SCHEMA`: the AllWISE identity, position and photometry of
 each source, the calibrated class probabilities, the most probable class, confidence, entropy,
 out-of-distribution score, outlier and quality flags, and the model version. :data:`COLUMNS`
-is the single source of names, types, units and descriptions (the README's column table and the
-exporters use :data:`COLUMN_DOCS`, made from it). :func:`as_output_table` conforms one pixel's
-result rows to the schema, computing the HATS spatial index ``_healpix_29``.
+is the single source of names, types, units and descriptions, :data:`UCDS` of their IVOA UCDs
+(the README's column table and the exporters use :data:`COLUMN_DOCS`, made from both).
+:func:`as_output_table` conforms one pixel's result rows to the schema, computing the HATS
+spatial index ``_healpix_29``.
 
 Writing these files is :mod:`iic_survey.output.writer` (set-up, staging),
 :mod:`iic_survey.output.commit`, :mod:`iic_survey.output.finalize` and
@@ -110,9 +111,51 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str, str]] = {
     "model_version": (pa.string(), False, "", "Model identity (code version and weights hash)"),
 }  # fmt: skip
 
+_BANDS = {1: "em.IR.3-4um", 2: "em.IR.4-8um", 3: "em.IR.8-15um", 4: "em.IR.15-30um"}
+
+UCDS: dict[str, str] = {
+    "_healpix_29": "pos.healpix",
+    "cntr": "meta.id;meta.main",
+    "designation": "meta.id",
+    "ra": "pos.eq.ra;meta.main",
+    "dec": "pos.eq.dec;meta.main",
+    **{f"w{b}mpro": f"phot.mag;{em}" for b, em in _BANDS.items()},
+    **{f"w{b}sigmpro": f"stat.error;phot.mag;{_BANDS[b]}" for b in (1, 2, 3)},
+    **{f"w{b}snr": f"stat.snr;{_BANDS[b]}" for b in (1, 2, 3)},
+    "nb": "meta.number",
+    "ext_flg": "meta.code;src.morph",
+    "ph_qual": "meta.code.qual;phot",
+    "cc_flags": "meta.code.qual",
+    "p_galaxy": "stat.probability;src.class",
+    "p_quasar": "stat.probability;src.class",
+    "p_star": "stat.probability;src.class",
+    "class": "src.class",
+    "confidence": "stat.probability;stat.max",
+    "entropy": "stat.value;src.class",
+    "ood_score": "stat.value",
+    "is_outlier": "meta.code",
+    "subset": "meta.code.class",
+    "quality_flags": "meta.code.qual",
+    "model_version": "meta.version",
+}
+"""Column name -> IVOA UCD1+ (Unified Content Descriptor): how VO tools (TOPCAT, Aladin,
+STILTS) find the position (``pos.eq.ra;meta.main``), the identifier (``meta.id;meta.main``),
+the magnitudes (``phot.mag;em.IR.3-4um`` ...), the class (``src.class``) and the probabilities
+(``stat.probability``) without knowing our column names. Every word is in the IVOA UCD list
+(``astropy.io.votable.ucd.check_ucd`` with the controlled vocabulary accepts each)."""
+
+COOSYS = {"ID": "icrs", "system": "ICRS", "equinox": "J2000", "epoch": "J2000"}
+"""The coordinate system ``ra`` and ``dec`` are in (AllWISE: ICRS, epoch J2000), as a VOTable
+``COOSYS`` element's attributes."""
+
 OUTPUT_SCHEMA = pa.schema(
     [
-        pa.field(name, typ, nullable=nullable, metadata={"unit": unit, "description": desc})
+        pa.field(
+            name,
+            typ,
+            nullable=nullable,
+            metadata={"unit": unit, "description": desc, "ucd": UCDS[name]},
+        )
         for name, (typ, nullable, unit, desc) in COLUMNS.items()
     ],
     metadata={
@@ -122,13 +165,13 @@ OUTPUT_SCHEMA = pa.schema(
         "iic_survey.quality_flags": json.dumps({f.name: int(f) for f in QualityFlag}),
     },
 )
-"""Arrow schema of every pixel file; units and descriptions live in the field metadata."""
+"""Arrow schema of every pixel file; units, descriptions and UCDs live in the field metadata."""
 
 COLUMN_DOCS: dict[str, dict[str, str]] = {
-    name: {"type": str(typ), "unit": unit, "description": desc}
+    name: {"type": str(typ), "unit": unit, "description": desc, "ucd": UCDS[name]}
     for name, (typ, _, unit, desc) in COLUMNS.items()
 }
-"""Column name -> {type, unit, description}, for the README table and the exporters."""
+"""Column name -> {type, unit, description, ucd}, for the README table and the exporters."""
 
 
 # ---------------------------------------------------------------- layout

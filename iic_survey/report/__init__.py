@@ -12,6 +12,8 @@ examples
     Example cutouts from an image archive, made the way the pipeline makes its inputs.
 sections
     ``write_report``: the report's Markdown sections and their figures.
+cutouts
+    Any sources' W1/W2/W3 stamps (FITS with WCS) and RGB images: ``python -m iic_survey cutouts``.
 cli
     ``python -m iic_survey report``.
 """

@@ -28,7 +28,8 @@ Data flow (a Ray Data stream; every stage is a separate operator so each scales 
   marker). Then :func:`iic_survey.output.finalize.finalize` writes the HATS metadata from the
   committed files' footers, and :func:`iic_survey.output.margin.build_margin` the margin
   catalog (``--margin-arcsec``; a Ray task per partition, resumable) and
-  ``collection.properties``.
+  ``collection.properties``; :func:`iic_survey.output.index.build_indexes` the index catalogs
+  on ``cntr`` and ``designation`` (a complete run only).
 
 Exactly once: a part's name is a function of its rows (chunk, first row, row count), so a
 retried task rewrites its own part; before a run, staged parts of unfinished pixels are removed
@@ -53,9 +54,10 @@ import ray
 
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES, SUBSETS
+from iic_survey.core.progress import interactive
 from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
-from iic_survey.output import finalize, margin, schema, selection
+from iic_survey.output import finalize, index, margin, schema, selection
 from iic_survey.output import writer as output
 from iic_survey.survey.classify import scoring_record
 from iic_survey.survey.config import PipelineConfig, PipelineError
@@ -181,6 +183,8 @@ def run_pipeline(config: PipelineConfig) -> Summary:
         _clear_staging(config, inputs.fs, plan.order, plan.todo)
         decision = decide_precision(config, inputs, plan)
         _record_start(config, inputs.fs, decision)
+        # Ray Data's own progress bars for a person at a terminal; a log gets Progress's lines
+        ray.data.DataContext.get_current().enable_progress_bars = interactive()
         ds = build_dataset(config, inputs, plan, decision.used)
         driver = _Driver(config, plan, inputs.fs, t0)
         driver.run(ds)
@@ -194,6 +198,8 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     url = finalize.finalize(config.output, inputs.fs, props, allow_partial=plan.partial)
     if config.margin_arcsec > 0 and not plan.partial:
         margin.build_margin(config.output, config.margin_arcsec, inputs.fs, _ray_map)
+    if not plan.partial:  # after the margin: id lookups by cntr / designation (issue 27)
+        index.build_indexes(config.output, inputs.fs)
     selection.publish(config.output, config.model_dir, inputs.fs)
     summary = Summary(
         url,

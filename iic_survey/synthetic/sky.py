@@ -45,6 +45,7 @@ import pandas as pd
 from astropy.io import fits
 
 from iic_survey.core.constants import CLASSES
+from iic_survey.core.progress import Bar
 from iic_survey.inputs import tile_header, tiles
 from iic_survey.synthetic import population, rendering
 from iic_survey.synthetic.catalog import field_catalog, write_catalog
@@ -312,11 +313,14 @@ def draw_fields(
     counts = np.full(n_fields, config.n_sources // n_fields)
     counts[: config.n_sources % n_fields] += 1
     catalogs, truths, field_docs = [], [], []
+    bar = Bar(config.n_sources, "synthetic sky", "sources")  # drawn on a terminal only
     for i in range(n_fields):
         catalog, truth, field_doc = _write_field(out, config, i, int(counts[i]))
         catalogs.append(catalog)
         truths.append(truth)
         field_docs.append(field_doc)
+        bar.update(int(counts[i]))
+    bar.close()
     catalog = pd.concat(catalogs, ignore_index=True)
     if catalog["cntr"].duplicated().any():
         raise RuntimeError("duplicate cntr values (generator bug)")

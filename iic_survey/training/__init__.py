@@ -14,5 +14,6 @@ calibrates and reports on the best checkpoint.
 - ``checkpoints``: reading a checkpoint's state and history; the best checkpoint of a run.
 - ``fit``: the driver: datasets, the ``TorchTrainer``, resuming, then finalising.
 - ``finalize``: calibration, the test report, OOD statistics, the model directory.
+- ``card``: the model card (``README.md`` of the model directory) from the measured numbers.
 - ``plots``: the report's PNG figures (history, ROC, confusion matrix).
 """

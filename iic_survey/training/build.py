@@ -42,6 +42,7 @@ import pandas as pd
 from iic_survey.core import flags as flags_module
 from iic_survey.core import sky
 from iic_survey.core.config import did_you_mean
+from iic_survey.core.progress import Bar
 from iic_survey.inputs import catalog as catalog_module
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
 from iic_survey.stamps import features
@@ -169,6 +170,7 @@ def build_training_set(
     maker = StampMaker.from_spec(images)
     writer = TrainingSetWriter(out, overwrite=overwrite)
     dropped = 0
+    bar = Bar(len(rows), "training set stamps", "rows")  # drawn on a terminal only
     for start in range(0, len(rows), config.chunk_rows):
         batch = maker(rows.iloc[start : start + config.chunk_rows])
         image, feats = batch.pop("image"), batch.pop("features")
@@ -179,6 +181,8 @@ def build_training_set(
             dropped += int((~keep).sum())
         writer.write(df.loc[keep], image[keep], feats[keep])
         logger.info("stamps: %d / %d rows", min(start + config.chunk_rows, len(rows)), len(rows))
+        bar.update(to=min(start + config.chunk_rows, len(rows)))
+    bar.close()
     if dropped:
         logger.warning(
             "dropped %d unclassifiable rows (failed cutouts, missing bands ...)", dropped

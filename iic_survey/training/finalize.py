@@ -12,7 +12,8 @@
    :mod:`iic_survey.model.domain`) and computes the out-of-distribution statistics of the
    training embeddings (mean and inverse covariance of ``embed()``, and a high percentile of
    the training Mahalanobis distance) that the classify job compares new sources against;
-5. writes the model directory with :func:`iic_survey.model.directory.save_model_dir`.
+5. writes the model directory with :func:`iic_survey.model.directory.save_model_dir`, and its
+   model card ``README.md`` (:mod:`iic_survey.training.card`).
 
 It runs as one Ray task holding a GPU when training used GPUs, so the driver stays light.
 """
@@ -34,7 +35,7 @@ from iic_survey.model.config import ModelConfig
 from iic_survey.model.directory import save_model_dir
 from iic_survey.model.network import build_model
 from iic_survey.model.ood import ood_statistics, predict
-from iic_survey.training import selection
+from iic_survey.training import card, selection
 from iic_survey.training.checkpoints import load_state
 from iic_survey.training.config import TrainConfig
 from iic_survey.training.evaluate import Evaluation, evaluate, read_rows, training_domain
@@ -292,6 +293,7 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
         },
     )
     files = write_report(ev.report, trained.history, meta, Path(out) / REPORT_DIR)
+    _write_card(Path(out), ev, run.manifest)
     report = ev.report
     logger.info(
         "model directory %s: test accuracy %.4f, macro AUC %.4f, ECE %.4f (T = %.3f)",
@@ -313,6 +315,15 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
         "best_epoch": trained.best_epoch,
         "report_files": files,
     }
+
+
+def _write_card(out: Path, ev: Evaluation, manifest: dict[str, Any]) -> None:
+    """The model card ``README.md`` (:mod:`iic_survey.training.card`) from ``model.json``'s
+    numbers and the test split's calibrated probabilities."""
+    doc = json.loads((out / "model.json").read_text())
+    test = {"label": ev.test["label"], "proba": ev.test_proba, "w1": ev.test["w1mpro"]}
+    domain = doc.get("training_domain") or {}
+    card.write_model_card(out, card.model_card(ev.report, doc["meta"], manifest, domain, test))
 
 
 def _write_selection(ev: Evaluation, out: Path, meta: dict[str, Any]) -> None:
