@@ -18,7 +18,12 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-if .venv/bin/python -c "import iic_survey, torch, ray, hats, lsdb, moto, importlinter, nbclient, ipykernel, mocpy" >/dev/null 2>&1; then
+# Ready means: the imports work AND the environment was installed from this pyproject.toml (a
+# dependency added since the last install would otherwise be missing from an existing .venv).
+STAMP=.venv/.iic_survey_pyproject.sha256
+WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ] &&
+  .venv/bin/python -c "import iic_survey, torch, ray, hats, lsdb, moto, importlinter, nbclient, ipykernel, mocpy" >/dev/null 2>&1; then
   echo "[setup] .venv is ready"
   exit 0
 fi
@@ -31,3 +36,4 @@ fi
 echo "[setup] installing iic_survey[test]"
 .venv/bin/pip install -q -e ".[test]"
 .venv/bin/python -c "import iic_survey, torch, ray; print('[setup] torch', torch.__version__, '| ray', ray.__version__, '| cuda', torch.cuda.is_available())"
+echo "$WANT" > "$STAMP"
