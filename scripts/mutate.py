@@ -1,17 +1,22 @@
 """Mutations the test suite must catch: apply each to a scratch copy of the repo, run its tests.
 
-    .venv/bin/python scripts/mutate.py            # all five, against the committed HEAD
+    .venv/bin/python scripts/mutate.py            # all of them, against the committed HEAD
     .venv/bin/python scripts/mutate.py --only optimizer-never-steps --keep
+    .venv/bin/python scripts/mutate.py --check    # seconds: does every mutation still apply?
 
-Each mutation is a small, exact edit of the package (the script refuses to run one whose text
-is no longer in the file, so a refactor cannot turn a mutation into a silent no-op). For each,
+Each mutation is a small, exact edit of the package. Before any test runs, the script checks
+that every chosen mutation's text is in its file exactly once, and stops at once naming each
+that is not (exit 3), so a refactor cannot turn a mutation into a silent no-op or leave the run
+to die after its baseline; ``--check`` does only that (CI runs it in scripts/test.sh). For each,
 the committed tree (``git archive <rev>``, never the working tree, which other writers may be
 editing) is unpacked under ``--scratch``, the edit applied, and the tests that guard the
 behaviour are run the way the README runs the suite (``bash scripts/test.sh <tests> -x -q``),
 with ``PYTHONPATH`` set so that the scratch copy's package is the one imported (checked) and
 ``../shared`` linked beside it. A mutation is *caught* when that command fails; the unmutated
 copy must pass the same tests first (``--no-baseline`` skips that), else the verdict means
-nothing. Prints one line per mutation and a JSON summary; exits 1 if any mutation survives.
+nothing. Prints one line per mutation and a JSON summary. Exit status: 0 every mutation caught,
+1 one survived (or its run broke without a failing test), 2 the unmutated run broke,
+3 a mutation cannot apply.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,16 +55,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_training.py::test_ray_train_learns_the_tiny_set",),
     ),
     Mutation(
-        "temperature-ignored",
-        "probabilities at inference are softmax(logits), the fitted temperature unused",
+        "depth-calibration-ignored",
+        "inference scores every row at the single temperature, T(W1) unused",
         "iic_survey/survey/classify.py",
         (
             (
-                "probs = np.array(softmax(logits, scoring.temperature), dtype=np.float64)",
-                "probs = np.array(softmax(logits, 1.0), dtype=np.float64)",
+                "probs = scoring.calibration.probabilities(logits, w1)",
+                "probs = scoring.calibration.probabilities(logits, np.full(n, np.nan))",
             ),
         ),
-        ("tests/test_pipeline.py",),
+        (
+            "tests/test_pipeline.py::test_result_rows_calibrate_per_depth_carry_allwise_columns_"
+            "and_label_subsets",
+            "tests/test_pipeline.py::test_a_model_with_depth_calibration_and_a_domain_scores_rows_"
+            "by_them",
+        ),
     ),
     Mutation(
         "commit-without-row-count",
@@ -92,7 +103,38 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         ("tests/test_pipeline.py", "tests/test_bad_input.py"),
     ),
+    Mutation(
+        "margin-9-arcsec",
+        "the margin keeps rows within 9 arcsec of a partition when 10 are asked",
+        "iic_survey/output/margin.py",
+        (
+            (
+                "keep = idx[d <= (float(arcsec) + 0.02) / 3600]",
+                "keep = idx[d <= (float(arcsec) - 1.0 + 0.02) / 3600]",
+            ),
+        ),
+        ("tests/test_collection.py::test_margin_holds_exactly_the_rows_near_each_partition",),
+    ),
+    Mutation(
+        "gate-at-wrong-temperature",
+        "the precision gate compares probabilities at T = 1, not at the model's temperature",
+        "iic_survey/model/precision.py",
+        (
+            (
+                "p0, p1 = _calibrated(reference, temperature), _calibrated(reduced, temperature)",
+                "p0, p1 = _calibrated(reference, 1.0), _calibrated(reduced, 1.0)",
+            ),
+        ),
+        ("tests/test_precision.py",),
+    ),
 )
+
+EXIT_SURVIVED = 1
+"""A mutation survived its tests (or a mutant run broke without a failing test)."""
+EXIT_BASELINE = 2
+"""The unmutated tests could not run (not merely failed): no verdict."""
+EXIT_CANNOT_APPLY = 3
+"""A mutation's text is not in its file exactly once: update the mutation to the code."""
 
 
 def unpack(rev: str, dest: pathlib.Path) -> None:
@@ -108,17 +150,44 @@ def unpack(rev: str, dest: pathlib.Path) -> None:
     (dest / "shared").symlink_to(REPO.parent / "shared")
 
 
+def unapplicable(mutations: list[Mutation], read: Callable[[str], str]) -> list[str]:
+    """Why each edit that cannot apply does not (its text is not in its file exactly once)."""
+    why = []
+    for m in mutations:
+        try:
+            text = read(m.path)
+        except (OSError, subprocess.CalledProcessError):
+            why.append(f"{m.name}: {m.path} is not there")
+            continue
+        for old, _ in m.edits:
+            if text.count(old) != 1:
+                why.append(
+                    f"{m.name}: {old.strip()!r} occurs {text.count(old)} times in {m.path}, "
+                    "not once: update the mutation to the code"
+                )
+    return why
+
+
+def reader(rev: str | None) -> Callable[[str], str]:
+    """A file's text at ``rev`` (``git show``), or in the working tree when ``rev`` is None."""
+    if rev is None:
+        return lambda path: (REPO / path).read_text()
+    return lambda path: (
+        subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:{path}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+
+
 def apply(mutation: Mutation, root: pathlib.Path) -> None:
-    """Apply the edits; refuse if an edit's text is not in the file exactly once."""
+    """Apply the edits (:func:`unapplicable` has checked each is in the file once)."""
     path = root / mutation.path
     text = path.read_text()
     for old, new in mutation.edits:
-        if text.count(old) != 1:
-            raise SystemExit(
-                f"{mutation.name}: {old.strip()!r} occurs {text.count(old)} times in "
-                f"{mutation.path}, not once: update the mutation to the code"
-            )
-        text = text.replace(old, new)
+        text = text.replace(old, new, 1)
     path.write_text(text)
 
 
@@ -132,6 +201,7 @@ def run_tests(
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
         "MPLBACKEND": "Agg",
+        "IIC_MUTANT": "1",  # scripts/test.sh skips its `--check`: this copy is mutated on purpose
     }
     which = subprocess.run(
         [".venv/bin/python", "-c", "import iic_survey; print(iic_survey.__file__)"],
@@ -165,67 +235,107 @@ def failures(log: pathlib.Path) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def baseline(
+    chosen: list[Mutation], commit: str, scratch: pathlib.Path, keep: bool
+) -> list[str] | None:
+    """Run the unmutated tests of every chosen mutation; the failing ones (to deselect), or
+    None when the run broke (no verdict possible)."""
+    # A test failing here cannot tell a mutation apart, so it is deselected from the mutant
+    # runs (and named in the summary).
+    tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+    unpack(commit, scratch / "baseline")
+    rc, secs = run_tests(scratch / "baseline" / "main", tests, scratch / "baseline.log")
+    broken = failures(scratch / "baseline.log")
+    print(f"[mutate] baseline (unmutated): rc={rc} in {secs:.0f} s", flush=True)
+    for line in broken:
+        print(f"[mutate]   fails unmutated, deselected below: {line}", flush=True)
+    if rc not in (0, 1):
+        print(f"[mutate] the unmutated run broke, see {scratch}/baseline.log", file=sys.stderr)
+        return None
+    if not keep:
+        shutil.rmtree(scratch / "baseline")
+    return [line.split()[1] for line in broken]
+
+
+def run_one(
+    m: Mutation, commit: str, scratch: pathlib.Path, deselect: list[str], keep: bool
+) -> dict[str, object]:
+    """Apply ``m`` to a fresh copy of ``commit``, run its tests; the verdict as a dict."""
+    dest = scratch / m.name
+    unpack(commit, dest)
+    apply(m, dest / "main")
+    log = scratch / f"{m.name}.log"
+    extra = ("-x", *(f"--deselect={d}" for d in deselect))
+    rc, secs = run_tests(dest / "main", m.tests, log, extra)
+    by = next(iter(failures(log)), "")
+    # Caught: pytest ran and a test failed. Any other non-zero status (a collection or
+    # setup error without a failing test) is reported as such, not counted as caught.
+    caught = rc == 1 and bool(by)
+    verdict = "caught" if caught else ("NOT CAUGHT" if rc == 0 else f"broken run (rc={rc})")
+    print(f"[mutate] {m.name}: {verdict} (rc={rc}, {secs:.0f} s) {by}", flush=True)
+    if not keep:
+        shutil.rmtree(dest)
+    return {
+        "mutation": m.name,
+        "what": m.what,
+        "tests": list(m.tests),
+        "rc": rc,
+        "caught": caught,
+        "caught_by": by,
+        "seconds": round(secs, 1),
+        "log": str(log),
+    }
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rev", default="HEAD", help="commit to mutate (default HEAD)")
+    p.add_argument("--rev", default=None, help="commit to mutate (default HEAD; --check: the "
+                   "working tree)")  # fmt: skip
     p.add_argument("--scratch", default="/tmp/iic_mutate", help="where the copies go")
     p.add_argument("--only", action="append", help="run only this mutation (repeatable)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs")
     p.add_argument("--keep", action="store_true", help="keep the scratch copies")
-    a = p.parse_args(argv)
+    p.add_argument("--check", action="store_true", help="only check that every mutation "
+                   "applies (seconds; no tests run): what CI runs")  # fmt: skip
+    p.add_argument("--json", default=None, help="also write the summary to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    unknown = set(a.only or ()) - {m.name for m in MUTATIONS}
+    if unknown:
+        known = [m.name for m in MUTATIONS]
+        print(f"[mutate] no such mutation: {sorted(unknown)}; known: {known}", file=sys.stderr)
+        return EXIT_CANNOT_APPLY
+    chosen = [m for m in MUTATIONS if not a.only or m.name in a.only]
+    rev = a.rev if a.rev or a.check else "HEAD"
+    # Every mutation must apply before any test runs: a stale one stops the run at once.
+    why = unapplicable(chosen, reader(rev))
+    for line in why:
+        print(f"[mutate] CANNOT APPLY {line}", file=sys.stderr, flush=True)
+    if why:
+        return EXIT_CANNOT_APPLY
+    if a.check:
+        print(f"[mutate] all {len(chosen)} mutations apply to {rev or 'the working tree'}")
+        return 0
     commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", a.rev], check=True, capture_output=True, text=True
+        ["git", "-C", str(REPO), "rev-parse", rev], check=True, capture_output=True, text=True
     ).stdout.strip()
     scratch = pathlib.Path(a.scratch)
-    chosen = [m for m in MUTATIONS if not a.only or m.name in a.only]
     print(f"[mutate] commit {commit}, {len(chosen)} mutations, scratch {scratch}", flush=True)
-    results = []
-    deselect: list[str] = []
+    deselect: list[str] | None = []
     if not a.no_baseline:
-        # The unmutated tests, all of them: a test failing here cannot tell a mutation apart,
-        # so it is deselected from the mutant runs (and named in the summary).
-        tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
-        unpack(commit, scratch / "baseline")
-        rc, secs = run_tests(scratch / "baseline" / "main", tests, scratch / "baseline.log")
-        broken = failures(scratch / "baseline.log")
-        deselect = [line.split()[1] for line in broken]
-        print(f"[mutate] baseline (unmutated): rc={rc} in {secs:.0f} s", flush=True)
-        for line in broken:
-            print(f"[mutate]   fails unmutated, deselected below: {line}", flush=True)
-        if rc not in (0, 1):
-            print(f"[mutate] the unmutated run broke, see {scratch}/baseline.log", file=sys.stderr)
-            return 2
-        if not a.keep:
-            shutil.rmtree(scratch / "baseline")
-    for m in chosen:
-        dest = scratch / m.name
-        unpack(commit, dest)
-        apply(m, dest / "main")
-        log = scratch / f"{m.name}.log"
-        extra = ("-x", *(f"--deselect={d}" for d in deselect))
-        rc, secs = run_tests(dest / "main", m.tests, log, extra)
-        by = next(iter(failures(log)), "")
-        # Caught: pytest ran and a test failed. Any other non-zero status (a collection or
-        # setup error without a failing test) is reported as such, not counted as caught.
-        caught = rc == 1 and bool(by)
-        verdict = "caught" if caught else ("NOT CAUGHT" if rc == 0 else f"broken run (rc={rc})")
-        print(f"[mutate] {m.name}: {verdict} (rc={rc}, {secs:.0f} s) {by}", flush=True)
-        results.append(
-            {
-                "mutation": m.name,
-                "what": m.what,
-                "tests": list(m.tests),
-                "rc": rc,
-                "caught": caught,
-                "caught_by": by,
-                "seconds": round(secs, 1),
-                "log": str(log),
-            }
-        )
-        if not a.keep:
-            shutil.rmtree(dest)
-    print(json.dumps({"commit": commit, "deselected": deselect, "results": results}, indent=1))
-    return 0 if all(r["caught"] for r in results) else 1
+        deselect = baseline(chosen, commit, scratch, a.keep)
+        if deselect is None:
+            return EXIT_BASELINE
+    results = [run_one(m, commit, scratch, deselect, a.keep) for m in chosen]
+    summary = {"commit": commit, "deselected": deselect, "results": results}
+    print(json.dumps(summary, indent=1))
+    if a.json:
+        pathlib.Path(a.json).write_text(json.dumps(summary, indent=1) + "\n")
+    return 0 if all(r["caught"] for r in results) else EXIT_SURVIVED
 
 
 if __name__ == "__main__":
