@@ -6,8 +6,9 @@
 
 ``--quality`` is the (long) quality run instead: a larger synthetic sky, its training set, a
 colour-cut baseline, then IICnet, fusion and colour-only trained on the same split, each
-calibrated and reported on the same test split; it writes the "### Quality on the synthetic
-sky" part of the section. Results are also kept in ``<workdir>/quality.json``.
+calibrated and reported on the same test split; it writes its own sections, "## Quality on the
+synthetic sky (bench/bench_training.py --quality)" and "## Training quality on the synthetic
+sky". Results are also kept in ``<workdir>/quality.json``.
 
 Starts its own local Ray head (the test fixture's helper: free ports, own temp dir, torn down at
 the end), builds a training set from the tiny synthetic sky in a temporary folder (or uses
@@ -16,8 +17,8 @@ epochs on a fixed subset, the rate taken from the last epoch (the first one pays
 start-up and caching). Each configuration trains the same model on the same rows; only the
 worker layout differs.
 
-The "## Training (bench/bench_training.py)" section of RESULTS.md is replaced; a quality run
-recorded there (``### Quality on the synthetic sky``) is kept.
+The "## Training (bench/bench_training.py)" section of RESULTS.md is replaced (stamped with its
+provenance by ``results_md``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from results_md import write_section as replace_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTION = "## Training (bench/bench_training.py)"
-QUALITY_MARK = "### Quality on the synthetic sky"
+QUALITY_MARK = "## Quality on the synthetic sky (bench/bench_training.py --quality)"
 LAYOUTS: tuple[tuple[int, float], ...] = ((1, 1.0), (2, 1.0), (1, 2.0))
 """(workers, CPUs per worker) measured."""
 
@@ -180,26 +181,6 @@ def section(res: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(path: pathlib.Path, text: str, keep_quality: bool = True) -> None:
-    """Replace this section of RESULTS.md (up to the next '## '), keeping the rest.
-
-    A hand-recorded quality sub-section (``### Quality on the synthetic sky``) inside the old
-    section is carried over when ``keep_quality``.
-    """
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    quality = ""
-    if start >= 0:
-        end = old.find("\n## ", start + len(SECTION))
-        end = len(old) if end < 0 else end + 1
-        body = old[start:end]
-        if keep_quality and QUALITY_MARK in body:
-            quality = body[body.index(QUALITY_MARK) :].rstrip() + "\n"
-        old = old[:start] + old[end:]
-    new = text.rstrip() + "\n" + ("\n" + quality if quality else "")
-    path.write_text(old.rstrip() + "\n\n" + new)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,7 +522,7 @@ def goals_section(res: dict[str, Any], work: pathlib.Path) -> str:
     lines = [
         GOALS_SECTION,
         "",
-        f'Written by `bench/bench_training.py --quality` with the run of "{QUALITY_MARK[4:]}" '
+        f'Written by `bench/bench_training.py --quality` with the run of "{QUALITY_MARK[3:]}" '
         "above (same test split; calibration, T(W1), fitted on the validation split).",
         "",
         f"| goal | full depth ({full['n']:,} sources) | bright sample (W1 < {BRIGHT_W1:g}, "
@@ -559,22 +540,6 @@ def goals_section(res: dict[str, Any], work: pathlib.Path) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_quality(path: pathlib.Path, text: str) -> None:
-    """Put the quality sub-section into this benchmark's section (replacing an older one)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start < 0:
-        old = old.rstrip() + "\n\n" + SECTION + "\n\n"
-        start = old.find(SECTION)
-    end = old.find("\n## ", start + len(SECTION))
-    end = len(old) if end < 0 else end + 1
-    body = old[start:end]
-    if QUALITY_MARK in body:
-        body = body[: body.index(QUALITY_MARK)]
-    body = body.rstrip() + "\n\n" + text.rstrip() + "\n"
-    path.write_text(old[:start] + body + ("\n" + old[end:] if old[end:] else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -606,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         goals = goals_section(res, pathlib.Path(args.workdir))
         print(goals)
         if args.write_results:
-            write_quality(REPO / "bench" / "RESULTS.md", text)
+            replace_section(QUALITY_MARK, text)
             if goals:
                 replace_section(GOALS_SECTION, goals)
         return 0
@@ -614,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(res)
     print(text)
     if args.write_results:
-        write_section(REPO / "bench" / "RESULTS.md", text)
+        replace_section(SECTION, text)
     return 0
 
 

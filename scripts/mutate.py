@@ -31,8 +31,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import results_md  # noqa: E402  (at the start: its stamp's "load before" is this run's)
+
+SECTION = "## Mutations (scripts/mutate.py)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +319,31 @@ def run_one(
     }
 
 
+def section(summary: dict[str, Any]) -> str:
+    """The RESULTS.md section of a full run (``--write-results``)."""
+    results = summary["results"]
+    caught = sum(bool(r["caught"]) for r in results)
+    lines = [
+        SECTION,
+        "",
+        f"Each mutation applied to a scratch copy of commit `{summary['commit'][:10]}` and the "
+        f"tests that guard it run (`bash scripts/test.sh <tests> -x`). **{caught} of "
+        f"{len(results)} caught.** Unmutated tests that failed (deselected from the mutant "
+        f"runs): {', '.join(summary['deselected']) or 'none'}. Pending (their code not yet "
+        f"in this commit): {', '.join(summary['pending']) or 'none'}.",
+        "",
+        "| mutation | what | verdict | caught by | seconds |",
+        "| --- | --- | --- | --- | ---: |",
+    ]
+    for r in results:
+        verdict = "caught" if r["caught"] else f"**NOT CAUGHT** (rc {r['rc']})"
+        by = r["caught_by"].removeprefix("FAILED ").split(" - ")[0]
+        lines.append(
+            f"| `{r['mutation']}` | {r['what']} | {verdict} | `{by}` | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -326,6 +356,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="only check that every mutation "
                    "applies (seconds; no tests run): what CI runs")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the summary to this file")
+    p.add_argument(
+        "--write-results", action="store_true", help="write the table into bench/RESULTS.md"
+    )
     return p.parse_args(argv)
 
 
@@ -361,10 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         if deselect is None:
             return EXIT_BASELINE
     results = [run_one(m, commit, scratch, deselect, a.keep) for m in chosen]
-    summary = {"commit": commit, "deselected": deselect, "results": results}
+    summary = {"commit": commit, "deselected": deselect, "results": results,
+               "pending": [m.name for m in pending]}  # fmt: skip
     print(json.dumps(summary, indent=1))
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(summary, indent=1) + "\n")
+    if a.write_results:
+        results_md.write_section(SECTION, section(summary))
     return 0 if all(r["caught"] for r in results) else EXIT_SURVIVED
 
 
