@@ -31,6 +31,7 @@ import itertools
 import os
 import pathlib
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -264,9 +265,10 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         labels.build_training_set(labels.TrainingSetConfig(sky=str(work / "sky")), str(work / "ts"))
     prep_s = time.perf_counter() - t0
     manifest = trainingset.read_manifest(str(work / "ts"))
-    # A rerun keeps the models an earlier run already trained with the same settings.
+    # Only with --reuse does a rerun keep the models an earlier run trained with the same
+    # settings; the section then names each with the commit and date it was trained at.
     qfile = work / "quality.json"
-    previous = json.loads(qfile.read_text()) if qfile.exists() else {}
+    previous = json.loads(qfile.read_text()) if qfile.exists() and args.reuse else {}
     res: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "sky": dataclasses.asdict(sky_cfg),
@@ -309,6 +311,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             summary = training.train(cfg, run_settings)
             summary["wall_seconds"] = time.perf_counter() - t1
             summary["config"] = dataclasses.asdict(cfg)
+            summary["trained_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            summary["trained_commit"] = _commit()
             res["models"][arch] = summary
             (work / "quality.json").write_text(json.dumps(res, indent=1, default=str))
             print(
@@ -429,6 +433,27 @@ def depth_lines(depth: dict[str, Any], classes: list[str]) -> list[str]:
     return [*lines, ""]
 
 
+def _commit() -> str:
+    """The git commit the models are trained at (``+dirty`` when the tree has changes)."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    return head.strip()[:10] + ("+dirty" if dirty.strip() else "")
+
+
+def _reused_lines(res: dict[str, Any]) -> list[str]:
+    """A line per model kept from an earlier run (``--reuse``), with when and where trained."""
+    out = []
+    for arch, m in res["models"].items():
+        if m.get("reused_from_earlier_run"):
+            when = m.get("trained_at", "at an unrecorded date")
+            commit = m.get("trained_commit", "unrecorded")
+            out.append(f"**Model `{arch}` reused from an earlier run** (trained {when}, commit "
+                       f"{commit}); its train time is that run's.")  # fmt: skip
+    return out
+
+
 def quality_section(res: dict[str, Any], work: pathlib.Path) -> str:
     """The "### Quality on the synthetic sky" text."""
     import json
@@ -448,6 +473,7 @@ def quality_section(res: dict[str, Any], work: pathlib.Path) -> str:
         f"(8:1:1 by hash of cntr); sky + cutouts "
         + (f"{res['prep_seconds']:.0f} s." if res["prep_seconds"] >= 1 else "from an earlier run."),
         "",
+        *_reused_lines(res),
         "Test split, after calibration fitted on the validation split (a temperature that is a "
         "smooth function of W1; T is its all-depth single temperature). Per-class accuracy is the "
         "paper's one-vs-rest accuracy; recall is the fraction of the class found.",
@@ -563,6 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--archs", nargs="+", default=["iicnet", "fusion", "colour"])
     q.add_argument("--lr", type=float, default=1e-3)
     q.add_argument("--lr-halve-epoch", type=int, default=8)
+    q.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep models an earlier run trained with the same settings (named in the section)",
+    )
     args = parser.parse_args(argv)
     if args.quality:
         res = quality(args)
