@@ -289,6 +289,31 @@ def baseline(
     return [line.split()[1] for line in broken]
 
 
+def confirm(
+    results: list[dict[str, Any]], commit: str, scratch: pathlib.Path, keep: bool
+) -> list[str] | None:
+    """``--baseline-after``: run, unmutated, only the tests that caught a mutation; a mutation
+    whose catching test fails unmutated too is not counted as caught. The tests that failed
+    unmutated (None when the run broke)."""
+    tests = tuple(dict.fromkeys(r["caught_by"].split()[1] for r in results if r["caught"]))
+    if not tests:
+        return []
+    unpack(commit, scratch / "baseline")
+    rc, secs = run_tests(scratch / "baseline" / "main", tests, scratch / "baseline.log")
+    broken = [line.split()[1] for line in failures(scratch / "baseline.log")]
+    print(f"[mutate] the catching tests, unmutated: rc={rc} in {secs:.0f} s", flush=True)
+    if rc not in (0, 1):
+        print(f"[mutate] the unmutated run broke, see {scratch}/baseline.log", file=sys.stderr)
+        return None
+    for r in results:
+        if r["caught"] and r["caught_by"].split()[1] in broken:
+            r["caught"] = False
+            print(f"[mutate] {r['mutation']}: no verdict, its catching test fails unmutated")
+    if not keep:
+        shutil.rmtree(scratch / "baseline")
+    return broken
+
+
 def run_one(
     m: Mutation, commit: str, scratch: pathlib.Path, deselect: list[str], keep: bool
 ) -> dict[str, object]:
@@ -328,8 +353,8 @@ def section(summary: dict[str, Any]) -> str:
         "",
         f"Each mutation applied to a scratch copy of commit `{summary['commit'][:10]}` and the "
         f"tests that guard it run (`bash scripts/test.sh <tests> -x`). **{caught} of "
-        f"{len(results)} caught.** Unmutated tests that failed (deselected from the mutant "
-        f"runs): {', '.join(summary['deselected']) or 'none'}. Pending (their code not yet "
+        f"{len(results)} caught** ({summary['baseline']}). Unmutated tests that failed: "
+        f"{', '.join(summary['deselected']) or 'none'}. Pending (their code not yet "
         f"in this commit): {', '.join(summary['pending']) or 'none'}.",
         "",
         "| mutation | what | verdict | caught by | seconds |",
@@ -352,6 +377,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scratch", default="/tmp/iic_mutate", help="where the copies go")
     p.add_argument("--only", action="append", help="run only this mutation (repeatable)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs")
+    p.add_argument(
+        "--baseline-after",
+        action="store_true",
+        help="run the mutants first, then unmutated only the tests that caught them (faster)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the scratch copies")
     p.add_argument("--check", action="store_true", help="only check that every mutation "
                    "applies (seconds; no tests run): what CI runs")  # fmt: skip
@@ -389,13 +419,20 @@ def main(argv: list[str] | None = None) -> int:
     scratch = pathlib.Path(a.scratch)
     print(f"[mutate] commit {commit}, {len(chosen)} mutations, scratch {scratch}", flush=True)
     deselect: list[str] | None = []
-    if not a.no_baseline:
+    if not (a.no_baseline or a.baseline_after):
         deselect = baseline(chosen, commit, scratch, a.keep)
         if deselect is None:
             return EXIT_BASELINE
-    results = [run_one(m, commit, scratch, deselect, a.keep) for m in chosen]
+    results = [run_one(m, commit, scratch, deselect or [], a.keep) for m in chosen]
+    if a.baseline_after and not a.no_baseline:
+        deselect = confirm(results, commit, scratch, a.keep)
+        if deselect is None:
+            return EXIT_BASELINE
+    how = ("no unmutated run" if a.no_baseline else "each catching test then passed "
+           "unmutated" if a.baseline_after else "every guarding test first run unmutated, the "
+           "failing ones deselected")  # fmt: skip
     summary = {"commit": commit, "deselected": deselect, "results": results,
-               "pending": [m.name for m in pending]}  # fmt: skip
+               "pending": [m.name for m in pending], "baseline": how}  # fmt: skip
     print(json.dumps(summary, indent=1))
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(summary, indent=1) + "\n")
