@@ -16,6 +16,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "scripts"))
 results_md = importlib.import_module("results_md")
 bench_main = importlib.import_module("bench.__main__")
 
