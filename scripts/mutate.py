@@ -3,6 +3,7 @@
     .venv/bin/python scripts/mutate.py            # all of them, against the committed HEAD
     .venv/bin/python scripts/mutate.py --only optimizer-never-steps --keep
     .venv/bin/python scripts/mutate.py --check    # seconds: does every mutation still apply?
+    .venv/bin/python scripts/mutate.py --baseline-after --write-results   # the RESULTS table
 
 Each mutation is a small, exact edit of the package. Before any test runs, the script checks
 that every chosen mutation's text is in its file exactly once, and stops at once naming each
@@ -13,10 +14,11 @@ editing) is unpacked under ``--scratch``, the edit applied, and the tests that g
 behaviour are run the way the README runs the suite (``bash scripts/test.sh <tests> -x -q``),
 with ``PYTHONPATH`` set so that the scratch copy's package is the one imported (checked) and
 ``../shared`` linked beside it. A mutation is *caught* when that command fails; the unmutated
-copy must pass the same tests first (``--no-baseline`` skips that), else the verdict means
-nothing. Prints one line per mutation and a JSON summary. Exit status: 0 every mutation caught,
-1 one survived (or its run broke without a failing test), 2 the unmutated run broke,
-3 a mutation cannot apply.
+copy must pass the same tests first (``--no-baseline`` skips that; ``--baseline-after`` runs,
+after the mutants, only the tests that caught one, a much shorter run), else the verdict means
+nothing. The mutations themselves are listed in scripts/mutations.py. Prints one line per
+mutation and a JSON summary. Exit status: 0 every mutation caught, 1 one survived (or its run
+broke without a failing test), 2 the unmutated run broke, 3 a mutation cannot apply.
 """
 
 from __future__ import annotations
