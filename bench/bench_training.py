@@ -6,8 +6,9 @@
 
 ``--quality`` is the (long) quality run instead: a larger synthetic sky, its training set, a
 colour-cut baseline, then IICnet, fusion and colour-only trained on the same split, each
-calibrated and reported on the same test split; it writes the "### Quality on the synthetic
-sky" part of the section. Results are also kept in ``<workdir>/quality.json``.
+calibrated and reported on the same test split; it writes its own sections, "## Quality on the
+synthetic sky (bench/bench_training.py --quality)" and "## Training quality on the synthetic
+sky". Results are also kept in ``<workdir>/quality.json``.
 
 Starts its own local Ray head (the test fixture's helper: free ports, own temp dir, torn down at
 the end), builds a training set from the tiny synthetic sky in a temporary folder (or uses
@@ -16,8 +17,8 @@ epochs on a fixed subset, the rate taken from the last epoch (the first one pays
 start-up and caching). Each configuration trains the same model on the same rows; only the
 worker layout differs.
 
-The "## Training (bench/bench_training.py)" section of RESULTS.md is replaced; a quality run
-recorded there (``### Quality on the synthetic sky``) is kept.
+The "## Training (bench/bench_training.py)" section of RESULTS.md is replaced (stamped with its
+provenance by ``results_md``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import itertools
 import os
 import pathlib
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +42,7 @@ from results_md import write_section as replace_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTION = "## Training (bench/bench_training.py)"
-QUALITY_MARK = "### Quality on the synthetic sky"
+QUALITY_MARK = "## Quality on the synthetic sky (bench/bench_training.py --quality)"
 LAYOUTS: tuple[tuple[int, float], ...] = ((1, 1.0), (2, 1.0), (1, 2.0))
 """(workers, CPUs per worker) measured."""
 
@@ -182,26 +184,6 @@ def section(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: pathlib.Path, text: str, keep_quality: bool = True) -> None:
-    """Replace this section of RESULTS.md (up to the next '## '), keeping the rest.
-
-    A hand-recorded quality sub-section (``### Quality on the synthetic sky``) inside the old
-    section is carried over when ``keep_quality``.
-    """
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    quality = ""
-    if start >= 0:
-        end = old.find("\n## ", start + len(SECTION))
-        end = len(old) if end < 0 else end + 1
-        body = old[start:end]
-        if keep_quality and QUALITY_MARK in body:
-            quality = body[body.index(QUALITY_MARK) :].rstrip() + "\n"
-        old = old[:start] + old[end:]
-    new = text.rstrip() + "\n" + ("\n" + quality if quality else "")
-    path.write_text(old.rstrip() + "\n\n" + new)
-
-
 # ---------------------------------------------------------------------------------------------
 # The quality run
 
@@ -283,9 +265,10 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         labels.build_training_set(labels.TrainingSetConfig(sky=str(work / "sky")), str(work / "ts"))
     prep_s = time.perf_counter() - t0
     manifest = trainingset.read_manifest(str(work / "ts"))
-    # A rerun keeps the models an earlier run already trained with the same settings.
+    # Only with --reuse does a rerun keep the models an earlier run trained with the same
+    # settings; the section then names each with the commit and date it was trained at.
     qfile = work / "quality.json"
-    previous = json.loads(qfile.read_text()) if qfile.exists() else {}
+    previous = json.loads(qfile.read_text()) if qfile.exists() and args.reuse else {}
     res: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "sky": dataclasses.asdict(sky_cfg),
@@ -328,6 +311,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             summary = training.train(cfg, run_settings)
             summary["wall_seconds"] = time.perf_counter() - t1
             summary["config"] = dataclasses.asdict(cfg)
+            summary["trained_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            summary["trained_commit"] = _commit()
             res["models"][arch] = summary
             (work / "quality.json").write_text(json.dumps(res, indent=1, default=str))
             print(
@@ -448,6 +433,27 @@ def depth_lines(depth: dict[str, Any], classes: list[str]) -> list[str]:
     return [*lines, ""]
 
 
+def _commit() -> str:
+    """The git commit the models are trained at (``+dirty`` when the tree has changes)."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    return head.strip()[:10] + ("+dirty" if dirty.strip() else "")
+
+
+def _reused_lines(res: dict[str, Any]) -> list[str]:
+    """A line per model kept from an earlier run (``--reuse``), with when and where trained."""
+    out = []
+    for arch, m in res["models"].items():
+        if m.get("reused_from_earlier_run"):
+            when = m.get("trained_at", "at an unrecorded date")
+            commit = m.get("trained_commit", "unrecorded")
+            out.append(f"**Model `{arch}` reused from an earlier run** (trained {when}, commit "
+                       f"{commit}); its train time is that run's.")  # fmt: skip
+    return out
+
+
 def quality_section(res: dict[str, Any], work: pathlib.Path) -> str:
     """The "### Quality on the synthetic sky" text."""
     import json
@@ -467,6 +473,7 @@ def quality_section(res: dict[str, Any], work: pathlib.Path) -> str:
         f"(8:1:1 by hash of cntr); sky + cutouts "
         + (f"{res['prep_seconds']:.0f} s." if res["prep_seconds"] >= 1 else "from an earlier run."),
         "",
+        *_reused_lines(res),
         "Test split, after calibration fitted on the validation split (a temperature that is a "
         "smooth function of W1; T is its all-depth single temperature). Per-class accuracy is the "
         "paper's one-vs-rest accuracy; recall is the fraction of the class found.",
@@ -541,7 +548,7 @@ def goals_section(res: dict[str, Any], work: pathlib.Path) -> str:
     lines = [
         GOALS_SECTION,
         "",
-        f'Written by `bench/bench_training.py --quality` with the run of "{QUALITY_MARK[4:]}" '
+        f'Written by `bench/bench_training.py --quality` with the run of "{QUALITY_MARK[3:]}" '
         "above (same test split; calibration, T(W1), fitted on the validation split).",
         "",
         f"| goal | full depth ({full['n']:,} sources) | bright sample (W1 < {BRIGHT_W1:g}, "
@@ -559,22 +566,6 @@ def goals_section(res: dict[str, Any], work: pathlib.Path) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_quality(path: pathlib.Path, text: str) -> None:
-    """Put the quality sub-section into this benchmark's section (replacing an older one)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start < 0:
-        old = old.rstrip() + "\n\n" + SECTION + "\n\n"
-        start = old.find(SECTION)
-    end = old.find("\n## ", start + len(SECTION))
-    end = len(old) if end < 0 else end + 1
-    body = old[start:end]
-    if QUALITY_MARK in body:
-        body = body[: body.index(QUALITY_MARK)]
-    body = body.rstrip() + "\n\n" + text.rstrip() + "\n"
-    path.write_text(old[:start] + body + ("\n" + old[end:] if old[end:] else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -598,6 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--archs", nargs="+", default=["iicnet", "fusion", "colour"])
     q.add_argument("--lr", type=float, default=1e-3)
     q.add_argument("--lr-halve-epoch", type=int, default=8)
+    q.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep models an earlier run trained with the same settings (named in the section)",
+    )
     args = parser.parse_args(argv)
     if args.quality:
         res = quality(args)
@@ -606,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         goals = goals_section(res, pathlib.Path(args.workdir))
         print(goals)
         if args.write_results:
-            write_quality(REPO / "bench" / "RESULTS.md", text)
+            replace_section(QUALITY_MARK, text)
             if goals:
                 replace_section(GOALS_SECTION, goals)
         return 0
@@ -614,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(res)
     print(text)
     if args.write_results:
-        write_section(REPO / "bench" / "RESULTS.md", text)
+        replace_section(SECTION, text)
     return 0
 
 

@@ -8,10 +8,12 @@ measures, on the run's own splits:
   300 validation sources) and the ECE a perfectly calibrated model would show on that bin from
   its size alone (:func:`iic_survey.core.calibration.ece_noise_floor`);
 * that ``T(W1)`` keeps every arg-max (same classes, same accuracy);
-* the selection products (:mod:`iic_survey.training.selection`) made from the test split, and
-  how the recommended ``confidence`` thresholds hold on held-out truth: the purity they promise
-  (test split) against the purity measured on the validation split, which the thresholds never
-  saw (it fitted the calibration only).
+* the recommended ``confidence`` thresholds as the model directory's
+  ``selection/thresholds.parquet`` has them (:mod:`iic_survey.training.selection`): chosen on
+  the test split's choose part, verified on its verify part (a keyed hash of ``cntr``), which
+  neither chose a threshold, fitted the calibration nor picked the checkpoint (those used the
+  validation split); per (class, target) the verified purity, its 95 % lower bound and
+  whether the promise held.
 
 :func:`lines` renders the result as Markdown for the quality section.
 """
@@ -123,21 +125,20 @@ def _with_calibration(bundle: Any, cal: Any) -> Any:
 def _selection(
     bundle: Any, val: dict[str, Any], test: dict[str, Any], z_val: np.ndarray, z_test: np.ndarray
 ) -> dict[str, Any]:
-    """Thresholds recommended on the test split, measured on the validation split."""
+    """Thresholds chosen on the test split's choose part, verified on its verify part (the
+    same tables training writes; ``val`` and ``z_val`` are unused, kept for the caller)."""
     from iic_survey.core.flags import clean
     from iic_survey.training import selection
 
-    def rows(split: dict[str, Any], z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keep = clean(np.asarray(split["quality_flags"]))
-        w1 = np.asarray(split["w1mpro"], dtype=np.float64)
-        return np.asarray(split["label"])[keep], bundle.calibration.probabilities(z, w1)[keep]
-
-    y_test, p_test = rows(test, z_test)
-    y_val, p_val = rows(val, z_val)
-    recommended = selection.recommended_thresholds(y_test, p_test)
-    held_out = selection.measure_thresholds(recommended, y_val, p_val)
-    return {"n_test_clean": len(y_test), "n_val_clean": len(y_val),
-            "held_out": held_out.replace({np.nan: None}).to_dict("records")}  # fmt: skip
+    w1 = np.asarray(test["w1mpro"], dtype=np.float64)
+    th = selection.selection_tables(test, bundle.calibration.probabilities(z_test, w1))
+    th = th["thresholds"]
+    keep = clean(np.asarray(test["quality_flags"]))
+    verify = selection.verify_part(np.asarray(test["cntr"]))
+    return {"n_choose_clean": int((keep & ~verify).sum()),
+            "n_verify_clean": int((keep & verify).sum()),
+            "promises": selection.promises_held(th),
+            "verified": th.replace({np.nan: None}).to_dict("records")}  # fmt: skip
 
 
 def _fmt_bin(lo: float, hi: float) -> str:
@@ -181,32 +182,43 @@ def lines(res: dict[str, Any]) -> list[str]:
             f"{r['ece_uncalibrated']:.4f} | {r['ece_single']:.4f} | {r['ece_depth']:.4f} | "
             f"{r['ece_oracle']:.4f} | {r['noise_floor']:.4f} | {verdict} |"
         )
-    sel = res["selection"]
-    out += [
-        "",
-        f"**Recommended `confidence` thresholds** (chosen on the test split's "
-        f"{sel['n_test_clean']:,} clean sources, the catalog's `selection/thresholds.parquet`) "
-        f"**against held-out truth** (the validation split's {sel['n_val_clean']:,} clean "
-        "sources, which the thresholds never saw). Both splits are class-balanced.",
-        "",
-        "| class | target purity | threshold | promised purity | held-out purity | promised "
-        "completeness | held-out completeness |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in sel["held_out"]:
-
-        def f(v: Any) -> str:
-            return "-" if v is None else f"{v:.3f}"
-
-        out.append(
-            f"| {r['class']} | {r['target_purity']:.2f} | {f(r['threshold'])} | "
-            f"{f(r['promised_purity'])} | {f(r['purity'])} | {f(r['promised_completeness'])} | "
-            f"{f(r['completeness'])} |"
-        )
+    out += _selection_lines(res["selection"])
     out += [
         "",
         "Same arg-max with `T(W1)` as with the single temperature on every test source: "
         f"**{'yes' if res['same_argmax'] else 'NO'}** (so the accuracy is unchanged).",
         "",
     ]
+    return out
+
+
+def _selection_lines(sel: dict[str, Any]) -> list[str]:
+    """Markdown of the thresholds' verification (a selection result of an older run, measured
+    on the validation split, has no ``verified`` key and is not rendered)."""
+    if "verified" not in sel:
+        return ["", "(The thresholds of this run were not verified on a disjoint part.)"]
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    out = [
+        "",
+        f"**Recommended `confidence` thresholds, promise by promise.** Chosen on the test "
+        f"split's choose part ({sel['n_choose_clean']:,} clean sources: the smallest threshold "
+        "whose purity's one-sided 95 % lower bound reaches the target), verified on its verify "
+        f"part ({sel['n_verify_clean']:,} clean sources, a keyed hash of `cntr`; used for "
+        "nothing else: calibration and checkpoint choice used the validation split). Both parts "
+        f"are class-balanced. **{sel['promises']}.**",
+        "",
+        "| class | target purity | threshold | purity (choose) | verified purity | 95 % lower "
+        "bound | verified selected (correct) | verified completeness | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in sel["verified"]:
+        out.append(
+            f"| {r['class']} | {r['target_purity']:.2f} | {f(r['threshold'])} | "
+            f"{f(r['purity'])} | {f(r['verify_purity'])} | {f(r['verify_purity_lo95'])} | "
+            f"{r['verify_n_selected']} ({r['verify_n_correct']}) | "
+            f"{f(r['verify_completeness'])} | {r['verdict']} |"
+        )
     return out

@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 MPLBACKEND=Agg
+# Every mutation of scripts/mutate.py still applies to the code (patterns only, no tests run):
+# a refactor that moves a mutated line fails here, not silently in the next mutation run.
+# (Skipped inside a mutant copy, where one mutation is applied on purpose.)
+if [ -z "${IIC_MUTANT:-}" ]; then
+  echo "[test] mutations apply"
+  .venv/bin/python scripts/mutate.py --check
+fi
 # The package's import layers (pyproject.toml, [tool.importlinter]): an upward import or an
 # import circle fails here, before the tests run.
 echo "[test] lint-imports"

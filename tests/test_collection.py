@@ -58,7 +58,16 @@ def edge_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
     # rows everywhere around: LSDB's inner crossmatch looks only where both catalogs have a
     # partition, so a source in sky our catalog does not cover would go unmatched, margin or not
     bulk, _ = fake_results(3000, seed=4, centre=centre, radius_deg=25)
-    ours = pd.concat([ours, bulk], ignore_index=True).drop_duplicates("cntr", ignore_index=True)
+    # rows 9.1-9.9" from an edge point (so some lie 9-10" from the far pixel): a margin that
+    # shrank from 10" to 9" loses them (issue 15 found that shrink uncaught without them)
+    band, _ = fake_results(len(ra), seed=5, centre=centre, radius_deg=10)
+    far = SkyCoord(ra * u.deg, dec * u.deg).directional_offset_by(
+        np.random.default_rng(26).uniform(0, 360, len(ra)) * u.deg,
+        np.random.default_rng(27).uniform(9.1, 9.9, len(ra)) * u.arcsec,
+    )
+    band["ra"], band["dec"] = far.ra.deg % 360, far.dec.deg
+    ours = pd.concat([ours, bulk, band], ignore_index=True)
+    ours = ours.drop_duplicates("cntr", ignore_index=True)
     ora, odec = _offset(np.concatenate([ra, ra]), np.concatenate([dec, dec]), 5.0)
     other = pd.DataFrame({"id": np.arange(len(ora)), "ra": ora, "dec": odec})
     return ours, other
@@ -134,15 +143,18 @@ def test_margin_holds_exactly_the_rows_near_each_partition(collection: str, edge
     h29 = sky.healpix_29(ours["ra"].to_numpy(), ours["dec"].to_numpy())
     coords = SkyCoord(ours["ra"].to_numpy() * u.deg, ours["dec"].to_numpy() * u.deg)
     name = schema.margin_name(10.0)
+    in_band = 0  # rows 9-10" from a pixel they are not in: a 9" margin would lose them
     for pixel in np.unique(h29 >> shift).tolist():
         ra, dec = _edge_points(ORDER, [pixel], per_edge=3000)
         edge = SkyCoord(ra * u.deg, dec * u.deg)
         outside = np.flatnonzero((h29 >> shift) != pixel)
         _, sep, _ = coords[outside].match_to_catalog_sky(edge)
         want = set(ours["cntr"].to_numpy()[outside[sep.arcsec <= 10.0]].tolist())
+        in_band += int(((sep.arcsec > 9.05) & (sep.arcsec <= 9.95)).sum())
         f = Path(collection) / name / "dataset" / sky.hats_path(ORDER, pixel)
         got = set(pd.read_parquet(f)["cntr"].tolist()) if f.exists() else set()
         assert got == want, pixel
+    assert in_band >= 10, in_band
 
 
 def _files(root: str) -> dict[str, bytes]:

@@ -34,6 +34,7 @@ from typing import Any
 import fsspec
 import healpy as hp
 import numpy as np
+import pandas as pd
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from mocpy import MOC
@@ -103,6 +104,51 @@ def _copy_tables(fs: fsspec.AbstractFileSystem, out: str, model_dir: str | None)
     return names
 
 
+def promises(model_dir: str | None) -> list[dict[str, Any]] | None:
+    """The recommended thresholds' rows with their verification (``held``, ``verdict``), from
+    ``<model_dir>/selection/thresholds.parquet``; None without one, or one written before the
+    choose / verify split (no ``verdict`` column)."""
+    path = Path(model_dir or "") / SELECTION / "thresholds.parquet"
+    if not model_dir or not path.is_file():
+        return None
+    try:
+        t = pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
+        logger.warning("cannot read %s (%s): promises not reported", path, e)
+        return None
+    if "verdict" not in t:
+        return None
+    return list(t.to_dict("records"))
+
+
+def promise_lines(rows: list[dict[str, Any]] | None) -> list[str]:
+    """Markdown: whether each purity promise held on the verify part (see
+    :mod:`iic_survey.training.selection`), or why that is not known."""
+    if rows is None:
+        return ["Whether the thresholds' purity promises hold is **not known**: the model's "
+                "thresholds were chosen and measured on the same rows (written before the "
+                "choose / verify split); retrain to get verified ones.", ""]  # fmt: skip
+    made = [r for r in rows if r["verdict"] != "no threshold"]
+    held = sum(bool(r["held"]) for r in made)
+    lines = [f"**Purity promises: {held} of {len(made)} held** on the verify part (rows that "
+             "chose nothing: a keyed hash of `cntr` splits the labelled test split into a "
+             "choose and a verify part); a promise holds when the verified purity's one-sided "
+             "95 % Clopper-Pearson lower bound reaches the target.", "",
+             "| class | target purity | threshold | verified purity | 95 % lower bound | "
+             "selected (correct) | verdict |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for r in rows:
+        if r["verdict"] == "no threshold":
+            lines.append(f"| {r['class']} | {r['target_purity']:.2f} | - | - | - | - | no "
+                         "threshold reaches it |")  # fmt: skip
+            continue
+        lines.append(f"| {r['class']} | {r['target_purity']:.2f} | {r['threshold']:.2f} | "
+                     f"{r['verify_purity']:.3f} | {r['verify_purity_lo95']:.3f} | "
+                     f"{r['verify_n_selected']} ({r['verify_n_correct']}) | "
+                     f"{r['verdict']} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def publish(
     path: str, model_dir: str | None, fs: fsspec.AbstractFileSystem | None = None
 ) -> dict[str, Any]:
@@ -118,7 +164,7 @@ def publish(
         write_atomic(fsys, f"{out}/masks/{name}.fits", _moc_bytes(cells[name], MASK_ORDER))
     sky_fraction = {n: len(c) / sky.npix(MASK_ORDER) for n, c in cells.items()}
     info = {"tables": tables, "model_dir": model_dir, "markers_without_counts": missing,
-            "mask_sky_fraction": sky_fraction}  # fmt: skip
+            "mask_sky_fraction": sky_fraction, "promises": promises(model_dir)}  # fmt: skip
     write_atomic(fsys, f"{out}/README.md", readme(info).encode())
     logger.info("selection products written to %s (%d tables, %d masks)", out, len(tables),
                 len(MASKS))  # fmt: skip
@@ -161,7 +207,9 @@ def readme(info: dict[str, Any]) -> str:
         "| file | what |",
         "| --- | --- |",
         "| `thresholds.parquet` | recommended `confidence` threshold per `class` for purity 0.90 / "
-        "0.95 / 0.99 (`target_purity`), with the `purity` and `completeness` it gave |",
+        "0.95 / 0.99 (`target_purity`), chosen on one part of the split (`purity`, "
+        "`completeness`) and verified on another (`verify_purity`, `verify_purity_lo95`, "
+        "`verify_n_selected`, `verify_n_correct`, `held`, `verdict`) |",
         "| `completeness_purity.parquet` | per `class`, W1 bin (`w1_lo`, `w1_hi`), Galactic |b| "
         "bin, ecliptic |beta| bin and `threshold`: `n_true`, `n_selected`, `n_correct`, "
         "`n_from_<class>`, `completeness`, `purity` |",
@@ -185,6 +233,8 @@ def readme(info: dict[str, Any]) -> str:
         "dec)` (with astropy units).",
         "",
     ]
+    if tables:
+        lines += promise_lines(info.get("promises"))
     if info["markers_without_counts"]:
         n_old = info["markers_without_counts"]
         lines += [f"{n_old} work pixels were committed by an older version without per-cell "

@@ -112,11 +112,19 @@ def section(path: str, out: Path, dpi: int, fs: Any = None) -> list[str]:
         "",
         "![Completeness and purity against W1](selection_w1.png)",
         "",
-        "| class | target purity | confidence threshold | purity | completeness |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| class | target purity | confidence threshold | purity (choose part) | completeness "
+        "| verified purity | 95 % lower bound | promise |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for r in th.itertuples():
-        t = "-" if not np.isfinite(r.threshold) else f"{r.threshold:.2f}"
-        p = "-" if not np.isfinite(r.purity) else f"{r.purity:.3f}"
-        md.append(f"| {r[1]} | {r.target_purity:.2f} | {t} | {p} | {r.completeness:.3f} |")
+    verified = "verdict" in th  # tables written before the choose / verify split have none
+    for r in th.to_dict("records"):
+        t = "-" if not np.isfinite(r["threshold"]) else f"{r['threshold']:.2f}"
+        p = "-" if not np.isfinite(r["purity"]) else f"{r['purity']:.3f}"
+        v, lo, verdict = "-", "-", "not verified"
+        if verified:
+            verdict = r["verdict"]
+            if np.isfinite(r["verify_purity"]):
+                v, lo = f"{r['verify_purity']:.3f}", f"{r['verify_purity_lo95']:.3f}"
+        md.append(f"| {r['class']} | {r['target_purity']:.2f} | {t} | {p} | "
+                  f"{r['completeness']:.3f} | {v} | {lo} | {verdict} |")  # fmt: skip
     return [*md, ""]

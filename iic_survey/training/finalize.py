@@ -330,9 +330,7 @@ def _write_selection(ev: Evaluation, out: Path, meta: dict[str, Any]) -> None:
     """Completeness, purity, thresholds and reliability of the test split
     (:mod:`iic_survey.training.selection`), with the calibrated probabilities."""
     t = ev.test
-    tables = selection.selection_tables(
-        t["label"], ev.test_proba, t["w1mpro"], t["ra"], t["dec"], t["quality_flags"]
-    )
+    tables = selection.selection_tables(t, ev.test_proba)  # thresholds: choose / verify parts
     info = {"split": "test", "n_rows": len(t["label"]), "arch": meta["arch"],
             "calibration": ev.calibration.to_dict()}  # fmt: skip
     selection.write_tables(out, tables, info)

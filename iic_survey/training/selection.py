@@ -13,9 +13,19 @@ calibrated probabilities, over the **clean** rows (:func:`iic_survey.core.flags.
 ``completeness_purity_w1.parquet``
     the same per W1 bin only, over all positions;
 ``thresholds.parquet``
-    the recommended threshold per class for purity 0.90 / 0.95 / 0.99 (:data:`TARGETS`): the
-    smallest threshold of the grid whose purity reaches the target with at least
-    :data:`MIN_SELECTED` selected sources, and the completeness it gives;
+    the recommended threshold per class for purity 0.90 / 0.95 / 0.99 (:data:`TARGETS`),
+    **chosen on one part of the clean test rows and verified on another** (:func:`verify_part`,
+    a keyed hash of ``cntr``: about half the rows each; the verify part is used for nothing
+    else, neither calibration nor checkpoint choice, which use the validation split). The
+    threshold is the smallest of the grid whose purity's 95 % lower bound
+    (:func:`purity_lower_bound`) on the choose part reaches the target with at least
+    :data:`MIN_SELECTED` selected sources (columns ``n_selected``, ``n_correct``, ``purity``,
+    ``completeness``, ``n_true``: the choose part); then on the verify part: ``verify_n_true``,
+    ``verify_n_selected``, ``verify_n_correct``, ``verify_purity``, ``verify_purity_lo95`` (its
+    one-sided 95 % Clopper-Pearson lower bound), ``verify_completeness``, and ``held``: the
+    promise "purity >= target" holds when ``verify_purity_lo95 >= target_purity``
+    (``verdict``: "held", "not held" when even the 95 % upper bound is below the target,
+    "not shown" between the two, "no threshold" where none was recommended);
 ``reliability_w1.parquet``
     per W1 bin and confidence bin: sources, mean confidence, fraction correct (the reliability
     diagrams of the report).
@@ -32,6 +42,7 @@ import io
 import itertools
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +51,7 @@ import pandas as pd
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from fsspec.implementations.local import LocalFileSystem
+from scipy import stats
 
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES
@@ -60,6 +72,11 @@ TARGETS = (0.90, 0.95, 0.99)
 """Purities the recommended thresholds aim at."""
 MIN_SELECTED = 20
 """A threshold is recommended only where it selects at least this many test sources."""
+CONFIDENCE = 0.95
+"""Confidence of the purity bounds (one-sided Clopper-Pearson)."""
+SPLIT_KEY = 0x1C5A_26E1_D3A7_0B15
+"""Key of :func:`verify_part`'s hash: fixed, so the choose / verify parts are the same on every
+run and machine (changing it re-draws them)."""
 RELIABILITY_BINS = 10
 """Confidence bins of the reliability tables."""
 
@@ -151,8 +168,46 @@ def _purity_curve(y: np.ndarray, proba: np.ndarray, k: int) -> pd.DataFrame:
                                        "completeness"])  # fmt: skip
 
 
+def verify_part(cntr: np.ndarray, key: int = SPLIT_KEY) -> np.ndarray:
+    """True for the rows of the verify part, False for the choose part (about half each).
+
+    A keyed hash of ``cntr`` (splitmix64 of ``cntr`` xor ``key``): deterministic, independent
+    of the rows' order and of which other rows are present, and unrelated to position, depth or
+    class (AllWISE's ``cntr`` numbers sources along the survey's scan).
+    """
+    x = np.asarray(cntr, dtype=np.int64).astype(np.uint64) ^ np.uint64(key)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(63)).astype(bool)
+
+
+def purity_lower_bound(
+    n_correct: np.ndarray | int, n_selected: np.ndarray | int, confidence: float = CONFIDENCE
+) -> np.ndarray:
+    """One-sided Clopper-Pearson lower bound of a purity ``n_correct / n_selected``: the true
+    purity is at least this with probability ``confidence``; NaN where nothing is selected."""
+    k, n = np.asarray(n_correct, dtype=np.float64), np.asarray(n_selected, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        lo = np.where(k > 0, stats.beta.ppf(1 - confidence, k, n - k + 1), 0.0)
+    return np.where(n > 0, lo, np.nan)
+
+
+def purity_upper_bound(
+    n_correct: np.ndarray | int, n_selected: np.ndarray | int, confidence: float = CONFIDENCE
+) -> np.ndarray:
+    """One-sided Clopper-Pearson upper bound (the mirror of :func:`purity_lower_bound`)."""
+    k, n = np.asarray(n_correct, dtype=np.float64), np.asarray(n_selected, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        hi = np.where(k < n, stats.beta.ppf(confidence, k + 1, n - k), 1.0)
+    return np.where(n > 0, hi, np.nan)
+
+
 def recommended_thresholds(labels: np.ndarray, proba: np.ndarray) -> pd.DataFrame:
-    """Per class and target purity: the smallest grid threshold reaching it (see the module).
+    """Per class and target purity: the smallest grid threshold whose purity's lower bound
+    reaches it (see the module), on the rows given (the choose part).
 
     A target no threshold reaches gets a null threshold and a ``note`` saying why.
     """
@@ -160,42 +215,54 @@ def recommended_thresholds(labels: np.ndarray, proba: np.ndarray) -> pd.DataFram
     rows = []
     for k, name in enumerate(CLASSES):
         curve = _purity_curve(y, proba, k)
+        lo = purity_lower_bound(curve["n_correct"], curve["n_selected"])
         for target in TARGETS:
-            ok = curve[(curve["purity"] >= target) & (curve["n_selected"] >= MIN_SELECTED)]
+            ok = curve[(lo >= target) & (curve["n_selected"] >= MIN_SELECTED)]
             if len(ok):
                 r = ok.iloc[0]
                 rows.append({"class": name, "target_purity": target, **r.to_dict(), "note": ""})
             else:
-                best = curve["purity"].max()
+                best = np.nanmax(lo) if np.isfinite(lo).any() else np.nan
                 rows.append({"class": name, "target_purity": target, "threshold": np.nan,
                              "n_selected": 0, "n_correct": 0, "purity": np.nan,
                              "completeness": 0.0,
                              "note": f"not reached with >= {MIN_SELECTED} sources "
-                                     f"(best purity {best:.3f})"})  # fmt: skip
+                                     f"(best 95 % lower bound {best:.3f})"})  # fmt: skip
     out = pd.DataFrame(rows)
     out["n_true"] = [int((y == CLASSES.index(c)).sum()) for c in out["class"]]
     return out
 
 
-def measure_thresholds(
+def verify_thresholds(
     thresholds: pd.DataFrame, labels: np.ndarray, proba: np.ndarray
 ) -> pd.DataFrame:
-    """``thresholds`` (from :func:`recommended_thresholds`) applied to another labelled split:
-    ``purity`` and ``completeness`` measured there, beside the promised ones."""
+    """``thresholds`` (from :func:`recommended_thresholds`) with the ``verify_*`` columns,
+    ``held`` and ``verdict`` measured on another labelled part (see the module)."""
     y, pred, conf = np.asarray(labels), proba.argmax(1), proba.max(1)
-    out = thresholds[["class", "target_purity", "threshold", "purity", "completeness"]].copy()
-    out = out.rename(columns={"purity": "promised_purity", "completeness": "promised_completeness"})
-    measured = []
+    out = thresholds.copy()
+    cols: dict[str, list[float]] = {"n_true": [], "n_selected": [], "n_correct": []}
     for _, r in out.iterrows():
         k = CLASSES.index(r["class"])
-        if not np.isfinite(r["threshold"]):
-            measured.append((np.nan, np.nan, 0))
-            continue
-        sel = (pred == k) & (conf >= r["threshold"])
-        n_sel, n_ok, n_true = int(sel.sum()), int((sel & (y == k)).sum()), int((y == k).sum())
-        measured.append((n_ok / n_sel if n_sel else np.nan, n_ok / n_true if n_true else np.nan,
-                         n_sel))  # fmt: skip
-    out["purity"], out["completeness"], out["n_selected"] = zip(*measured, strict=True)
+        sel = (pred == k) & (conf >= r["threshold"]) if np.isfinite(r["threshold"]) else pred < 0
+        cols["n_true"].append(int((y == k).sum()))
+        cols["n_selected"].append(int(sel.sum()))
+        cols["n_correct"].append(int((sel & (y == k)).sum()))
+    for c, v in cols.items():
+        out[f"verify_{c}"] = np.asarray(v, dtype=np.int64)
+    n_sel, n_ok = out["verify_n_selected"].to_numpy(), out["verify_n_correct"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["verify_purity"] = np.where(n_sel > 0, n_ok / n_sel, np.nan)
+        out["verify_completeness"] = n_ok / np.where(out["verify_n_true"] > 0,
+                                                     out["verify_n_true"], np.nan)  # fmt: skip
+    out["verify_purity_lo95"] = purity_lower_bound(n_ok, n_sel)
+    hi = purity_upper_bound(n_ok, n_sel)
+    target = out["target_purity"].to_numpy()
+    out["held"] = out["verify_purity_lo95"].to_numpy() >= target  # NaN compares False
+    out["verdict"] = np.select(
+        [~np.isfinite(out["threshold"].to_numpy()), out["held"].to_numpy(), hi < target],
+        ["no threshold", "held", "not held"],
+        "not shown",
+    )
     return out
 
 
@@ -217,25 +284,35 @@ def reliability_w1(labels: np.ndarray, proba: np.ndarray, w1: np.ndarray) -> pd.
 
 
 def selection_tables(
-    labels: np.ndarray,
-    proba: np.ndarray,
-    w1: np.ndarray,
-    ra: np.ndarray,
-    dec: np.ndarray,
-    flags: np.ndarray,
+    split: Mapping[str, np.ndarray], proba: np.ndarray
 ) -> dict[str, pd.DataFrame]:
-    """All four tables (:data:`FILES`) from a labelled split's clean rows."""
-    keep = clean(np.asarray(flags))
-    y, p = np.asarray(labels)[keep], np.asarray(proba, dtype=np.float64)[keep]
-    w = np.asarray(w1, dtype=np.float64)[keep]
+    """All four tables (:data:`FILES`) from a labelled split's clean rows.
+
+    ``split`` holds ``label``, ``w1mpro``, ``ra``, ``dec``, ``quality_flags`` and ``cntr`` per
+    row (``proba``: the calibrated probabilities). The thresholds are chosen on the choose
+    part and verified on the verify part (:func:`verify_part`); the other tables use every
+    clean row.
+    """
+    keep = clean(np.asarray(split["quality_flags"]))
+    y, p = np.asarray(split["label"])[keep], np.asarray(proba, dtype=np.float64)[keep]
+    w = np.asarray(split["w1mpro"], dtype=np.float64)[keep]
+    ra, dec = np.asarray(split["ra"])[keep], np.asarray(split["dec"])[keep]
+    verify = verify_part(np.asarray(split["cntr"])[keep])
+    chosen = recommended_thresholds(y[~verify], p[~verify])
     return {
-        "completeness_purity": completeness_purity(
-            y, p, w, np.asarray(ra)[keep], np.asarray(dec)[keep]
-        ),
+        "completeness_purity": completeness_purity(y, p, w, ra, dec),
         "completeness_purity_w1": completeness_purity_w1(y, p, w),
-        "thresholds": recommended_thresholds(y, p),
+        "thresholds": verify_thresholds(chosen, y[verify], p[verify]),
         "reliability_w1": reliability_w1(y, p, w),
     }
+
+
+def promises_held(thresholds: pd.DataFrame) -> str:
+    """One line: how many (class, target) promises held on the verify part."""
+    made = thresholds[np.isfinite(thresholds["threshold"])]
+    held = int(made["held"].sum()) if "held" in made else 0
+    return (f"{held} of {len(made)} purity promises held on the verify part (95 % lower bound "
+            f">= target); {len(thresholds) - len(made)} targets got no threshold")  # fmt: skip
 
 
 def write_tables(
@@ -255,6 +332,10 @@ def write_tables(
         "thresholds": list(THRESHOLDS),
         "targets": list(TARGETS),
         "min_selected": MIN_SELECTED,
+        "threshold_split": "thresholds chosen on the choose part, verified on the verify part "
+        f"(keyed hash of cntr, key {SPLIT_KEY:#x}); bounds: one-sided {CONFIDENCE:.0%} "
+        "Clopper-Pearson",
+        "promises": promises_held(tables["thresholds"]),
         "rows": "clean rows only (iic_survey.core.flags.NOT_CLEAN bits unset)",
         "priors": "the labelled split is class-balanced: purity holds for equal priors; "
         "reweight with the n_from_<class> columns",
