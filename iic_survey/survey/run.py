@@ -113,7 +113,7 @@ class Summary:
 def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[int]) -> None:
     """Remove parts a crashed run left for pixels this run redoes (they may overlap ours)."""
     fsys, root = schema.resolve(config.output, fs)
-    base = schema.staging_dir(root, order, 0).rsplit("/", 1)[0]
+    base = output.fresh(fsys, schema.staging_dir(root, order, 0).rsplit("/", 1)[0])
     if not fsys.exists(base):
         return
     want = {f"Npix={int(p)}" for p in todo}
