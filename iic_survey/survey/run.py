@@ -53,6 +53,7 @@ import ray
 
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES, SUBSETS
+from iic_survey.model import machine
 from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
 from iic_survey.output import finalize, margin, schema, selection
@@ -125,12 +126,15 @@ def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[i
 
 def _record_start(config: PipelineConfig, fs: Any, decision: GateResult) -> None:
     """Add this start's precision decision to ``_run.json`` (``precision_runs``, one per start)
-    and say how the model scores rows (``scoring``: depth calibration or a single temperature;
-    with or without a training domain for ``subset``)."""
+    and the machine (``machines``: CPU, torch capability in use, numpy SIMD, versions), and say
+    how the model scores rows (``scoring``: depth calibration or a single temperature; with or
+    without a training domain for ``subset``)."""
     fsys, root = schema.resolve(config.output, fs)
     path = f"{root}/_run.json"
     record = output.read_json(fsys, path)
     record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
+    # what this start's rows were computed with (the driver's machine; README Reproducibility)
+    record["machines"] = [*record.get("machines", []), machine.provenance(decision.used)]
     record["scoring"] = scoring_record(config.model_dir)
     for note in record["scoring"]["notes"]:
         logger.warning("%s", note)
