@@ -373,7 +373,10 @@ def _make_chunk(stamps: np.ndarray, params: RGBParams, out: np.ndarray) -> np.nd
 
     inv_soft = (1.0 / np.asarray(params.softening_dn, dtype=np.float32))[None, :, None, None]
     x *= inv_soft
-    np.arcsinh(x, out=x)
+    # float32 asinh is a different approximation per SIMD level (numpy uses SVML on AVX-512:
+    # 2.4e-7 apart from AVX2's); in float64 both are within an ulp of the truth, so rounding to
+    # float32 gives the same image on every x86-64 CPU (but for a rare rounding-boundary tie)
+    x[...] = np.arcsinh(x.astype(np.float64))
     resize_bilinear(x, params.out_size, scale=1.0 / math.asinh(params.full_scale), out=out)
     return flags
 
