@@ -243,9 +243,7 @@ def bilinear_taps(
     """
     src = np.clip((np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5, 0, size_in - 1)
     i0 = np.floor(src).astype(np.intp)
-    i1 = np.minimum(i0 + 1, size_in - 1)
-    w1 = src - i0
-    return i0, i1, 1 - w1, w1
+    return i0, np.minimum(i0 + 1, size_in - 1), 1 - (src - i0), src - i0
 
 
 @functools.lru_cache(maxsize=16)
@@ -373,9 +371,8 @@ def _make_chunk(stamps: np.ndarray, params: RGBParams, out: np.ndarray) -> np.nd
 
     inv_soft = (1.0 / np.asarray(params.softening_dn, dtype=np.float32))[None, :, None, None]
     x *= inv_soft
-    # float32 asinh is a different approximation per SIMD level (numpy uses SVML on AVX-512:
-    # 2.4e-7 apart from AVX2's); in float64 both are within an ulp of the truth, so rounding to
-    # float32 gives the same image on every x86-64 CPU (but for a rare rounding-boundary tie)
+    # numpy's float32 asinh differs per SIMD level (2.4e-7, SVML on AVX-512); float64 rounded
+    # to float32 is the same image on every x86-64 CPU (README, Reproducibility)
     x[...] = np.arcsinh(x.astype(np.float64))
     resize_bilinear(x, params.out_size, scale=1.0 / math.asinh(params.full_scale), out=out)
     return flags
