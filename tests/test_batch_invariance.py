@@ -7,12 +7,14 @@ in may change a single bit of its row. Checked at the Predictor and over a whole
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from iic_survey.model import inference
+from iic_survey.model import inference, machine
 from iic_survey.model.network import build_model, optimize_for_inference
 from iic_survey.output import reader
 from iic_survey.survey.config import PipelineConfig
@@ -72,12 +74,22 @@ def test_chunk_and_model_batch_sizes_do_not_change_a_bit_of_the_catalog(
         out = str(tmp_path / f"c{chunk}b{batch}")
         run_pipeline(
             PipelineConfig(
-                catalog=tiny_sky.catalog_url, images=tiny_sky.images_url,
-                model_dir=tiny_model_dir, output=out, chunk_size=chunk,
-                model_batch_size=batch, inference_actors=1, progress_interval_s=2.0,
-            )  # fmt: skip
+                catalog=tiny_sky.catalog_url,
+                images=tiny_sky.images_url,
+                model_dir=tiny_model_dir,
+                output=out,
+                chunk_size=chunk,
+                model_batch_size=batch,
+                inference_actors=1,
+                progress_interval_s=2.0,
+            )
         )
         outs.append(_rows(out))
+    with open(f"{out}/_run.json", encoding="utf-8") as f:
+        record = json.load(f)
+    (used,) = record["machines"]  # what the rows were computed with
+    assert used["torch_cpu_capability"] in machine.LEVELS and used["precision"] == "fp32"
+    assert record["ood"] == {"estimator": "ledoit-wolf", "legacy": False}
     a, b = outs
     assert len(a) > 0 and a["cntr"].is_unique
     pd.testing.assert_frame_equal(a, b, check_exact=True)

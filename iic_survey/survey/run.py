@@ -54,6 +54,8 @@ import ray
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.model import machine
+from iic_survey.model.directory import META_FILE, load_model_dir
+from iic_survey.model.ood import LEGACY_ESTIMATOR, OodStats
 from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
 from iic_survey.output import finalize, margin, schema, selection
@@ -135,10 +137,22 @@ def _record_start(config: PipelineConfig, fs: Any, decision: GateResult) -> None
     record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
     # what this start's rows were computed with (the driver's machine; README Reproducibility)
     record["machines"] = [*record.get("machines", []), machine.provenance(decision.used)]
+    record["ood"] = _ood_record(config.model_dir)
     record["scoring"] = scoring_record(config.model_dir)
     for note in record["scoring"]["notes"]:
         logger.warning("%s", note)
     write_atomic(fsys, path, json.dumps(record, indent=1, sort_keys=True).encode())
+
+
+def _ood_record(model_dir: str) -> dict[str, Any] | None:
+    """How ``ood_score`` is computed: the covariance estimator (older directories: the legacy
+    one, scored as before). Unusable statistics are refused here, naming the file."""
+    source = f"{model_dir}/{META_FILE}"
+    stats = OodStats.from_model(load_model_dir(model_dir).feature_stats, source=source)
+    if stats is not None and stats.estimator == LEGACY_ESTIMATOR:
+        logger.warning("model %s: OOD statistics of the legacy estimator (%s), scored as before",
+                       model_dir, LEGACY_ESTIMATOR)  # fmt: skip
+    return stats.record() if stats else None
 
 
 def _precision_used(config: PipelineConfig, fs: Any) -> str:
