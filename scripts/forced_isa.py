@@ -30,6 +30,7 @@ TESTS = [
     "tests/test_stamps.py",
     "tests/test_batch_invariance.py",
     "tests/test_machine.py",
+    "tests/test_ood.py",
     "tests/test_model.py::test_optimize_for_inference_keeps_outputs",
     "tests/test_model.py::test_the_cpu_model_batch_keeps_outputs",
     "tests/test_model.py::test_nan_inputs_give_finite_output",
