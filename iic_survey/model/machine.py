@@ -31,21 +31,19 @@ _NEEDS: dict[str, tuple[str, ...]] = {
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
     return frozenset()
 
 
 def cpu_name() -> str:
     """The CPU's model name (``platform.processor()`` where ``/proc/cpuinfo`` has none)."""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -110,8 +108,12 @@ def provenance(precision: str | None = None) -> dict[str, Any]:
 
     env = {
         k: os.environ[k]
-        for k in ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES", "OPENBLAS_CORETYPE",
-                  "ONEDNN_MAX_CPU_ISA")  # fmt: skip
+        for k in (
+            "ATEN_CPU_CAPABILITY",
+            "NPY_DISABLE_CPU_FEATURES",
+            "OPENBLAS_CORETYPE",
+            "ONEDNN_MAX_CPU_ISA",
+        )
         if os.environ.get(k)
     }
     return {
@@ -120,7 +122,11 @@ def provenance(precision: str | None = None) -> dict[str, Any]:
         "cpu_native_capability": native_capability(),
         "numpy_simd": numpy_simd(),
         "forced": env,
-        "versions": {"torch": torch.__version__, "numpy": np.__version__,
-                     "pyarrow": pa.__version__, "python": platform.python_version()},  # fmt: skip
+        "versions": {
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "pyarrow": pa.__version__,
+            "python": platform.python_version(),
+        },
         "precision": precision,
     }
