@@ -405,3 +405,33 @@ def test_s3_round_trip_and_pruning(s3_server: str, s3_requests, results) -> None
     opts = {k: v for k, v in s3_storage_options(s3_server).items() if k != "endpoint_url"}
     path = UPath(out, client_kwargs={"endpoint_url": s3_server}, **opts)
     assert hats.read_hats(path / schema.MAIN).catalog_info.total_rows == len(df)
+
+
+def test_s3_commit_lists_the_staging_folder_afresh(s3_server: str, results) -> None:
+    """A reused worker's cached listing must not decide what a commit reads (issue 24 item 5).
+
+    One process (``worker``: s3fs with its listing cache, as the pipeline's) lists a pixel's
+    staged parts; another (``rerun``) clears them and stages the rerun's part; the first then
+    commits. With a stale listing it opens a part S3 no longer has.
+    """
+    from tests.fixtures.s3 import s3_filesystem
+
+    rerun = s3_filesystem(s3_server)
+    worker = s3_filesystem(s3_server, use_listings_cache=True)
+    if not rerun.exists("iic-test-stale"):
+        rerun.mkdir("iic-test-stale")
+    out = "s3://iic-test-stale/catalog"
+    output.prepare_output(out, {"a": 1}, fs=rerun)
+    pixel, rows = _pixel_rows(results[0])
+    output.write_part(out, ORDER, pixel, "old0", rows.iloc[:3], fs=rerun)
+    output.write_part(out, ORDER, pixel, "old1", rows.iloc[3:5], fs=rerun)
+    root = "iic-test-stale/catalog"
+    assert len(output.part_files(worker, root, ORDER, pixel)) == 2  # cached in ``worker``
+    assert not commit.is_finished(out, ORDER, pixel, fs=worker)
+    rerun.rm(schema.staging_dir(root, ORDER, pixel), recursive=True)  # the rerun clears ...
+    output.write_part(out, ORDER, pixel, "new0", rows, fs=rerun)  # ... and stages anew
+    assert commit.commit_if_complete(out, ORDER, pixel, len(rows), fs=worker)
+    assert commit.is_finished(out, ORDER, pixel, fs=worker)
+    with rerun.open(schema.pixel_file(root, ORDER, pixel), "rb") as f:
+        got = pq.read_table(f).column("cntr").to_pylist()
+    assert sorted(got) == sorted(rows["cntr"])

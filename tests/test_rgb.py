@@ -390,6 +390,28 @@ def test_torch_twin_equals_numpy(params: rgb.RGBParams) -> None:
     assert empty.shape == (0, 3, params.out_size, params.out_size) and flags0.shape == (0,)
 
 
+@pytest.mark.parametrize("twin", ["numpy", "torch"])
+def test_an_image_does_not_depend_on_its_batch(twin: str) -> None:
+    """Bit-identical alone, among others, at any batch length (chunk edges included)."""
+    from iic_survey.stamps.rgb_torch import make_rgb_torch
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if twin == "numpy":
+            return rgb.make_rgb(x)
+        img, fl = make_rgb_torch(torch.from_numpy(x))
+        return img.numpy(), fl.numpy().astype(np.uint32)
+
+    pool = np.concatenate([_hard_stamps(), stamps(60, seed=7, amp=np.geomspace(1, 3e3, 60))])
+    rng = np.random.default_rng(3)
+    alone = [run(pool[i : i + 1]) for i in range(len(pool))]
+    for n in (2, 5, 127, 128, 129, 301):
+        pick = rng.choice(len(pool), size=n, replace=n > len(pool))
+        img, flags = run(pool[pick])
+        for row, i in enumerate(pick):
+            np.testing.assert_array_equal(img[row], alone[i][0][0], err_msg=f"batch of {n}")
+            assert flags[row] == alone[i][1][0]
+
+
 def test_torch_twin_refuses_bad_shapes() -> None:
     from iic_survey.stamps.rgb_torch import make_rgb_torch
 

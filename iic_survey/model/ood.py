@@ -2,9 +2,9 @@
 
 :func:`predict` gives the logits and the penultimate embeddings of a batch of stamps (training's
 finalisation and the classify stage both call it). :func:`ood_statistics` describes the training
-embeddings (mean, shrunk inverse covariance, a high percentile of their Mahalanobis distance);
-the model directory stores that, and :class:`OodStats` reads it back to score new sources, whose
-``ood_score`` above the threshold marks them as outliers.
+embeddings (mean, Ledoit-Wolf inverse covariance, a high percentile of their Mahalanobis
+distance); the model directory stores that, and :class:`OodStats` reads it back to score new
+sources, whose ``ood_score`` above the threshold marks them as outliers.
 """
 
 from __future__ import annotations
@@ -55,10 +55,31 @@ def predict(
 # Out-of-distribution statistics
 
 
+ESTIMATOR = "ledoit-wolf"
+"""How :func:`ood_statistics` estimates the covariance (recorded as ``estimator``)."""
+
+LEGACY_ESTIMATOR = "sample-shrunk-1e-3"
+"""The estimator of model directories written before ``estimator`` was recorded: the sample
+covariance plus 1e-3 of its mean diagonal. They are scored with it as before."""
+
+_ROWS = 64  # rows per block of :func:`mahalanobis` (a (64, D, D) float64 temporary)
+
+
 def mahalanobis(embeddings: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Mahalanobis distance of each row to the training mean."""
-    d = np.asarray(embeddings, dtype=np.float64) - mean
-    return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, precision, d), 0.0))
+    """Mahalanobis distance of each row to the training mean.
+
+    Each row's quadratic form is two sums over that row's own contiguous products (no matrix
+    product, whose blocking would follow how many rows share the call), so a source's score
+    does not depend on the other sources scored with it.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    p = np.ascontiguousarray(precision, dtype=np.float64)  # symmetric: row i is column i
+    out = np.empty(len(x))
+    for lo in range(0, len(x), _ROWS):
+        d = x[lo : lo + _ROWS] - mean  # (n, D)
+        pd_ = (p[None, :, :] * d[:, None, :]).sum(axis=-1)  # (n, D): P d, row by row
+        out[lo : lo + _ROWS] = (pd_ * d).sum(axis=-1)
+    return np.sqrt(np.maximum(out, 0.0))
 
 
 def ood_statistics(
@@ -66,25 +87,29 @@ def ood_statistics(
     logits: np.ndarray,
     temperature: float,
     percentile: float = OOD_PERCENTILE,
-    shrinkage: float = 1e-3,
 ) -> dict[str, Any]:
     """What a new source's embedding is compared against; ``temperature`` is stored with it.
 
-    The covariance is shrunk towards its mean diagonal (``shrinkage`` x trace / D) so that its
-    inverse exists even with collapsed ReLU dimensions or few samples.
+    The covariance is scikit-learn's Ledoit-Wolf estimate: the sample covariance shrunk
+    towards a scaled identity by the amount that minimises its expected error. Directions with
+    almost no variance (collapsed ReLU units) then keep a variance of the order of the shrinkage
+    times the mean variance, instead of 1e-3 of it, so they cannot dominate the distance: a
+    1e-6 change of an image no longer moves ``ood_score`` by 1e-3 (README, Reproducibility).
     """
+    from sklearn.covariance import LedoitWolf
+
     x = np.asarray(embeddings, dtype=np.float64)
     if len(x) < 2:
         raise ValueError("OOD statistics need at least 2 training embeddings")
-    mean = x.mean(axis=0)
-    cov = np.cov(x, rowvar=False)
-    dim = cov.shape[0]
-    cov = cov + np.eye(dim) * shrinkage * max(np.trace(cov) / dim, 1e-12)
-    precision = np.linalg.inv(cov)
-    dist = mahalanobis(x, mean, precision)
+    lw = LedoitWolf(store_precision=True, assume_centered=False).fit(x)
+    mean, precision = lw.location_, lw.precision_
+    precision = (precision + precision.T) / 2  # exactly symmetric (mahalanobis relies on it)
+    dist = mahalanobis(x, mean, precision.astype(np.float32))
     return {
-        "embedding_dim": int(dim),
+        "embedding_dim": int(x.shape[1]),
         "n_samples": len(x),
+        "estimator": ESTIMATOR,
+        "shrinkage": float(lw.shrinkage_),
         "mean": mean.astype(np.float32).tolist(),
         "precision": precision.astype(np.float32).tolist(),
         "mahalanobis_percentile": float(percentile),
@@ -104,19 +129,54 @@ class OodStats:
     mean: np.ndarray
     precision: np.ndarray
     threshold: float
+    estimator: str = ESTIMATOR
+    """How the covariance was estimated (:data:`LEGACY_ESTIMATOR` for older directories)."""
 
     @classmethod
-    def from_model(cls, stats: Mapping[str, Any] | None) -> OodStats | None:
-        """Parse a model directory's statistics (top level or under ``"ood"``); None if absent."""
+    def from_model(
+        cls, stats: Mapping[str, Any] | None, source: str = "model.json (feature_stats)"
+    ) -> OodStats | None:
+        """Parse a model directory's statistics (top level or under ``"ood"``); None if absent.
+
+        Raises
+        ------
+        ValueError
+            Naming ``source``, if the statistics are malformed, non-finite or singular (the
+            precision must be symmetric positive definite): they would score every row wrongly.
+        """
         block = dict(stats or {})
         block = dict(block.get("ood", block))
         if not {"mean", "precision", "mahalanobis_threshold"} <= set(block):
             return None
-        return cls(
+        out = cls(
             np.asarray(block["mean"], dtype=np.float64),
             np.asarray(block["precision"], dtype=np.float64),
             float(block["mahalanobis_threshold"]),
+            str(block.get("estimator", LEGACY_ESTIMATOR)),
         )
+        problem = out._problem()
+        if problem:
+            raise ValueError(f"OOD statistics in {source} are unusable: {problem}; refit them")
+        return out
+
+    def _problem(self) -> str | None:
+        d = self.mean.shape[0] if self.mean.ndim == 1 else -1
+        if d < 1 or self.precision.shape != (d, d):
+            return f"mean {self.mean.shape} and precision {self.precision.shape} do not match"
+        if not (np.isfinite(self.mean).all() and np.isfinite(self.precision).all()):
+            return "non-finite mean or precision"
+        if not (np.isfinite(self.threshold) and self.threshold > 0):
+            return f"threshold {self.threshold} is not a positive number"
+        if not np.allclose(self.precision, self.precision.T, rtol=1e-5, atol=0):
+            return "the precision matrix is not symmetric"
+        eig = np.linalg.eigvalsh(self.precision)
+        if eig[0] <= eig[-1] * 1e-12:
+            return f"the precision matrix is singular (eigenvalues {eig[0]:.3g} .. {eig[-1]:.3g})"
+        return None
+
+    def record(self) -> dict[str, Any]:
+        """For ``_run.json``: the estimator and whether it is the older one."""
+        return {"estimator": self.estimator, "legacy": self.estimator == LEGACY_ESTIMATOR}
 
     def score(self, emb: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``emb`` (N, D)."""

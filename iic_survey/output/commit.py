@@ -38,6 +38,7 @@ from iic_survey.output.schema import (
 from iic_survey.output.writer import (
     OutputError,
     file_metadata,
+    fresh,
     parquet_bytes,
     part_files,
     read_json,
@@ -56,7 +57,7 @@ def is_finished(
 ) -> bool:
     """Whether a pixel has been committed (its marker exists)."""
     fs, root = resolve(out, fs)
-    return bool(fs.exists(marker_path(root, order, pixel)))
+    return bool(fs.exists(fresh(fs, marker_path(root, order, pixel))))
 
 
 def commit_pixel(
@@ -81,7 +82,7 @@ def commit_pixel(
     if int(expected_rows) < 1:
         raise ValueError(f"pixel {pixel}: expected_rows must be >= 1 (do not plan empty pixels)")
     fs, root = resolve(out, fs)
-    marker = marker_path(root, order, pixel)
+    marker = fresh(fs, marker_path(root, order, pixel))
     if fs.exists(marker):
         return _already_committed(fs, root, order, pixel, int(expected_rows))
     parts = part_files(fs, root, order, pixel)
@@ -91,7 +92,7 @@ def commit_pixel(
             with fs.open(part, "rb") as f:
                 tables.append(pq.read_table(f, schema=OUTPUT_SCHEMA))
     except FileNotFoundError:
-        if fs.exists(marker):  # a concurrent commit finished first and removed the parts
+        if fs.exists(fresh(fs, marker)):  # a concurrent commit finished first, removed the parts
             return _already_committed(fs, root, order, pixel, int(expected_rows))
         raise
     table = pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
@@ -229,7 +230,7 @@ def commit_if_complete(
     the pixel.
     """
     fs, root = resolve(out, fs)
-    if fs.exists(marker_path(root, order, pixel)):
+    if fs.exists(fresh(fs, marker_path(root, order, pixel))):
         return True
     if staged_rows(root, order, pixel, fs) < int(expected_rows):
         return False

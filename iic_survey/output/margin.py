@@ -52,6 +52,7 @@ from iic_survey.output.writer import (
     OutputError,
     commit_markers,
     file_metadata,
+    fresh,
     parquet_bytes,
     read_json,
 )
@@ -161,7 +162,7 @@ def margin_pixel(
     """Write one partition's margin file (if it has rows), then its marker; return the marker."""
     fs, root = resolve(out, fs)
     name = margin_name(arcsec)
-    marker = _marker_path(root, name, *pixel)
+    marker = fresh(fs, _marker_path(root, name, *pixel))
     if fs.exists(marker):
         return dict(read_json(fs, marker))
     table = margin_rows(fs, root, pixel, near, arcsec)

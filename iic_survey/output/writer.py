@@ -231,9 +231,23 @@ def write_part(
     return table.num_rows
 
 
+def fresh(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """``path``, after dropping what ``fs`` has cached of its listing and its parents'.
+
+    fsspec keeps one filesystem instance per process and its options, and s3fs caches every
+    listing in it (``exists`` answers from a cached parent listing too). A Ray worker reused
+    across runs, or across pixels that other workers commit, would otherwise decide what to
+    read, commit, merge or delete from a listing of the past (a rerun's cleared parts read as
+    present: ``NoSuchKey``). Call it on every path whose listing or existence decides such a
+    thing; on local and memory filesystems it costs nothing.
+    """
+    fs.invalidate_cache(path)
+    return path
+
+
 def part_files(fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int) -> list[str]:
-    """The staged part files of a pixel, sorted (none if nothing is staged)."""
-    folder = staging_dir(root, order, pixel)
+    """The staged part files of a pixel, sorted (none if nothing is staged), listed afresh."""
+    folder = fresh(fs, staging_dir(root, order, pixel))
     if not fs.exists(folder):
         return []
     return sorted(

@@ -18,9 +18,14 @@ Channels are W1, W2, W3 -> 0, 1, 2 (R, G, B when displayed). Per stamp and band:
    the sky; :func:`fit_softening` sets it from a sample of stamps.
 4. **Resize** to ``out_size`` with separable bilinear interpolation, align_corners=False
    (pixel centres at ``(j + 0.5) * S / out - 0.5``, clamped at the edges; the convention of
-   ``torch.nn.functional.interpolate(..., align_corners=False)`` and PIL), done as two matrix
-   products so that the output is written once. The stretch runs before the resize, on the
-   5.8x fewer input pixels.
+   ``torch.nn.functional.interpolate(..., align_corners=False)`` and PIL), as two taps per
+   axis (element-wise products and sums, no matrix product: see :func:`resize_bilinear`). The
+   stretch runs before the resize, on the 5.8x fewer input pixels.
+
+**Batch invariance.** A stamp's image and flags are bit-identical whatever other stamps share
+its call and however many there are: every per-stamp statistic is a sort, a count or a sum
+over that stamp's own contiguous pixels (the last axis), and the resize has no reduction at
+all, so no BLAS blocking or SIMD width can reorder a stamp's arithmetic.
 
 Flags (``QualityFlag``): ``NAN_PIXELS``; ``BLANK`` when a band's stamp is constant (or all
 NaN); ``NO_CENTRAL_SOURCE`` when the W1 flux in the central box (``2 * central_px + 1``
@@ -32,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
 from typing import Any
 
@@ -51,7 +55,6 @@ changes, so that a model trained on the old transform is refused rather than fed
 _SIGMA_FROM_QUANTILES = 0.5  # (q84 - q16) / 2 = sigma for a Gaussian
 _Q16, _Q84 = 0.15865525, 0.84134475
 _MIN_BORDER = 8  # fewer finite border pixels than this: estimate from the whole stamp
-_RESIZE_BANDS = 4  # row bands of the resize; measured fastest for 37 -> 80 px
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,34 +226,31 @@ def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
     Output pixel ``j`` samples the input at ``(j + 0.5) * size_in / size_out - 0.5``, clamped to
     ``[0, size_in - 1]``; each row has two non-zero weights summing to 1.
     """
-    src = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
-    src = np.clip(src, 0, size_in - 1)
-    i0 = np.floor(src).astype(np.intp)
-    i1 = np.minimum(i0 + 1, size_in - 1)
-    w1 = src - i0
+    i0, i1, w0, w1 = bilinear_taps(size_in, size_out)
     m = np.zeros((size_out, size_in), dtype=np.float64)
-    np.add.at(m, (np.arange(size_out), i0), 1 - w1)
+    np.add.at(m, (np.arange(size_out), i0), w0)
     np.add.at(m, (np.arange(size_out), i1), w1)
     return m
 
 
+def bilinear_taps(
+    size_in: int, size_out: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two non-zero weights of each row of :func:`bilinear_matrix`, as taps.
+
+    Returns ``(i0, i1, w0, w1)``: output pixel ``j`` is ``w0[j] * in[i0[j]] + w1[j] * in[i1[j]]``
+    (float64 weights; ``i0 == i1`` at a clamped edge, where ``w1`` is 0).
+    """
+    src = np.clip((np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5, 0, size_in - 1)
+    i0 = np.floor(src).astype(np.intp)
+    return i0, np.minimum(i0 + 1, size_in - 1), 1 - (src - i0), src - i0
+
+
 @functools.lru_cache(maxsize=16)
-def _resize_plan(
-    size_in: int, size_out: int, scale: float, blocks: int
-) -> tuple[np.ndarray, list[tuple[slice, slice, np.ndarray]]]:
-    """Weights for :func:`resize_bilinear`: the scaled column matrix (S, O), and the row
-    matrix cut into ``blocks`` bands of output rows, each with the input rows it touches."""
-    r = bilinear_matrix(size_in, size_out)
-    rt = np.ascontiguousarray(r.T * scale, dtype=np.float32)
-    bands = []
-    edges = np.linspace(0, size_out, blocks + 1).round().astype(int)
-    for a, b in itertools.pairwise(edges):
-        if b <= a:
-            continue
-        cols = np.flatnonzero(r[a:b].any(axis=0))
-        lo, hi = int(cols[0]), int(cols[-1]) + 1
-        bands.append((slice(a, b), slice(lo, hi), np.ascontiguousarray(r[a:b, lo:hi], np.float32)))
-    return rt, bands
+def _taps32(size_in: int, size_out: int, scale: float) -> tuple[np.ndarray, ...]:
+    """:func:`bilinear_taps` with the weights times ``scale``, rounded once to float32."""
+    i0, i1, w0, w1 = bilinear_taps(size_in, size_out)
+    return i0, i1, (w0 * scale).astype(np.float32), (w1 * scale).astype(np.float32)
 
 
 def resize_bilinear(
@@ -258,22 +258,27 @@ def resize_bilinear(
 ) -> np.ndarray:
     """Resize (..., S, S) images to float32 (..., size_out, size_out), times ``scale``.
 
-    Columns first, as one large matrix product over all images; then rows, per image, in
-    bands of output rows that each touch only the ~S/4 input rows they need (bilinear weights
-    are two per row, so a dense product would multiply mostly zeros). The output is written
-    once, into ``out`` when given (C-contiguous float32 of the output shape); the scale rides
-    on the weights for free.
+    Each output pixel is its two taps per axis, weighted: columns first (the scale rides on
+    their weights), then rows. Only element-wise products and sums of two terms, never a matrix
+    product: BLAS picks its blocking and kernels by the matrix sizes (so by how many images
+    share the call) and by the CPU, and a dot product's rounding follows them. Here every
+    pixel's rounding is fixed, whatever the batch and whatever the SIMD width: an image is
+    bit-identical alone or among others, on any x86-64 CPU. Written once into ``out`` when
+    given (C-contiguous float32 of the output shape).
     """
     s = images.shape[-1]
     lead = images.shape[:-2]
-    rt, bands = _resize_plan(s, size_out, float(scale), _RESIZE_BANDS)
-    flat = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, s)
-    a = (flat @ rt).reshape(-1, s, size_out)  # (M, S, O): columns resampled
+    x = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, s, s)  # (M, S, S)
+    c0, c1, cw0, cw1 = _taps32(s, size_out, float(scale))
+    r0, r1, rw0, rw1 = _taps32(s, size_out, 1.0)
+    cols = np.take(x, c0, axis=2)  # (M, S, O): columns resampled
+    cols *= cw0
+    cols += np.take(x, c1, axis=2) * cw1
     if out is None:
         out = np.empty((*lead, size_out, size_out), dtype=np.float32)
-    dest = out.reshape(-1, size_out, size_out)
-    for rows_out, rows_in, w in bands:  # (M, O, O): rows resampled
-        np.matmul(w, a[:, rows_in, :], out=dest[:, rows_out, :])
+    dest = out.reshape(-1, size_out, size_out)  # (M, O, O): rows resampled
+    np.multiply(np.take(cols, r0, axis=1), rw0[:, None], out=dest)
+    dest += np.take(cols, r1, axis=1) * rw1[:, None]
     return out
 
 
@@ -355,16 +360,20 @@ def _make_chunk(stamps: np.ndarray, params: RGBParams, out: np.ndarray) -> np.nd
 
     x -= bg[:, :, None, None]  # flux above background, DN
     box = _central_box(size, params.central_px)
-    core = x[:, 0, box, box]  # W1
-    npx = core.shape[-1] * core.shape[-2]
-    snr = core.sum(axis=(1, 2)) / np.maximum(sig[:, 0] * math.sqrt(npx), 1e-30)
+    box_px = (box.stop - box.start) ** 2
+    core = np.ascontiguousarray(x[:, 0, box, box]).reshape(n, box_px)  # W1
+    npx = core.shape[-1]
+    # per stamp over its own contiguous pixels: the sum's order cannot depend on n
+    snr = core.sum(axis=-1) / np.maximum(sig[:, 0] * math.sqrt(npx), 1e-30)
     flags[snr < params.central_snr] |= np.uint32(QualityFlag.NO_CENTRAL_SOURCE)
     if params.saturation_dn is not None:
-        flags[core.max(axis=(1, 2)) >= params.saturation_dn] |= np.uint32(QualityFlag.SATURATED)
+        flags[core.max(axis=-1) >= params.saturation_dn] |= np.uint32(QualityFlag.SATURATED)
 
     inv_soft = (1.0 / np.asarray(params.softening_dn, dtype=np.float32))[None, :, None, None]
     x *= inv_soft
-    np.arcsinh(x, out=x)
+    # numpy's float32 asinh differs per SIMD level (2.4e-7, SVML on AVX-512); float64 rounded
+    # to float32 is the same image on every x86-64 CPU (README, Reproducibility)
+    x[...] = np.arcsinh(x.astype(np.float64))
     resize_bilinear(x, params.out_size, scale=1.0 / math.asinh(params.full_scale), out=out)
     return flags
 

@@ -7,7 +7,8 @@ object store carries 37x37 stamps instead of 80x80 images (5.8x fewer bytes). It
 numpy version to float32 rounding (tests/test_rgb.py holds it to 1e-5).
 
 Everything is a whole-batch tensor operation: the border statistics sort each (stamp, band)
-ring once and clip by counting, the resize is two matrix products. The clipping always runs its
+ring once and clip by counting, the resize is two taps per axis (no matmul, so a stamp's image
+does not depend on its batch-mates). The clipping always runs its
 ``clip_iters`` rounds (a round that changes nothing gives the same numbers again, so this equals
 numpy's early exit) and nothing waits for the device, except one check whether any stamp's
 border is too masked to use (then those stamps use every finite pixel, as in numpy).
@@ -31,7 +32,7 @@ from iic_survey.stamps.rgb import (
     RGBParams,
     _central_box,
     _ring_mask,
-    bilinear_matrix,
+    bilinear_taps,
 )
 
 _NAN = int(QualityFlag.NAN_PIXELS)
@@ -99,21 +100,30 @@ def _background(x: torch.Tensor, params: RGBParams) -> tuple[torch.Tensor, torch
 
 
 @functools.lru_cache(maxsize=32)
-def _resize_weights(
+def _taps(
     size_in: int, size_out: int, scale: float, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows (O, S), scaled columns (S, O)) float32, as :func:`~iic_survey.stamps.rgb.
-    resize_bilinear` rounds them."""
-    r = bilinear_matrix(size_in, size_out)
-    rows = torch.from_numpy(np.ascontiguousarray(r, np.float32)).to(device)
-    cols = torch.from_numpy(np.ascontiguousarray(r.T * scale, np.float32)).to(device)
-    return rows, cols
+) -> tuple[torch.Tensor, ...]:
+    """(i0, i1, w0, w1) on ``device``: :func:`~iic_survey.stamps.rgb.bilinear_taps`, the
+    weights times ``scale`` rounded to float32 as :func:`~iic_survey.stamps.rgb.resize_bilinear`
+    rounds them."""
+    i0, i1, w0, w1 = bilinear_taps(size_in, size_out)
+    idx = [torch.from_numpy(i.astype(np.int64)).to(device) for i in (i0, i1)]
+    ws = [torch.from_numpy((w * scale).astype(np.float32)).to(device) for w in (w0, w1)]
+    return idx[0], idx[1], ws[0], ws[1]
 
 
 def resize_bilinear_torch(images: torch.Tensor, size_out: int, scale: float = 1.0) -> torch.Tensor:
-    """(..., S, S) -> float32 (..., size_out, size_out), bilinear (align_corners=False) x scale."""
-    rows, cols = _resize_weights(images.shape[-1], size_out, float(scale), images.device)
-    return rows @ (images.float() @ cols)  # columns, then rows
+    """(..., S, S) -> float32 (..., size_out, size_out), bilinear (align_corners=False) x scale.
+
+    Two taps per axis, as separate products and sums (no matmul, no fused multiply-add): each
+    pixel's rounding is fixed, so an image does not depend on its batch-mates, and it equals
+    :func:`~iic_survey.stamps.rgb.resize_bilinear` bit for bit on a CPU.
+    """
+    s, x = images.shape[-1], images.float()
+    c0, c1, cw0, cw1 = _taps(s, size_out, float(scale), images.device)
+    r0, r1, rw0, rw1 = _taps(s, size_out, 1.0, images.device)
+    cols = x.index_select(-1, c0) * cw0 + x.index_select(-1, c1) * cw1  # (..., S, O)
+    return cols.index_select(-2, r0) * rw0[:, None] + cols.index_select(-2, r1) * rw1[:, None]
 
 
 def check_stamps(shape: tuple[int, ...], params: RGBParams) -> None:
@@ -153,12 +163,12 @@ def make_rgb_torch(
 
     x -= bg[:, :, None, None]  # flux above background, DN
     box = _central_box(size, params.central_px)
-    core = x[:, 0, box, box]  # W1
-    npx = core.shape[-1] * core.shape[-2]
-    snr = core.sum(dim=(1, 2)) / torch.clamp(sig[:, 0] * math.sqrt(npx), min=1e-30)
+    core = x[:, 0, box, box].flatten(1)  # W1, (N, box px): per-stamp sums
+    npx = core.shape[-1]
+    snr = core.sum(dim=-1) / torch.clamp(sig[:, 0] * math.sqrt(npx), min=1e-30)
     flags |= torch.where(snr < params.central_snr, _NO_SOURCE, 0)
     if params.saturation_dn is not None:
-        peak = core.flatten(1).amax(dim=1)
+        peak = core.amax(dim=1)
         flags |= torch.where(peak >= params.saturation_dn, _SATURATED, 0)
     inv_soft = torch.tensor(
         (1.0 / np.asarray(params.softening_dn, dtype=np.float32)), device=x.device

@@ -55,6 +55,9 @@ import ray
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.core.progress import interactive
+from iic_survey.model import machine
+from iic_survey.model.directory import META_FILE, load_model_dir
+from iic_survey.model.ood import LEGACY_ESTIMATOR, OodStats
 from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
 from iic_survey.output import finalize, index, margin, schema, selection
@@ -115,7 +118,7 @@ class Summary:
 def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[int]) -> None:
     """Remove parts a crashed run left for pixels this run redoes (they may overlap ours)."""
     fsys, root = schema.resolve(config.output, fs)
-    base = schema.staging_dir(root, order, 0).rsplit("/", 1)[0]
+    base = output.fresh(fsys, schema.staging_dir(root, order, 0).rsplit("/", 1)[0])
     if not fsys.exists(base):
         return
     want = {f"Npix={int(p)}" for p in todo}
@@ -127,16 +130,31 @@ def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[i
 
 def _record_start(config: PipelineConfig, fs: Any, decision: GateResult) -> None:
     """Add this start's precision decision to ``_run.json`` (``precision_runs``, one per start)
-    and say how the model scores rows (``scoring``: depth calibration or a single temperature;
-    with or without a training domain for ``subset``)."""
+    and the machine (``machines``: CPU, torch capability in use, numpy SIMD, versions), and say
+    how the model scores rows (``scoring``: depth calibration or a single temperature; with or
+    without a training domain for ``subset``)."""
     fsys, root = schema.resolve(config.output, fs)
     path = f"{root}/_run.json"
     record = output.read_json(fsys, path)
     record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
+    # what this start's rows were computed with (the driver's machine; README Reproducibility)
+    record["machines"] = [*record.get("machines", []), machine.provenance(decision.used)]
+    record["ood"] = _ood_record(config.model_dir)
     record["scoring"] = scoring_record(config.model_dir)
     for note in record["scoring"]["notes"]:
         logger.warning("%s", note)
     write_atomic(fsys, path, json.dumps(record, indent=1, sort_keys=True).encode())
+
+
+def _ood_record(model_dir: str) -> dict[str, Any] | None:
+    """How ``ood_score`` is computed: the covariance estimator (older directories: the legacy
+    one, scored as before). Unusable statistics are refused here, naming the file."""
+    source = f"{model_dir}/{META_FILE}"
+    stats = OodStats.from_model(load_model_dir(model_dir).feature_stats, source=source)
+    if stats is not None and stats.estimator == LEGACY_ESTIMATOR:
+        logger.warning("model %s: OOD statistics of the legacy estimator (%s), scored as before",
+                       model_dir, LEGACY_ESTIMATOR)  # fmt: skip
+    return stats.record() if stats else None
 
 
 def _precision_used(config: PipelineConfig, fs: Any) -> str:
