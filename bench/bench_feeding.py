@@ -43,6 +43,7 @@ import time
 from typing import Any, ClassVar
 
 import pandas as pd
+from bench_pipeline import MemorySampler
 from results_md import write_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -257,7 +258,7 @@ def job(manifest: Any, model: str, out: str, args: argparse.Namespace, head_pid:
     logging.getLogger("iic_survey").addHandler(marks)
     try:
         t0 = time.monotonic()
-        with cpu:
+        with cpu, MemorySampler(head_pid, interval_s=1.0) as mem:
             summary = run_pipeline(cfg)
         wall = time.monotonic() - t0
     finally:
@@ -275,6 +276,8 @@ def job(manifest: Any, model: str, out: str, args: argparse.Namespace, head_pid:
         "stream_cpu_s": end[1] - start[1],
         "finish_s": t0 + wall - end[0],  # margin, selection, summary
         "by_process": cpu.by_process(),
+        "processes": len(cpu.last),  # every process the head and driver had during the job
+        "peak_pss_mb": mem.peak_pss / 2**20,
     }
 
 
@@ -312,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pixels = [int(p) for p in manifest.pixels]
     counts = _counts(manifest, pixels)
     res.update(tiles=len(manifest.tiles), pixels=len(pixels), actors=args.actors)
-    device = "cuda" if args.gpus else "cpu"
+    device = res["device"] = "cuda" if args.gpus else "cpu"
     res.update(stages_alone(manifest, models, pixels[: args.alone_pixels], 1024, device))
     # On a GPU machine: an in-process head with its GPUs (the test fixture's head has none);
     # its processes are this driver's children, which the CPU sampler follows.
@@ -324,18 +327,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ray.init(address=head.gcs_address, log_to_driver=False)
         pid = head.process.pid if head is not None else os.getpid()
         res["idle_cpu_per_s"] = idle_cpu(pid, args.idle_s)
+        small = sorted(pixels, key=lambda p: counts[p])[: max(1, len(pixels) // 3)]
         for name, path in models.items():
-            for rep in range(args.repeats):
-                logger.info("whole job, %s model (%d/%d)", name, rep + 1, args.repeats)
-                r = job(manifest, path, str(work / f"out_{name}"), args, pid)
-                res.setdefault(f"job_{name}", []).append(r)
-            # A job over the smallest pixels (after the whole one: its workers may be reused,
-            # which makes the split below conservative): the difference is the per-source cost
-            # without the fixed costs (worker and actor starts, finalize, margin, selection).
-            small = sorted(pixels, key=lambda p: counts[p])[: max(1, len(pixels) // 3)]
-            logger.info("small job, %s model (%d pixels)", name, len(small))
-            out = str(work / f"small_{name}")
-            res[f"small_{name}"] = job(manifest, path, out, small_args(args, small), pid)
+            # A job over a third of the pixels before and after the whole one(s): the first
+            # starts this model's workers (a warm-up), the second is compared with the whole
+            # job: their difference is the per-source cost without the fixed costs (worker and
+            # actor starts, finalize, margin, selection).
+            for phase in ("warm-up", *(f"{r + 1}/{args.repeats}" for r in range(args.repeats)),
+                          "small"):  # fmt: skip
+                logger.info("%s model, job %s", name, phase)
+                whole = phase not in ("warm-up", "small")
+                out = str(work / f"out_{name}_{phase.replace('/', '_')}")
+                r = job(manifest, path, out, args if whole else small_args(args, small), pid)
+                if whole:
+                    res.setdefault(f"job_{name}", []).append(r)
+                elif phase == "small":
+                    res[f"small_{name}"] = r
     finally:
         ray.shutdown()
         if head is not None:
@@ -372,13 +379,20 @@ def summarise(res: dict[str, Any], num_cpus: int) -> dict[str, float]:
     out["feeding_ratio"] = out["null_per_cpu_s"] / out["cut_rgb_per_cpu_s"]
     out["feeding_stream_ratio"] = out["null_stream_per_cpu_s"] / out["cut_rgb_per_cpu_s"]
     out["feeding_marginal_ratio"] = out["null_marginal_per_cpu_s"] / out["cut_rgb_per_cpu_s"]
-    if "paper_per_cpu_s" in out:
+    if "paper_per_cpu_s" in out and res.get("device") == "cuda":
+        # the actor alone was timed on the GPU in wall seconds: compare the job's wall rate
+        j = _best(res["job_paper"])
+        for key, seconds in (("e2e_ratio", j["wall_s"]), ("e2e_stream_ratio", j["stream_s"])):
+            out[key] = j["rows"] / seconds * res["actor_paper_s"]
+        out["e2e_marginal_ratio"] = float("nan")
+    elif "paper_per_cpu_s" in out:
         out["e2e_ratio"] = out["paper_per_cpu_s"] / out["paper_actor_per_cpu_s"]
         out["e2e_stream_ratio"] = out["paper_stream_per_cpu_s"] / out["paper_actor_per_cpu_s"]
         out["e2e_marginal_ratio"] = out["paper_marginal_per_cpu_s"] / out["paper_actor_per_cpu_s"]
-    # What the CPUs of a GPU node do per source: the null job's CPU less the actor's own work
-    # (RGB and the forward pass move to the GPU there).
-    feed_s = 1 / out["null_marginal_per_cpu_s"] - res["actor_null_s"]
+    # What the CPUs of a GPU node do per source: on a CPU the null job's CPU less the actor's
+    # own work (RGB and the forward pass move to the GPU there); with GPU actors, all of it.
+    gpu = res.get("device") == "cuda"
+    feed_s = 1 / out["null_marginal_per_cpu_s"] - (0.0 if gpu else res["actor_null_s"])
     out["feed_cpu_us"] = feed_s * 1e6
     out["cores_per_gpu"] = GPU_IMAGES_PER_S * feed_s
     return out
@@ -445,16 +459,19 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
             f"| end to end: paper-sized job / its actor alone | {s['e2e_ratio']:.2f} "
             f"| {s['e2e_stream_ratio']:.2f} | **{s['e2e_marginal_ratio']:.2f}** | >= 0.85 |"
         )
-    lines += ["", "Each job's phases (wall seconds; CPU seconds of all processes):", ""]
-    lines += ["| job | rows | start | stream (+ finalize) | finish | CPU s |"]
-    lines += ["| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "Each job's phases (wall seconds), CPU seconds, processes and peak PSS summed "
+              "over the head's processes and the driver:", ""]  # fmt: skip
+    lines += ["| job | rows | start | stream (+ finalize) | finish | CPU s | processes "
+              "| peak PSS (MB) |"]  # fmt: skip
+    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in ("null", "paper"):
         for label, j in [*((name, j) for j in res.get(f"job_{name}", [])),
                          (f"{name}, small", res.get(f"small_{name}"))]:  # fmt: skip
             if j is not None:
                 lines.append(
                     f"| {label} | {j['rows']:,} | {j['start_s']:.1f} | {j['stream_s']:.1f} "
-                    f"| {j['finish_s']:.1f} | {j['cpu_s']:.1f} |"
+                    f"| {j['finish_s']:.1f} | {j['cpu_s']:.1f} | {j.get('processes', 0)} "
+                    f"| {j.get('peak_pss_mb', 0):,.0f} |"
                 )
     lines += ["", "Where the CPU went (whole job, CPU seconds by process kind; idle head: "
               f"{res['idle_cpu_per_s']:.2f} CPU-s per second):", ""]  # fmt: skip

@@ -1,12 +1,16 @@
 """The Ray Data stages of a classification run, and the lazy dataset that chains them.
 
-:class:`PixelReader` turns a planned read unit into ``coadd_id``-sorted chunks of one pixel;
-:class:`~iic_survey.stamps.split.StampCutter` cuts their stamps (CPU tasks);
-:class:`~iic_survey.survey.classify.Classify` (an actor pool, the model loaded once) makes the
-result rows; :class:`PartWriter` stages each chunk as a part file and returns a small receipt
-(pixel, part, rows, :data:`COUNTERS`). :func:`build_dataset` wires them together, sizing the
-inference pool (:func:`inference_resources`) and the chunks (:func:`chunk_rows`) to the cluster;
-nothing is read or written until the driver (:mod:`iic_survey.survey.run`) consumes it.
+:class:`PixelReader` turns a planned read unit into ``coadd_id``-sorted chunks of one pixel
+(Ray tasks, fused with the repartition that makes each chunk a block of its own). On a CPU-only
+cluster one actor pool then does the rest of a chunk's work in one process
+(:class:`ChunkStage`: cut, classify, stage). With GPUs the work is split where the devices are:
+:class:`~iic_survey.stamps.split.StampCutter` cuts the stamps (CPU tasks),
+:class:`~iic_survey.survey.classify.Classify` (an actor per GPU, the model loaded once) makes the
+result rows, and :class:`PartWriter` (CPU tasks) stages each chunk as a part file. Either way
+the stream's rows are small receipts (pixel, part, rows, :data:`COUNTERS`).
+:func:`build_dataset` wires them together, sizing the inference pool
+(:func:`inference_resources`) and the chunks (:func:`chunk_rows`) to the cluster; nothing is
+read or written until the driver (:mod:`iic_survey.survey.run`) consumes it.
 """
 
 from __future__ import annotations
@@ -211,8 +215,10 @@ def inference_resources(config: PipelineConfig) -> tuple[int, float]:
                 f"{per} GPUs per inference actor asked for, the cluster has {gpus:g}"
             )
         return config.inference_actors or max(1, int(gpus // per)), per
-    # CPU only: inference costs ~25x cutouts + RGB per source, so it gets 3/4 of the CPUs.
-    return config.inference_actors or max(1, int(cpus * 3 // 4)), 0.0
+    # CPU only: the actors cut, classify and stage (ChunkStage), so they get every CPU but the
+    # readers' (1 in 16, at least one: reading is a few per cent of a source's cost).
+    spare = max(1.0, cpus / 16)
+    return config.inference_actors or max(1, int((cpus - spare) // config.cpus_per_actor)), 0.0
 
 
 STAMP_BYTES_PER_ROW = 3 * 37 * 37 * 4
