@@ -91,11 +91,12 @@ class CpuSampler:
     loses at most one interval of its time (Ray's workers live through the run).
     """
 
-    def __init__(self, roots: tuple[int, ...], interval_s: float = 0.2) -> None:
+    def __init__(self, roots: tuple[int, ...], interval_s: float = 0.5) -> None:
         self.roots, self.interval_s = roots, interval_s
         self.start: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.names: dict[int, str] = {}
+        self._n = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -110,12 +111,15 @@ class CpuSampler:
             except psutil.NoSuchProcess:
                 pass
         out = {}
+        self._n += 1
         for p in procs:
             try:
                 t = p.cpu_times()
                 out[p.pid] = t.user + t.system
-                # a worker's title changes (ray::IDLE -> the task it runs): its last one counts
-                self.names[p.pid] = _label(p.cmdline(), p.pid == os.getpid())
+                # a worker's title changes (ray::IDLE -> the task it runs): the last one read
+                # counts (read every few samples: the sampler's own CPU counts as the driver's)
+                if p.pid not in self.names or self._n % 8 == 0:
+                    self.names[p.pid] = _label(p.cmdline(), p.pid == os.getpid())
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return out
@@ -258,7 +262,7 @@ def job(manifest: Any, model: str, out: str, args: argparse.Namespace, head_pid:
     logging.getLogger("iic_survey").addHandler(marks)
     try:
         t0 = time.monotonic()
-        with cpu, MemorySampler(head_pid, interval_s=1.0) as mem:
+        with cpu, MemorySampler(head_pid, interval_s=2.0) as mem:
             summary = run_pipeline(cfg)
         wall = time.monotonic() - t0
     finally:
