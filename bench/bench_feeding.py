@@ -23,8 +23,9 @@ actors alone are then timed on the GPU, in wall seconds).
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_feeding.py --n-sources 20000             # prints the results
-    .venv/bin/python bench/bench_feeding.py --n-sources 20000 --write-results
+    .venv/bin/python bench/bench_feeding.py                  # prints the results (~12 min, 2 cores)
+    .venv/bin/python bench/bench_feeding.py --write-results  # also updates bench/RESULTS.md
+    .venv/bin/python bench/bench_feeding.py --null-only      # the feeding ceiling alone (~4 min)
 """
 
 from __future__ import annotations
@@ -528,12 +529,15 @@ def _cpu_name() -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sky", help="where the sky is kept (default: a temp dir named by its size)")
-    p.add_argument("--n-sources", type=int, default=20_000)
+    # 100,000: the fixed costs of a job (~30 CPU-s here: worker and actor starts, finalize,
+    # margin) are then about half of the null-model job, and the per-source part (this job less
+    # the small one) is resolved; at 20,000 it drowned in the fixed costs' noise (measured).
+    p.add_argument("--n-sources", type=int, default=100_000)
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the Ray head")
     p.add_argument("--actors", type=int, default=2, help="inference actors")
     p.add_argument("--gpus", type=int, default=0, help="GPUs: one inference actor on each")
     p.add_argument("--chunk-size", type=int, help="rows per chunk (default: as the pipeline)")
-    p.add_argument("--alone-pixels", type=int, default=3, help="pixels timed in stages alone")
+    p.add_argument("--alone-pixels", type=int, default=1, help="pixels timed in stages alone")
     p.add_argument("--repeats", type=int, default=1, help="jobs per model")
     p.add_argument("--null-only", action="store_true", help="skip the paper-sized model")
     p.set_defaults(pixels=None)
