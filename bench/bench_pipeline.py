@@ -22,6 +22,7 @@ Run from the repository root (it starts and stops its own local Ray head)::
 
     .venv/bin/python bench/bench_pipeline.py                 # prints the results
     .venv/bin/python bench/bench_pipeline.py --write-results # also updates bench/RESULTS.md
+    .venv/bin/python bench/bench_pipeline.py --feeding       # bench/bench_feeding.py instead
 """
 
 from __future__ import annotations
@@ -402,11 +403,11 @@ def report(res: dict[str, Any]) -> str:
         "| < 20 % |",
         "",
         "Chunk size matters when the object store is small. This head has a 1 GB object store "
-        "(Ray Data budgets about half) and a chunk's images take ~77 kB a row: an earlier run "
-        "of this script the same day with fixed 1,024-row chunks fitted only about three chunks "
-        "between the cutout and inference stages, one of the two actors starved, and the ratio "
-        "was 0.43. The pipeline now sizes chunks so that eight per inference actor fit "
-        "(`pipeline.chunk_rows`; at most 2,048 rows, the size a GPU node's store allows).",
+        "(Ray Data budgets about half): the pipeline sizes chunks so that eight per inference "
+        "actor of what the cutting stage hands on (a 37x37x3 float32 stamp, 16 kB a row) fit "
+        "(`stages.chunk_rows`; at most 2,048 rows). On a CPU-only head the actors cut, "
+        "classify and stage each chunk themselves (`stages.ChunkStage`), so no stamp crosses "
+        "the object store; bench/bench_feeding.py measures what that feeding path costs.",
         "",
         "Per-stage cost on one core (one thread), measured in the driver process:",
         "",
@@ -711,6 +712,11 @@ def report_precision(res: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--feeding" in argv:  # the feeding ceiling: bench_feeding.py, with its own options
+        import bench_feeding
+
+        return bench_feeding.main([a for a in argv if a != "--feeding"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--sky", help="where the benchmark's sky is kept (default: a temp dir named by its size)"

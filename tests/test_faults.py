@@ -168,14 +168,15 @@ def markers(out: Path) -> dict[int, Path]:
 
 
 def _alive(kind: str, job_id: str, address: str) -> list[Any]:
-    """Live processes of this job's pipeline, from Ray's state API: the Classify actors
+    """Live processes of this job's pipeline, from Ray's state API: the inference actors
     (Ray Data's ``_MapWorker``) or the workers running one of its tasks."""
     from ray.util.state import list_actors, list_tasks
 
     if kind == "actor":
-        # Ray Data names its pool actors after the UDF: MapWorker(MapBatches(Classify))
+        # Ray Data names its pool actors after the UDF: MapWorker(MapBatches(ChunkStage)) on
+        # CPU (cut, classify, stage in one actor), MapWorker(MapBatches(Classify)) on a GPU
         found = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
-        return [a for a in found if a.job_id == job_id and "(Classify)" in a.class_name]
+        return [a for a in found if a.job_id == job_id and _inference(a.class_name)]
     found = list_tasks(address=address, filters=[("state", "=", "RUNNING")], limit=1000)
     mine = [
         t
@@ -187,6 +188,10 @@ def _alive(kind: str, job_id: str, address: str) -> list[Any]:
     ]
     # a cutout task if one is running (the slow stage), else any other stage's task
     return sorted(mine, key=lambda t: "StampMaker" not in t.name)
+
+
+def _inference(class_name: str) -> bool:
+    return "(ChunkStage)" in class_name or "(Classify)" in class_name
 
 
 def test_workers_killed_mid_run_the_job_completes_each_cntr_once(
@@ -232,14 +237,14 @@ def test_workers_killed_mid_run_the_job_completes_each_cntr_once(
     restarts = sum(
         int(a.num_restarts or 0)
         for a in list_actors(address=ray_cluster.dashboard_url, limit=1000, detail=True)
-        if a.job_id == job_id and "(Classify)" in a.class_name
+        if a.job_id == job_id and _inference(a.class_name)
     )
     got = catalog_of(out)
     figures = tally(got, input_cntr)
     ledger.append(
         {
             "fault": "SIGKILL of Ray worker processes during classify_sky: a task's worker "
-            f"({killed[0]['what']}), the Classify actor",
+            f"({killed[0]['what']}), the inference actor",
             "faults_injected": len(killed),
             "faults_survived": survived(len(killed), got, clean),
             "actor_restarts": restarts,

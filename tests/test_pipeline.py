@@ -25,11 +25,12 @@ from iic_survey.model.ood import OodStats
 from iic_survey.output import commit, schema
 from iic_survey.output import writer as output
 from iic_survey.stamps.maker import StampMaker
+from iic_survey.stamps.split import StampCutter
 from iic_survey.survey.classify import Classify, Scoring, result_rows, scoring_record
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import assign_pixels, plan_run
 from iic_survey.survey.run import CRASH_ENV, run_pipeline
-from iic_survey.survey.stages import PartWriter, PixelReader, chunk_rows
+from iic_survey.survey.stages import ChunkStage, PartWriter, PixelReader, chunk_rows
 
 # Lives in tests/fixtures/model.py; re-exported for test_faults.py and test_bad_input.py.
 from tests.fixtures.model import make_model_dir as make_model_dir
@@ -93,7 +94,10 @@ def test_chunks_fit_the_object_store(monkeypatch):
 
     cfg = PipelineConfig("c", "i", "m", "o")
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"object_store_memory": 1e9})
-    assert chunk_rows(cfg, 2) == int(1e9 / 2 / (8 * 2 * 3 * 80 * 80 * 4))  # 406: test heads
+    # eight 37x37x3 float32 stamp chunks per actor in half the store: 1,979 rows on test heads
+    assert chunk_rows(cfg, 2) == int(1e9 / 2 / (8 * 2 * 3 * 37 * 37 * 4)) == 1902
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"object_store_memory": 1e8})
+    assert chunk_rows(cfg, 2) == 190
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"object_store_memory": 600e9})
     assert chunk_rows(cfg, 8) == 2048  # a GPU node: the cap
     assert chunk_rows(PipelineConfig("c", "i", "m", "o", chunk_size=300), 2) == 300
@@ -304,6 +308,32 @@ def test_stages_without_ray_commit_a_pixel(tiny_sky, model_dir, tmp_path):
     assert len(table) == n and table["cntr"].is_unique
     assert table["_healpix_29"].is_monotonic_increasing
     assert table["model_version"].iloc[0] == classify.version
+
+
+def test_the_cpu_actor_stages_the_rows_of_the_separate_stages(tiny_sky, model_dir, tmp_path):
+    """ChunkStage (cut, classify and stage in one actor) writes the parts the three stages do."""
+    cat = open_catalog(tiny_sky.catalog_url)
+    pixel = int(tiny_sky.pixels[0])
+    n = cat.count(pixel, 5)
+    unit = {"read_order": 5, "read_pixel": pixel, "pixels": [pixel], "counts": [n]}
+    reader = PixelReader(cat, PIPELINE_COLUMNS, 5, chunk_size=300)
+    chunks = list(reader(pd.DataFrame({"unit": [json.dumps(unit)]})))
+    cutter = StampCutter.from_spec(tiny_sky.images_url)
+    kwargs = dict(model_dir=model_dir, device="cpu", model_batch_size=128)
+    kwargs["confidence_threshold"] = None
+    outs = [str(tmp_path / name) for name in ("fused", "separate")]
+    for out in outs:
+        output.prepare_output(out, {"test": 1})
+    fused = ChunkStage(cutter, kwargs, PartWriter(outs[0], 5))
+    classify, writer = Classify(**kwargs), PartWriter(outs[1], 5)
+    for chunk in chunks:
+        a = fused(chunk)
+        b = writer(pd.DataFrame(classify(cutter(chunk))))
+        pd.testing.assert_frame_equal(a, b)
+    for part in a["part"]:
+        tables = [pd.read_parquet(f"{schema.staging_dir(o, 5, pixel)}/part-{part}.parquet")
+                  for o in outs]  # fmt: skip
+        pd.testing.assert_frame_equal(*tables)
 
 
 def test_a_model_with_depth_calibration_and_a_domain_scores_rows_by_them(tiny_sky, tmp_path):

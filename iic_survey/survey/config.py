@@ -71,8 +71,9 @@ class PipelineConfig:
     speed"); on a GPU the actor sizes it from the GPU's free memory
     (:func:`~iic_survey.model.inference.gpu_batch_size`, 256-4096)."""
     inference_actors: int | None = None
-    """Inference actors; None: one per GPU (``num_gpus_per_actor`` each), else 3/4 of the CPUs
-    (CPU inference costs ~25x the cutouts and RGB of a source)."""
+    """Inference actors; None: one per GPU (``num_gpus_per_actor`` each), else all CPUs but one
+    in 16 (at least one) for the readers, ``cpus_per_actor`` each: on a CPU-only cluster each
+    actor also cuts and stages its chunks (:class:`~iic_survey.survey.stages.ChunkStage`)."""
     num_gpus_per_actor: float | None = None
     """GPUs per inference actor; None: 1 when the cluster has GPUs, else 0 (CPU inference)."""
     cpus_per_actor: float = 1.0

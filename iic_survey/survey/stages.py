@@ -1,12 +1,16 @@
 """The Ray Data stages of a classification run, and the lazy dataset that chains them.
 
-:class:`PixelReader` turns a planned read unit into ``coadd_id``-sorted chunks of one pixel;
-:class:`~iic_survey.stamps.split.StampCutter` cuts their stamps (CPU tasks);
-:class:`~iic_survey.survey.classify.Classify` (an actor pool, the model loaded once) makes the
-result rows; :class:`PartWriter` stages each chunk as a part file and returns a small receipt
-(pixel, part, rows, :data:`COUNTERS`). :func:`build_dataset` wires them together, sizing the
-inference pool (:func:`inference_resources`) and the chunks (:func:`chunk_rows`) to the cluster;
-nothing is read or written until the driver (:mod:`iic_survey.survey.run`) consumes it.
+:class:`PixelReader` turns a planned read unit into ``coadd_id``-sorted chunks of one pixel
+(Ray tasks, fused with the repartition that makes each chunk a block of its own). On a CPU-only
+cluster one actor pool then does the rest of a chunk's work in one process
+(:class:`ChunkStage`: cut, classify, stage). With GPUs the work is split where the devices are:
+:class:`~iic_survey.stamps.split.StampCutter` cuts the stamps (CPU tasks),
+:class:`~iic_survey.survey.classify.Classify` (an actor per GPU, the model loaded once) makes the
+result rows, and :class:`PartWriter` (CPU tasks) stages each chunk as a part file. Either way
+the stream's rows are small receipts (pixel, part, rows, :data:`COUNTERS`).
+:func:`build_dataset` wires them together, sizing the inference pool
+(:func:`inference_resources`) and the chunks (:func:`chunk_rows`) to the cluster; nothing is
+read or written until the driver (:mod:`iic_survey.survey.run`) consumes it.
 """
 
 from __future__ import annotations
@@ -105,6 +109,26 @@ class PartWriter:
         return pd.DataFrame(receipts, columns=["pixel", "part", "rows", *COUNTERS])
 
 
+class ChunkStage:
+    """Cut, classify and stage a chunk in one process: the CPU-only inference actor.
+
+    Without a GPU every stage after the read costs the same CPU cores, so handing a chunk from
+    one process to the next (16 kB of stamps a source through the object store, then its
+    result rows, each a task to schedule and a pandas/Arrow conversion) only adds cost: this
+    actor runs :class:`~iic_survey.stamps.split.StampCutter`,
+    :class:`~iic_survey.survey.classify.Classify` and :class:`PartWriter` on the chunk in turn
+    and hands on only the receipt. The rows are those of the separate stages (the same
+    functions on the same chunk).
+    """
+
+    def __init__(self, cutter: StampCutter, classify: Mapping[str, Any], writer: PartWriter):
+        self.cutter, self.writer = cutter, writer
+        self.classify = Classify(**classify)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return self.writer(pd.DataFrame(self.classify(self.cutter(batch))))
+
+
 COUNTERS: tuple[str, ...] = (
     *(f"n_{c}" for c in CLASSES),
     "n_unclassified",
@@ -191,24 +215,26 @@ def inference_resources(config: PipelineConfig) -> tuple[int, float]:
                 f"{per} GPUs per inference actor asked for, the cluster has {gpus:g}"
             )
         return config.inference_actors or max(1, int(gpus // per)), per
-    # CPU only: inference costs ~25x cutouts + RGB per source, so it gets 3/4 of the CPUs.
-    return config.inference_actors or max(1, int(cpus * 3 // 4)), 0.0
+    # CPU only: the actors cut, classify and stage (ChunkStage), so they get every CPU but the
+    # readers' (1 in 16, at least one: reading is a few per cent of a source's cost).
+    spare = max(1.0, cpus / 16)
+    return config.inference_actors or max(1, int((cpus - spare) // config.cpus_per_actor)), 0.0
 
 
-IMAGE_BYTES_PER_ROW = 3 * 80 * 80 * 4
-"""Bytes of one source's model input (an image). Chunks are still sized by it, though the
-stages now pass 37x37 stamps (4.7x fewer bytes): the chunk size, and so the part files, stay
-as they were, and the store has room to spare."""
+STAMP_BYTES_PER_ROW = 3 * 37 * 37 * 4
+"""Bytes of what the cutting stage hands on per source: a 37x37 stamp in 3 bands (float32).
+The largest thing in the object store between stages (images stay inside the actor)."""
 
 
 def chunk_rows(config: PipelineConfig, actors: int) -> int:
     """``config.chunk_size``, or the largest chunk (128..2048 rows) of which eight per inference
-    actor fit in half the object store (Ray Data's share): big chunks amortise task overheads,
-    but too few in flight starve the actors (measured: bench/RESULTS.md, Pipeline)."""
+    actor fit in half the object store (Ray Data's share): big chunks amortise each chunk's
+    fixed costs (a task or actor call, a part file, pandas/Arrow conversions; measured:
+    bench/RESULTS.md, Feeding ceiling), but too few in flight starve the actors."""
     if config.chunk_size is not None:
         return int(config.chunk_size)
     store = float(ray.cluster_resources().get("object_store_memory", 8e9))
-    return int(np.clip(store / 2 / (8 * max(actors, 1) * IMAGE_BYTES_PER_ROW), 128, 2048))
+    return int(np.clip(store / 2 / (8 * max(actors, 1) * STAMP_BYTES_PER_ROW), 128, 2048))
 
 
 def _gate_rows(config: PipelineConfig, inputs: Inputs, plan: Plan) -> dict[str, np.ndarray]:
@@ -264,39 +290,51 @@ def build_dataset(
     # per unit: 12,288 sparse partitions would otherwise cost 12,288 tasks.
     blocks = min(len(items), max(1, -(-plan.todo_rows // chunk)))
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(reader, batch_size=1, batch_format="pandas", num_cpus=0.5)
-    ds = ds.repartition(target_num_rows_per_block=chunk)  # chunks of a pixel fan out
+    # The reader keeps Ray's default resources (1 CPU) so that Ray fuses it with the streaming
+    # repartition: each chunk of a pixel leaves the read task as a block of its own and fans
+    # out over the cluster, without a second task and object-store hand-off in between.
+    ds = ds.map_batches(reader, batch_size=1, batch_format="pandas")
+    ds = ds.repartition(target_num_rows_per_block=chunk)
+    classify = dict(
+        model_dir=config.model_dir,
+        device="cuda" if gpus > 0 else "cpu",
+        # None on a GPU: the actor sizes its batch from the GPU's memory
+        model_batch_size=config.model_batch_size or (CPU_MODEL_BATCH if gpus == 0 else None),
+        confidence_threshold=config.confidence_threshold,
+        threads=int(config.cpus_per_actor),
+        precision=precision,
+    )
+    writer = PartWriter(config.output, plan.order, inputs.fs)
+    cutter = _stamp_maker(config, inputs.rgb)
+    if gpus == 0:
+        return ds.map_batches(
+            ChunkStage,
+            fn_constructor_kwargs=dict(cutter=cutter, classify=classify, writer=writer),
+            compute=ActorPoolStrategy(size=actors),
+            batch_size=chunk,
+            batch_format="pandas",
+            num_cpus=config.cpus_per_actor,
+        )
     # A memory reservation (a worker's ~250 MB plus stamps and images of a chunk, ~100 kB a row,
     # with room for copies; measured) keeps the scheduler from packing more cutout tasks than
-    # fit, and keeps Ray from fusing this CPU stage into the inference actors (fusion needs
-    # identical resource requests).
+    # fit, and keeps Ray from fusing this CPU stage into the GPU actors (fusion needs identical
+    # resource requests): on a GPU node the CPU cores cut, the GPUs classify.
     ds = ds.map_batches(
-        _stamp_maker(config, inputs.rgb),
+        cutter,
         batch_size=chunk,
         batch_format="pandas",
         num_cpus=1,
         memory=(288 << 20) + chunk * 200_000,
     )
-    device = "cuda" if gpus > 0 else "cpu"
     ds = ds.map_batches(
         Classify,
-        fn_constructor_kwargs=dict(
-            model_dir=config.model_dir,
-            device=device,
-            # None on a GPU: the actor sizes its batch from the GPU's memory
-            model_batch_size=config.model_batch_size
-            or (None if device == "cuda" else CPU_MODEL_BATCH),
-            confidence_threshold=config.confidence_threshold,
-            threads=int(config.cpus_per_actor),
-            precision=precision,
-        ),
+        fn_constructor_kwargs=classify,
         compute=ActorPoolStrategy(size=actors),
         batch_size=chunk,
         batch_format="numpy",
-        num_gpus=gpus if gpus > 0 else None,
+        num_gpus=gpus,
         num_cpus=config.cpus_per_actor,
     )
-    writer = PartWriter(config.output, plan.order, inputs.fs)
     return ds.map_batches(writer, batch_size=chunk, batch_format="pandas", num_cpus=0.25)
 
 
