@@ -11,6 +11,7 @@ the fragile head stays fp32 there, so that plan passes and is what the run recor
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch
 
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
 from iic_survey.inputs.catalog import open_catalog
-from iic_survey.model import inference, precision
+from iic_survey.core.calibration import DepthCalibration
+from iic_survey.model import agreement, inference, precision, quantized
 from iic_survey.model.config import ModelConfig
 from iic_survey.model.directory import save_model_dir
 from iic_survey.model.network import build_model, optimize_for_inference
@@ -27,7 +29,13 @@ from iic_survey.model.ood import predict
 from iic_survey.stamps.maker import StampMaker
 from iic_survey.stamps.rgb import RGBParams
 from iic_survey.survey import config as survey_config
-from iic_survey.survey.classify import Classify, gate_precision
+from iic_survey.survey.classify import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    Classify,
+    Scoring,
+    _catalog_view,
+    gate_precision,
+)
 from tests.fixtures.model import TINY_MODEL
 
 CPU = torch.device("cpu")
@@ -85,6 +93,9 @@ def test_plans_of_the_precisions_a_run_may_use():
     assert mixed.dtype is torch.bfloat16 and mixed.modules == precision.LATE_MODULES
     assert precision.MIXED in precision.RUN_PRECISIONS
     assert precision.MIXED not in precision.PRECISIONS  # not a --precision choice
+    assert precision.plan("int8") == precision.Plan(None, int8=True)  # a model, not an autocast
+    with pytest.raises(ValueError, match="quantized"):
+        precision.autocast_dtype("int8")
     with pytest.raises(ValueError, match="plan"):
         precision.autocast_dtype(precision.MIXED)  # never silently the whole model in bf16
     linear = torch.nn.Linear(2, 2)
@@ -97,12 +108,14 @@ def test_plans_of_the_precisions_a_run_may_use():
 
 def test_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    assert precision.resolve("auto", "cpu")[0] == "bf16"
+    assert precision.candidates("auto", "cpu")[0] == ("bf16", "bf16-late", "int8")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    assert precision.resolve("auto", "cpu") == ("fp32", "auto: no native bf16 on cpu")
-    assert precision.resolve("fp16", "cpu")[0] == "fp16"  # asked for: kept, then gated
+    assert precision.candidates("auto", "cpu")[0] == ("int8",)  # AVX2: int8 only, timed first
+    assert precision.candidates("fp16", "cpu")[0] == ("fp16",)  # asked for: kept, then gated
+    assert precision.candidates("bf16", "cpu")[0] == ("bf16", "bf16-late")
+    assert precision.candidates("fp32", "cpu") == ((), "fp32 asked for")
     monkeypatch.setattr(precision, "cuda_has_bf16", lambda: False)
-    assert precision.resolve("auto", "cuda")[0] == "fp32"
+    assert precision.candidates("auto", "cuda")[0] == ()  # no int8 on a GPU
 
 
 def test_cpu_flags_are_read_from_cpuinfo():
@@ -123,20 +136,121 @@ def test_compare_counts_classes_and_probabilities():
     assert agree == 0.0 and diff > 0.3
 
 
-def test_gate_falls_back_when_the_reduced_run_disagrees_or_fails():
-    ref = np.random.default_rng(0).normal(size=(200, 3))
-    flipped = ref.copy()
-    flipped[:2] = flipped[:2, ::-1]  # 1 % of the classes change: below 99.5 %
-    runs = {"fp32": ref, "bf16": flipped, "bf16-late": flipped}
-    res = precision.check_gate(runs.__getitem__, "bf16", "cpu")
-    assert res.used == "fp32" and "gate failed" in res.reason and res.agreement == 0.99
-    assert [t["precision"] for t in res.tried] == ["bf16", "bf16-late"]  # both tried, both failed
-    assert not any(t["passed"] for t in res.tried)
-    runs["bf16"] = ref + 1e-4
-    res = precision.check_gate(runs.__getitem__, "bf16", "cpu")
-    assert res.used == "bf16" and res.agreement == 1.0 and res.n_stamps == 200
-    zero = precision.Gate(max_prob_diff=0.0)
-    assert precision.check_gate(runs.__getitem__, "bf16", "cpu", zero).used == "fp32"
+def test_a_nan_is_a_disagreement_never_skipped():
+    a = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    b = a.copy()
+    b[1] = np.nan
+    assert precision.compare(a, b) == (2 / 3, float("inf"))
+    ref, cand = agreement.softmax_view(a), agreement.softmax_view(b)
+    assert agreement.compare(ref, cand) == (2, 3, float("inf"))
+    both = agreement.compare(cand, cand)  # NaN where fp32 is NaN too (an unclassifiable row)
+    assert both[0] == 3 and both[2] == 0.0
+    many = np.random.default_rng(0).normal(size=(3000, 3))
+    broken = many.copy()
+    broken[7] = np.nan  # one NaN row in 3,000: agreement is fine, the difference is not
+    res = precision.check_gate(lambda p: broken if p == "int8" else many, "int8", "cpu")
+    assert res.used == "fp32" and res.tried[0]["max_prob_diff"] == float("inf"), res.reason
+
+
+def test_the_bound_is_a_one_sided_95_percent_binomial_lower_bound():
+    from scipy.stats import binom
+
+    for k, n in ((2048, 2048), (2040, 2048), (250, 256), (1, 10)):
+        lb = agreement.lower_bound(k, n)
+        # independent: the rate at which seeing >= k of n agreeing has probability 5 %
+        assert binom.sf(k - 1, n, lb) == pytest.approx(0.05, rel=1e-6)
+    assert agreement.lower_bound(0, 10) == 0.0 and agreement.lower_bound(0, 0) == 0.0
+    ref = np.random.default_rng(2).normal(size=(2048, 3))
+
+    classes_only = precision.Gate(max_prob_diff=1.0)  # isolate the agreement bound
+
+    def gate_with(n: int, flips: int) -> precision.GateResult:
+        cand = ref[:n].copy()
+        cand[:flips] = np.roll(cand[:flips], 1, axis=1)  # each of these rows changes class
+        runs = {"fp32": ref[:n], "int8": cand}
+        return precision.check_gate(runs.__getitem__, "int8", "cpu", classes_only)
+
+    perfect_small = gate_with(256, 0)  # 100 % of 256: the bound is 98.84 %, below 99.5 %
+    assert perfect_small.used == "fp32" and perfect_small.agreement == 1.0
+    assert perfect_small.lower_bound == pytest.approx(0.05 ** (1 / 256))
+    assert gate_with(2048, 3).used == "int8"  # 99.85 %: bound 99.62 %
+    flipped = gate_with(2048, 10)  # 99.51 % observed, bound 99.16 %: not enough evidence
+    assert flipped.used == "fp32" and flipped.agreement > precision.MIN_AGREEMENT
+    assert flipped.lower_bound < precision.MIN_AGREEMENT
+
+
+def _views_under(calibration: DepthCalibration, logits: np.ndarray, w1: np.ndarray) -> dict:
+    """What the catalog gets of rows (``_catalog_view``, the run's own scoring)."""
+    n = len(logits)
+    scoring = Scoring(calibration, DEFAULT_CONFIDENCE_THRESHOLD, None, "m")
+    actor = types.SimpleNamespace(ood=None, scoring=scoring)
+    rows = {"quality_flags": np.zeros(n, np.int64), "w1mpro": w1, "_pixel": np.zeros(n),
+            "_row": np.arange(n), "_chunk": np.zeros(n)}  # fmt: skip
+    return _catalog_view(actor, rows, logits, np.zeros((n, 4)))
+
+
+def test_the_gate_judges_probabilities_as_the_catalog_gets_them():
+    """A plan that is within the gate at the single temperature but not under T(W1) (T = 0.25
+    for faint rows sharpens the difference) must fail; the outlier flag counts as a change."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    ref = rng.normal(scale=0.5, size=(n, 3))
+    cand = ref.copy()
+    cand[:, 0] += 0.012  # every row's logit moves a little: classes mostly kept
+    w1 = np.where(np.arange(n) % 2 == 0, 12.0, 17.0)  # bright and faint rows
+    single = DepthCalibration.constant(1.0)
+    depth = DepthCalibration(knots=(13.0, 16.0), log_t=(0.0, np.log(0.25)), temperature=1.0)
+    one_t = {p: _views_under(single, x, w1) for p, x in (("fp32", ref), ("int8", cand))}
+    by_w1 = {p: _views_under(depth, x, w1) for p, x in (("fp32", ref), ("int8", cand))}
+    lenient = precision.Gate(min_agreement=0.9)  # isolate the probability bound
+    assert precision.check_gate(one_t.__getitem__, "int8", "cpu", lenient).used == "int8"
+    res = precision.check_gate(by_w1.__getitem__, "int8", "cpu", lenient)
+    assert res.used == "fp32" and res.max_prob_diff > precision.MAX_PROB_DIFF, res.reason
+    # the outlier flag is part of the row: a confidence moved across the threshold changes it
+    edge = np.log(np.array([[0.6, 0.2, 0.2]]))
+    a = _views_under(single, np.repeat(edge + [[0.001, 0, 0]], 10, 0), np.full(10, 12.0))
+    b = _views_under(single, np.repeat(edge - [[0.001, 0, 0]], 10, 0), np.full(10, 12.0))
+    assert (a["class"] == b["class"]).all() and agreement.compare(a, b)[0] == 0
+
+
+def test_auto_never_picks_a_plan_slower_than_fp32(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    ref = np.random.default_rng(4).normal(size=(2048, 3))
+    calls: list[str] = []
+
+    def run(p: str) -> np.ndarray:
+        calls.append(p)
+        return ref
+
+    def timing(speeds: dict[str, float]):
+        return lambda p: speeds[p]
+
+    slow = {"bf16": 0.23, "bf16-late": 0.5, "int8": 1.05}  # an AVX2 CPU: bf16 emulated
+    res = precision.check_gate(run, "auto", "cpu", speed=timing(slow))
+    assert res.used == "fp32" and calls == [], res.reason  # nothing faster: nothing compared
+    assert [t["speed"] for t in res.tried] == [0.23, 0.5, 1.05]
+    assert all("not compared" in t["error"] for t in res.tried)
+    fast = {"bf16": 1.8, "bf16-late": 1.3, "int8": 2.5}
+    res = precision.check_gate(run, "auto", "cpu", speed=timing(fast))
+    assert res.used == "int8" and res.speed == 2.5 and calls == ["fp32", "int8"]  # fastest first
+    assert res.warning is None and res.lower_bound > precision.MIN_AGREEMENT
+    calls.clear()
+    res = precision.check_gate(run, "bf16", "cpu", speed=timing(slow))  # asked for: honoured
+    assert res.used == "bf16" and res.speed == 0.23 and calls == ["fp32", "bf16"]
+    assert "0.23x the speed of fp32" in res.warning
+    assert json.loads(json.dumps(res.to_dict()))["warning"] == res.warning  # into _run.json
+
+
+def test_a_plan_that_fails_to_build_is_recorded_and_the_run_falls_back(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    ref = np.random.default_rng(5).normal(size=(2048, 3))
+
+    def no_engine(p: str) -> float:
+        raise RuntimeError("this PyTorch has no 'x86' quantized engine")
+
+    res = precision.check_gate({"fp32": ref}.__getitem__, "auto", "cpu", speed=no_engine)
+    assert res.used == "fp32" and "int8 failed to build" in res.reason
+    assert res.tried[0]["error"].startswith("RuntimeError") and res.n_stamps == 0
 
     def broken(p: str) -> np.ndarray:
         if p != "fp32":
@@ -148,17 +262,19 @@ def test_gate_falls_back_when_the_reduced_run_disagrees_or_fails():
     assert precision.check_gate(broken, "fp32", "cpu").n_stamps == 0  # no gate for fp32
 
 
-def test_the_gate_tries_the_mixed_plan_when_full_bf16_fails():
-    ref = np.random.default_rng(1).normal(size=(400, 3))
+def test_the_gate_tries_the_mixed_plan_when_full_bf16_fails(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    ref = np.random.default_rng(1).normal(size=(2000, 3))
     flipped = ref.copy()
-    flipped[:8] = np.roll(flipped[:8], 1, axis=1)  # 2 % of the classes change
-    runs = {"fp32": ref, "bf16": flipped, "bf16-late": ref + 1e-4}
+    flipped[:40] = np.roll(flipped[:40], 1, axis=1)  # 2 % of the classes change
+    runs = {"fp32": ref, "bf16": flipped, "bf16-late": ref + 1e-4, "int8": flipped}
+    speeds = {"bf16": 2.5, "bf16-late": 1.4, "int8": 1.2}
     for requested in ("bf16", "auto"):
-        res = precision.check_gate(runs.__getitem__, requested, "cpu")
+        res = precision.check_gate(runs.__getitem__, requested, "cpu", speed=speeds.__getitem__)
         assert res.used == "bf16-late", res.reason
         assert "bf16 gate failed" in res.reason and "bf16-late gate passed" in res.reason
-        assert res.agreement == 1.0 and res.max_prob_diff < 1e-3 and res.n_stamps == 400
-        first, second = res.tried
+        assert res.agreement == 1.0 and res.max_prob_diff < 1e-3 and res.n_stamps == 2000
+        first, second = res.tried[:2]
         assert not first["passed"] and first["agreement"] == 0.98 and second["passed"]
         assert precision.GateResult(**json.loads(json.dumps(res.to_dict()))).used == "bf16-late"
     runs["bf16"] = ref  # full bf16 passes: the mixed plan is not tried
@@ -172,7 +288,7 @@ def test_the_gate_tries_the_mixed_plan_when_full_bf16_fails():
 
     res = precision.check_gate(no_plan, "bf16", "cpu")  # e.g. the colour-only model
     assert res.used == "fp32" and "bf16-late failed to run" in res.reason
-    assert res.tried[-1]["error"].startswith("ValueError") and res.agreement is None
+    assert res.tried[-1]["error"].startswith("ValueError") and res.agreement == 0.98
     res = precision.check_gate({"fp32": ref, "fp16": flipped}.__getitem__, "fp16", "cpu")
     assert res.used == "fp32" and len(res.tried) == 1  # no mixed plan for fp16
 

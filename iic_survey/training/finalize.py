@@ -291,6 +291,7 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
             "meta": meta,
         },
     )
+    write_gate_set_of(config, out)
     files = write_report(ev.report, trained.history, meta, Path(out) / REPORT_DIR)
     report = ev.report
     logger.info(
@@ -313,6 +314,21 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
         "best_epoch": trained.best_epoch,
         "report_files": files,
     }
+
+
+def write_gate_set_of(config: TrainConfig, model_dir: str | Path) -> None:
+    """The precision gate's rows (up to 2,048 validation rows, topped up from the test split)
+    and the int8 calibration images (training rows) into the model directory."""
+    from iic_survey.model import quantized
+
+    cols = ("image", *quantized.GATE_COLUMNS)
+    rows = read_rows(config.data, "val", quantized.GATE_SET_ROWS, cols)
+    short = quantized.GATE_SET_ROWS - len(rows.get("image", ()))
+    if short > 0:
+        more = read_rows(config.data, "test", short, cols)
+        rows = {k: np.concatenate([rows[k], more[k]]) for k in rows if k in more}
+    calibration = read_rows(config.data, "train", quantized.CALIBRATION_IMAGES, ("cntr", "image"))
+    quantized.write_gate_set(model_dir, rows, calibration["image"])
 
 
 def _write_selection(ev: Evaluation, out: Path, meta: dict[str, Any]) -> None:
