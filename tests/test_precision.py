@@ -10,6 +10,7 @@ the fragile head stays fp32 there, so that plan passes and is what the run recor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -18,9 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from iic_survey.core.calibration import DepthCalibration
+from iic_survey.core.constants import CLASSES
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
 from iic_survey.inputs.catalog import open_catalog
-from iic_survey.core.calibration import DepthCalibration
 from iic_survey.model import agreement, inference, precision, quantized
 from iic_survey.model.config import ModelConfig
 from iic_survey.model.directory import save_model_dir
@@ -53,6 +55,76 @@ def made(tiny_sky) -> dict[str, np.ndarray]:
     return dict(StampMaker.from_spec(tiny_sky.images_url)(rows))
 
 
+@pytest.fixture(scope="module")
+def sky_rows(tiny_sky) -> dict[str, np.ndarray]:
+    """Every classifiable row of the tiny sky as the CPU stage makes it, with its true class."""
+    from iic_survey.core.flags import unclassifiable
+    from iic_survey.synthetic.sky import read_truth
+
+    cat = open_catalog(tiny_sky.catalog_url)
+    maker = StampMaker.from_spec(tiny_sky.images_url)
+    parts = []
+    for pixel in tiny_sky.pixels:
+        rows = cat.read_pixel(int(pixel), 5, columns=PIPELINE_COLUMNS)
+        rows["_pixel"], rows["_row"], rows["_chunk"] = int(pixel), range(len(rows)), 0
+        made = dict(maker(rows))
+        good = ~unclassifiable(np.asarray(made["quality_flags"], dtype=np.int64))
+        parts.append({k: np.asarray(v)[good] for k, v in made.items()})
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    truth = read_truth(tiny_sky.root).set_index("cntr")["class"]
+    out["label"] = np.array([CLASSES.index(c) for c in truth.loc[out["cntr"]]])
+    return out
+
+
+TRAINED = dataclasses.replace(TINY_MODEL, arch="fusion")
+"""The trained tiny model: image and colour encoders (the colours teach it fast)."""
+
+
+def _train(rows: dict[str, np.ndarray], steps: int = 300) -> torch.nn.Module:
+    """A tiny fusion model with its colour encoder and head trained on the rows' true classes.
+
+    The image encoder keeps its seeded weights (training it takes minutes on a loaded CPU), its
+    pooled output computed once; the trained head reads it beside the colours, so the logits
+    are a classifier's, well above chance, and depend on the image encoder that int8 rounds.
+    """
+    import torch.nn.functional as F
+
+    model = build_model(TRAINED, seed=0).eval()
+    with torch.no_grad():
+        pooled = torch.cat([model.image(torch.from_numpy(rows["image"][i : i + 256]))
+                            for i in range(0, len(rows["image"]), 256)])  # fmt: skip
+    f = torch.from_numpy(np.asarray(rows["features"], dtype=np.float32))
+    y = torch.from_numpy(rows["label"])
+    model.colour.norm.running_mean.copy_(torch.nan_to_num(f).mean(0))
+    model.colour.norm.running_var.copy_(torch.nan_to_num(f).var(0) + 1e-3)
+    trained = [*model.colour.parameters(), *model.fc1.parameters(), *model.fc2.parameters()]
+    opt = torch.optim.Adam(trained, lr=0.01)
+    for _ in range(steps):
+        x = torch.cat([pooled, model.colour(f)], dim=1)  # (N, C5 + H)
+        loss = F.cross_entropy(model.fc2(F.relu(model.fc1(x))), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def trained_dir(sky_rows, tmp_path_factory) -> str:
+    """A model directory of a trained tiny IICnet with T(W1), OOD statistics and a gate set."""
+    from iic_survey.model import ood
+
+    model = _train(sky_rows)
+    logits, emb = ood.predict(model, sky_rows["image"], sky_rows["features"], CPU, 64)
+    assert (logits.argmax(1) == sky_rows["label"]).mean() > 0.6  # it learned something
+    path = tmp_path_factory.mktemp("trained") / "model"
+    depth = DepthCalibration(knots=(13.0, 16.0), log_t=(0.0, np.log(0.6)), temperature=0.9)
+    extra = {"rgb": RGBParams().to_dict(), "temperature": 0.9, "calibration": depth,
+             "feature_stats": ood.ood_statistics(emb, logits, temperature=0.9)}  # fmt: skip
+    save_model_dir(path, model, TRAINED, extra)
+    quantized.write_gate_set(path, sky_rows, sky_rows["image"][::7])
+    return str(path)
+
+
 def _fragile(model: torch.nn.Module) -> torch.nn.Module:
     """Class rows of the head equal, biases 1 + (0, 1, 2) x 1e-5: bf16 (8 bits of mantissa)
     rounds the three logits into a tie, fp32 still ranks them."""
@@ -63,11 +135,13 @@ def _fragile(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _model_dir(path: Path, cfg: ModelConfig, fragile: bool = False) -> str:
+def _model_dir(path: Path, cfg: ModelConfig, fragile: bool = False, gate_rows=None) -> str:
     model = build_model(cfg, seed=0).eval()
     if fragile:
         _fragile(model)
     save_model_dir(path, model, cfg, {"rgb": RGBParams().to_dict(), "temperature": 1.0})
+    if gate_rows is not None:
+        quantized.write_gate_set(path, gate_rows, gate_rows["image"][:64])
     return str(path)
 
 
@@ -207,9 +281,9 @@ def test_the_gate_judges_probabilities_as_the_catalog_gets_them():
     res = precision.check_gate(by_w1.__getitem__, "int8", "cpu", lenient)
     assert res.used == "fp32" and res.max_prob_diff > precision.MAX_PROB_DIFF, res.reason
     # the outlier flag is part of the row: a confidence moved across the threshold changes it
-    edge = np.log(np.array([[0.6, 0.2, 0.2]]))
-    a = _views_under(single, np.repeat(edge + [[0.001, 0, 0]], 10, 0), np.full(10, 12.0))
-    b = _views_under(single, np.repeat(edge - [[0.001, 0, 0]], 10, 0), np.full(10, 12.0))
+    edge, nudge = np.log(np.array([[0.6, 0.2, 0.2]])), np.array([[0.001, 0.0, 0.0]])
+    a = _views_under(single, np.repeat(edge + nudge, 10, 0), np.full(10, 12.0))
+    b = _views_under(single, np.repeat(edge - nudge, 10, 0), np.full(10, 12.0))
     assert (a["class"] == b["class"]).all() and agreement.compare(a, b)[0] == 0
 
 
@@ -360,17 +434,19 @@ def test_gate_passes_on_the_paper_model_and_fails_when_forced(made):
 
 
 @needs_bf16
-def test_gate_in_the_actor_falls_back_on_a_fragile_model(made, tmp_path):
-    good = gate_precision(_model_dir(tmp_path / "good", TINY_MODEL), "cpu", "bf16", made)
+def test_gate_in_the_actor_falls_back_on_a_fragile_model(made, sky_rows, tmp_path):
+    good_dir = _model_dir(tmp_path / "good", TINY_MODEL, gate_rows=sky_rows)
+    good = gate_precision(good_dir, "cpu", "bf16", made)
     assert good["used"] == "bf16", good["reason"]
-    bad = gate_precision(
-        _model_dir(tmp_path / "bad", TINY_MODEL, fragile=True), "cpu", "bf16", made
-    )
+    bad_dir = _model_dir(tmp_path / "bad", TINY_MODEL, fragile=True, gate_rows=sky_rows)
+    bad = gate_precision(bad_dir, "cpu", "bf16", made)
     # full bf16 ties the fragile head's logits; the mixed plan keeps the head in fp32
     assert bad["used"] == "bf16-late" and "bf16 gate failed" in bad["reason"], bad["reason"]
     first, second = bad["tried"]
     assert first["agreement"] < precision.MIN_AGREEMENT and second["passed"]
-    assert bad["agreement"] >= precision.MIN_AGREEMENT
+    assert bad["lower_bound"] >= precision.MIN_AGREEMENT
+    assert bad["n_stamps"] == len(sky_rows["image"])
+    assert first["speed"] is not None and second["speed"] == bad["speed"]  # timed on this CPU
     json.dumps(bad)  # goes into _run.json as it is
 
 
@@ -387,6 +463,40 @@ def test_classify_in_bf16_agrees_with_fp32(made, tmp_path):
     assert np.nanmax(np.abs(pa - pb)) < 0.01 and not np.array_equal(pa[ok], pb[ok])
     assert np.nanmax(np.abs(pa - pc)) < 0.01 and not np.array_equal(pa[ok], pc[ok])
     assert not np.array_equal(pb[ok], pc[ok])  # the actor runs the plan it was given
+
+
+def test_int8_passes_the_gate_on_a_trained_model(trained_dir, made):
+    res = gate_precision(trained_dir, "cpu", "int8", {})  # the model's gate set, not the chunk
+    n = len(quantized.load_gate_set(trained_dir)["image"])
+    assert res["used"] == "int8" and res["n_stamps"] == n > 1000, res["reason"]
+    assert res["lower_bound"] >= precision.MIN_AGREEMENT and "gate set" in res["gate_set"]
+    assert res["speed"] is not None and res["tried"][0]["speed"] == res["speed"]
+    a = Classify(trained_dir, "cpu", 16, None, precision="fp32")(made)
+    b = Classify(trained_dir, "cpu", 16, None, precision="int8")(made)
+    pa, pb = (np.stack([r[f"p_{k}"] for k in CLASSES], 1) for r in (a, b))
+    ok = np.isfinite(pa).all(axis=1)
+    assert np.abs(pa[ok] - pb[ok]).max() < precision.MAX_PROB_DIFF
+    assert not np.array_equal(pa[ok], pb[ok])  # the actor runs the int8 model it was given
+    assert (a["class"][ok] == b["class"][ok]).mean() > 0.99
+
+
+def test_int8_is_the_image_encoder_in_int8_and_needs_a_gate_set(trained_dir, made, tmp_path):
+    import shutil
+
+    bundle_model = build_model(TINY_MODEL, seed=0).eval()
+    q = quantized.quantize_int8(optimize_for_inference(bundle_model), made["image"][:32], 16)
+    kinds = {type(m).__module__ for m in q.image.modules()}
+    assert any("quantized" in k for k in kinds)  # int8 kernels inside the image encoder
+    assert type(q.fc2) is torch.nn.Linear and type(bundle_model.image.stem[0]).__name__ == "Conv2d"
+    bare = tmp_path / "bare"
+    shutil.copytree(trained_dir, bare)
+    (bare / quantized.GATE_SET).unlink()
+    res = gate_precision(str(bare), "cpu", "int8", made)
+    assert res["used"] == "fp32" and "no gate set" in res["tried"][0]["error"], res["reason"]
+    assert f"no gate set in {bare}" in res["gate_set"]  # says it used the run's first rows
+    colour = ModelConfig(arch="colour")
+    with pytest.raises(ValueError, match="no image encoder"):
+        quantized.quantize_int8(build_model(colour, seed=0).eval(), made["image"][:16], 16)
 
 
 # ------------------------------------------------------------------------------ whole runs
@@ -413,7 +523,7 @@ def _run(tiny_sky, model_dir: str, out: Path, requested: str) -> dict:
 
 @pytest.mark.slow
 def test_a_run_records_its_precision_and_falls_back_on_a_fragile_model(
-    ray_cluster, tiny_sky, tmp_path
+    ray_cluster, tiny_sky, sky_rows, tmp_path
 ):
     fp32 = _run(tiny_sky, _model_dir(tmp_path / "m", TINY_MODEL), tmp_path / "a", "fp32")
     assert fp32["record"]["args"]["precision"] == "fp32"
@@ -421,10 +531,11 @@ def test_a_run_records_its_precision_and_falls_back_on_a_fragile_model(
     assert fp32["props"]["iic_precision"] == "fp32"
     assert '"precision": "fp32"' in fp32["props"]["iic_run_args"]
 
-    bad_dir = _model_dir(tmp_path / "bad", TINY_MODEL, fragile=True)
+    bad_dir = _model_dir(tmp_path / "bad", TINY_MODEL, fragile=True, gate_rows=sky_rows)
     bad = _run(tiny_sky, bad_dir, tmp_path / "b", "bf16")
     (run,) = bad["record"]["precision_runs"]
-    assert run["requested"] == "bf16" and run["n_stamps"] > 0
+    assert run["requested"] == "bf16" and run["n_stamps"] == len(sky_rows["image"])
+    assert "gate set" in run["gate_set"] and run["tried"][0]["speed"] is not None
     assert [t["precision"] for t in run["tried"]] == ["bf16", "bf16-late"]
     if precision.cpu_has_native_bf16():  # full bf16 fails, the mixed plan (fp32 head) passes
         assert run["used"] == "bf16-late" and "bf16 gate failed" in run["reason"], run["reason"]
@@ -433,13 +544,14 @@ def test_a_run_records_its_precision_and_falls_back_on_a_fragile_model(
         assert bad["props"]["iic_precision"] == run["used"]
 
 
-@needs_bf16
 @pytest.mark.slow
-def test_auto_runs_in_bf16_where_native(ray_cluster, tiny_sky, tmp_path):
-    got = _run(tiny_sky, _model_dir(tmp_path / "m", TINY_MODEL), tmp_path / "a", "auto")
+def test_auto_runs_what_the_gate_found_faster(ray_cluster, tiny_sky, trained_dir, tmp_path):
+    got = _run(tiny_sky, trained_dir, tmp_path / "a", "auto")
     (run,) = got["record"]["precision_runs"]
-    assert run["used"] == "bf16" and "gate passed" in run["reason"], run["reason"]
-    assert got["props"]["iic_precision"] == "bf16"
+    assert got["props"]["iic_precision"] == run["used"], run["reason"]
+    assert "int8" in [t["precision"] for t in run["tried"]]  # an x86 CPU: int8 is a candidate
+    if run["used"] != "fp32":  # which plan wins is the machine's; never a slower one
+        assert run["speed"] >= precision.AUTO_MIN_SPEEDUP and run["warning"] is None
 
 
 # ------------------------------------------------------------------------------ the split stage

@@ -228,7 +228,9 @@ def autocast_modules(
 
 View = Mapping[str, np.ndarray]
 """What the catalog gets of the gate's rows (:mod:`iic_survey.model.agreement`)."""
-_BUILD_ERRORS = (RuntimeError, TypeError, NotImplementedError, ValueError, AssertionError)
+_BUILD_ERRORS = (
+    RuntimeError, TypeError, NotImplementedError, ValueError, AssertionError, ImportError
+)  # fmt: skip
 """What a plan that cannot be built or run here raises (no kernel, no engine, no submodule)."""
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import pathlib
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,9 +90,6 @@ def quantize_int8(model: nn.Module, images: np.ndarray | torch.Tensor, batch: in
     RuntimeError
         This PyTorch has no x86 quantized engine.
     """
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
     if getattr(model, "image", None) is None:
         raise ValueError("this model has no image encoder to run in int8")
     if not int8_available():
@@ -105,7 +103,13 @@ def quantize_int8(model: nn.Module, images: np.ndarray | torch.Tensor, batch: in
     torch.backends.quantized.engine = ENGINE
     quant = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     _plain_convs(quant.image)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # torch.ao.quantization warns that it moves to torchao; it is what this torch has
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
         prepared = prepare_fx(quant.image, get_default_qconfig_mapping(ENGINE), (x[:batch],))
         for i in range(0, len(x), batch):
             prepared(x[i : i + batch])  # (B, 3, H, W): observers record activation ranges
