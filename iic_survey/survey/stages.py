@@ -243,7 +243,9 @@ def decide_precision(config: PipelineConfig, inputs: Inputs, plan: Plan) -> Gate
         num_cpus=config.cpus_per_actor, num_gpus=gpus if gpus > 0 else None, max_retries=1
     )
     result = GateResult(**ray.get(task.remote(config, inputs, plan, device)))
-    logger.info("precision: %s (%s)", result.used, result.reason)
+    logger.info("precision: %s (%s; gate rows: %s)", result.used, result.reason, result.gate_set)
+    if result.warning:  # an explicit plan slower than fp32 here: the user sees the ratio
+        logger.warning("precision: %s", result.warning)
     return result
 
 
