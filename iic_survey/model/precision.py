@@ -44,6 +44,7 @@ from iic_survey.core.config import did_you_mean
 from iic_survey.model.agreement import compare as compare_views
 from iic_survey.model.agreement import compare_logits as compare  # noqa: F401  (re-exported)
 from iic_survey.model.agreement import lower_bound, softmax_view
+from iic_survey.model.quantized import int8_available
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +162,6 @@ def candidates(requested: str, device: torch.device | str) -> tuple[tuple[str, .
     native; int8 on a CPU with the x86 quantized engine); the gate keeps those measured faster.
     An explicit choice: it, then its :data:`FALLBACKS`.
     """
-    from iic_survey.model.quantized import int8_available
-
     check_precision(requested)
     dev = torch.device(device)
     if requested == "fp32":

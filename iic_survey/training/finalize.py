@@ -30,6 +30,7 @@ import torch
 
 from iic_survey.core import metrics
 from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.model import quantized
 from iic_survey.model.config import ModelConfig
 from iic_survey.model.directory import save_model_dir
 from iic_survey.model.network import build_model
@@ -319,8 +320,6 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
 def write_gate_set_of(config: TrainConfig, model_dir: str | Path) -> None:
     """The precision gate's rows (up to 2,048 validation rows, topped up from the test split)
     and the int8 calibration images (training rows) into the model directory."""
-    from iic_survey.model import quantized
-
     cols = ("image", *quantized.GATE_COLUMNS)
     rows = read_rows(config.data, "val", quantized.GATE_SET_ROWS, cols)
     short = quantized.GATE_SET_ROWS - len(rows.get("image", ()))
