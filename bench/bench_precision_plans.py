@@ -262,12 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--from-json", help="render the section from a run's printed JSON")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.child:
         print(json.dumps(child(args), default=str))
         return 0
+    if args.from_json:  # the JSON a run printed (its first top-level object)
+        res, _ = json.JSONDecoder().raw_decode(pathlib.Path(args.from_json).read_text())
+        return _emit(res, args.write_results)
     cmd = [sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])]
     cmd = [c for c in cmd if c != "--write-results"]
     runs = {}
@@ -283,9 +287,13 @@ def main(argv: list[str] | None = None) -> int:
            "rounds": args.rounds, "batch": args.batch, "model": args.model,
            "no_model": f"no trained model at {args.model}"}  # fmt: skip
     print(json.dumps(res, indent=1, default=str))
+    return _emit(res, args.write_results)
+
+
+def _emit(res: dict[str, Any], write: bool) -> int:
     text = report(res)
     print(text)
-    if args.write_results:
+    if write:
         write_section(SECTION, text)
     return 0
 
