@@ -34,11 +34,13 @@ import time
 from typing import Any
 
 import numpy as np
-from results_md import write_section
+from results_md import RESULTS, write_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SECTION = "## Precision plans: fp32, bf16, bf16-late, int8 (bench/bench_precision_plans.py)"
+FORMER = "## Precision plans: fp32, bf16, bf16-late (bench/bench_precision_plans.py)"
+"""This section's heading before int8: the section it replaces."""
 PLANS = ("fp32", "bf16", "bf16-late", "int8")
 EXTRA = ("onnx-fp32", "compile-fp32")
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -208,8 +210,10 @@ def report(res: dict[str, Any]) -> str:
         "",
         f"Run {res['date']} at commit {res['commit']} on {res['cpu']} ({res['nproc']} logical "
         f"CPUs shared with other work; ISA {runs['native']['capability']} natively, flags "
-        f"{res['flags']}). Load average (1/5/15 min) before / after each process: "
-        + "; ".join(f"{k}: {v['load_before']} / {v['load_after']}" for k, v in runs.items())
+        f"{res['flags']}). Load average (1/5/15 min) of each process: "
+        + "; ".join(
+            f"{k}: {v['load_before']} before, {v['load_after']} after" for k, v in runs.items()
+        )
         + ".",
         "",
         f"**Speed**, paper-sized IICnet (untrained), one thread, batch {res['batch']} (the CPU "
@@ -233,8 +237,9 @@ def report(res: dict[str, Any]) -> str:
         return "\n".join([*lines, "", f"**The gate**: not measured ({res['no_model']})."]) + "\n"
     lines += [
         "",
-        f"**The gate** on the trained demo model `{res['model']}` (its gate set: validation "
-        "stamps; the run's scoring, T(W1), outlier and subset rules; each candidate timed here "
+        f"**The gate** on the trained demo model `{res['model']}` (its gate set: held-out "
+        "stamps; rows scored as the run scores them, T(W1), outlier and subset rules; agreement: "
+        "rows whose class, outlier flag and subset are unchanged; each candidate timed here "
         "against fp32; pass: 95 % lower bound of the agreement >= 99.5 % and probabilities "
         "within 0.01):",
         "",
@@ -274,14 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         return _emit(res, args.write_results)
     cmd = [sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])]
     cmd = [c for c in cmd if c != "--write-results"]
-    runs = {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    runs = {}  # the commit is read first: the code the processes run
     for isa, env in (("native", {}), ("avx2", AVX2)):
         out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"{isa} process failed:\n{out.stderr[-3000:]}")
         runs[isa] = json.loads(out.stdout.strip().splitlines()[-1])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(),
            "nproc": os.cpu_count(), "flags": _flags(), "commit": commit, "runs": runs,
            "rounds": args.rounds, "batch": args.batch, "model": args.model,
@@ -294,7 +299,8 @@ def _emit(res: dict[str, Any], write: bool) -> int:
     text = report(res)
     print(text)
     if write:
-        write_section(SECTION, text)
+        old = RESULTS.read_text() if RESULTS.exists() else ""
+        write_section(FORMER if FORMER in old and SECTION not in old else SECTION, text)
     return 0
 
 

@@ -353,7 +353,7 @@ def _gate_set_rows(
         rows = {k: v for k, v in gate_set.items() if k != "calibration_image"}
         n = len(rows["image"])
         rows.update({k: np.zeros(n, np.int64) for k in _KEYS})
-        return rows, f"the model directory's gate set ({n} validation stamps)"
+        return rows, f"the model directory's gate set ({n} held-out stamps)"
     good = ~unclassifiable(np.asarray(batch["quality_flags"], dtype=np.int64))
     rows = {k: np.asarray(v)[good] for k, v in batch.items()} if good.any() else dict(batch)
     n = len(rows["quality_flags"])
