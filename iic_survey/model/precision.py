@@ -375,7 +375,7 @@ def check_gate(
             return _passed(result, entry)
     reason = "; ".join(notes) + ": fp32 instead"
     logger.warning("precision gate: %s", reason)
-    last = next((t for t in reversed(tried) if t["agreement"] is not None), {})
+    last: dict[str, Any] = next((t for t in reversed(tried) if t["agreement"] is not None), {})
     return GateResult(requested, "fp32", dev.type, reason, n, last.get("agreement"),
                       last.get("max_prob_diff"), tuple(tried), last.get("lower_bound"))  # fmt: skip
 

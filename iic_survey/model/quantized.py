@@ -101,7 +101,8 @@ def quantize_int8(model: nn.Module, images: np.ndarray | torch.Tensor, batch: in
     if not len(x):
         raise ValueError("int8 needs calibration images; got none")
     torch.backends.quantized.engine = ENGINE
-    quant = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
+    quant = copy.deepcopy(model).eval()
+    quant = quant.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     _plain_convs(quant.image)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # torch.ao.quantization warns that it moves to torchao; it is what this torch has
