@@ -1,26 +1,30 @@
-"""Which arithmetic a model runs in, and the gate a reduced precision must pass first.
+"""Which arithmetic a model runs in, and the gate a faster plan must pass first.
 
-``--precision`` is one of :data:`PRECISIONS`. ``auto`` means bf16 where the hardware does bf16
-natively (a CPU with ``avx512_bf16`` or AMX, :func:`cpu_has_native_bf16`; a CUDA device with
-bf16, :func:`cuda_has_bf16`), else fp32; :func:`resolve` turns a request into the precision
-to try and says why. A reduced precision runs as ``torch.autocast`` (:func:`autocast`): the
-weights stay fp32, convolutions and matrix products run in the reduced type, the logits and
-embeddings come back as fp32.
+``--precision`` is one of :data:`PRECISIONS`. A reduced float precision runs as
+``torch.autocast`` (:func:`autocast`): the weights stay fp32, convolutions and matrix products
+run in the reduced type, the logits and embeddings come back as fp32. ``int8``
+(:mod:`iic_survey.model.quantized`) runs the image encoder post-training quantized for x86
+CPUs, the fast arithmetic of a CPU without native bf16. A *mixed plan*, :data:`MIXED`
+(``bf16-late``), keeps the early layers fp32 and runs only :data:`LATE_MODULES` under bf16
+autocast; it is not a ``--precision`` choice: the gate tries it when full bf16 fails
+(:data:`FALLBACKS`). :func:`plan` turns a precision into a :class:`Plan`.
 
-A reduced precision is a hope until it is checked: :func:`check_gate` runs the model in fp32
-and in the reduced precision on the same stamps and passes only when the classes agree on at
-least :data:`MIN_AGREEMENT` of them and no calibrated probability moves by more than
-:data:`MAX_PROB_DIFF`; otherwise the run falls back to fp32 and records why
-(:class:`GateResult`).
+A plan is a hope until it is checked, on what the catalog gets and on what the run pays.
+:func:`check_gate` is given the candidates (:func:`candidates`: for ``auto`` every plan this
+device might run faster, bf16 and the mixed plan where bf16 is native, int8 on an x86 CPU) and
 
-A run may also use a *mixed plan*, :data:`MIXED` (``bf16-late``): the early layers (stem, RFB,
-conv2, conv3) stay fp32 and only the late ones (:data:`LATE_MODULES`: conv4, conv5 and the last
-CBAM) run under bf16 autocast, their outputs cast back to fp32 before the head. It is not a
-``--precision`` choice: when full bf16 fails the gate, the gate tries it next
-(:data:`FALLBACKS`) before falling back to fp32, and records every plan it tried. A trained
-model's early layers are the sensitive ones (the demo model: 98.92 % of classes kept in full
-bf16, 99.92 % in the mixed plan), while most of the convolution cost is late. :func:`plan` turns
-a precision into a :class:`Plan`, :func:`autocast_modules` runs it.
+1. times each against fp32 on the run's device (``speed``, a ratio: > 1 is faster); ``auto``
+   drops those not at least :data:`AUTO_MIN_SPEEDUP` faster, so it never picks a slower plan;
+2. compares each (fastest first) with fp32 as the catalog scores rows (``T(W1)`` per row, then
+   the outlier and subset rules: :mod:`iic_survey.model.agreement`) on the gate set; a plan
+   passes when the one-sided 95 % lower bound of its row agreement is at least
+   :data:`MIN_AGREEMENT` and no probability moves by more than :data:`MAX_PROB_DIFF` (a NaN
+   counts as a disagreement and as an infinite difference);
+3. uses the first that passes, else fp32, and records every plan tried, its speed, its
+   agreement and bound or why it failed to build (:class:`GateResult`, into ``_run.json``).
+
+An explicit ``--precision`` that passes is used even when the device runs it slower than fp32,
+with a warning giving the measured ratio (``GateResult.warning``).
 """
 
 from __future__ import annotations
@@ -30,29 +34,40 @@ import dataclasses
 import functools
 import logging
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from iic_survey.core.config import did_you_mean
+from iic_survey.model.agreement import compare as compare_views
+from iic_survey.model.agreement import compare_logits as compare  # noqa: F401  (re-exported)
+from iic_survey.model.agreement import lower_bound, softmax_view
+from iic_survey.model.quantized import int8_available
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
 """Choices of ``--precision``."""
 MIN_AGREEMENT = 0.995
-"""Share of the gate's stamps whose class must equal fp32's."""
+"""What the one-sided 95 % lower bound of the share of the gate's rows that the catalog gets
+unchanged (class, outlier flag, subset) must reach."""
 MAX_PROB_DIFF = 0.01
 """Largest allowed difference of any calibrated probability from fp32's."""
-GATE_STAMPS = 256
-"""Stamps the gate compares (from the first chunk of a run)."""
+GATE_STAMPS = 2048
+"""Rows the gate compares when the model directory has no gate set (the first rows of the run's
+first pixel; a bound of 99.5 % needs at least 598 that all agree)."""
+AUTO_MIN_SPEEDUP = 1.1
+"""``auto`` considers only plans measured at least this much faster than fp32 (a margin over
+the timing's noise, so that ``auto`` is never slower than fp32)."""
 MIXED = "bf16-late"
 """The mixed plan: early layers fp32, :data:`LATE_MODULES` in bf16."""
 LATE_MODULES: tuple[str, ...] = ("image.conv4", "image.conv5", "image.cbam2")
 """Submodules (``Classifier.get_submodule`` names) the mixed plan runs in bf16."""
-RUN_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", MIXED, "fp16")
+INT8 = "int8"
+"""The int8 plan (:mod:`iic_survey.model.quantized`)."""
+RUN_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", MIXED, "fp16", INT8)
 """What a run may use (``GateResult.used``): the resolved choices plus the mixed plan."""
 FALLBACKS: dict[str, tuple[str, ...]] = {"bf16": (MIXED,)}
 """Plans the gate tries, in order, when a reduced precision fails it (then fp32)."""
@@ -98,32 +113,15 @@ def cuda_has_bf16() -> bool:
     )
 
 
-def resolve(requested: str, device: torch.device | str) -> tuple[str, str]:
-    """(precision to try, why) for a request on a device.
-
-    ``auto`` becomes bf16 where it is native and fp32 elsewhere; an explicit choice is kept
-    (the gate still checks it). fp16 on a CPU is allowed but slow on most CPUs.
-    """
-    check_precision(requested)
-    dev = torch.device(device)
-    if requested != "auto":
-        return requested, f"{requested} asked for"
-    if dev.type == "cuda":
-        if cuda_has_bf16():
-            return "bf16", "auto: the CUDA device has native bf16"
-        return "fp32", "auto: the CUDA device has no native bf16"
-    if dev.type == "cpu" and cpu_has_native_bf16():
-        return "bf16", "auto: the CPU has native bf16 (avx512_bf16 or AMX)"
-    return "fp32", f"auto: no native bf16 on {dev.type}"
-
-
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved precision; None for fp32 (the mixed plan: :func:`plan`)."""
     if precision == MIXED:
         raise ValueError(f"{MIXED} is a plan, not one dtype: use precision.plan({MIXED!r})")
     check_precision(precision)
     if precision == "auto":
-        raise ValueError("resolve 'auto' first (precision.resolve)")
+        raise ValueError("resolve 'auto' first (precision.candidates)")
+    if precision == INT8:
+        raise ValueError("int8 is a quantized model, not an autocast dtype: use precision.plan")
     return _DTYPES.get(precision)
 
 
@@ -144,13 +142,40 @@ class Plan:
     """Autocast dtype; None: fp32."""
     modules: tuple[str, ...] = ()
     """Submodules run under autocast (outputs cast back to fp32); empty: the whole model."""
+    int8: bool = False
+    """The model is the int8 one (:func:`~iic_survey.model.quantized.quantize_int8`)."""
 
 
 def plan(precision: str) -> Plan:
     """The :class:`Plan` of a precision a run may use (one of :data:`RUN_PRECISIONS`)."""
     if precision == MIXED:
         return Plan(torch.bfloat16, LATE_MODULES)
+    if precision == INT8:
+        return Plan(None, int8=True)
     return Plan(autocast_dtype(precision))
+
+
+def candidates(requested: str, device: torch.device | str) -> tuple[tuple[str, ...], str]:
+    """(plans the gate tries, why) for a request on a device; empty: fp32, no gate.
+
+    ``auto``: every plan that may be faster here (bf16 and the mixed plan where bf16 is
+    native; int8 on a CPU with the x86 quantized engine); the gate keeps those measured faster.
+    An explicit choice: it, then its :data:`FALLBACKS`.
+    """
+    check_precision(requested)
+    dev = torch.device(device)
+    if requested == "fp32":
+        return (), "fp32 asked for"
+    if requested != "auto":
+        return (requested, *FALLBACKS.get(requested, ())), f"{requested} asked for"
+    if dev.type == "cuda":
+        bf16 = cuda_has_bf16()
+        why = "the CUDA device has native bf16" if bf16 else "the CUDA device has no native bf16"
+        return (("bf16", MIXED) if bf16 else ()), f"auto: {why}"
+    plans: tuple[str, ...] = ("bf16", MIXED) if cpu_has_native_bf16() else ()
+    plans += (INT8,) if dev.type == "cpu" and int8_available() else ()
+    native = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return plans, f"auto: {dev.type} with {native}, candidates {', '.join(plans) or 'none'}"
 
 
 @contextlib.contextmanager
@@ -200,6 +225,13 @@ def autocast_modules(
 # ---------------------------------------------------------------------------------------------
 # The gate
 
+View = Mapping[str, np.ndarray]
+"""What the catalog gets of the gate's rows (:mod:`iic_survey.model.agreement`)."""
+_BUILD_ERRORS = (
+    RuntimeError, TypeError, NotImplementedError, ValueError, AssertionError, ImportError
+)  # fmt: skip
+"""What a plan that cannot be built or run here raises (no kernel, no engine, no submodule)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class GateResult:
@@ -212,40 +244,31 @@ class GateResult:
     device: str
     """The inference device type the decision was made on (``cpu``, ``cuda``)."""
     reason: str
-    """Why: how ``auto`` resolved, that the gate passed, or why it failed."""
+    """Why: the candidates, each plan's speed and verdict, or why it failed."""
     n_stamps: int = 0
-    """Stamps the gate compared (0: no gate ran)."""
+    """Rows the gate compared (0: no gate ran)."""
     agreement: float | None = None
-    """Share of those stamps whose class equals fp32's."""
+    """Share of those rows the catalog gets unchanged (class, outlier flag, subset; a NaN
+    probability is a change), of the plan used, else of the last one compared."""
     max_prob_diff: float | None = None
-    """Largest difference of a calibrated probability from fp32's (of the plan used, else of
-    the last one tried)."""
+    """Largest difference of a calibrated probability (``T(W1)``) from fp32's, same plan."""
     tried: tuple[dict[str, Any], ...] = ()
-    """Every reduced plan the gate tried, in order: ``precision``, ``passed``, ``agreement``,
-    ``max_prob_diff`` and ``error`` (why it failed to run, else None)."""
+    """Every plan the gate considered, in order: ``precision``, ``passed``, ``speed``,
+    ``agreement``, ``lower_bound``, ``max_prob_diff`` and ``error`` (why it failed to build or
+    run, or why it was not compared)."""
+    lower_bound: float | None = None
+    """One-sided 95 % lower bound of ``agreement`` (what the gate holds against
+    :data:`MIN_AGREEMENT`)."""
+    speed: float | None = None
+    """The plan used: its speed over fp32's, measured on the run's device (None: not timed)."""
+    gate_set: str = ""
+    """Where the gate's rows came from (the model's gate set, or the run's first rows)."""
+    warning: str | None = None
+    """Set when the plan used runs slower than fp32 here (an explicit ``--precision``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return dataclasses.asdict(self)
-
-
-def _calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def compare(
-    reference: np.ndarray, reduced: np.ndarray, temperature: float = 1.0
-) -> tuple[float, float]:
-    """(class agreement, largest probability difference) of two sets of logits (N, K)."""
-    p0, p1 = _calibrated(reference, temperature), _calibrated(reduced, temperature)
-    if not len(p0):
-        return 1.0, 0.0
-    agree = float(np.mean(p0.argmax(axis=1) == p1.argmax(axis=1)))
-    diff = float(np.nanmax(np.abs(p0 - p1)))
-    return agree, diff if np.isfinite(diff) else float("inf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,65 +276,122 @@ class Gate:
     """The gate's thresholds."""
 
     min_agreement: float = MIN_AGREEMENT
-    """Share of classes that must equal fp32's."""
+    """What the lower bound of the share of unchanged rows must reach."""
     max_prob_diff: float = MAX_PROB_DIFF
     """Largest allowed difference of a calibrated probability."""
-    temperature: float = 1.0
-    """The model's calibration temperature (probabilities are softmax(logits / T))."""
+    auto_min_speedup: float = AUTO_MIN_SPEEDUP
+    """``auto`` compares only plans at least this much faster than fp32."""
+    confidence: float = 0.95
+    """Confidence of the lower bound."""
+
+
+def _view(out: View | np.ndarray) -> View:
+    """A catalog view; bare logits become softmax at T = 1 and their top class."""
+    return softmax_view(out) if isinstance(out, np.ndarray) else out
 
 
 def _trial(
-    run_logits: Callable[[str], np.ndarray], candidate: str, reference: np.ndarray, gate: Gate
+    run: Callable[[str], View | np.ndarray], candidate: str, reference: View, gate: Gate
 ) -> tuple[dict[str, Any], str]:
     """One plan through the gate: (its ``tried`` entry, a sentence for the reason)."""
     entry: dict[str, Any] = {"precision": candidate, "passed": False, "error": None}
-    entry.update(agreement=None, max_prob_diff=None)
+    entry.update(agreement=None, lower_bound=None, max_prob_diff=None)
     try:
-        reduced = run_logits(candidate)
-    except (RuntimeError, TypeError, NotImplementedError, ValueError) as exc:  # no kernel, no plan
+        view = _view(run(candidate))
+    except _BUILD_ERRORS as exc:
         entry["error"] = f"{type(exc).__name__}: {exc}"
         return entry, f"{candidate} failed to run ({entry['error']})"
-    agree, diff = compare(reference, reduced, gate.temperature)
-    entry.update(agreement=agree, max_prob_diff=diff)
-    entry["passed"] = agree >= gate.min_agreement and diff <= gate.max_prob_diff
+    agree, n, diff = compare_views(reference, view)
+    bound = lower_bound(agree, n, gate.confidence)
+    entry.update(agreement=agree / n if n else None, lower_bound=bound, max_prob_diff=diff)
+    entry["passed"] = n > 0 and bound >= gate.min_agreement and diff <= gate.max_prob_diff
     verdict = (
-        f"class agreement {agree:.2%} (>= {gate.min_agreement:.1%} needed), largest probability "
-        f"difference {diff:.2g} (<= {gate.max_prob_diff:g} allowed) on {len(reference)} stamps"
+        f"{agree} of {n} rows unchanged ({agree / max(n, 1):.2%}, {gate.confidence:.0%} lower "
+        f"bound {bound:.2%}, >= {gate.min_agreement:.1%} needed), largest probability "
+        f"difference {diff:.2g} (<= {gate.max_prob_diff:g} allowed)"
     )
     return entry, f"{candidate} gate {'passed' if entry['passed'] else 'failed'}: {verdict}"
 
 
+def _timed(
+    speed: Callable[[str], float] | None, plans: tuple[str, ...], auto: bool, gate: Gate
+) -> tuple[list[str], list[dict[str, Any]], list[str], dict[str, float]]:
+    """Time each plan: (plans to compare, in order; entries and notes of those dropped; speeds).
+
+    A plan that fails to build is dropped; ``auto`` also drops plans not at least
+    ``gate.auto_min_speedup`` faster than fp32 and compares the rest fastest first.
+    """
+    order, dropped, notes, speeds = list(plans), [], [], {}
+    for name in plans if speed is not None else ():
+        entry = {"precision": name, "passed": False, "agreement": None, "lower_bound": None,
+                 "max_prob_diff": None, "speed": None, "error": None}  # fmt: skip
+        try:
+            speeds[name] = entry["speed"] = float(speed(name))  # type: ignore[misc]
+        except _BUILD_ERRORS as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            notes.append(f"{name} failed to build ({entry['error']})")
+        else:
+            if not auto or speeds[name] >= gate.auto_min_speedup:
+                continue
+            entry["error"] = f"not compared: {speeds[name]:.2f}x fp32's speed here"
+            notes.append(f"{name} runs at {speeds[name]:.2f}x fp32's speed here: not compared")
+        order.remove(name)
+        dropped.append(entry)
+    if auto and speeds:
+        order.sort(key=lambda name: -speeds[name])
+    return order, dropped, notes, speeds
+
+
 def check_gate(
-    run_logits: Callable[[str], np.ndarray],
+    run: Callable[[str], View | np.ndarray],
     requested: str,
     device: torch.device | str,
     gate: Gate | None = None,
+    speed: Callable[[str], float] | None = None,
 ) -> GateResult:
-    """Decide the run's precision: resolve ``requested``, and gate a reduced one against fp32.
+    """Decide the run's precision: time the candidates, gate them against fp32, pick one.
 
-    ``run_logits(precision)`` returns the logits (N, K) of the gate's stamps computed in that
-    precision (``"fp32"``, ``"bf16"``, ``"bf16-late"`` or ``"fp16"``). The resolved precision is
-    tried first, then its :data:`FALLBACKS` (bf16: the mixed plan); the first that agrees is
-    used. If none does, or none runs at all, the run uses fp32. Every plan tried is in the
-    result (``tried``) and the reason says why (also logged).
+    ``run(precision)`` returns the catalog view of the gate's rows computed in that plan (or
+    bare logits (N, K), scored as softmax at T = 1); ``speed(precision)`` its measured speed
+    over fp32's on the run's device (None: not timed, ``auto`` then keeps every candidate).
+    Every plan considered is in the result (``tried``) and the reason says why (also logged).
     """
     gate = gate or Gate()
     dev = torch.device(device)
-    candidate, why = resolve(requested, dev)
-    if candidate == "fp32":
+    plans, why = candidates(requested, dev)
+    if not plans:
         return GateResult(requested, "fp32", dev.type, why)
-    reference = run_logits("fp32")
-    n, tried, notes = len(reference), [], [why]
-    for name in (candidate, *FALLBACKS.get(candidate, ())):
-        entry, note = _trial(run_logits, name, reference, gate)
+    order, tried, notes, speeds = _timed(speed, plans, requested == "auto", gate)
+    notes.insert(0, why)
+    reference = _view(run("fp32")) if order else {"p": np.zeros((0, 3))}
+    n = len(reference["p"])
+    for name in order:
+        entry, note = _trial(run, name, reference, gate)
+        entry["speed"] = speeds.get(name)
         tried.append(entry)
-        notes.append(note)
+        notes.append(note + (f", {speeds[name]:.2f}x fp32's speed" if name in speeds else ""))
         if entry["passed"]:
-            reason = "; ".join(notes)
-            logger.info("precision gate passed: %s uses %s; %s", dev.type, name, reason)
-            agree, diff = entry["agreement"], entry["max_prob_diff"]
-            return GateResult(requested, name, dev.type, reason, n, agree, diff, tuple(tried))
+            result = GateResult(requested, name, dev.type, "; ".join(notes), n, tried=tuple(tried))
+            return _passed(result, entry)
     reason = "; ".join(notes) + ": fp32 instead"
     logger.warning("precision gate: %s", reason)
-    agree, diff = tried[-1]["agreement"], tried[-1]["max_prob_diff"]
-    return GateResult(requested, "fp32", dev.type, reason, n, agree, diff, tuple(tried))
+    last: dict[str, Any] = next((t for t in reversed(tried) if t["agreement"] is not None), {})
+    return GateResult(requested, "fp32", dev.type, reason, n, last.get("agreement"),
+                      last.get("max_prob_diff"), tuple(tried), last.get("lower_bound"))  # fmt: skip
+
+
+def _passed(result: GateResult, entry: dict[str, Any]) -> GateResult:
+    """The result of a plan that passed, warned about when it is slower than fp32 here."""
+    speed, warning = entry.get("speed"), None
+    if speed is not None and speed < 1.0:
+        warning = (
+            f"--precision {result.requested}: {result.used} runs at {speed:.2f}x the speed of "
+            f"fp32 on this {result.device} (measured by the gate); used as asked"
+        )
+        logger.warning("precision: %s", warning)
+    logger.info("precision gate passed: %s uses %s; %s", result.device, result.used, result.reason)
+    return dataclasses.replace(
+        result, agreement=entry["agreement"], max_prob_diff=entry["max_prob_diff"],
+        lower_bound=entry["lower_bound"], speed=speed,
+        warning=warning,
+    )  # fmt: skip

@@ -27,12 +27,14 @@ import torch
 from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.core.flags import unclassifiable
+from iic_survey.model.agreement import time_plans
 from iic_survey.model.directory import load_model_dir
 from iic_survey.model.domain import TrainingDomain, subsets
 from iic_survey.model.inference import Predictor, gpu_batch_size, upload
 from iic_survey.model.network import optimize_for_inference
 from iic_survey.model.ood import OodStats
-from iic_survey.model.precision import Gate, check_gate, plan
+from iic_survey.model.precision import Gate, View, check_gate, plan
+from iic_survey.model.quantized import int8_model, load_gate_set
 from iic_survey.output import schema
 from iic_survey.stamps.features import FEATURE_NAMES
 from iic_survey.stamps.rgb import RGBParams
@@ -190,7 +192,9 @@ class Classify:
         self.bundle = load_model_dir(model_dir, device=self.device)
         # BN folded into the convolutions, channels-last weights: same outputs to fp32 rounding
         model = optimize_for_inference(self.bundle.model.to(self.device).eval())
-        run_plan = plan(precision)  # fp32, bf16, fp16, or the mixed plan bf16-late
+        run_plan = plan(precision)  # fp32, bf16, fp16, int8, or the mixed plan bf16-late
+        if run_plan.int8:  # calibrated on the gate set, as the gate built it
+            model = int8_model(model, model_dir, self.device)
         cuda = self.device.type == "cuda"
         batch = model_batch_size or (
             # the mixed plan's early layers are fp32: size it as fp32 (the larger footprint)
@@ -298,21 +302,86 @@ def scoring_record(model_dir: str) -> dict[str, Any]:
 
 
 def gate_precision(
-    model_dir: str, device: str, requested: str, batch: Mapping[str, np.ndarray], threads: int = 1
+    model_dir: str,
+    device: str,
+    requested: str,
+    batch: Mapping[str, np.ndarray],
+    threads: int = 1,
+    gate: Gate | None = None,
 ) -> dict[str, Any]:
     """The run's precision (:class:`~iic_survey.model.precision.GateResult` as a dict).
 
     Runs where the inference actors will run (the driver starts it as a Ray task with their
-    resources): resolves ``requested`` for this device and, for a reduced precision, compares
-    it with fp32 on the classifiable rows of ``batch`` (all rows if none is classifiable).
+    resources): times each candidate plan against fp32 on this device and compares what the
+    catalog gets (:func:`_catalog_view`) on the model directory's gate set, or, for a directory
+    without one, on the classifiable rows of ``batch`` (all rows if none is), and says which.
     """
     actor = Classify(model_dir, device, None, None, threads, "fp32")
+    rows, source = _gate_set_rows(model_dir, batch)
+    fp32_model, predictors = actor.predictor.model, {"fp32": actor.predictor}
+
+    def predictor(precision: str) -> Predictor:
+        if precision not in predictors:
+            p = plan(precision)
+            model = int8_model(fp32_model, model_dir, actor.device) if p.int8 else fp32_model
+            predictors[precision] = Predictor(model, actor.device, p.dtype, actor.batch, p.modules)
+        return predictors[precision]
+
+    def run(precision: str) -> View:
+        actor.predictor = predictor(precision)
+        logits, emb, flags = actor.logits(rows)
+        return _catalog_view(actor, {**rows, "quality_flags": flags}, logits, emb)
+
+    images, features = _timing_inputs(actor, rows)
+
+    def speed(precision: str) -> float:
+        ratios = time_plans(
+            lambda p: predictor(p).on_device(images, features), (precision,), actor.device
+        )
+        return ratios[precision]
+
+    result = check_gate(run, requested, actor.device, gate, speed)
+    return {**result.to_dict(), "gate_set": source}
+
+
+def _gate_set_rows(
+    model_dir: str, batch: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], str]:
+    """(the gate's rows, where they come from): the gate set, else the run's first rows."""
+    gate_set = load_gate_set(model_dir)
+    if gate_set is not None:
+        rows = {k: v for k, v in gate_set.items() if k != "calibration_image"}
+        n = len(rows["image"])
+        rows.update({k: np.zeros(n, np.int64) for k in _KEYS})
+        return rows, f"the model directory's gate set ({n} held-out stamps)"
     good = ~unclassifiable(np.asarray(batch["quality_flags"], dtype=np.int64))
     rows = {k: np.asarray(v)[good] for k, v in batch.items()} if good.any() else dict(batch)
+    n = len(rows["quality_flags"])
+    note = f"no gate set in {model_dir}: the run's first {n} classifiable rows"
+    logger.warning("precision gate: %s", note)
+    return rows, note
 
-    def run_logits(precision: str) -> np.ndarray:
-        actor.predictor = actor.predictor.with_precision(precision)
-        return actor.logits(rows)[0]
 
-    gate = Gate(temperature=actor.scoring.calibration.temperature)
-    return check_gate(run_logits, requested, actor.device, gate).to_dict()
+def _catalog_view(
+    actor: Classify, rows: Mapping[str, np.ndarray], logits: np.ndarray, emb: np.ndarray
+) -> View:
+    """What the catalog gets of ``rows``: the run's own scoring (``T(W1)``, outlier and subset
+    rules, :func:`result_rows`) of the logits and embeddings of one plan."""
+    ood = actor.ood.score(emb) if actor.ood is not None else None
+    out = result_rows(rows, logits, ood, actor.scoring)
+    p = np.stack([out[f"p_{c}"] for c in CLASSES], axis=1)
+    return {"p": p, **{k: out[k] for k in ("class", "is_outlier", "subset")}}
+
+
+def _timing_inputs(actor: Classify, rows: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
+    """Four fixed-shape batches of model inputs on the actor's device, for timing the plans
+    (the images made once: the RGB step is the same in every plan)."""
+    n = 4 * actor.batch
+    take = {k: np.asarray(v)[:n] for k, v in rows.items()}
+    while len(take["features"]) < n:  # fewer rows than four batches: repeat them
+        take = {k: np.concatenate([v, v])[:n] for k, v in take.items()}
+    features = upload(take["features"], actor.device)[0]
+    if "image" in take:
+        return upload(take["image"], actor.device)[0], features
+    images, _ = finish_images(upload(take["stamp"], actor.device)[0], actor.rgb, actor.device)
+    return images, features

@@ -21,7 +21,7 @@ from iic_survey.output.margin import DEFAULT_MARGIN_ARCSEC
 from iic_survey.output.partitions import DEFAULT_MAX_ROWS, check_max_rows
 
 CUTOUT_MODES: tuple[str, ...] = ("tiles", "service")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
 """Choices of ``--precision`` (:mod:`iic_survey.model.precision`)."""
 
 
@@ -100,10 +100,12 @@ class PipelineConfig:
     progress_interval_s: float = 30.0
     """Seconds between progress log lines."""
     precision: str = "auto"
-    """Inference arithmetic: ``auto`` (bf16 where the CPU or GPU has it natively, else fp32),
-    ``fp32``, ``bf16`` or ``fp16``. A reduced precision is gated against fp32 on the first
-    chunk's stamps before the run uses it (:mod:`iic_survey.model.precision`); it falls back to
-    fp32 when classes or probabilities differ, and ``_run.json`` records what was used and why."""
+    """Inference arithmetic: ``auto`` (the fastest plan the gate finds faster than fp32 on the
+    actors' device and agreeing with it: bf16 where native, int8 on x86 CPUs; else fp32),
+    ``fp32``, ``bf16``, ``fp16`` or ``int8``. A plan is gated against fp32 (on the model's gate
+    set, else the first chunk's stamps) before the run uses it (:mod:`iic_survey.model.precision`);
+    it falls back to fp32 when what the catalog gets differs, and ``_run.json`` records what was
+    used, its measured speed and why."""
 
     def __post_init__(self) -> None:
         for name in ("catalog", "images", "model_dir", "output"):
@@ -252,7 +254,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="inference arithmetic (default auto: bf16 where native, gated against fp32 on the "
-        "first chunk, fp32 if it disagrees)",
+        help="inference arithmetic (default auto: the fastest of bf16 where native and int8 on "
+        "x86 CPUs that the gate finds faster than fp32 and agreeing with it, else fp32)",
     )
     p.add_argument("--endpoint-url", help="S3 endpoint for s3:// URLs (a local S3 server)")

@@ -35,6 +35,7 @@ from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
 from iic_survey.inputs.ibe import ServiceConfig
 from iic_survey.model.directory import load_model_dir
 from iic_survey.model.precision import GATE_STAMPS, GateResult
+from iic_survey.model.quantized import has_gate_set
 from iic_survey.output import writer as output
 from iic_survey.stamps.cutouts import CutoutConfig
 from iic_survey.stamps.split import StampCutter
@@ -245,18 +246,20 @@ def _gate_rows(config: PipelineConfig, inputs: Inputs, plan: Plan) -> dict[str, 
 
 
 def _gate_task(config: PipelineConfig, inputs: Inputs, plan: Plan, device: str) -> dict[str, Any]:
-    """Make the gate's stamps and run :func:`gate_precision` (inside a Ray task)."""
-    rows = _gate_rows(config, inputs, plan)
+    """Run :func:`gate_precision` (inside a Ray task) on the model's gate set, or on stamps of
+    the run's first rows when the model directory has none."""
+    rows = {} if has_gate_set(config.model_dir) else _gate_rows(config, inputs, plan)
     return gate_precision(
         config.model_dir, device, config.precision, rows, int(config.cpus_per_actor)
     )
 
 
 def decide_precision(config: PipelineConfig, inputs: Inputs, plan: Plan) -> GateResult:
-    """The run's precision: fp32 as asked, or the gate's verdict on the first chunk's stamps.
+    """The run's precision: fp32 as asked, or the gate's verdict (the model's gate set, else the
+    first chunk's stamps; :func:`~iic_survey.survey.classify.gate_precision`).
 
-    The gate runs once, as a Ray task with an inference actor's resources (so ``auto`` and the
-    comparison see the actors' device), and every actor then uses its verdict.
+    The gate runs once, as a Ray task with an inference actor's resources (so ``auto``, the
+    comparison and the timing see the actors' device), and every actor then uses its verdict.
     """
     _, gpus = inference_resources(config)
     device = "cuda" if gpus > 0 else "cpu"
@@ -266,7 +269,9 @@ def decide_precision(config: PipelineConfig, inputs: Inputs, plan: Plan) -> Gate
         num_cpus=config.cpus_per_actor, num_gpus=gpus if gpus > 0 else None, max_retries=1
     )
     result = GateResult(**ray.get(task.remote(config, inputs, plan, device)))
-    logger.info("precision: %s (%s)", result.used, result.reason)
+    logger.info("precision: %s (%s; gate rows: %s)", result.used, result.reason, result.gate_set)
+    if result.warning:  # an explicit plan slower than fp32 here: the user sees the ratio
+        logger.warning("precision: %s", result.warning)
     return result
 
 

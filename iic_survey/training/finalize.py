@@ -31,6 +31,7 @@ import torch
 
 from iic_survey.core import metrics
 from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.model import quantized
 from iic_survey.model.config import ModelConfig
 from iic_survey.model.directory import save_model_dir
 from iic_survey.model.network import build_model
@@ -292,6 +293,7 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
             "meta": meta,
         },
     )
+    write_gate_set_of(config, out)
     files = write_report(ev.report, trained.history, meta, Path(out) / REPORT_DIR)
     _write_card(Path(out), ev, run.manifest)
     report = ev.report
@@ -324,6 +326,19 @@ def _write_card(out: Path, ev: Evaluation, manifest: dict[str, Any]) -> None:
     test = {"label": ev.test["label"], "proba": ev.test_proba, "w1": ev.test["w1mpro"]}
     domain = doc.get("training_domain") or {}
     card.write_model_card(out, card.model_card(ev.report, doc["meta"], manifest, domain, test))
+
+
+def write_gate_set_of(config: TrainConfig, model_dir: str | Path) -> None:
+    """The precision gate's rows (up to 2,048 validation rows, topped up from the test split)
+    and the int8 calibration images (training rows) into the model directory."""
+    cols = ("image", *quantized.GATE_COLUMNS)
+    rows = read_rows(config.data, "val", quantized.GATE_SET_ROWS, cols)
+    short = quantized.GATE_SET_ROWS - len(rows.get("image", ()))
+    if short > 0:
+        more = read_rows(config.data, "test", short, cols)
+        rows = {k: np.concatenate([rows[k], more[k]]) for k in rows if k in more}
+    calibration = read_rows(config.data, "train", quantized.CALIBRATION_IMAGES, ("cntr", "image"))
+    quantized.write_gate_set(model_dir, rows, calibration["image"])
 
 
 def _write_selection(ev: Evaluation, out: Path, meta: dict[str, Any]) -> None:
