@@ -107,7 +107,6 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
         ),
         ("tests/test_precision.py::test_the_gate_judges_probabilities_as_the_catalog_gets_them",),
-        pending="i25-precision (issue 25 item 4: the gate scores rows as the catalog gets them)",
     ),
     Mutation(
         "stale-staging-listing",
@@ -120,7 +119,6 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
         ),
         ("tests/test_output.py::test_s3_commit_lists_the_staging_folder_afresh",),
-        pending="i24-same-catalog (issue 24 item 5: listings that are never stale)",
     ),
 )
 
