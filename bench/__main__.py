@@ -76,10 +76,15 @@ WRITERS: tuple[Writer, ...] = (
         ("--budget", "60", "--min-rounds", "1"),
     ),
     Writer(
-        "## Precision plans: fp32, bf16, bf16-late (bench/bench_precision_plans.py)",
+        "## Precision plans: fp32, bf16, bf16-late, int8 (bench/bench_precision_plans.py)",
         ("bench/bench_precision_plans.py", "--write-results"),
         ("--rounds", "2", "--images", "64"),
         needs="/tmp/base_demo/model",
+    ),
+    Writer(
+        "## Feeding ceiling (bench/bench_feeding.py)",
+        ("bench/bench_feeding.py", "--write-results"),
+        ("--n-sources", "30000"),
     ),
     Writer(
         "## Training (bench/bench_training.py)",
