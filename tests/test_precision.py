@@ -630,3 +630,12 @@ def test_the_gpu_way_of_finishing_a_chunk_runs_on_cpu_too(tiny_sky, tiny_model_d
     np.testing.assert_array_equal(got["quality_flags"], want["quality_flags"])
     for c in ("galaxy", "quasar", "star"):
         np.testing.assert_allclose(got[f"p_{c}"], want[f"p_{c}"], atol=1e-5, equal_nan=True)
+
+
+def test_a_predictor_refuses_int8_as_a_dtype():
+    """int8 is a quantized model, not an autocast dtype: asking a Predictor for it must fail
+    rather than run fp32 under int8's name."""
+    model = optimize_for_inference(build_model(TINY_MODEL).eval())
+    fp32 = inference.Predictor(model, torch.device("cpu"), None, 16)
+    with pytest.raises(ValueError, match="quantized model"):
+        fp32.with_precision("int8")

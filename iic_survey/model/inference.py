@@ -114,6 +114,11 @@ class Predictor:
         """The same model and batch in a precision a run may use (``fp32``, ``bf16``,
         ``bf16-late``, ``fp16``: :func:`~iic_survey.model.precision.plan`)."""
         p = plan(precision)
+        if p.int8:  # a different model, not a dtype: never silently run fp32 under its name
+            raise ValueError(
+                "int8 needs the quantized model (iic_survey.model.quantized), not a dtype: "
+                "build it and give it to a new Predictor"
+            )
         return Predictor(self.model, self.device, p.dtype, self.batch, p.modules)
 
     @torch.inference_mode()
