@@ -40,9 +40,9 @@ from iic_survey.core.atomic import atomic_output, write_atomic
 _NUM_ROWS, _ROW_GROUPS = 3, 4
 _LIST_FIELD_DELTA1 = 0x19  # field header: id delta 1, type list
 _I64_FIELD_DELTA1 = 0x16  # field header: id delta 1, type i64
-_COMPACT_EVERY = 256
-"""Thumbnail rows gathered before they are copied into one table (a one-row batch read from a
-file can keep that file's decoded page alive)."""
+_ROWS_PER_CHUNK, _CHUNKS_PER_TABLE = 16, 64
+_SPOOL_BLOCK = 1 << 20
+"""Bytes copied at a time from the spool into ``_metadata``."""
 
 
 def _footer_bytes(metadata: pq.FileMetaData) -> bytes:
@@ -91,34 +91,40 @@ class _Joiner:
         length = len(body) + self._spool.tell() + len(self._tail)
         out.write(pf.MAGIC + body)
         self._spool.seek(0)
-        while block := self._spool.read(1 << 22):
+        while block := self._spool.read(_SPOOL_BLOCK):
             out.write(block)
         out.write(self._tail + length.to_bytes(4, "little") + pf.MAGIC)
         self._spool.close()
 
 
 class _Thumbnail:
-    """One row per partition, compacted as it grows."""
+    """One row per partition, kept compact as it grows.
+
+    A one-row batch as read keeps its file's decoded pages, and every array of it is a few
+    small allocations: rows are copied out (``take``), joined into one chunk every
+    ``_ROWS_PER_CHUNK`` rows, and the chunks into one table every ``_CHUNKS_PER_TABLE``.
+    """
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
-        self._table = schema.empty_table()
-        self._pending: list[pa.RecordBatch] = []
+        self._rows: list[pa.RecordBatch] = []
+        self._chunks: list[pa.Table] = [schema.empty_table()]
 
     def add(self, batch: pa.RecordBatch) -> None:
-        self._pending.append(batch)
-        if len(self._pending) >= _COMPACT_EVERY:
+        self._rows.append(batch.take([0]))
+        if len(self._rows) >= _ROWS_PER_CHUNK:
             self._compact()
 
     def _compact(self) -> None:
-        if self._pending:
-            more = pa.Table.from_batches(self._pending, self.schema)
-            self._table = pa.concat_tables([self._table, more]).combine_chunks()
-            self._pending = []
+        if self._rows:
+            self._chunks.append(pa.Table.from_batches(self._rows, self.schema).combine_chunks())
+            self._rows = []
+        if len(self._chunks) >= _CHUNKS_PER_TABLE:
+            self._chunks = [pa.concat_tables(self._chunks).combine_chunks()]
 
     def to_bytes(self) -> bytes:
         self._compact()
-        table = self._table
+        table = pa.concat_tables(self._chunks).combine_chunks()
         if SPATIAL_INDEX_COLUMN in table.column_names:
             table = table.sort_by(SPATIAL_INDEX_COLUMN)
         buf = io.BytesIO()
