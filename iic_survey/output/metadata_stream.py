@@ -14,7 +14,7 @@ the partitions that holds one footer at a time:
 * ``dataset/_common_metadata``: the schema-only footer (hats writes the same).
 * ``data_thumbnail.parquet``: the first row of each partition (of a random sample when there are
   more than ``thumbnail_threshold``), sorted by ``_healpix_29``, written with hats' own table
-  options. Its rows are compacted every few hundred partitions, so it holds one small table.
+  options. Its rows are copied out of the files as read and kept as a few compact chunks.
 
 The tests compare all three with what hats writes on the same catalog.
 """
