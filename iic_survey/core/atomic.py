@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import uuid
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -32,3 +36,31 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through, in pieces, that appears whole when the block ends.
+
+    For files too large to hold as one ``bytes`` (a catalog's ``_metadata``). Local: as
+    :func:`write_atomic`, a dot-named temporary file beside ``path``, fsync'd then renamed.
+    Elsewhere: a local temporary file, uploaded in one ``put_file`` (an object appears only
+    once its upload completes). On error nothing is left at ``path``.
+    """
+    parent, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    fs.makedirs(parent, exist_ok=True)
+    local = isinstance(fs, LocalFileSystem)
+    tmp_dir = parent if local else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.{uuid.uuid4().hex}.", suffix=".tmp", dir=tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if local:
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

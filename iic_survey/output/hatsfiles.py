@@ -1,34 +1,38 @@
-"""The HATS metadata files, written with the ``hats`` library's own functions.
+"""The HATS metadata files, written with the ``hats`` library's own functions where it can.
 
 ``hats`` tracks the HATS specification as it changes, so the files it defines are written by
-it: ``dataset/_metadata``, ``_common_metadata`` and ``data_thumbnail.parquet``
-(:func:`hats.io.write_parquet_metadata`), ``partition_info.csv``
-(:class:`hats.catalog.PartitionInfo`), ``point_map.fits`` and ``skymap.fits``
-(:func:`hats.io.file_io.write_fits_image`, :func:`hats.io.skymap.write_skymap`),
-``hats.properties`` (:class:`hats.catalog.TableProperties`), an index catalog's metadata
-(:func:`write_index_metadata`) and ``collection.properties``
-(:class:`hats.catalog.CollectionProperties`). The staging/commit protocol stays ours: hats
-writes each file into an in-memory scratch folder, and :func:`iic_survey.core.atomic.write_atomic`
-puts it in place through the run's filesystem, so every file appears whole (local, S3, memory).
+it: ``partition_info.csv`` (:class:`hats.catalog.PartitionInfo`), ``point_map.fits`` and
+``skymap.fits`` (:func:`hats.io.file_io.write_fits_image`, :func:`hats.io.skymap.write_skymap`),
+``hats.properties`` (:class:`hats.catalog.TableProperties`) and ``collection.properties``
+(:class:`hats.catalog.CollectionProperties`). ``dataset/_metadata``, ``_common_metadata`` and
+``data_thumbnail.parquet`` (a catalog's and an index catalog's) are the exception: hats'
+:func:`hats.io.write_parquet_metadata` holds every partition's footer at once, so they are
+written streaming, to the same content (:mod:`iic_survey.output.metadata_stream`; the tests
+compare it with hats' output). The staging/commit protocol stays ours: hats writes each file
+into an in-memory scratch folder, and :func:`iic_survey.core.atomic.write_atomic` puts it in
+place through the run's filesystem, so every file appears whole (local, S3, memory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 from hats.catalog import CollectionProperties, PartitionInfo, TableProperties
-from hats.io import file_io, write_parquet_metadata
+from hats.io import file_io
 from hats.io.skymap import write_skymap
 from hats.pixel_math.healpix_pixel import HealpixPixel
 from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.atomic import write_atomic
+from iic_survey.output.metadata_stream import write_streamed_metadata
 
 
 def upath(fs: fsspec.AbstractFileSystem, path: str) -> UPath:
@@ -58,22 +62,30 @@ def _publish(
             write_atomic(fs, f"{dest}/{name}", (tmp / name).read_bytes())
 
 
-def write_dataset_metadata(fs: fsspec.AbstractFileSystem, catalog: str) -> int:
+_IGNORED = ["_common_metadata", "_metadata", "data_thumbnail"]
+"""File-name prefixes under ``dataset/`` that are not partitions (as hats ignores them)."""
+
+
+def _partition_files(fs: fsspec.AbstractFileSystem, catalog: str) -> tuple[pa.Schema, list[str]]:
+    """The dataset's schema and its partition files (relative to ``dataset/``), as hats lists."""
+    root, dataset = file_io.read_parquet_dataset(
+        upath(fs, f"{catalog}/dataset"), ignore_prefixes=_IGNORED
+    )
+    return dataset.schema, [f[len(root) + 1 :] for f in dataset.files]
+
+
+def write_dataset_metadata(
+    fs: fsspec.AbstractFileSystem, catalog: str, thumbnail_threshold: int = 1_000_000
+) -> int:
     """``dataset/_common_metadata``, ``dataset/_metadata`` and ``data_thumbnail.parquet``.
 
-    hats reads every partition's footer (and one row of each, for the thumbnail); returns the
-    rows it counted.
+    The files hats' ``write_parquet_metadata(create_thumbnail=True)`` writes, written streaming
+    (:mod:`iic_survey.output.metadata_stream`): one partition footer held at a time, so the
+    driver's memory does not grow with the partitions. Returns the rows counted.
     """
-    rows: list[int] = []
-
-    def write(tmp: UPath) -> None:
-        rows.append(
-            write_parquet_metadata(upath(fs, catalog), output_path=tmp, create_thumbnail=True)
-        )
-
-    names = ["dataset/_common_metadata", "dataset/_metadata", "data_thumbnail.parquet"]
-    _publish(fs, catalog, write, names)
-    return rows[0]
+    schema, files = _partition_files(fs, catalog)
+    sampled = set(random.sample(files, min(len(files), thumbnail_threshold)))
+    return write_streamed_metadata(fs, catalog, schema, files, thumbnail=sampled)
 
 
 def write_partition_info(
@@ -113,17 +125,12 @@ def write_properties(fs: fsspec.AbstractFileSystem, catalog: str, props: TablePr
 def write_index_metadata(fs: fsspec.AbstractFileSystem, catalog: str) -> int:
     """An index catalog's ``dataset/_common_metadata`` and ``dataset/_metadata``.
 
-    As hats-import writes them for an index: rows in id order, not HEALPix order, no thumbnail.
-    Returns the rows hats counted.
+    As hats-import writes them for an index (hats' ``write_parquet_metadata`` with
+    ``order_by_healpix=False``): rows in id order, not HEALPix order, no thumbnail; streamed
+    like :func:`write_dataset_metadata`. Returns the rows counted.
     """
-    rows: list[int] = []
-
-    def write(tmp: UPath) -> None:
-        rows.append(write_parquet_metadata(upath(fs, catalog), order_by_healpix=False,
-                                           output_path=tmp))  # fmt: skip
-
-    _publish(fs, catalog, write, ["dataset/_common_metadata", "dataset/_metadata"])
-    return rows[0]
+    schema, files = _partition_files(fs, catalog)
+    return write_streamed_metadata(fs, catalog, schema, files, order_by_healpix=False)
 
 
 def write_collection(

@@ -21,6 +21,8 @@ allwise_columns
     AllWISE's full 300-column set, for files and a ``_metadata`` of the real width.
 metadata_file
     Writing a ``_metadata`` one partition at a time, in flat memory.
+partition_files
+    Many small HATS-shaped partition files (``_metadata`` memory checks).
 cli
     The ``make-sky`` command line, shared with ``jobs/make_sky.py``.
 """

@@ -1,0 +1,72 @@
+"""Driver memory of writing a catalog's ``_metadata``: ours (streamed) against hats', by size.
+
+Finalize runs in the job's driver and reads one footer per partition. For each size it writes
+that many small partitions of the output catalog's width (order 5: up to 12,288), then, in a
+fresh process each, resets the peak RSS after the imports (``/proc/self/clear_refs``) and runs
+:func:`iic_survey.output.hatsfiles.write_dataset_metadata` (streamed) or hats'
+``write_parquet_metadata`` (every footer held). Prints the peak RSS and its ratio to the
+smallest size's, with the load average. Run from the repository root::
+
+    .venv/bin/python bench/bench_metadata.py --workdir /tmp/iic_md --sizes 100 12288
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+_PEAK = """
+import json, re, sys, fsspec
+from hats.io import write_parquet_metadata
+from iic_survey.output import hatsfiles
+def kb(k):
+    return int(re.search(k + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+open("/proc/self/clear_refs", "w").write("5")
+if sys.argv[2] == "ours":
+    hatsfiles.write_dataset_metadata(fsspec.filesystem("file"), sys.argv[1])
+else:
+    write_parquet_metadata(sys.argv[1], output_path=sys.argv[1] + "_ref", create_thumbnail=True)
+print(json.dumps(kb("VmHWM") / 1024))
+"""
+
+
+def peak_mb(root: pathlib.Path, how: str) -> float:
+    done = subprocess.run([sys.executable, "-c", _PEAK, str(root), how], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return float(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main() -> int:
+    from iic_survey.output.schema import OUTPUT_SCHEMA
+    from iic_survey.synthetic.partition_files import order_pixels, write_partition_files
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", default="/tmp/iic_md")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 12288])
+    ap.add_argument("--no-hats", action="store_true", help="skip hats' (GBs at 12,288)")
+    args = ap.parse_args()
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    columns = len(OUTPUT_SCHEMA) - 2  # plus _healpix_29 and an id: the output's width
+    rows = []
+    for n in args.sizes:
+        root = pathlib.Path(args.workdir, f"p{n}")
+        if not (root / "dataset").is_dir():
+            write_partition_files(root, order_pixels(5, n), columns=columns, rows=3)
+        hows = ("ours",) if args.no_hats else ("ours", "hats")
+        rows.append({"partitions": n, **{h: peak_mb(root, h) for h in hows}})
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"load before {load}, after " + " / ".join(f"{v:.2f}" for v in os.getloadavg()))
+    for how in rows[0]:
+        if how != "partitions":
+            print(f"{how}: peak at {rows[-1]['partitions']:,} = "
+                  f"{rows[-1][how] / rows[0][how]:.2f}x at {rows[0]['partitions']:,}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    sys.exit(main())
