@@ -82,6 +82,10 @@ WRITERS: tuple[Writer, ...] = (
         needs="/tmp/base_demo/model",
     ),
     Writer(
+        "## Driver memory of _metadata (bench/bench_metadata.py)",
+        ("bench/bench_metadata.py", "--write-results"),
+    ),
+    Writer(
         "## Feeding ceiling (bench/bench_feeding.py)",
         ("bench/bench_feeding.py", "--write-results"),
         ("--n-sources", "30000"),
