@@ -71,6 +71,19 @@ class SecondNode:
         return [p.pid for p in procs]
 
 
+def start_second_node(head: LocalRay, num_cpus: int, attempts: int = 3) -> SecondNode:
+    """Join a second node, retrying a failed start (e.g. a free port taken in the meantime by
+    another cluster on the machine, as :func:`start_local_ray` does for the head)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_second_node(head, num_cpus)
+        except (RuntimeError, TimeoutError):
+            if attempt == attempts:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
+
+
 def _start_second_node(head: LocalRay, num_cpus: int) -> SecondNode:
     """``ray start --address <head> --block`` with its own ports, temp dir and process group."""
     node_mgr, obj_mgr, agent_grpc, agent_http, metrics, rt_env, min_worker = free_ports(7)
@@ -89,7 +102,14 @@ def _start_second_node(head: LocalRay, num_cpus: int) -> SecondNode:
         cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     node = SecondNode(proc, temp_dir)
-    node.node_id = _wait_for_node(head, proc)
+    try:
+        node.node_id = _wait_for_node(head, proc)
+    except (RuntimeError, TimeoutError) as e:
+        if proc.poll() is None:
+            node.kill()
+        tail = (Path(temp_dir) / "node.log").read_text(errors="replace")[-2000:]
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise type(e)(f"{e}: {tail}") from e
     return node
 
 
@@ -119,7 +139,7 @@ def two_nodes() -> Iterator[tuple[LocalRay, SecondNode]]:
     head = start_local_ray(num_cpus=3)
     node: SecondNode | None = None
     try:
-        node = _start_second_node(head, num_cpus=2)
+        node = start_second_node(head, num_cpus=2)
         yield head, node
     finally:
         if node is not None and node.process.poll() is None:
