@@ -9,6 +9,13 @@ node's raylet, its helpers and its workers. The run must then either finish or f
 hang); after a failure the same command, rerun on the remaining node, resumes. Either way the
 catalog holds every input row exactly once and equals a clean run's bit for bit (rows sorted
 by ``_healpix_29``, every column compared exactly: the pipeline is batch-invariant).
+
+Today the run finishes: Ray Data restarts the lost ``ChunkStage`` actor on the head
+(``max_restarts=-1``, its default) and re-runs the chunks whose receipts died with the node; part
+names are deterministic, so a chunk staged twice overwrites itself. Checked by breaking it:
+with ``max_restarts=0`` on the actor the first run fails and the rerun resumes to the clean
+catalog (test passes through the resume branch); adding a resume that skips one redone pixel
+makes it fail (886 of 2,000 rows lost).
 """
 
 from __future__ import annotations
