@@ -79,7 +79,10 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # RESULTS.md itself does not count: `bench all` rewrites it section by section
+        "dirty": bool(
+            _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/RESULTS.md")
+        ),
         "script": script,
         "script_blob": blob,
         **cpu_flags(),
