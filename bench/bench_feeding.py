@@ -499,11 +499,6 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         f"actor's own work (which moves to the GPU) is {s['feed_cpu_us']:,.0f} us per source, so "
         f"one GPU at {GPU_IMAGES_PER_S:,} images/s needs about **{s['cores_per_gpu']:,.0f} "
         f"CPU cores** (an 8-GPU node: {8 * s['cores_per_gpu']:,.0f}) of this CPU to keep it busy.",
-        "This is the CPU path's figure (one actor cuts, classifies and stages a chunk). With "
-        "GPU actors the pipeline still runs cutter tasks, hands their stamps to the GPU actor "
-        "through the object store and stages parts in writer tasks; those hand-offs are not in "
-        "it, so it is a lower bound there: `bench/gpu_check.sh` measures the GPU path itself "
-        "(`bench_feeding.py --gpus N`).",
         "",
     ]
     return "\n".join(lines)
