@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import healpy as hp
 import numpy as np
@@ -262,12 +263,18 @@ def test_plan_is_exact_at_every_order(tiny_sky):
     assert limited.finished == (first,) and len(limited.todo) == 1 and limited.partial
 
 
-def test_pixel_reader_chunks(tiny_sky):
-    cat = open_catalog(tiny_sky.catalog_url)
-    pixel = int(tiny_sky.pixels[0])
+def _one_pixel(sky, index: int, chunk_size: int) -> tuple[Any, int, dict[str, Any], PixelReader]:
+    """(catalog, pixel, its work unit, a reader in chunks of ``chunk_size``) of a sky's pixel."""
+    cat = open_catalog(sky.catalog_url)
+    pixel = int(sky.pixels[index])
     n = cat.count(pixel, 5)
     unit = {"read_order": 5, "read_pixel": pixel, "pixels": [pixel], "counts": [n]}
-    reader = PixelReader(cat, PIPELINE_COLUMNS, 5, chunk_size=300)
+    return cat, pixel, unit, PixelReader(cat, PIPELINE_COLUMNS, 5, chunk_size=chunk_size)
+
+
+def test_pixel_reader_chunks(tiny_sky):
+    cat, pixel, unit, reader = _one_pixel(tiny_sky, 0, chunk_size=300)
+    n = unit["counts"][0]
     chunks = list(reader(pd.DataFrame({"unit": [json.dumps(unit)]})))
     assert all(len(c) <= 300 for c in chunks) and len(chunks) == -(-n // 300)
     allrows = pd.concat(chunks, ignore_index=True)
@@ -285,11 +292,8 @@ def test_pixel_reader_chunks(tiny_sky):
 
 def test_stages_without_ray_commit_a_pixel(tiny_sky, model_dir, tmp_path):
     """Reader -> StampMaker -> Classify -> PartWriter -> commit, called in-process."""
-    cat = open_catalog(tiny_sky.catalog_url)
-    pixel = int(tiny_sky.pixels[-1])
-    n = cat.count(pixel, 5)
-    unit = {"read_order": 5, "read_pixel": pixel, "pixels": [pixel], "counts": [n]}
-    reader = PixelReader(cat, PIPELINE_COLUMNS, 5, chunk_size=500)
+    _, pixel, unit, reader = _one_pixel(tiny_sky, -1, chunk_size=500)
+    n = unit["counts"][0]
     maker = StampMaker.from_spec(tiny_sky.images_url)
     classify = Classify(model_dir, "cpu", 128, None)
     out = str(tmp_path / "cat")
@@ -312,11 +316,7 @@ def test_stages_without_ray_commit_a_pixel(tiny_sky, model_dir, tmp_path):
 
 def test_the_cpu_actor_stages_the_rows_of_the_separate_stages(tiny_sky, model_dir, tmp_path):
     """ChunkStage (cut, classify and stage in one actor) writes the parts the three stages do."""
-    cat = open_catalog(tiny_sky.catalog_url)
-    pixel = int(tiny_sky.pixels[0])
-    n = cat.count(pixel, 5)
-    unit = {"read_order": 5, "read_pixel": pixel, "pixels": [pixel], "counts": [n]}
-    reader = PixelReader(cat, PIPELINE_COLUMNS, 5, chunk_size=300)
+    _, pixel, unit, reader = _one_pixel(tiny_sky, 0, chunk_size=300)
     chunks = list(reader(pd.DataFrame({"unit": [json.dumps(unit)]})))
     cutter = StampCutter.from_spec(tiny_sky.images_url)
     kwargs = dict(model_dir=model_dir, device="cpu", model_batch_size=128)
