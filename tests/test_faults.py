@@ -54,7 +54,7 @@ from iic_survey.output import schema
 from iic_survey.output import writer as output_writer
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
-from tests.fixtures.jobs import load_job
+from tests.fixtures.jobs import classify_driver, load_job
 from tests.fixtures.s3 import s3_filesystem
 from tests.test_pipeline import make_model_dir
 
@@ -263,20 +263,6 @@ def _fingerprint(path: str) -> tuple[int, str]:
     return os.stat(path).st_mtime_ns, hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _driver(local_ray, args: list[str], repo: Path, log: Path) -> subprocess.Popen[bytes]:
-    """``python jobs/classify_sky.py ...`` as its own driver process on the session cluster."""
-    env = {**local_ray.env, "RAY_ADDRESS": local_ray.gcs_address}
-    with open(log, "ab") as f:
-        return subprocess.Popen(
-            [sys.executable, "jobs/classify_sky.py", *args],
-            cwd=repo,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 def test_driver_killed_after_k_pixels_then_rerun_equals_clean_run(
     local_ray, ray_cluster, tiny_sky, model_dir, clean, input_cntr, repo_root, tmp_path, ledger
 ):
@@ -284,7 +270,7 @@ def test_driver_killed_after_k_pixels_then_rerun_equals_clean_run(
     args = job_args(tiny_sky, model_dir, out)
     n = len(tiny_sky.pixels)
     log = tmp_path / "driver.log"
-    proc = _driver(local_ray, args, repo_root, log)
+    proc = classify_driver(local_ray, args, log)
     deadline = time.monotonic() + 300
     try:
         while proc.poll() is None and time.monotonic() < deadline and not markers(out):

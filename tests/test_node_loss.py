@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ import psutil
 import pytest
 
 from iic_survey.output import reader as export
+from tests.fixtures.jobs import classify_driver
 from tests.fixtures.ray_cluster import (
     RAY,
     LocalRay,
@@ -171,20 +171,6 @@ def job_args(tiny_sky: Any, model: str, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def driver(head: LocalRay, args: list[str], repo: Path, log: Path) -> subprocess.Popen[bytes]:
-    """``python jobs/classify_sky.py ...`` as its own driver process on the private cluster."""
-    env = {**head.env, "RAY_ADDRESS": head.gcs_address}
-    with open(log, "ab") as f:
-        return subprocess.Popen(
-            [sys.executable, "jobs/classify_sky.py", *args],
-            cwd=repo,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = RUN_TIMEOUT_S) -> int:
     """The driver's exit status; a driver that runs past ``timeout`` is killed and fails."""
     try:
@@ -252,18 +238,18 @@ def _kill_when_busy(
 
 
 def test_a_node_lost_mid_run_the_catalog_equals_a_clean_run(
-    two_nodes, tiny_sky, model_dir, repo_root, tmp_path
+    two_nodes, tiny_sky, model_dir, tmp_path
 ):
     head, node = two_nodes
     log = tmp_path / "driver.log"
     clean_out = tmp_path / "clean"
-    proc = driver(head, job_args(tiny_sky, model_dir, clean_out), repo_root, log)
+    proc = classify_driver(head, job_args(tiny_sky, model_dir, clean_out), log)
     assert finish(proc, log) == 0, log.read_text()[-4000:]
     clean = catalog_of(clean_out)
 
     out = tmp_path / "catalog"
     args = job_args(tiny_sky, model_dir, out)
-    proc = driver(head, args, repo_root, log)
+    proc = classify_driver(head, args, log)
     killed = _kill_when_busy(head, node, proc, out)
     assert killed, f"no ChunkStage actor on the second node while running: {log.read_text()}"
     n = len(tiny_sky.pixels)
@@ -271,7 +257,7 @@ def test_a_node_lost_mid_run_the_catalog_equals_a_clean_run(
     code = finish(proc, log)
     figures = {"first_run_exit": code, **killed}
     if code != 0:  # failed: the same command again, on the remaining node
-        proc = driver(head, args, repo_root, log)
+        proc = classify_driver(head, args, log)
         figures["rerun_exit"] = finish(proc, log)
         assert figures["rerun_exit"] == 0, log.read_text()[-4000:]
     got = catalog_of(out)
