@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Check the import layers, then run the whole test suite (the README's test command). Every service the tests need (a local
-# Ray head, a moto S3 server, an IRSA-like HTTP server) is started by the tests themselves.
+# Run the configured tools (ruff, ruff format, mypy, import layers), then the whole test suite (the
+# README's test command). Every service the tests need (a local Ray head, a moto S3 server, an
+# IRSA-like HTTP server) is started by the tests themselves.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,9 +14,12 @@ if [ -z "${IIC_MUTANT:-}" ]; then
   echo "[test] mutations apply"
   .venv/bin/python scripts/mutate.py --check
 fi
-# The package's import layers (pyproject.toml, [tool.importlinter]): an upward import or an
-# import circle fails here, before the tests run.
-echo "[test] lint-imports"
+# The configured tools, before any test: lint, format, types (the package), and the import
+# layers (pyproject.toml [tool.importlinter]: an upward import or an import circle fails here).
+echo "[test] ruff check, ruff format --check, mypy, lint-imports"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 .venv/bin/lint-imports --no-cache
 # A forced capability the CPU lacks (ATEN_CPU_CAPABILITY=avx512 on an AVX2 CPU) is refused
 # here: torch would report it while running other kernels.

@@ -25,7 +25,7 @@ can use them too (to write a ``_metadata`` one footer at a time).
 from __future__ import annotations
 
 import re
-from typing import BinaryIO
+from typing import Protocol
 
 from iic_survey.core.parquet_footer import (  # re-exported: the helpers moved to core
     MAGIC,
@@ -84,8 +84,14 @@ def _chunk_pattern(first_column: str) -> re.Pattern[bytes]:
     )  # fmt: skip
 
 
+class Readable(Protocol):
+    """What :func:`scan_metadata` reads from: a binary file, or any object with ``read(n)``."""
+
+    def read(self, n: int, /) -> bytes: ...
+
+
 def scan_metadata(
-    f: BinaryIO, first_column: str, window: int = _WINDOW
+    f: Readable, first_column: str, window: int = _WINDOW
 ) -> tuple[dict[str, int], set[str]]:
     """Row counts of the files a ``_metadata`` lists, read in windows of ``window`` bytes.
 

@@ -13,7 +13,7 @@ published and does not reduce to ``360 / n_i``: the real steps differ from it by
 (equator) to 0.5 deg (pole). Nor do the ring counts follow from a simple overlap rule. So the
 60 (count, step) pairs of the rings are tabulated below (from the Atlas metadata, to 1e-10
 deg); everything else -- declinations, right ascensions, coadd ids, WCS, headers and
-the tile search -- is computed. tests/test_tiles.py checks every tile against the real list.
+the tile search -- is computed. tests/inputs/test_tiles.py checks every tile against the real list.
 
 Coadd ids follow the Explanatory Supplement: ``RRRR`` is ``int(10 * ra)`` (truncated),
 ``DDD`` is ``int(10 * dec)`` for dec >= 0 and ``ceil(10 * |dec|)`` for dec < 0, and AllWISE

@@ -86,7 +86,7 @@ def cpu_capability(env: Mapping[str, str] | None = None) -> str:
 
 def numpy_simd() -> dict[str, list[str]]:
     """numpy's SIMD extensions: baseline, found (in use) and not found."""
-    from numpy._core._multiarray_umath import (  # type: ignore[import-not-found]
+    from numpy._core._multiarray_umath import (  # type: ignore[import-not-found,unused-ignore]
         __cpu_baseline__,
         __cpu_dispatch__,
         __cpu_features__,

@@ -183,27 +183,31 @@ def main_properties(
 ) -> TableProperties:
     """The main catalog's ``hats.properties``: HATS's keys, provenance, the run's record."""
     run = read_json(fs, f"{root}/_run.json") if fs.exists(f"{root}/_run.json") else {}
-    return TableProperties(
-        obs_collection=MAIN,
-        dataproduct_type="object",
-        hats_nrows=sum(int(e["rows"]) for e in entries),
-        hats_col_ra="ra",
-        hats_col_dec="dec",
-        hats_col_healpix="_healpix_29",
-        hats_col_healpix_order=sky.MAX_ORDER,
-        hats_cols_default=[c for c in DEFAULT_COLUMNS if c in OUTPUT_SCHEMA.names],
-        hats_npix_suffix=".parquet",
-        hats_skymap_order=SKYMAP_ORDER,
-        hats_order=max(int(e["order"]) for e in entries),
-        hats_max_rows=max(int(e["rows"]) for e in entries),
-        hats_estsize=sum(int(e["bytes"]) for e in entries) // 1024,
-        moc_sky_fraction=round(float((counts > 0).mean()), 6),
-        hats_builder=f"iic_survey v{__version__}, hats v{hats_version}",
-        hats_creation_date=_creation_date(run),
-        **PROVENANCE,
-        iic_code_version=run.get("code_version", __version__),
-        iic_run_args=json.dumps(run.get("args", {}), sort_keys=True),
-        iic_partial=str(partial).lower(),
+    # model_validate, not keyword arguments: hats' model takes extra keys (ours, PROVENANCE)
+    # that its signature does not name.
+    return TableProperties.model_validate(
+        {
+            "obs_collection": MAIN,
+            "dataproduct_type": "object",
+            "hats_nrows": sum(int(e["rows"]) for e in entries),
+            "hats_col_ra": "ra",
+            "hats_col_dec": "dec",
+            "hats_col_healpix": "_healpix_29",
+            "hats_col_healpix_order": sky.MAX_ORDER,
+            "hats_cols_default": [c for c in DEFAULT_COLUMNS if c in OUTPUT_SCHEMA.names],
+            "hats_npix_suffix": ".parquet",
+            "hats_skymap_order": SKYMAP_ORDER,
+            "hats_order": max(int(e["order"]) for e in entries),
+            "hats_max_rows": max(int(e["rows"]) for e in entries),
+            "hats_estsize": sum(int(e["bytes"]) for e in entries) // 1024,
+            "moc_sky_fraction": round(float((counts > 0).mean()), 6),
+            "hats_builder": f"iic_survey v{__version__}, hats v{hats_version}",
+            "hats_creation_date": _creation_date(run),
+            **PROVENANCE,
+            "iic_code_version": run.get("code_version", __version__),
+            "iic_run_args": json.dumps(run.get("args", {}), sort_keys=True),
+            "iic_partial": str(partial).lower(),
+        }
     )
 
 

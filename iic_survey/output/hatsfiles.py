@@ -143,13 +143,15 @@ def write_collection(
 ) -> None:
     """``collection.properties``: the main catalog, its margins (the first is the default) and
     its index catalogs (``{column: folder}``; the first is the default)."""
-    props = CollectionProperties(
-        obs_collection=name,
-        hats_primary_table_url=main,
-        all_margins=list(margins) or None,
-        default_margin=margins[0] if margins else None,
-        all_indexes=dict(indexes) if indexes else None,
-        default_index=next(iter(indexes)) if indexes else None,
+    props = CollectionProperties.model_validate(
+        {
+            "obs_collection": name,
+            "hats_primary_table_url": main,
+            "all_margins": list(margins) or None,
+            "default_margin": margins[0] if margins else None,
+            "all_indexes": dict(indexes) if indexes else None,
+            "default_index": next(iter(indexes)) if indexes else None,
+        }
     )
     _publish(fs, root, props.to_properties_file, ["collection.properties"])
 

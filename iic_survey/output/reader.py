@@ -184,7 +184,8 @@ def _covered(
         return parts
     counts = file_io.read_fits_image(hatsfiles.upath(fs, point_map))
     order = int(npix2order(len(counts)))
-    hit = np.intersect1d(sky.cone_pixels(*(float(v) for v in cone), order), np.flatnonzero(counts))
+    ra, dec, radius = (float(v) for v in cone)
+    hit = np.intersect1d(sky.cone_pixels(ra, dec, radius, order), np.flatnonzero(counts))
     near = {k: set((hit >> (2 * (order - k))).tolist()) for k in {k for k, _ in parts}}
     return [(k, p) for k, p in parts if k > order or p in near[k]]
 

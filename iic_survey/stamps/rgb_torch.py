@@ -4,7 +4,7 @@
 algorithm and its flags are documented there), on whatever device its input lives: the
 inference actor runs it on the GPU next to the model, so the CPU stage only cuts stamps and the
 object store carries 37x37 stamps instead of 80x80 images (5.8x fewer bytes). It equals the
-numpy version to float32 rounding (tests/test_rgb.py holds it to 1e-5).
+numpy version to float32 rounding (tests/stamps/test_rgb.py holds it to 1e-5).
 
 Everything is a whole-batch tensor operation: the border statistics sort each (stamp, band)
 ring once and clip by counting, the resize is two taps per axis (no matmul, so a stamp's image

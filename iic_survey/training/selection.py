@@ -283,9 +283,7 @@ def reliability_w1(labels: np.ndarray, proba: np.ndarray, w1: np.ndarray) -> pd.
     return pd.DataFrame(rows)
 
 
-def selection_tables(
-    split: Mapping[str, np.ndarray], proba: np.ndarray
-) -> dict[str, pd.DataFrame]:
+def selection_tables(split: Mapping[str, np.ndarray], proba: np.ndarray) -> dict[str, pd.DataFrame]:
     """All four tables (:data:`FILES`) from a labelled split's clean rows.
 
     ``split`` holds ``label``, ``w1mpro``, ``ra``, ``dec``, ``quality_flags`` and ``cntr`` per
