@@ -110,11 +110,11 @@ WRITERS: tuple[Writer, ...] = (
         ("bench/bench_scale.py", "--memory", "--write-results"),
     ),
     Writer(
-        "## Reliability: faults (tests/test_faults.py)",
+        "## Reliability: faults (tests/integration/test_faults.py)",
         ("bench/bench_reliability.py", "--only", "faults"),
     ),
     Writer(
-        "## Reliability: bad input (tests/test_bad_input.py)",
+        "## Reliability: bad input (tests/integration/test_bad_input.py)",
         ("bench/bench_reliability.py", "--only", "bad_input"),
     ),
     Writer(

@@ -42,7 +42,7 @@ from iic_survey.core import sky
 from iic_survey.output import commit, margin, partitions, schema
 from iic_survey.output import finalize as output_finalize
 from iic_survey.output import writer as output
-from tests.test_output import fake_results
+from tests.output.test_writer import fake_results
 
 SECTION = "## Margin and partitions (bench/bench_collection.py)"
 ORDER = 5

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 25 (item 6), in one go, within 8 minutes on one lent GPU (the step
 # limits add up to 460 s):
-#   1. tests/test_gpu.py (the CUDA paths equal the CPU's);
+#   1. tests/integration/test_gpu.py (the CUDA paths equal the CPU's);
 #   2. bench/bench_gpu.py (model alone, RGB on the GPU, the actor end to end), short windows;
 #   3. bench/bench_feeding.py --gpus 1 (the whole job with GPU actors, null and paper-sized).
 # Each step has its own time limit and the script goes on after a failure, so one slow step
@@ -37,7 +37,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log, remember a fail
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
     || echo "nvidia-smi: none"
-step tests 90 "$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider
+step tests 90 "$PY" -m pytest tests/integration/test_gpu.py -q -p no:cacheprovider
 if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "no CUDA device: the GPU tests skipped themselves; nothing to benchmark"
     exit 2

@@ -3,7 +3,7 @@
 torchvision does not import beside this project's torch, so these are written here (bench only,
 not part of the package), each following the reference implementation it names, so that its
 standard ImageNet form (3x224x224, 1000 classes) has the published parameter count
-(:data:`PUBLISHED_PARAMS`; ``tests/test_paper_nets.py`` holds every one to 1 %):
+(:data:`PUBLISHED_PARAMS`; ``tests/experiments/test_paper_nets.py`` holds every one to 1 %):
 
 * ``vgg16``: Simonyan & Zisserman 2015, configuration D without BatchNorm (torchvision
   ``vgg16``): 13 3x3 convolutions, 7x7 adaptive pool, fc 4096-4096-classes, with torchvision's

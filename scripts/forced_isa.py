@@ -26,14 +26,14 @@ import sys
 from iic_survey.model import machine
 
 TESTS = [
-    "tests/test_rgb.py",
-    "tests/test_stamps.py",
-    "tests/test_batch_invariance.py",
-    "tests/test_machine.py",
-    "tests/test_ood.py",
-    "tests/test_model.py::test_optimize_for_inference_keeps_outputs",
-    "tests/test_model.py::test_the_cpu_model_batch_keeps_outputs",
-    "tests/test_model.py::test_nan_inputs_give_finite_output",
+    "tests/stamps/test_rgb.py",
+    "tests/stamps/test_maker.py",
+    "tests/integration/test_batch_invariance.py",
+    "tests/model/test_machine.py",
+    "tests/model/test_ood.py",
+    "tests/model/test_network.py::test_optimize_for_inference_keeps_outputs",
+    "tests/model/test_network.py::test_the_cpu_model_batch_keeps_outputs",
+    "tests/model/test_network.py::test_nan_inputs_give_finite_output",
 ]
 """The numerics-sensitive tests: RGB synthesis, stamps, the model, batch invariance of a run."""
 

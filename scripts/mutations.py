@@ -31,7 +31,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the training loop computes gradients but never steps the optimizer",
         "iic_survey/training/loop.py",
         (("        w.scaler.step(w.opt)\n", "        pass  # mutation: no optimizer step\n"),),
-        ("tests/test_training.py::test_ray_train_learns_the_tiny_set",),
+        ("tests/training/test_fit.py::test_ray_train_learns_the_tiny_set",),
     ),
     Mutation(
         "depth-calibration-ignored",
@@ -44,9 +44,9 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
         ),
         (
-            "tests/test_pipeline.py::test_result_rows_calibrate_per_depth_carry_allwise_columns_"
+            "tests/integration/test_pipeline.py::test_result_rows_calibrate_per_depth_carry_allwise_columns_"
             "and_label_subsets",
-            "tests/test_pipeline.py::test_a_model_with_depth_calibration_and_a_domain_scores_rows_"
+            "tests/integration/test_pipeline.py::test_a_model_with_depth_calibration_and_a_domain_scores_rows_"
             "by_them",
         ),
     ),
@@ -55,7 +55,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a pixel is committed whatever number of rows was staged",
         "iic_survey/output/commit.py",
         (("    if table.num_rows != int(expected_rows):\n", "    if False:  # mutation\n"),),
-        ("tests/test_output.py",),
+        ("tests/output/test_writer.py",),
     ),
     Mutation(
         "marker-before-data",
@@ -68,7 +68,7 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "    inside, strays = _hand_over_strays(fs, root, order, pixel, table)\n",
             ),
         ),
-        ("tests/test_commit_order.py", "tests/test_output.py", "tests/test_faults.py"),
+        ("tests/output/test_commit.py", "tests/output/test_writer.py", "tests/integration/test_faults.py"),
     ),
     Mutation(
         "quality-flags-dropped",
@@ -80,7 +80,7 @@ MUTATIONS: tuple[Mutation, ...] = (
                 '"quality_flags": np.zeros(n, dtype=np.int32),  # mutation',
             ),
         ),
-        ("tests/test_pipeline.py", "tests/test_bad_input.py"),
+        ("tests/integration/test_pipeline.py", "tests/integration/test_bad_input.py"),
     ),
     Mutation(
         "margin-9-arcsec",
@@ -92,7 +92,7 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "keep = idx[d <= (float(arcsec) - 1.0 + 0.02) / 3600]",
             ),
         ),
-        ("tests/test_collection.py::test_margin_holds_exactly_the_rows_near_each_partition",),
+        ("tests/output/test_collection.py::test_margin_holds_exactly_the_rows_near_each_partition",),
     ),
     Mutation(
         "gate-at-single-temperature",
@@ -106,7 +106,7 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "calibration=t))  # mutation\n",
             ),
         ),
-        ("tests/test_precision.py::test_the_gate_judges_probabilities_as_the_catalog_gets_them",),
+        ("tests/model/test_precision.py::test_the_gate_judges_probabilities_as_the_catalog_gets_them",),
     ),
     Mutation(
         "stale-staging-listing",
@@ -118,7 +118,7 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "    folder = staging_dir(root, order, pixel)  # mutation: cached listing\n",
             ),
         ),
-        ("tests/test_output.py::test_s3_commit_lists_the_staging_folder_afresh",),
+        ("tests/output/test_writer.py::test_s3_commit_lists_the_staging_folder_afresh",),
     ),
 )
 

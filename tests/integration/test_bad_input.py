@@ -47,7 +47,7 @@ from iic_survey.output import reader as export
 from iic_survey.synthetic import sky as synthetic
 from iic_survey.training import checkpoints
 from tests.fixtures.jobs import load_job
-from tests.test_pipeline import make_model_dir
+from tests.integration.test_pipeline import make_model_dir
 
 SKY = synthetic.SkyConfig(
     seed=7,

@@ -28,7 +28,7 @@ from packaging.version import Version
 
 from tests.fixtures.jobs import load_job
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 DOCKERFILE = CLUSTER / "Dockerfile"
 LAUNCHER = CLUSTER / "aws.yaml"
@@ -213,7 +213,7 @@ def _list_map_keys(validator: Any, keys: list[str], instance: Any, schema: Any) 
 def _cel_rules(validator: Any, rules: list[str], instance: Any, schema: Any) -> Iterator[Any]:
     yield jsonschema.ValidationError(
         f"this field carries CEL rules the test cannot evaluate ({rules}); check them by hand "
-        "with `kubectl apply --dry-run=server` and extend tests/test_cluster.py"
+        "with `kubectl apply --dry-run=server` and extend tests/integration/test_cluster.py"
     )
 
 

@@ -16,7 +16,7 @@ and checks the catalog that survives against a clean run of the same command:
    and the rerun redoes only the unfinished pixels.
 
 Training that loses a worker mid-epoch and resumes from its last checkpoint (FailureConfig) is
-covered by tests/test_train_job.py
+covered by tests/integration/test_train_job.py
 (``test_a_worker_killed_mid_epoch_recovers_and_the_job_writes_a_model_dir``).
 
 The figures (faults injected / survived, rows lost / duplicated) are written to
@@ -56,7 +56,7 @@ from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
 from tests.fixtures.jobs import classify_driver, load_job
 from tests.fixtures.s3 import s3_filesystem
-from tests.test_pipeline import make_model_dir
+from tests.integration.test_pipeline import make_model_dir
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 Every test here carries ``@pytest.mark.gpu`` and is skipped where torch sees no CUDA device
 (tests/conftest.py), so on the CPU-only CI they are collected and skipped. Run them on a GPU
-machine with ``.venv/bin/python -m pytest tests/test_gpu.py -q``.
+machine with ``.venv/bin/python -m pytest tests/integration/test_gpu.py -q``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from tests.fixtures.ray_cluster import (
     start_local_ray,
     stop_local_ray,
 )
-from tests.test_pipeline import make_model_dir
+from tests.integration.test_pipeline import make_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 

@@ -23,7 +23,7 @@ from iic_survey.output import commit, margin, partitions, reader, schema, strays
 from iic_survey.output import finalize as output_finalize
 from iic_survey.output import writer as output
 from iic_survey.output.validate import validate_catalog
-from tests.test_output import ORDER, fake_results, write_catalog
+from tests.output.test_writer import ORDER, fake_results, write_catalog
 
 RADIUS = 6.0  # arcsec: the crossmatch radius, inside the 10" margin
 rng = np.random.default_rng(15)

@@ -15,8 +15,8 @@ from iic_survey.output import finalize as output_finalize
 from iic_survey.output import index
 from iic_survey.output.reader import read
 from iic_survey.output.writer import OutputError
-from tests.test_collection import _files
-from tests.test_output import fake_results, write_catalog
+from tests.output.test_collection import _files
+from tests.output.test_writer import fake_results, write_catalog
 
 
 @pytest.fixture(scope="module")

@@ -278,7 +278,7 @@ def test_rows_are_checked_against_the_schema(results) -> None:
     with pytest.raises(ValueError, match="outside"):
         schema.as_output_table(rows, ORDER, pixel + 1)
     # a row just across the edge (input pixelisation rounding) is accepted with the index of
-    # its own position (the commit hands it to that pixel: tests/test_collection.py)
+    # its own position (the commit hands it to that pixel: tests/output/test_collection.py)
     shift = 2 * (29 - ORDER)
     neighbour = int(hp.get_all_neighbours(2**ORDER, pixel, nest=True)[0])
     ra, dec = hp.pix2ang(2**ORDER, neighbour, nest=True, lonlat=True)

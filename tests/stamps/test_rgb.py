@@ -438,7 +438,7 @@ def test_readme_states_the_clean_mask_this_code_uses() -> None:
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     stated = {int(v) for v in re.findall(r"NOT_CLEAN` = (\d+)", text)}
     stated |= {int(v) for v in re.findall(r"quality_flags & (\d+)\) == 0", text)}
     assert stated == {int(NOT_CLEAN)}

@@ -354,7 +354,7 @@ def test_real_skyserver_answers_one_small_stripe():
 # The SkyServer response generated from the tiny synthetic sky (tests/data/sdss), in the form of
 # a real SkyServer body (astroquery's own test data holds real ones)
 
-SDSS_DATA = pathlib.Path(__file__).parent / "data" / "sdss"
+SDSS_DATA = pathlib.Path(__file__).parents[1] / "data" / "sdss"
 GENERATED_CSV = SDSS_DATA / "specobj_generated_from_tiny_sky.csv"
 REAL_SKYSERVER = pathlib.Path(astroquery.__file__).parent / "sdss" / "tests" / "data"
 """Real SkyServer CSV bodies astroquery ships for its own tests (``xid_sp.txt``: a

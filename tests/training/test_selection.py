@@ -14,7 +14,7 @@ from iic_survey.core.flags import QualityFlag
 from iic_survey.output import selection as out_selection
 from iic_survey.training import selection
 from tests.fixtures.selection import fake_selection_tables
-from tests.test_output import ORDER, fake_results, write_catalog
+from tests.output.test_writer import ORDER, fake_results, write_catalog
 
 
 def _proba(pred: list[int], conf: list[float]) -> np.ndarray:
@@ -226,7 +226,7 @@ def test_the_readme_worked_example_runs_on_a_published_catalog(tmp_path):
     tables = fake_selection_tables(seed=2, separation=3.0, n=3000)  # 0.95 within reach
     selection.write_tables(tmp_path / "model" / "selection", tables, {"split": "test"})
     out_selection.publish(out, str(tmp_path / "model"))
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = readme[readme.index("A worked example, quasars at purity") :]
     code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
     scope = {"root": out}

@@ -4,7 +4,7 @@
 
 This is not a recording of SkyServer: the spectra are *generated* from the tiny synthetic sky,
 so that the crossmatch has known answers. Only the body's form is SkyServer's (checked in
-``tests/test_labels.py`` against a real SkyServer CSV body shipped in astroquery's own test
+``tests/training/test_labels.py`` against a real SkyServer CSV body shipped in astroquery's own test
 data). Writes, next to this script:
 
 * ``specobj_generated_from_tiny_sky.csv`` — in the form of the body SkyServer's SQL search
