@@ -68,7 +68,11 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "    inside, strays = _hand_over_strays(fs, root, order, pixel, table)\n",
             ),
         ),
-        ("tests/output/test_commit.py", "tests/output/test_writer.py", "tests/integration/test_faults.py"),
+        (
+            "tests/output/test_commit.py",
+            "tests/output/test_writer.py",
+            "tests/integration/test_faults.py",
+        ),
     ),
     Mutation(
         "quality-flags-dropped",
