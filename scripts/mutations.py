@@ -96,7 +96,9 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "keep = idx[d <= (float(arcsec) - 1.0 + 0.02) / 3600]",
             ),
         ),
-        ("tests/output/test_collection.py::test_margin_holds_exactly_the_rows_near_each_partition",),
+        (
+            "tests/output/test_collection.py::test_margin_holds_exactly_the_rows_near_each_partition",
+        ),
     ),
     Mutation(
         "gate-at-single-temperature",
@@ -110,7 +112,9 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "calibration=t))  # mutation\n",
             ),
         ),
-        ("tests/model/test_precision.py::test_the_gate_judges_probabilities_as_the_catalog_gets_them",),
+        (
+            "tests/model/test_precision.py::test_the_gate_judges_probabilities_as_the_catalog_gets_them",
+        ),
     ),
     Mutation(
         "stale-staging-listing",
