@@ -30,7 +30,7 @@ from upath import UPath
 
 from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.core.flags import QualityFlag
-from iic_survey.core.paths import as_path
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.inputs import allwise_schema, storage
 from iic_survey.inputs import catalog as catalog_mod
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
@@ -97,7 +97,7 @@ class PixelReader:
 class PartWriter:
     """Result rows -> staged part files (one per pixel chunk in the batch) -> receipt rows."""
 
-    def __init__(self, out: UPath, order: int) -> None:
+    def __init__(self, out: PathLike, order: int) -> None:
         self.out, self.order = out, order
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
