@@ -31,7 +31,8 @@ _LOCAL = ("", "file", "local")
 
 
 def as_path(path: PathLike, **storage_options: Any) -> UPath:
-    """``path`` as a UPath; a UPath given without options is returned as it is.
+    """``path`` as a UPath with its file system made; a UPath given without options is returned
+    as it is.
 
     Returning the same object keeps its file system instance (and that instance's listing
     cache, which :func:`iic_survey.output.writer.fresh` invalidates) for every path joined
@@ -39,9 +40,15 @@ def as_path(path: PathLike, **storage_options: Any) -> UPath:
     folder names the same place.
     """
     if isinstance(path, UPath) and not storage_options:
-        return path
-    upath = UPath(path, **storage_options)
-    return upath.absolute() if upath.protocol in _LOCAL else upath
+        upath = path
+    else:
+        upath = UPath(path, **storage_options)
+        upath = upath.absolute() if upath.protocol in _LOCAL else upath
+    # The file system is made now, once: every path joined from this one shares the instance
+    # (and its listing cache). Joined before, each path would make its own where the options
+    # skip fsspec's instance cache.
+    _ = upath.fs
+    return upath
 
 
 def home() -> Path:

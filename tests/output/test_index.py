@@ -106,7 +106,7 @@ def test_build_refuses_a_partial_or_unfinished_catalog(tmp_path: Path, results) 
     write_catalog(out, results.iloc[:500], finalize=False)
     with pytest.raises(OutputError, match="not a finished catalog"):
         index.build_indexes(out)
-    output_finalize.finalize(out, None, {"iic_partial": "true"})
+    output_finalize.finalize(out, {"iic_partial": "true"})
     with pytest.raises(OutputError, match="partial catalog"):
         index.build_indexes(out)
     assert not (Path(out) / index.index_name("cntr")).exists()

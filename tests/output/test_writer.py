@@ -21,6 +21,7 @@ from upath import UPath
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
+from iic_survey.core.paths import as_path
 from iic_survey.output import commit, schema
 from iic_survey.output import finalize as output_finalize
 from iic_survey.output import writer as output
@@ -410,10 +411,10 @@ def test_s3_commit_lists_the_staging_folder_afresh(s3_server: str, results) -> N
     from tests.fixtures.s3 import s3_storage_options
 
     url, opts = "s3://iic-test-stale/catalog", s3_storage_options(s3_server)
-    # two processes' clients: each UPath makes its own s3fs instance (skip_instance_cache) and
+    # two processes' clients: each root makes its own s3fs instance (skip_instance_cache) and
     # shares it with every path joined from it; ``worker``'s keeps its listings
-    rerun = UPath(url, **opts)
-    worker = UPath(url, **{**opts, "use_listings_cache": True})
+    rerun = as_path(url, **opts)
+    worker = as_path(url, **{**opts, "use_listings_cache": True})
     if not rerun.fs.exists("iic-test-stale"):
         rerun.fs.mkdir("iic-test-stale")
     output.prepare_output(rerun, {"a": 1})
