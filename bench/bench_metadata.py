@@ -20,14 +20,15 @@ import subprocess
 import sys
 
 _PEAK = """
-import json, re, sys, fsspec
+import json, re, sys
 from hats.io import write_parquet_metadata
+from upath import UPath
 from iic_survey.output import hatsfiles
 def kb(k):
     return int(re.search(k + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 open("/proc/self/clear_refs", "w").write("5")
 if sys.argv[2] == "ours":
-    hatsfiles.write_dataset_metadata(fsspec.filesystem("file"), sys.argv[1])
+    hatsfiles.write_dataset_metadata(UPath(sys.argv[1]))
 else:
     write_parquet_metadata(sys.argv[1], output_path=sys.argv[1] + "_ref", create_thumbnail=True)
 print(json.dumps(kb("VmHWM") / 1024))

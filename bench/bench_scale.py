@@ -134,6 +134,7 @@ def rehearsal(work: pathlib.Path, model: str, num_cpus: int) -> dict[str, Any]:
     """Kill half-way, resume, rerun with nothing to do; check rows and the HATS catalog."""
     from hats.io.validation import is_valid_catalog
 
+    from iic_survey.core.paths import as_path
     from iic_survey.inputs.catalog import open_catalog
     from iic_survey.output import duplicates, reader
     from iic_survey.output.schema import catalog_dir, pixel_file
@@ -163,14 +164,12 @@ def rehearsal(work: pathlib.Path, model: str, num_cpus: int) -> dict[str, Any]:
     want = open_catalog(sky.catalog_url).read_pixels(sky.pixels, 5, columns=["cntr"])["cntr"]
     res["rows_out"], res["unique"] = len(got), bool(got.is_unique)
     res["same_cntr"] = bool(set(got) == set(want))
-    res["hats_valid"] = bool(is_valid_catalog(catalog_dir(str(out)), strict=True))
-    import fsspec
-
-    fs = fsspec.filesystem("file")
-    entries = [e for m in commit_markers(str(out), fs).get(5, {}).values() for e in m["partitions"]]
+    res["hats_valid"] = bool(is_valid_catalog(catalog_dir(as_path(out)), strict=True))
+    root = as_path(out)
+    entries = [e for m in commit_markers(root).get(5, {}).values() for e in m["partitions"]]
     t0 = time.perf_counter()
     duplicates.check_unique_cntr(
-        fs, [pixel_file(str(out), e["order"], e["pixel"]) for e in entries], len(got)
+        [pixel_file(root, e["order"], e["pixel"]) for e in entries], len(got)
     )
     res["dup_check_s"] = time.perf_counter() - t0
     return res

@@ -63,9 +63,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "iic_survey/output/commit.py",
         (
             (
-                "    inside, strays = _hand_over_strays(fs, root, order, pixel, table)\n",
-                "    write_atomic(fs, marker, json.dumps({'rows': table.num_rows}).encode())\n"
-                "    inside, strays = _hand_over_strays(fs, root, order, pixel, table)\n",
+                "    inside, strays = _hand_over_strays(root, order, pixel, table)\n",
+                "    write_atomic(marker, json.dumps({'rows': table.num_rows}).encode())\n"
+                "    inside, strays = _hand_over_strays(root, order, pixel, table)\n",
             ),
         ),
         (
@@ -122,7 +122,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "iic_survey/output/writer.py",
         (
             (
-                "    folder = fresh(fs, staging_dir(root, order, pixel))\n",
+                "    folder = fresh(staging_dir(root, order, pixel))\n",
                 "    folder = staging_dir(root, order, pixel)  # mutation: cached listing\n",
             ),
         ),

@@ -9,21 +9,22 @@ import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from upath import UPath
 
 
-def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def write_atomic(path: UPath, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, creating the parent folder.
 
     Local: a dot-named temporary file in the same folder, flushed to disk, then ``os.replace``
     (a crash leaves either the old file or the new one, never half of one; the temporary file
     is removed on error). Object stores and memory: one put, which is atomic per object.
     """
-    parent, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    fs, target = path.fs, path.path
+    parent, name = target.rsplit("/", 1) if "/" in target else (".", target)
     fs.makedirs(parent, exist_ok=True)
     if not isinstance(fs, LocalFileSystem):
-        fs.pipe_file(path, data)
+        fs.pipe_file(target, data)
         return
     tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -31,7 +32,7 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -39,7 +40,7 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+def atomic_output(path: UPath) -> Iterator[BinaryIO]:
     """A binary file to write ``path`` through, in pieces, that appears whole when the block ends.
 
     For files too large to hold as one ``bytes`` (a catalog's ``_metadata``). Local: as
@@ -47,7 +48,8 @@ def atomic_output(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO
     Elsewhere: a local temporary file, uploaded in one ``put_file`` (an object appears only
     once its upload completes). On error nothing is left at ``path``.
     """
-    parent, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    fs, target = path.fs, path.path
+    parent, name = target.rsplit("/", 1) if "/" in target else (".", target)
     fs.makedirs(parent, exist_ok=True)
     local = isinstance(fs, LocalFileSystem)
     tmp_dir = parent if local else None
@@ -58,9 +60,9 @@ def atomic_output(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO
             f.flush()
             os.fsync(f.fileno())
         if local:
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         else:
-            fs.put_file(tmp, path)
+            fs.put_file(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -42,6 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from astropy.coordinates import angular_separation
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.inputs import partitions, storage
@@ -289,7 +290,7 @@ def _pixel_or_minus_one(ra: np.ndarray, dec: np.ndarray, order: int) -> np.ndarr
 
 
 def open_catalog(
-    url: str,
+    url: str | UPath,
     filesystem: fsspec.AbstractFileSystem | None = None,
     *,
     anon: bool | None = None,
@@ -305,10 +306,13 @@ def open_catalog(
     Parameters
     ----------
     url
-        The catalog root, e.g. :data:`IRSA_ALLWISE_URL`, a local path or a ``memory://`` URL.
+        The catalog root, e.g. :data:`IRSA_ALLWISE_URL`, a local path or a ``memory://`` URL;
+        or a ``UPath``, which brings its own storage options (then the three options below
+        are not used).
     filesystem
-        An fsspec filesystem to use instead of one made from ``url`` (then ``url`` is a path or
-        URL on it, and the three options below are not used).
+        An fsspec filesystem to read through instead of one made from ``url`` (a test's
+        instrumented one; then ``url`` is a path or URL on it, and the three options below are
+        not used).
     anon, endpoint_url, storage_options
         See :func:`make_filesystem`.
     require
@@ -326,12 +330,14 @@ def open_catalog(
     CorruptPartitionError
         A metadata or partition file is not valid Parquet (names the file).
     """
-    if filesystem is None:
+    if isinstance(url, UPath):
+        fs, root, url = url.fs, url.path, str(url)
+    elif filesystem is None:
         fs, root = make_filesystem(
             url, anon=anon, endpoint_url=endpoint_url, storage_options=storage_options
         )
     else:
-        fs, root = filesystem, filesystem._strip_protocol(url)
+        fs, root = filesystem, fsspec.core.strip_protocol(url)
     store = PartitionFiles(url.rstrip("/"), fs, root.rstrip("/"))
     with storage.access_errors(store.url):
         names = _top_level(store)

@@ -43,14 +43,14 @@ def _aws_credentials_in_env() -> bool:
     return any(os.environ.get(k) for k in keys)
 
 
-def make_filesystem(
+def options_for(
     url: str,
     *,
     anon: bool | None = None,
     endpoint_url: str | None = None,
     storage_options: dict[str, Any] | None = None,
-) -> tuple[fsspec.AbstractFileSystem, str]:
-    """An fsspec filesystem for ``url`` and the path of ``url`` on it.
+) -> dict[str, Any]:
+    """The fsspec storage options for ``url`` (give them to ``UPath`` or ``url_to_fs``).
 
     Parameters
     ----------
@@ -77,6 +77,18 @@ def make_filesystem(
     elif anon is not None or endpoint_url is not None:
         raise ValueError(f"anon= and endpoint_url= apply to s3:// URLs only, not {url!r}")
     opts.update(storage_options or {})
+    return opts
+
+
+def make_filesystem(
+    url: str,
+    *,
+    anon: bool | None = None,
+    endpoint_url: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """An fsspec filesystem for ``url`` and the path of ``url`` on it (see :func:`options_for`)."""
+    opts = options_for(url, anon=anon, endpoint_url=endpoint_url, storage_options=storage_options)
     fs, path = fsspec.core.url_to_fs(url, **opts)
     return fs, path
 

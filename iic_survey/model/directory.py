@@ -28,13 +28,13 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.core.paths import as_path
 from iic_survey.model.config import ModelConfig
 from iic_survey.model.network import Classifier, build_model
 from iic_survey.model.size import count_params
@@ -157,14 +157,13 @@ def save_model_dir(
     elif calibration is not None:
         calibration = DepthCalibration.from_dict(calibration).to_dict()  # checked
     out = pathlib.Path(path)
-    fs = LocalFileSystem()
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     weights = buffer.getvalue()
-    write_atomic(fs, str(out / WEIGHTS_FILE), weights)
+    write_atomic(as_path(out / WEIGHTS_FILE), weights)
     tensors = safetensors.torch.save(state, metadata={"format": "pt", "arch": cfg.arch})
-    write_atomic(fs, str(out / SAFETENSORS_FILE), tensors)
+    write_atomic(as_path(out / SAFETENSORS_FILE), tensors)
     meta = {
         **dict(extra.get("meta", {})),
         "code_version": __version__,
@@ -187,7 +186,7 @@ def save_model_dir(
         "safetensors": {"file": SAFETENSORS_FILE, "sha256": hashlib.sha256(tensors).hexdigest()},
     }
     text = json.dumps(_jsonable(doc), indent=2, allow_nan=False).encode()
-    write_atomic(fs, str(out / META_FILE), text)
+    write_atomic(as_path(out / META_FILE), text)
     logger.info("saved %s model to %s (sha256 %s)", cfg.arch, out, doc["weights"]["sha256"][:12])
     return out
 

@@ -18,20 +18,20 @@ import hashlib
 import json
 import logging
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.flags import clean, unclassifiable
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.output import partitions
 from iic_survey.output.schema import (
     OUTPUT_SCHEMA,
     marker_path,
     pixel_file,
-    resolve,
     staging_dir,
     stray_file,
 )
@@ -52,21 +52,12 @@ SKYMAP_ORDER = 9
 logger = logging.getLogger(__name__)
 
 
-def is_finished(
-    out: str, order: int, pixel: int, fs: fsspec.AbstractFileSystem | None = None
-) -> bool:
+def is_finished(out: PathLike, order: int, pixel: int) -> bool:
     """Whether a pixel has been committed (its marker exists)."""
-    fs, root = resolve(out, fs)
-    return bool(fs.exists(fresh(fs, marker_path(root, order, pixel))))
+    return bool(fresh(marker_path(as_path(out), order, pixel)).exists())
 
 
-def commit_pixel(
-    out: str,
-    order: int,
-    pixel: int,
-    expected_rows: int,
-    fs: fsspec.AbstractFileSystem | None = None,
-) -> int:
+def commit_pixel(out: PathLike, order: int, pixel: int, expected_rows: int) -> int:
     """Turn a pixel's staged parts into its final, sorted file; return its row count.
 
     Idempotent and safe to race: a pixel already committed with ``expected_rows`` rows is left as
@@ -81,19 +72,19 @@ def commit_pixel(
     """
     if int(expected_rows) < 1:
         raise ValueError(f"pixel {pixel}: expected_rows must be >= 1 (do not plan empty pixels)")
-    fs, root = resolve(out, fs)
-    marker = fresh(fs, marker_path(root, order, pixel))
-    if fs.exists(marker):
-        return _already_committed(fs, root, order, pixel, int(expected_rows))
-    parts = part_files(fs, root, order, pixel)
+    root = as_path(out)
+    marker = fresh(marker_path(root, order, pixel))
+    if marker.exists():
+        return _already_committed(root, order, pixel, int(expected_rows))
+    parts = part_files(root, order, pixel)
     try:
         tables = []
         for part in parts:
-            with fs.open(part, "rb") as f:
+            with part.open("rb") as f:
                 tables.append(pq.read_table(f, schema=OUTPUT_SCHEMA))
     except FileNotFoundError:
-        if fs.exists(fresh(fs, marker)):  # a concurrent commit finished first, removed the parts
-            return _already_committed(fs, root, order, pixel, int(expected_rows))
+        if fresh(marker).exists():  # a concurrent commit finished first, removed the parts
+            return _already_committed(root, order, pixel, int(expected_rows))
         raise
     table = pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
     if table.num_rows != int(expected_rows):
@@ -111,41 +102,41 @@ def commit_pixel(
             f"staged once"
         )
     table = table.sort_by([("_healpix_29", "ascending"), ("cntr", "ascending")])
-    table = table.replace_schema_metadata(file_metadata(fs, root))
-    inside, strays = _hand_over_strays(fs, root, order, pixel, table)
+    table = table.replace_schema_metadata(file_metadata(root))
+    inside, strays = _hand_over_strays(root, order, pixel, table)
     info = {
         "order": order,
         "pixel": int(pixel),
         "rows": table.num_rows,
-        "partitions": write_partitions(fs, root, order, pixel, inside),
+        "partitions": write_partitions(root, order, pixel, inside),
         "strays": strays,
         "histogram": histogram(inside),
         # per order-9 pixel: rows classified, and clean ones (the catalog's selection masks)
         **quality_histograms(inside),
     }
-    write_atomic(fs, marker, json.dumps(info, sort_keys=True).encode())
-    _remove_staging(fs, root, order, pixel)
+    write_atomic(marker, json.dumps(info, sort_keys=True).encode())
+    _remove_staging(root, order, pixel)
     logger.debug("committed pixel %d (order %d): %d rows", pixel, order, table.num_rows)
     return table.num_rows
 
 
-def max_rows_of(fs: fsspec.AbstractFileSystem, root: str) -> int:
+def max_rows_of(root: UPath) -> int:
     """The run's ``max_rows_per_partition`` (from ``_run.json``; the default if unset)."""
-    value = run_args(root, fs).get("max_rows_per_partition")
+    value = run_args(root).get("max_rows_per_partition")
     return partitions.check_max_rows(value if value else partitions.DEFAULT_MAX_ROWS)
 
 
 def write_partitions(
-    fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int, table: pa.Table
+    root: UPath, order: int, pixel: int, table: pa.Table
 ) -> list[dict[str, object]]:
     """Write a work pixel's sorted rows as its partition files; their marker entries."""
     if table.num_rows == 0:
         return []
     h29 = table.column("_healpix_29").to_numpy()
     entries = []
-    for k, p, lo, hi in partitions.split(h29, order, pixel, max_rows_of(fs, root)):
+    for k, p, lo, hi in partitions.split(h29, order, pixel, max_rows_of(root)):
         data = parquet_bytes(table.slice(lo, hi - lo))
-        write_atomic(fs, pixel_file(root, k, p), data)
+        write_atomic(pixel_file(root, k, p), data)
         entries.append(
             {
                 "order": k,
@@ -178,7 +169,7 @@ def quality_histograms(table: pa.Table) -> dict[str, list[list[int]]]:
 
 
 def _hand_over_strays(
-    fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int, table: pa.Table
+    root: UPath, order: int, pixel: int, table: pa.Table
 ) -> tuple[pa.Table, list[dict[str, int]]]:
     """Write the rows positioned in another pixel as stray files; the rows that stay."""
     owner = table.column("_healpix_29").to_numpy() >> (2 * (sky.MAX_ORDER - order))
@@ -187,7 +178,7 @@ def _hand_over_strays(
     strays = []
     for dest in np.unique(owner[owner != int(pixel)]).tolist():
         rows = table.filter(pa.array(owner == dest))
-        write_atomic(fs, stray_file(root, order, dest, pixel), parquet_bytes(rows))
+        write_atomic(stray_file(root, order, dest, pixel), parquet_bytes(rows))
         strays.append({"pixel": int(dest), "rows": rows.num_rows})
     logger.info(
         "pixel %d: %d rows handed over to %s",
@@ -198,41 +189,34 @@ def _hand_over_strays(
     return table.filter(pa.array(owner == int(pixel))), strays
 
 
-def _already_committed(
-    fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int, expected_rows: int
-) -> int:
-    rows = int(read_json(fs, marker_path(root, order, pixel))["rows"])
+def _already_committed(root: UPath, order: int, pixel: int, expected_rows: int) -> int:
+    rows = int(read_json(marker_path(root, order, pixel))["rows"])
     if rows != expected_rows:
         raise OutputError(
             f"pixel {pixel} (order {order}) was committed with {rows} rows, but "
             f"{expected_rows} are planned now: the input changed; start a new output"
         )
-    _remove_staging(fs, root, order, pixel)
+    _remove_staging(root, order, pixel)
     return rows
 
 
-def _remove_staging(fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int) -> None:
+def _remove_staging(root: UPath, order: int, pixel: int) -> None:
+    folder = staging_dir(root, order, pixel)
     with contextlib.suppress(FileNotFoundError):
-        fs.rm(staging_dir(root, order, pixel), recursive=True)
+        folder.fs.rm(folder.path, recursive=True)
 
 
-def commit_if_complete(
-    out: str,
-    order: int,
-    pixel: int,
-    expected_rows: int,
-    fs: fsspec.AbstractFileSystem | None = None,
-) -> bool:
+def commit_if_complete(out: PathLike, order: int, pixel: int, expected_rows: int) -> bool:
     """Commit a pixel when its staged rows reach ``expected_rows``; return whether it is finished.
 
     Meant to be called by a writer task after each
     :func:`~iic_survey.output.writer.write_part`: the task that stages the last chunk commits
     the pixel.
     """
-    fs, root = resolve(out, fs)
-    if fs.exists(fresh(fs, marker_path(root, order, pixel))):
+    root = as_path(out)
+    if fresh(marker_path(root, order, pixel)).exists():
         return True
-    if staged_rows(root, order, pixel, fs) < int(expected_rows):
+    if staged_rows(root, order, pixel) < int(expected_rows):
         return False
-    commit_pixel(root, order, pixel, expected_rows, fs)
+    commit_pixel(root, order, pixel, expected_rows)
     return True

@@ -19,9 +19,9 @@ import math
 import tempfile
 from collections.abc import Sequence
 
-import fsspec
 import numpy as np
 import pyarrow.parquet as pq
+from upath import UPath
 
 from iic_survey.core.hashing import keyed_hash
 from iic_survey.output.writer import OutputError
@@ -45,9 +45,7 @@ class DuplicateCntrError(OutputError):
         self.n_repeated = n_repeated
 
 
-def check_unique_cntr(
-    fs: fsspec.AbstractFileSystem, paths: Sequence[str], total_rows: int | None = None
-) -> int:
+def check_unique_cntr(paths: Sequence[UPath], total_rows: int | None = None) -> int:
     """Raise :class:`DuplicateCntrError` if a ``cntr`` is in two of the files ``paths``.
 
     Returns the number of rows checked. ``total_rows`` (if known) sizes the buckets before the
@@ -60,7 +58,7 @@ def check_unique_cntr(
         rows = 0
         try:
             for i, path in enumerate(paths):
-                with fs.open(path, "rb") as f:
+                with path.open("rb") as f:
                     cntr = pq.read_table(f, columns=["cntr"])["cntr"].to_numpy()
                 rows += len(cntr)
                 entries = np.empty(len(cntr), dtype=_ENTRY)
@@ -80,7 +78,7 @@ def check_unique_cntr(
                 spool.close()
     if n_rep:
         shown = dict(list(found.items())[:5])
-        raise DuplicateCntrError({c: [paths[i] for i in f] for c, f in shown.items()}, n_rep)
+        raise DuplicateCntrError({c: [paths[i].path for i in f] for c, f in shown.items()}, n_rep)
     return rows
 
 

@@ -17,13 +17,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 
+from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.output.reader import read
-from iic_survey.output.schema import COLUMN_DOCS, COOSYS, resolve
+from iic_survey.output.schema import COLUMN_DOCS, COOSYS
 
 logger = logging.getLogger(__name__)
 _FORMATS = {
@@ -109,12 +110,11 @@ def _votable_bytes(table: Any) -> bytes:
 
 
 def export(
-    source: pd.DataFrame | str,
-    dest: str,
+    source: pd.DataFrame | PathLike,
+    dest: PathLike,
     *,
     overwrite: bool = False,
     max_rows: int = 5_000_000,
-    filesystem: fsspec.AbstractFileSystem | None = None,
     **query: Any,
 ) -> str:
     """Write a selection to FITS (``.fits``) or VOTable (``.vot``/``.xml``), units kept.
@@ -125,7 +125,8 @@ def export(
     ``pixels``). Column
     descriptions go to the VOTable DESCRIPTION elements and to FITS ``TCOMMn`` keywords (and the
     astropy column header, which ``Table.read`` restores), UCDs to VOTable ``ucd`` attributes
-    and FITS ``TUCDn``. ``dest`` may be an fsspec URL.
+    and FITS ``TUCDn``. ``source`` and ``dest`` may be fsspec URLs or UPaths (with storage
+    options); ``dest`` is written atomically (:func:`iic_survey.core.atomic.write_atomic`).
     """
     suffix = next(
         (s for s in sorted(_FORMATS, key=len, reverse=True) if str(dest).lower().endswith(s)), None
@@ -138,20 +139,19 @@ def export(
             raise TypeError(f"query arguments {sorted(query)} need a catalog path, not a frame")
         df = source
     else:
-        df = read(source, filesystem=filesystem, **query)
+        df = read(source, **query)
         meta["CATALOG"] = str(source)[-60:]
     if len(df) > max_rows:
         raise ValueError(
             f"{len(df)} rows selected, more than max_rows={max_rows}: narrow the "
             f"query (cone, classes, pixels) or raise max_rows"
         )
-    fs, out = resolve(dest)
-    if fs.exists(out) and not overwrite:
+    out = as_path(dest)
+    if out.exists() and not overwrite:
         raise FileExistsError(f"{dest} exists; pass overwrite=True")
     table = to_astropy(df, meta)
     data = _fits_bytes(table) if _FORMATS[suffix] == "fits" else _votable_bytes(table)
-    fs.makedirs(fs._parent(out), exist_ok=True)
-    fs.pipe_file(out, data)
+    write_atomic(out, data)
     logger.info("wrote %d rows to %s", len(df), dest)
     return str(dest)
 

@@ -19,16 +19,16 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 from hats import __version__ as hats_version
 from hats.catalog import TableProperties
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.constants import __version__
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.output import duplicates, hatsfiles, strays
 from iic_survey.output.commit import SKYMAP_ORDER
-from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file, resolve
+from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file
 from iic_survey.output.writer import OutputError, commit_markers, read_json, read_plan
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ PROVENANCE = {
 
 
 def finalize(
-    out: str,
-    fs: fsspec.AbstractFileSystem | None = None,
+    out: PathLike,
     properties: Mapping[str, Any] | None = None,
     *,
     allow_partial: bool = False,
@@ -72,63 +71,68 @@ def finalize(
         If a planned pixel is unfinished (unless ``allow_partial``), if a partition file has no
         commit marker, or if work pixels of more than one order were committed.
     """
-    fs, root = resolve(out, fs)
-    order, done = _committed_order(out, commit_markers(root, fs))
-    plan = read_plan(root, fs)
+    root = as_path(out)
+    order, done = _committed_order(root, commit_markers(root))
+    plan = read_plan(root)
     if plan is not None:
-        _check_plan(out, plan, order, done, allow_partial)
-    strays.merge_strays(fs, root, order, done, set(plan[1]) if plan else set(done))
+        _check_plan(root, plan, order, done, allow_partial)
+    strays.merge_strays(root, order, done, set(plan[1]) if plan else set(done))
     entries = [e for m in done.values() for e in m["partitions"]]
-    _check_no_orphans(fs, root, entries)
+    _check_no_orphans(root, entries)
     duplicates.check_unique_cntr(
-        fs, [pixel_file(root, e["order"], e["pixel"]) for e in entries], _rows(done)
+        [pixel_file(root, e["order"], e["pixel"]) for e in entries], _rows(done)
     )
     catalog = catalog_dir(root)
-    rows = hatsfiles.write_dataset_metadata(fs, catalog)
-    hatsfiles.write_partition_info(fs, catalog, [(e["order"], e["pixel"]) for e in entries])
+    rows = hatsfiles.write_dataset_metadata(catalog)
+    hatsfiles.write_partition_info(catalog, [(e["order"], e["pixel"]) for e in entries])
     counts = hatsfiles.coverage_map([m.get("histogram", []) for m in done.values()], SKYMAP_ORDER)
-    hatsfiles.write_coverage(fs, catalog, counts)
+    hatsfiles.write_coverage(catalog, counts)
     partial = bool(plan and set(plan[1]) - set(done))
-    props = main_properties(fs, root, entries, counts, partial)
+    props = main_properties(root, entries, counts, partial)
     props = props.copy_and_update(**dict(properties or {}))
     if props.total_rows != rows:
-        raise OutputError(f"{out}: the markers count {props.total_rows} rows, the files {rows}")
-    hatsfiles.write_properties(fs, catalog, props)
-    if fs.exists(f"{root}/_staging"):
-        fs.rm(f"{root}/_staging", recursive=True)
-    write_collection(fs, root)
-    logger.info("finalized %s: %d partitions, %d rows", out, len(entries), rows)
-    return _url(fs, root)
+        raise OutputError(f"{root}: the markers count {props.total_rows} rows, the files {rows}")
+    hatsfiles.write_properties(catalog, props)
+    staging = root / "_staging"
+    if staging.exists():
+        root.fs.rm(staging.path, recursive=True)
+    write_collection(root)
+    logger.info("finalized %s: %d partitions, %d rows", root, len(entries), rows)
+    return url_of(root)
 
 
 def _rows(done: _Markers) -> int:
     return sum(int(m["rows"]) for m in done.values())
 
 
-def _url(fs: fsspec.AbstractFileSystem, root: str) -> str:
-    return root if isinstance(fs, LocalFileSystem) else str(fs.unstrip_protocol(root))
+def url_of(root: UPath) -> str:
+    """The catalog's location as a user names it: a local path, or a URL with its protocol."""
+    if root.protocol in ("", "file", "local"):
+        return root.path
+    return str(root.fs.unstrip_protocol(root.path))
 
 
-def write_collection(fs: fsspec.AbstractFileSystem, root: str) -> None:
+def write_collection(root: UPath) -> None:
     """``collection.properties``: the main catalog, every complete margin and every complete
     index catalog (``<MAIN>_<column>_index``, :mod:`iic_survey.output.index`; last step)."""
+    fs = root.fs
     fs.invalidate_cache()
     margins = sorted(
         p.rstrip("/").rsplit("/", 1)[-1]
-        for p in fs.glob(f"{root}/{MAIN}_*arcs")
+        for p in fs.glob(f"{root.path}/{MAIN}_*arcs")
         if fs.exists(f"{p}/hats.properties")
     )
     indexes = {
         name[len(MAIN) + 1 : -len("_index")]: name
         for name in sorted(
-            p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{MAIN}_*_index")
+            p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root.path}/{MAIN}_*_index")
         )
-        if fs.exists(f"{root}/{name}/hats.properties")
+        if fs.exists(f"{root.path}/{name}/hats.properties")
     }
-    hatsfiles.write_collection(fs, root, f"{MAIN}_collection", MAIN, margins, indexes)
+    hatsfiles.write_collection(root, f"{MAIN}_collection", MAIN, margins, indexes)
 
 
-def _committed_order(out: str, markers: dict[int, _Markers]) -> tuple[int, _Markers]:
+def _committed_order(out: UPath, markers: dict[int, _Markers]) -> tuple[int, _Markers]:
     """The one order work pixels were committed at, and their markers."""
     if not markers:
         raise OutputError(f"{out} has no committed pixels; nothing to finalize")
@@ -140,7 +144,7 @@ def _committed_order(out: str, markers: dict[int, _Markers]) -> tuple[int, _Mark
 
 
 def _check_plan(
-    out: str, plan: tuple[int, dict[int, int]], order: int, done: _Markers, allow_partial: bool
+    out: UPath, plan: tuple[int, dict[int, int]], order: int, done: _Markers, allow_partial: bool
 ) -> None:
     """Raise unless the committed pixels are the planned ones with their planned counts.
 
@@ -157,16 +161,13 @@ def _check_plan(
         )
 
 
-def _check_no_orphans(fs: fsspec.AbstractFileSystem, root: str, entries: list[dict]) -> None:
+def _check_no_orphans(root: UPath, entries: list[dict]) -> None:
     """Raise if a partition file has no commit marker (a commit interrupted before it)."""
-    fs.invalidate_cache()
-    files = {
-        fs._strip_protocol(f)
-        for f in fs.glob(f"{catalog_dir(root)}/dataset/Norder=*/Dir=*/Npix=*.parquet")
-    }
-    orphans = sorted(
-        files - {fs._strip_protocol(pixel_file(root, e["order"], e["pixel"])) for e in entries}
-    )
+    root.fs.invalidate_cache()
+    # the listing is of paths on the file system (no protocol), as ``.path`` is
+    pattern = f"{catalog_dir(root).path}/dataset/Norder=*/Dir=*/Npix=*.parquet"
+    files = set(root.fs.glob(pattern))
+    orphans = sorted(files - {pixel_file(root, e["order"], e["pixel"]).path for e in entries})
     if orphans:
         raise OutputError(
             f"{len(orphans)} pixel files have no commit marker (an interrupted "
@@ -175,14 +176,11 @@ def _check_no_orphans(fs: fsspec.AbstractFileSystem, root: str, entries: list[di
 
 
 def main_properties(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    entries: list[dict],
-    counts: Any,
-    partial: bool,
+    root: UPath, entries: list[dict], counts: Any, partial: bool
 ) -> TableProperties:
     """The main catalog's ``hats.properties``: HATS's keys, provenance, the run's record."""
-    run = read_json(fs, f"{root}/_run.json") if fs.exists(f"{root}/_run.json") else {}
+    run_file = root / "_run.json"
+    run = read_json(run_file) if run_file.exists() else {}
     # model_validate, not keyword arguments: hats' model takes extra keys (ours, PROVENANCE)
     # that its signature does not name.
     return TableProperties.model_validate(

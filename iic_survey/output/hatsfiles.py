@@ -20,10 +20,8 @@ import random
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
-import fsspec
 import numpy as np
 import pyarrow as pa
-from fsspec.implementations.local import LocalFileSystem
 from hats.catalog import CollectionProperties, PartitionInfo, TableProperties
 from hats.io import file_io
 from hats.io.skymap import write_skymap
@@ -33,13 +31,6 @@ from upath import UPath
 from iic_survey.core import sky
 from iic_survey.core.atomic import write_atomic
 from iic_survey.output.metadata_stream import write_streamed_metadata
-
-
-def upath(fs: fsspec.AbstractFileSystem, path: str) -> UPath:
-    """A UPath for ``path`` on ``fs`` (its storage options kept: an S3 endpoint, ...)."""
-    if isinstance(fs, LocalFileSystem):
-        return UPath(path)
-    return UPath(fs.unstrip_protocol(path), **dict(fs.storage_options))
 
 
 @contextlib.contextmanager
@@ -52,48 +43,40 @@ def _scratch() -> Iterator[UPath]:
         path.fs.rm(path.path, recursive=True)
 
 
-def _publish(
-    fs: fsspec.AbstractFileSystem, dest: str, write: Callable[[UPath], None], names: Sequence[str]
-) -> None:
+def _publish(dest: UPath, write: Callable[[UPath], None], names: Sequence[str]) -> None:
     """Let ``write`` fill a scratch folder, then put ``names`` (in that order) under ``dest``."""
     with _scratch() as tmp:
         write(tmp)
         for name in names:
-            write_atomic(fs, f"{dest}/{name}", (tmp / name).read_bytes())
+            write_atomic(dest / name, (tmp / name).read_bytes())
 
 
 _IGNORED = ["_common_metadata", "_metadata", "data_thumbnail"]
 """File-name prefixes under ``dataset/`` that are not partitions (as hats ignores them)."""
 
 
-def _partition_files(fs: fsspec.AbstractFileSystem, catalog: str) -> tuple[pa.Schema, list[str]]:
+def _partition_files(catalog: UPath) -> tuple[pa.Schema, list[str]]:
     """The dataset's schema and its partition files (relative to ``dataset/``), as hats lists."""
-    root, dataset = file_io.read_parquet_dataset(
-        upath(fs, f"{catalog}/dataset"), ignore_prefixes=_IGNORED
-    )
+    root, dataset = file_io.read_parquet_dataset(catalog / "dataset", ignore_prefixes=_IGNORED)
     return dataset.schema, [f[len(root) + 1 :] for f in dataset.files]
 
 
-def write_dataset_metadata(
-    fs: fsspec.AbstractFileSystem, catalog: str, thumbnail_threshold: int = 1_000_000
-) -> int:
+def write_dataset_metadata(catalog: UPath, thumbnail_threshold: int = 1_000_000) -> int:
     """``dataset/_common_metadata``, ``dataset/_metadata`` and ``data_thumbnail.parquet``.
 
     The files hats' ``write_parquet_metadata(create_thumbnail=True)`` writes, written streaming
     (:mod:`iic_survey.output.metadata_stream`): one partition footer held at a time, so the
     driver's memory does not grow with the partitions. Returns the rows counted.
     """
-    schema, files = _partition_files(fs, catalog)
+    schema, files = _partition_files(catalog)
     sampled = set(random.sample(files, min(len(files), thumbnail_threshold)))
-    return write_streamed_metadata(fs, catalog, schema, files, thumbnail=sampled)
+    return write_streamed_metadata(catalog, schema, files, thumbnail=sampled)
 
 
-def write_partition_info(
-    fs: fsspec.AbstractFileSystem, catalog: str, pixels: Sequence[tuple[int, int]]
-) -> None:
+def write_partition_info(catalog: UPath, pixels: Sequence[tuple[int, int]]) -> None:
     """``partition_info.csv`` of the partitions ``(order, pixel)``."""
     info = PartitionInfo.from_healpix([HealpixPixel(k, p) for k, p in sorted(pixels)])
-    _publish(fs, catalog, lambda tmp: info.write_to_file(tmp / "partition_info.csv"),
+    _publish(catalog, lambda tmp: info.write_to_file(tmp / "partition_info.csv"),
              ["partition_info.csv"])  # fmt: skip
 
 
@@ -107,35 +90,34 @@ def coverage_map(histograms: Sequence[Sequence[Sequence[int]]], order: int) -> n
     return counts
 
 
-def write_coverage(fs: fsspec.AbstractFileSystem, catalog: str, counts: np.ndarray) -> None:
+def write_coverage(catalog: UPath, counts: np.ndarray) -> None:
     """``point_map.fits`` (hats reads the catalog's MOC from it) and ``skymap.fits``."""
 
     def write(tmp: UPath) -> None:
         file_io.write_fits_image(counts, tmp / "point_map.fits")
         write_skymap(counts, tmp)
 
-    _publish(fs, catalog, write, ["point_map.fits", "skymap.fits"])
+    _publish(catalog, write, ["point_map.fits", "skymap.fits"])
 
 
-def write_properties(fs: fsspec.AbstractFileSystem, catalog: str, props: TableProperties) -> None:
+def write_properties(catalog: UPath, props: TableProperties) -> None:
     """``properties`` then ``hats.properties`` (last: readers take the catalog as complete)."""
-    _publish(fs, catalog, props.to_properties_file, ["properties", "hats.properties"])
+    _publish(catalog, props.to_properties_file, ["properties", "hats.properties"])
 
 
-def write_index_metadata(fs: fsspec.AbstractFileSystem, catalog: str) -> int:
+def write_index_metadata(catalog: UPath) -> int:
     """An index catalog's ``dataset/_common_metadata`` and ``dataset/_metadata``.
 
     As hats-import writes them for an index (hats' ``write_parquet_metadata`` with
     ``order_by_healpix=False``): rows in id order, not HEALPix order, no thumbnail; streamed
     like :func:`write_dataset_metadata`. Returns the rows counted.
     """
-    schema, files = _partition_files(fs, catalog)
-    return write_streamed_metadata(fs, catalog, schema, files, order_by_healpix=False)
+    schema, files = _partition_files(catalog)
+    return write_streamed_metadata(catalog, schema, files, order_by_healpix=False)
 
 
 def write_collection(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
+    root: UPath,
     name: str,
     main: str,
     margins: Sequence[str],
@@ -153,9 +135,9 @@ def write_collection(
             "default_index": next(iter(indexes)) if indexes else None,
         }
     )
-    _publish(fs, root, props.to_properties_file, ["collection.properties"])
+    _publish(root, props.to_properties_file, ["collection.properties"])
 
 
-def read_properties(fs: fsspec.AbstractFileSystem, catalog: str) -> TableProperties:
+def read_properties(catalog: UPath) -> TableProperties:
     """A catalog's ``hats.properties`` as hats reads it."""
-    return TableProperties.read_from_dir(upath(fs, catalog))
+    return TableProperties.read_from_dir(catalog)

@@ -28,18 +28,19 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from hats.catalog import TableProperties
+from upath import UPath
 
 from iic_survey.core.atomic import write_atomic
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.output import hatsfiles
 from iic_survey.output.finalize import write_collection
-from iic_survey.output.schema import MAIN, catalog_dir, pixel_file, resolve
+from iic_survey.output.schema import MAIN, catalog_dir, pixel_file
 from iic_survey.output.writer import OutputError
 
 logger = logging.getLogger(__name__)
@@ -62,15 +63,14 @@ def index_name(column: str) -> str:
     return f"{MAIN}_{column}_index"
 
 
-def _check_complete(fs: fsspec.AbstractFileSystem, root: str) -> None:
+def _check_complete(root: UPath) -> None:
     """Refuse a catalog that is not finalized, or finalized as partial."""
-    props_file = f"{catalog_dir(root)}/hats.properties"
-    if not fs.exists(props_file):
+    if not (catalog_dir(root) / "hats.properties").exists():
         raise OutputError(
             f"{root} is not a finished catalog (no {MAIN}/hats.properties): finish the run "
             f"(it finalizes the catalog) before building its indexes"
         )
-    extra = hatsfiles.read_properties(fs, catalog_dir(root)).extra_dict()
+    extra = hatsfiles.read_properties(catalog_dir(root)).extra_dict()
     if str(extra.get("iic_partial", "false")).lower() == "true":
         raise OutputError(
             f"{root} is a partial catalog (iic_partial=true: planned pixels are unfinished); "
@@ -78,42 +78,38 @@ def _check_complete(fs: fsspec.AbstractFileSystem, root: str) -> None:
         )
 
 
-def build_indexes(
-    out: str, fs: fsspec.AbstractFileSystem | None = None, columns: Sequence[str] = INDEXED
-) -> dict[str, int]:
+def build_indexes(out: PathLike, columns: Sequence[str] = INDEXED) -> dict[str, int]:
     """Build the index catalog of each column not built yet, then ``collection.properties``.
 
     Returns the rows indexed per column. Raises :class:`OutputError` on a partial catalog.
     """
-    fs, root = resolve(out, fs)
-    _check_complete(fs, root)
-    with fs.open(f"{catalog_dir(root)}/partition_info.csv", "rb") as f:
+    root = as_path(out)
+    _check_complete(root)
+    with (catalog_dir(root) / "partition_info.csv").open("rb") as f:
         info = pd.read_csv(f)
     parts = sorted(zip(info["Norder"].astype(int), info["Npix"].astype(int), strict=True))
-    rows = {column: _build_one(fs, root, column, parts) for column in columns}
-    write_collection(fs, root)
+    rows = {column: _build_one(root, column, parts) for column in columns}
+    write_collection(root)
     return rows
 
 
-def _build_one(
-    fs: fsspec.AbstractFileSystem, root: str, column: str, parts: list[tuple[int, int]]
-) -> int:
+def _build_one(root: UPath, column: str, parts: list[tuple[int, int]]) -> int:
     """The index catalog of ``column`` (kept if complete, rebuilt if interrupted)."""
     catalog = catalog_dir(root, index_name(column))
-    if fs.exists(f"{catalog}/hats.properties"):
-        rows = int(hatsfiles.read_properties(fs, catalog).total_rows or 0)
+    if (catalog / "hats.properties").exists():
+        rows = int(hatsfiles.read_properties(catalog).total_rows or 0)
         logger.info("index %s exists (%d rows): kept", index_name(column), rows)
         return rows
-    if fs.exists(catalog):  # an interrupted build: its files are not trusted
-        fs.rm(catalog, recursive=True)
-    table = _gather(fs, root, column, parts)
+    if catalog.exists():  # an interrupted build: its files are not trusted
+        catalog.fs.rm(catalog.path, recursive=True)
+    table = _gather(root, column, parts)
     for i, start in enumerate(range(0, max(table.num_rows, 1), FILE_ROWS)):
         sink = io.BytesIO()
         pq.write_table(table.slice(start, FILE_ROWS), sink, row_group_size=ROW_GROUP_ROWS,
                        compression="zstd", compression_level=9, use_dictionary=_PIXEL,
                        column_encoding={column: _ENCODING.get(column, "PLAIN")})  # fmt: skip
-        write_atomic(fs, f"{catalog}/dataset/index/part.{i}.parquet", sink.getvalue())
-    rows = hatsfiles.write_index_metadata(fs, catalog)
+        write_atomic(catalog / f"dataset/index/part.{i}.parquet", sink.getvalue())
+    rows = hatsfiles.write_index_metadata(catalog)
     props = TableProperties.model_validate(
         {
             "obs_collection": index_name(column),
@@ -123,18 +119,16 @@ def _build_one(
             "hats_index_column": column,
         }
     )
-    hatsfiles.write_properties(fs, catalog, props)
+    hatsfiles.write_properties(catalog, props)
     logger.info("index %s: %d rows", index_name(column), rows)
     return rows
 
 
-def _gather(
-    fs: fsspec.AbstractFileSystem, root: str, column: str, parts: list[tuple[int, int]]
-) -> pa.Table:
+def _gather(root: UPath, column: str, parts: list[tuple[int, int]]) -> pa.Table:
     """``column``, ``Norder``, ``Npix`` of every row with a value, sorted by ``column``."""
     tables = []
     for order, pixel in parts:
-        with fs.open(pixel_file(root, order, pixel), "rb") as f:
+        with pixel_file(root, order, pixel).open("rb") as f:
             ids = pq.read_table(f, columns=[column]).column(column).drop_null()
         n = len(ids)
         tables.append(pa.table({column: ids,
@@ -144,23 +138,21 @@ def _gather(
     return table.sort_by([(column, "ascending")])
 
 
-def locate(
-    fs: fsspec.AbstractFileSystem, root: str, column: str, values: Sequence[Any]
-) -> dict[Any, tuple[int, int]] | None:
+def locate(root: UPath, column: str, values: Sequence[Any]) -> dict[Any, tuple[int, int]] | None:
     """``{value: (order, pixel)}`` of the values found in ``column``'s index; None: no index.
 
     Reads the index's ``dataset/_metadata`` and, per value, the row group whose min/max can
     hold it (one); values not in the catalog are absent from the result.
     """
     catalog = catalog_dir(root, index_name(column))
-    if not fs.exists(f"{catalog}/hats.properties"):
+    if not (catalog / "hats.properties").exists():
         return None
-    with fs.open(f"{catalog}/dataset/_metadata", "rb") as f:
+    with (catalog / "dataset/_metadata").open("rb") as f:
         meta = pq.read_metadata(f)
     wanted: dict[str, set[int]] = {}
     for i in _candidate_groups(meta, column, values):
         wanted.setdefault(meta.row_group(i).column(0).file_path, set()).add(int(i))
-    return _read_groups(fs, catalog, meta, column, values, wanted)
+    return _read_groups(catalog, meta, column, values, wanted)
 
 
 def _candidate_groups(meta: pq.FileMetaData, column: str, values: Sequence[Any]) -> set[int]:
@@ -191,8 +183,7 @@ def _candidate_groups(meta: pq.FileMetaData, column: str, values: Sequence[Any])
 
 
 def _read_groups(
-    fs: fsspec.AbstractFileSystem,
-    catalog: str,
+    catalog: UPath,
     meta: pq.FileMetaData,
     column: str,
     values: Sequence[Any],
@@ -203,7 +194,7 @@ def _read_groups(
     for path, groups in sorted(wanted.items()):
         first = min(i for i in range(meta.num_row_groups)
                     if meta.row_group(i).column(0).file_path == path)  # fmt: skip
-        with fs.open(f"{catalog}/dataset/{path}", "rb") as f:
+        with (catalog / f"dataset/{path}").open("rb") as f:
             table = pq.ParquetFile(f).read_row_groups(sorted(g - first for g in groups))
         table = table.filter(pc.is_in(table.column(column), pa.array(list(values))))
         for v, k, p in zip(*(table.column(c).to_pylist() for c in (column, "Norder", "Npix")),

@@ -27,7 +27,6 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import fsspec
 import healpy as hp
 import numpy as np
 import pyarrow as pa
@@ -35,9 +34,11 @@ import pyarrow.parquet as pq
 from hats.catalog import TableProperties
 from hats.pixel_math.healpix_shim import order2mindist
 from hats.pixel_math.pixel_margins import get_margin
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.atomic import write_atomic
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.output import hatsfiles
 from iic_survey.output.finalize import write_collection
 from iic_survey.output.schema import (
@@ -46,7 +47,6 @@ from iic_survey.output.schema import (
     catalog_dir,
     margin_name,
     pixel_file,
-    resolve,
 )
 from iic_survey.output.writer import (
     OutputError,
@@ -122,9 +122,7 @@ def distance_to_pixel_deg(ra: np.ndarray, dec: np.ndarray, order: int, pixel: in
     return out
 
 
-def margin_rows(
-    fs: fsspec.AbstractFileSystem, root: str, pixel: _Pixel, near: Sequence[_Pixel], arcsec: float
-) -> pa.Table:
+def margin_rows(root: UPath, pixel: _Pixel, near: Sequence[_Pixel], arcsec: float) -> pa.Table:
     """The rows of the partitions ``near`` within ``arcsec`` of ``pixel``, sorted."""
     order, pix = pixel
     morder = max(margin_order(arcsec), order)
@@ -132,7 +130,7 @@ def margin_rows(
     shift = 2 * (sky.MAX_ORDER - morder)
     kept = []
     for k, p in near:
-        with fs.open(pixel_file(root, k, p), "rb") as f:
+        with pixel_file(root, k, p).open("rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=65_536):
                 t = pa.Table.from_batches([batch])
                 ra = t.column("ra").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -148,48 +146,43 @@ def margin_rows(
     return table.sort_by([("_healpix_29", "ascending"), ("cntr", "ascending")])
 
 
-def _marker_path(root: str, name: str, order: int, pixel: int) -> str:
-    return f"{root}/_margin/{name}/Norder={order}/Npix={pixel}.json"
+def _marker_path(root: UPath, name: str, order: int, pixel: int) -> UPath:
+    return root / f"_margin/{name}/Norder={order}/Npix={pixel}.json"
 
 
 def margin_pixel(
-    out: str,
-    arcsec: float,
-    pixel: _Pixel,
-    near: Sequence[_Pixel],
-    fs: fsspec.AbstractFileSystem | None = None,
+    out: PathLike, arcsec: float, pixel: _Pixel, near: Sequence[_Pixel]
 ) -> dict[str, Any]:
     """Write one partition's margin file (if it has rows), then its marker; return the marker."""
-    fs, root = resolve(out, fs)
+    root = as_path(out)
     name = margin_name(arcsec)
-    marker = fresh(fs, _marker_path(root, name, *pixel))
-    if fs.exists(marker):
-        return dict(read_json(fs, marker))
-    table = margin_rows(fs, root, pixel, near, arcsec)
+    marker = fresh(_marker_path(root, name, *pixel))
+    if marker.exists():
+        return dict(read_json(marker))
+    table = margin_rows(root, pixel, near, arcsec)
     info: dict[str, Any] = {"order": pixel[0], "pixel": pixel[1], "rows": table.num_rows}
     if table.num_rows:
-        data = parquet_bytes(table.replace_schema_metadata(file_metadata(fs, root)))
-        write_atomic(fs, pixel_file(root, *pixel, name=name), data)
+        data = parquet_bytes(table.replace_schema_metadata(file_metadata(root)))
+        write_atomic(pixel_file(root, *pixel, name=name), data)
         info.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
                     file=sky.hats_path(*pixel))  # fmt: skip
-    write_atomic(fs, marker, json.dumps(info, sort_keys=True).encode())
+    write_atomic(marker, json.dumps(info, sort_keys=True).encode())
     return info
 
 
-def main_partitions(fs: fsspec.AbstractFileSystem, root: str) -> list[_Pixel]:
+def main_partitions(root: UPath) -> list[_Pixel]:
     """Every committed partition of the main catalog (from the markers), sorted."""
     return sorted(
         (int(e["order"]), int(e["pixel"]))
-        for pix in commit_markers(root, fs).values()
+        for pix in commit_markers(root).values()
         for m in pix.values()
         for e in m["partitions"]
     )
 
 
 def build_margin(
-    out: str,
+    out: PathLike,
     arcsec: float = DEFAULT_MARGIN_ARCSEC,
-    fs: fsspec.AbstractFileSystem | None = None,
     map_fn: Callable[[Callable[..., Any], list[tuple[Any, ...]]], Iterable[Any]] | None = None,
 ) -> int:
     """Build the margin of every main partition (resumable), then its metadata; return its rows.
@@ -198,32 +191,28 @@ def build_margin(
     one after another in this process; a run passes Ray tasks). Call it after
     :func:`iic_survey.output.finalize.finalize`, which merges the strays.
     """
-    fs, root = resolve(out, fs)
-    parts = main_partitions(fs, root)
+    root = as_path(out)
+    parts = main_partitions(root)
     if not parts:
-        raise OutputError(f"{out} has no committed partitions; nothing to build a margin of")
-    todo = [(root, float(arcsec), p, neighbours(p, parts, arcsec), fs) for p in parts]
+        raise OutputError(f"{root} has no committed partitions; nothing to build a margin of")
+    todo = [(root, float(arcsec), p, neighbours(p, parts, arcsec)) for p in parts]
     run = map_fn or (lambda fn, args: [fn(*a) for a in args])
     markers = list(run(margin_pixel, todo))
-    return finalize_margin(root, arcsec, fs, markers)
+    return finalize_margin(root, arcsec, markers)
 
 
-def finalize_margin(
-    out: str, arcsec: float, fs: fsspec.AbstractFileSystem, markers: Sequence[dict[str, Any]]
-) -> int:
+def finalize_margin(out: PathLike, arcsec: float, markers: Sequence[dict[str, Any]]) -> int:
     """The margin's ``_metadata``, ``partition_info.csv``, ``hats.properties``; the collection."""
-    fs, root = resolve(out, fs)
+    root = as_path(out)
     name = margin_name(arcsec)
     entries = [m for m in markers if m["rows"]]
     if not entries:
         logger.warning("the margin of %s arcsec holds no rows: none written", arcsec)
         return 0
     catalog = catalog_dir(root, name)
-    rows = hatsfiles.write_dataset_metadata(fs, catalog)
-    hatsfiles.write_partition_info(fs, catalog, [(e["order"], e["pixel"]) for e in entries])
-    keys = hatsfiles.read_properties(fs, catalog_dir(root)).model_dump(
-        by_alias=True, exclude_none=True
-    )
+    rows = hatsfiles.write_dataset_metadata(catalog)
+    hatsfiles.write_partition_info(catalog, [(e["order"], e["pixel"]) for e in entries])
+    keys = hatsfiles.read_properties(catalog_dir(root)).model_dump(by_alias=True, exclude_none=True)
     for key in ("hats_skymap_order", "moc_sky_fraction"):  # the margin has no coverage maps
         keys.pop(key, None)
     props = TableProperties(
@@ -238,7 +227,7 @@ def finalize_margin(
             "hats_estsize": sum(int(e["bytes"]) for e in entries) // 1024,
         }
     )
-    hatsfiles.write_properties(fs, catalog, props)
-    write_collection(fs, root)
+    hatsfiles.write_properties(catalog, props)
+    write_collection(root)
     logger.info("margin %s: %d rows in %d partitions", name, rows, len(entries))
     return rows

@@ -26,13 +26,13 @@ import tempfile
 from collections.abc import Sequence
 from typing import BinaryIO
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from hats.io import file_io, paths
 from hats.pixel_math.healpix_pixel_function import get_pixel_argsort
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
+from upath import UPath
 
 from iic_survey.core import parquet_footer as pf
 from iic_survey.core.atomic import atomic_output, write_atomic
@@ -147,8 +147,7 @@ def _ordered(rel_paths: Sequence[str], order_by_healpix: bool) -> list[str]:
 
 
 def write_streamed_metadata(
-    fs: fsspec.AbstractFileSystem,
-    catalog: str,
+    catalog: UPath,
     schema: pa.Schema,
     files: Sequence[str],
     *,
@@ -160,8 +159,8 @@ def write_streamed_metadata(
 
     Parameters
     ----------
-    fs, catalog
-        The catalog's file system and root folder.
+    catalog
+        The catalog's root folder.
     schema
         The dataset's schema (hats takes pyarrow's dataset schema).
     files
@@ -174,20 +173,21 @@ def write_streamed_metadata(
     Each file is opened once (its footer, and its first row for the thumbnail); one footer is
     held at a time. Returns the total rows.
     """
-    dataset_dir = f"{catalog}/dataset"
+    dataset_dir = catalog / "dataset"
     common = _schema_footer(schema)
     joiner, rows = _Joiner(pf.footer_struct(common)), _Thumbnail(schema)
     for rel in _ordered(files, order_by_healpix):
-        with fs.open(f"{dataset_dir}/{rel}", "rb") as f:
+        # a string join: one per partition, 12,288 of them on the full sky
+        with catalog.fs.open(f"{dataset_dir.path}/{rel}", "rb") as f:
             pfile = pq.ParquetFile(f)
             metadata = pfile.metadata
             metadata.set_file_path(rel)
             joiner.add(metadata)
             if thumbnail is not None and rel in thumbnail:
                 rows.add(next(pfile.iter_batches(batch_size=1)))
-    write_atomic(fs, f"{dataset_dir}/_common_metadata", common)
-    with atomic_output(fs, f"{dataset_dir}/_metadata") as out:
+    write_atomic(dataset_dir / "_common_metadata", common)
+    with atomic_output(dataset_dir / "_metadata") as out:
         joiner.write(out)
     if thumbnail is not None:
-        write_atomic(fs, f"{catalog}/data_thumbnail.parquet", rows.to_bytes())
+        write_atomic(catalog / "data_thumbnail.parquet", rows.to_bytes())
     return joiner.rows

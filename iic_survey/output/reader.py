@@ -18,7 +18,6 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -27,13 +26,15 @@ import pyarrow.parquet as pq
 from astropy.coordinates import angular_separation
 from hats.io import file_io
 from hats.pixel_math.healpix_shim import npix2order
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
-from iic_survey.output import hatsfiles, index
-from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file, resolve
+from iic_survey.core.paths import PathLike, as_path
+from iic_survey.output import index
+from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file
 from iic_survey.output.writer import commit_markers
 
 logger = logging.getLogger(__name__)
@@ -113,22 +114,20 @@ class Query:
         return mask
 
 
-def partitions(
-    path: str, filesystem: fsspec.AbstractFileSystem | None = None
-) -> list[tuple[int, int]]:
+def partitions(path: PathLike) -> list[tuple[int, int]]:
     """(order, pixel) of every committed partition of the main catalog, sorted.
 
     A finalized catalog lists them in ``partition_info.csv``; an unfinished one in its commit
     markers (each work pixel's partitions: itself, or its children when it was split).
     """
-    fs, root = resolve(path, filesystem)
-    info = f"{catalog_dir(root)}/partition_info.csv"
-    if fs.exists(f"{catalog_dir(root)}/hats.properties") and fs.exists(info):
-        with fs.open(info, "rb") as f:
+    root = as_path(path)
+    info = catalog_dir(root) / "partition_info.csv"
+    if (catalog_dir(root) / "hats.properties").exists() and info.exists():
+        with info.open("rb") as f:
             df = pd.read_csv(f)
         return sorted(zip(df["Norder"].astype(int), df["Npix"].astype(int), strict=True))
-    found = commit_markers(root, fs)
-    if not found and not fs.exists(f"{root}/_run.json"):
+    found = commit_markers(root)
+    if not found and not (root / "_run.json").exists():
         raise FileNotFoundError(
             f"{path} is not an iic_survey catalog (no {MAIN}/hats.properties, "
             f"partition_info.csv, _done markers or _run.json)"
@@ -168,8 +167,7 @@ def _select(
 
 
 def _covered(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
+    root: UPath,
     parts: list[tuple[int, int]],
     cone: tuple[float, float, float],
 ) -> list[tuple[int, int]]:
@@ -179,10 +177,10 @@ def _covered(
     split pixel's empty corner): the coverage map says so without opening the file. Without a
     coverage map (an unfinished catalog) every partition is kept.
     """
-    point_map = f"{catalog_dir(root)}/point_map.fits"
-    if not parts or not fs.exists(point_map):
+    point_map = catalog_dir(root) / "point_map.fits"
+    if not parts or not point_map.exists():
         return parts
-    counts = file_io.read_fits_image(hatsfiles.upath(fs, point_map))
+    counts = file_io.read_fits_image(point_map)
     order = int(npix2order(len(counts)))
     ra, dec, radius = (float(v) for v in cone)
     hit = np.intersect1d(sky.cone_pixels(ra, dec, radius, order), np.flatnonzero(counts))
@@ -190,13 +188,11 @@ def _covered(
     return [(k, p) for k, p in parts if k > order or p in near[k]]
 
 
-def _indexed(
-    fs: fsspec.AbstractFileSystem, root: str, parts: list[tuple[int, int]], query: Query
-) -> list[tuple[int, int]]:
+def _indexed(root: UPath, parts: list[tuple[int, int]], query: Query) -> list[tuple[int, int]]:
     """The partitions that hold the query's ids, from the index catalogs (all without one)."""
     keep: set[tuple[int, int]] = set()
     for column, values in query.id_values().items():
-        found = index.locate(fs, root, column, values)
+        found = index.locate(root, column, values)
         if found is None:
             logger.warning("%s has no %s index: reading every partition", root, column)
             return parts
@@ -207,22 +203,16 @@ def _indexed(
     return [p for p in parts if p in keep]
 
 
-def read(
-    path: str,
-    columns: Sequence[str] | None = None,
-    filesystem: fsspec.AbstractFileSystem | None = None,
-    **conditions: Any,
-) -> pd.DataFrame:
+def read(path: PathLike, columns: Sequence[str] | None = None, **conditions: Any) -> pd.DataFrame:
     """Rows of a catalog matching every given condition, opening only the files that can match.
 
     Parameters
     ----------
     path
-        Catalog root (local path or fsspec URL such as ``s3://bucket/catalog``).
+        Catalog root: a local path, an fsspec URL such as ``s3://bucket/catalog``, or a
+        ``UPath`` carrying storage options (an endpoint, credentials).
     columns
         Columns to return (default: all, in schema order).
-    filesystem
-        An fsspec filesystem for ``path`` (default: inferred from the URL).
     **conditions
         The fields of :class:`Query`: ``classes``, ``min_confidence``, ``cone`` (``(ra, dec,
         radius)`` in degrees), ``pixels`` (``(order, [pixel, ...])``) and ``ids`` (``cntr``
@@ -235,7 +225,7 @@ def read(
         Rows ordered by partition then ``_healpix_29``; ``class`` is a categorical with the
         categories in ``CLASSES`` order.
     """
-    fs, root = resolve(path, filesystem)
+    root = as_path(path)
     names = list(OUTPUT_SCHEMA.names)
     wanted = names if columns is None else list(columns)
     _check_names(wanted, names, "column")
@@ -245,13 +235,13 @@ def read(
     need |= set(query.id_values())
     read_cols = [c for c in names if c in need]
     tables = []
-    parts = _select(partitions(root, fs), query.cone, query.pixels)
+    parts = _select(partitions(root), query.cone, query.pixels)
     if query.cone is not None:
-        parts = _covered(fs, root, parts, query.cone)
+        parts = _covered(root, parts, query.cone)
     if query.ids is not None:
-        parts = _indexed(fs, root, parts, query)
+        parts = _indexed(root, parts, query)
     for order, pixel in parts:
-        with fs.open(pixel_file(root, order, pixel), "rb") as f:
+        with pixel_file(root, order, pixel).open("rb") as f:
             table = pq.read_table(f, columns=read_cols, filters=query.filters() or None)
         tables.append(table.filter(pa.array(query.row_mask(table))).select(wanted))
     if not tables:
@@ -271,29 +261,24 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
 
 
 def iter_pixels(
-    path: str,
-    columns: Sequence[str] | None = None,
-    filesystem: fsspec.AbstractFileSystem | None = None,
+    path: PathLike, columns: Sequence[str] | None = None
 ) -> Iterator[tuple[int, int, pd.DataFrame]]:
     """(order, pixel, rows) for each committed partition in turn: flat memory at any sky size."""
-    fs, root = resolve(path, filesystem)
+    root = as_path(path)
     cols = list(OUTPUT_SCHEMA.names if columns is None else columns)
     _check_names(cols, OUTPUT_SCHEMA.names, "column")
-    for order, pixel in partitions(root, fs):
-        with fs.open(pixel_file(root, order, pixel), "rb") as f:
+    for order, pixel in partitions(root):
+        with pixel_file(root, order, pixel).open("rb") as f:
             yield order, pixel, _to_pandas(pq.read_table(f, columns=cols))
 
 
-def read_properties(
-    path: str, filesystem: fsspec.AbstractFileSystem | None = None
-) -> dict[str, str]:
+def read_properties(path: PathLike) -> dict[str, str]:
     """The key/value pairs of the main catalog's ``hats.properties`` (empty if not finalized)."""
-    fs, root = resolve(path, filesystem)
-    file = f"{catalog_dir(root)}/hats.properties"
-    if not fs.exists(file):
+    file = catalog_dir(as_path(path)) / "hats.properties"
+    if not file.exists():
         return {}
     props = {}
-    with fs.open(file, "rb") as f:
+    with file.open("rb") as f:
         for line in f.read().decode().splitlines():
             if line.strip() and not line.lstrip().startswith(("#", "!")):
                 key, _, value = line.partition("=")
@@ -302,13 +287,13 @@ def read_properties(
     return props
 
 
-def summary_text(path: str, filesystem: fsspec.AbstractFileSystem | None = None) -> str:
+def summary_text(path: PathLike) -> str:
     """A few lines on a catalog: rows per class, outliers and quality flags."""
     counts = dict.fromkeys((*CLASSES, "unclassified"), 0)
     flags = dict.fromkeys((f.name for f in QualityFlag), 0)
     rows = outliers = npart = 0
     orders = set()
-    for order, _, df in iter_pixels(path, ["class", "is_outlier", "quality_flags"], filesystem):
+    for order, _, df in iter_pixels(path, ["class", "is_outlier", "quality_flags"]):
         npart += 1
         orders.add(order)
         rows += len(df)

@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
-import fsspec
 import healpy as hp
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES, SUBSETS
@@ -177,17 +176,6 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
 # ---------------------------------------------------------------- layout
 
 
-def resolve(
-    path: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None = None
-) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and protocol-less root path of a catalog path or URL."""
-    if fs is None:
-        fs, root = fsspec.core.url_to_fs(str(path))
-    else:
-        root = fs._strip_protocol(str(path))
-    return fs, str(root).rstrip("/") or "/"
-
-
 MAIN = "iic_allwise"
 """Folder (and ``obs_collection``) of the main catalog inside the output root."""
 
@@ -197,30 +185,34 @@ def margin_name(arcsec: float) -> str:
     return f"{MAIN}_{float(arcsec):g}arcs".replace(".", "p")
 
 
-def catalog_dir(root: str, name: str = MAIN) -> str:
+# Each path below is one join onto the root (a string operation, no I/O), and keeps the root's
+# file system instance and storage options.
+
+
+def catalog_dir(root: UPath, name: str = MAIN) -> UPath:
     """Folder of a catalog of the collection (the main one by default)."""
-    return f"{root}/{name}"
+    return root / name
 
 
-def pixel_file(root: str, order: int, pixel: int, name: str = MAIN) -> str:
+def pixel_file(root: UPath, order: int, pixel: int, name: str = MAIN) -> UPath:
     """Path of a partition file: ``<root>/<name>/dataset/Norder=K/Dir=D/Npix=N.parquet``."""
-    return f"{root}/{name}/dataset/{sky.hats_path(order, pixel)}"
+    return root / f"{name}/dataset/{sky.hats_path(order, pixel)}"
 
 
-def staging_dir(root: str, order: int, pixel: int) -> str:
+def staging_dir(root: UPath, order: int, pixel: int) -> UPath:
     """Folder of a pixel's staged chunk files."""
-    return f"{root}/_staging/Norder={sky.check_order(order)}/Npix={int(pixel)}"
+    return root / f"_staging/Norder={sky.check_order(order)}/Npix={int(pixel)}"
 
 
-def marker_path(root: str, order: int, pixel: int) -> str:
+def marker_path(root: UPath, order: int, pixel: int) -> UPath:
     """Path of a work pixel's commit marker."""
-    return f"{root}/_done/Norder={sky.check_order(order)}/Npix={int(pixel)}.json"
+    return root / f"_done/Norder={sky.check_order(order)}/Npix={int(pixel)}.json"
 
 
-def stray_file(root: str, order: int, dest: int, source: int) -> str:
+def stray_file(root: UPath, order: int, dest: int, source: int) -> UPath:
     """Rows staged in work pixel ``source`` whose position lies in work pixel ``dest``."""
-    folder = f"{root}/_strays/Norder={sky.check_order(order)}/Npix={int(dest)}"
-    return f"{folder}/from-{int(source)}.parquet"
+    folder = f"_strays/Norder={sky.check_order(order)}/Npix={int(dest)}"
+    return root / f"{folder}/from-{int(source)}.parquet"
 
 
 # ---------------------------------------------------------------- rows -> schema

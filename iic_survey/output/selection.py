@@ -31,19 +31,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import healpy as hp
 import numpy as np
 import pandas as pd
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from mocpy import MOC
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.atomic import write_atomic
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.output.commit import SKYMAP_ORDER
 from iic_survey.output.hatsfiles import coverage_map
-from iic_survey.output.schema import resolve
 from iic_survey.output.writer import commit_markers
 
 logger = logging.getLogger(__name__)
@@ -93,14 +93,14 @@ def _moc_bytes(cells: np.ndarray, order: int) -> bytes:
         return Path(path).read_bytes()
 
 
-def _copy_tables(fs: fsspec.AbstractFileSystem, out: str, model_dir: str | None) -> list[str]:
+def _copy_tables(out: UPath, model_dir: str | None) -> list[str]:
     """Copy ``<model_dir>/selection/*`` into ``out``; the names copied (none if absent)."""
     src = Path(model_dir or "") / SELECTION
     if not model_dir or not src.is_dir():
         return []
     names = sorted(p.name for p in src.iterdir() if p.is_file())
     for name in names:
-        write_atomic(fs, f"{out}/{name}", (src / name).read_bytes())
+        write_atomic(out / name, (src / name).read_bytes())
     return names
 
 
@@ -149,23 +149,21 @@ def promise_lines(rows: list[dict[str, Any]] | None) -> list[str]:
     return [*lines, ""]
 
 
-def publish(
-    path: str, model_dir: str | None, fs: fsspec.AbstractFileSystem | None = None
-) -> dict[str, Any]:
+def publish(path: PathLike, model_dir: str | None) -> dict[str, Any]:
     """Write ``selection/`` into the catalog root ``path`` (see the module); what was written."""
-    fsys, root = resolve(path, fs)
-    out = f"{root}/{SELECTION}"
-    tables = _copy_tables(fsys, out, model_dir)
-    markers = commit_markers(root, fsys)
+    root = as_path(path)
+    out = root / SELECTION
+    tables = _copy_tables(out, model_dir)
+    markers = commit_markers(root)
     order = next(iter(markers), None)
     cells, missing = catalog_masks(markers.get(order, {}) if order is not None else {})
     cells |= galactic_masks()
     for name in MASKS:
-        write_atomic(fsys, f"{out}/masks/{name}.fits", _moc_bytes(cells[name], MASK_ORDER))
+        write_atomic(out / f"masks/{name}.fits", _moc_bytes(cells[name], MASK_ORDER))
     sky_fraction = {n: len(c) / sky.npix(MASK_ORDER) for n, c in cells.items()}
     info = {"tables": tables, "model_dir": model_dir, "markers_without_counts": missing,
             "mask_sky_fraction": sky_fraction, "promises": promises(model_dir)}  # fmt: skip
-    write_atomic(fsys, f"{out}/README.md", readme(info).encode())
+    write_atomic(out / "README.md", readme(info).encode())
     logger.info("selection products written to %s (%d tables, %d masks)", out, len(tables),
                 len(MASKS))  # fmt: skip
     return info
@@ -243,11 +241,10 @@ def readme(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_summary(path: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, Any] | None:
+def read_summary(path: PathLike) -> dict[str, Any] | None:
     """``selection/tables.json`` of a catalog root; None when absent."""
-    fsys, root = resolve(path, fs)
-    name = f"{root}/{SELECTION}/tables.json"
-    if not fsys.exists(name):
+    name = as_path(path) / f"{SELECTION}/tables.json"
+    if not name.exists():
         return None
-    with fsys.open(name, "rb") as f:
+    with name.open("rb") as f:
         return dict(json.loads(f.read()))

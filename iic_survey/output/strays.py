@@ -18,10 +18,10 @@ import json
 import logging
 import re
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from upath import UPath
 
 from iic_survey.core.atomic import write_atomic
 from iic_survey.output.commit import histogram, write_partitions
@@ -31,9 +31,7 @@ from iic_survey.output.writer import file_metadata
 logger = logging.getLogger(__name__)
 
 
-def pending(
-    fs: fsspec.AbstractFileSystem, root: str, order: int, done: dict[int, dict]
-) -> dict[int, list[int]]:
+def pending(done: dict[int, dict]) -> dict[int, list[int]]:
     """{destination pixel: [committed source pixels]} of every stray handed over so far."""
     found: dict[int, list[int]] = {}
     for pixel, marker in done.items():
@@ -42,48 +40,40 @@ def pending(
     return {q: sorted(src) for q, src in sorted(found.items())}
 
 
-def merge_strays(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    order: int,
-    done: dict[int, dict],
-    planned: set[int],
-) -> int:
+def merge_strays(root: UPath, order: int, done: dict[int, dict], planned: set[int]) -> int:
     """Merge every handed-over stray into its destination; return the pixels rewritten.
 
     A destination that is planned but not yet committed (a partial run) waits for a later
     finalize; one outside the plan becomes a partition of its own (its marker has 0 rows).
     """
     rewritten = 0
-    for dest, sources in pending(fs, root, order, done).items():
+    for dest, sources in pending(done).items():
         if dest in planned and dest not in done:
             continue
         marker = done.get(dest, {"order": order, "pixel": dest, "rows": 0, "partitions": []})
         if marker.get("merged_strays") == sources:
-            _remove_replaced(fs, root, order, dest, marker["partitions"])
+            _remove_replaced(root, order, dest, marker["partitions"])
             continue
-        tables = [_read(fs, pixel_file(root, e["order"], e["pixel"])) for e in marker["partitions"]]
-        tables += [_read(fs, stray_file(root, order, dest, s)) for s in sources]
+        tables = [_read(pixel_file(root, e["order"], e["pixel"])) for e in marker["partitions"]]
+        tables += [_read(stray_file(root, order, dest, s)) for s in sources]
         merged = _unique_sorted(pa.concat_tables(tables).replace_schema_metadata(None))
-        merged = merged.replace_schema_metadata(file_metadata(fs, root))
+        merged = merged.replace_schema_metadata(file_metadata(root))
         marker = {
             **marker,
-            "partitions": write_partitions(fs, root, order, dest, merged),
+            "partitions": write_partitions(root, order, dest, merged),
             "histogram": histogram(merged),
             "merged_strays": sources,
         }
-        write_atomic(
-            fs, marker_path(root, order, dest), json.dumps(marker, sort_keys=True).encode()
-        )
-        _remove_replaced(fs, root, order, dest, marker["partitions"])
+        write_atomic(marker_path(root, order, dest), json.dumps(marker, sort_keys=True).encode())
+        _remove_replaced(root, order, dest, marker["partitions"])
         done[dest] = marker
         rewritten += 1
         logger.info("pixel %d: merged the strays of pixels %s", dest, sources)
     return rewritten
 
 
-def _read(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
-    with fs.open(path, "rb") as f:
+def _read(path: UPath) -> pa.Table:
+    with path.open("rb") as f:
         return pq.read_table(f, schema=OUTPUT_SCHEMA)
 
 
@@ -97,14 +87,14 @@ def _unique_sorted(table: pa.Table) -> pa.Table:
     return table.sort_by([("_healpix_29", "ascending"), ("cntr", "ascending")])
 
 
-def _remove_replaced(
-    fs: fsspec.AbstractFileSystem, root: str, order: int, dest: int, entries: list[dict]
-) -> None:
+def _remove_replaced(root: UPath, order: int, dest: int, entries: list[dict]) -> None:
     """Delete files inside ``dest`` that its marker's partitions no longer list."""
-    keep = {pixel_file(root, e["order"], e["pixel"]) for e in entries}
+    # the listing is of paths on the file system (no protocol), as ``.path`` is
+    keep = {pixel_file(root, e["order"], e["pixel"]).path for e in entries}
+    fs = root.fs
     fs.invalidate_cache()
-    for path in fs.glob(f"{catalog_dir(root)}/dataset/Norder=*/Dir=*/Npix=*.parquet"):
+    for path in fs.glob(f"{catalog_dir(root).path}/dataset/Norder=*/Dir=*/Npix=*.parquet"):
         m = re.search(r"Norder=(\d+)/Dir=\d+/Npix=(\d+)\.parquet$", path)
         inside = m and int(m[1]) >= order and int(m[2]) >> (2 * (int(m[1]) - order)) == dest
-        if inside and fs._strip_protocol(path) not in keep and path not in keep:
+        if inside and path not in keep:
             fs.rm(path)

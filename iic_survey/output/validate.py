@@ -13,22 +13,21 @@ import hashlib
 import io
 import re
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.output.reader import PROB_COLUMNS, partitions, read_properties
-from iic_survey.output.schema import catalog_dir, pixel_file, resolve
+from iic_survey.output.schema import catalog_dir, pixel_file
 from iic_survey.output.writer import commit_markers, read_plan
 
 
-def validate_catalog(
-    path: str, filesystem: fsspec.AbstractFileSystem | None = None, tol: float = 1e-3
-) -> list[str]:
+def validate_catalog(path: PathLike, tol: float = 1e-3) -> list[str]:
     """Everything wrong with a catalog, as readable sentences (empty when it is sound).
 
     Checks the partition sets (plan, markers, partition_info.csv, files), each file against its
@@ -37,21 +36,21 @@ def validate_catalog(
     [0, 1], summing to 1 within ``tol``), and that ``class`` and ``confidence`` agree with them.
     Reads every file once: at sky scale it needs memory for all ``cntr`` values (8 bytes a row).
     """
-    fs, root = resolve(path, filesystem)
-    markers = commit_markers(root, fs)
+    root = as_path(path)
+    markers = commit_markers(root)
     entries = {
         (int(e["order"]), int(e["pixel"])): e
         for pix in markers.values()
         for m in pix.values()
         for e in m["partitions"]
     }
-    problems = _set_problems(fs, root, markers, set(entries))
-    on_disk = _files_on_disk(fs, root)
+    problems = _set_problems(root, markers, set(entries))
+    on_disk = _files_on_disk(root)
     all_cntr, total = [], 0
     for (order, pixel), entry in sorted(entries.items()):
         if (order, pixel) not in on_disk:
             continue
-        data = fs.cat_file(pixel_file(root, order, pixel))
+        data = root.fs.cat_file(pixel_file(root, order, pixel).path)  # one GET on S3
         table = pq.read_table(io.BytesIO(data))
         total += table.num_rows
         where = f"pixel {pixel} (order {order})"
@@ -68,15 +67,15 @@ def validate_catalog(
             f"{len(cntr) - len(uniq)} repeated cntr values across pixels "
             f"(e.g. {uniq[counts_ > 1][:5].tolist()})"
         )
-    props = read_properties(root, fs)
+    props = read_properties(root)
     if props and int(props.get("hats_nrows", -1)) != total:
         problems.append(f"hats_nrows={props.get('hats_nrows')} but the files hold {total} rows")
     return problems
 
 
-def _files_on_disk(fs: fsspec.AbstractFileSystem, root: str) -> set[tuple[int, int]]:
+def _files_on_disk(root: UPath) -> set[tuple[int, int]]:
     on_disk = set()
-    for f in fs.glob(f"{catalog_dir(root)}/dataset/Norder=*/Dir=*/Npix=*.parquet"):
+    for f in root.fs.glob(f"{catalog_dir(root).path}/dataset/Norder=*/Dir=*/Npix=*.parquet"):
         m = re.search(r"Norder=(\d+)/Dir=\d+/Npix=(\d+)\.parquet$", f)
         if m:
             on_disk.add((int(m[1]), int(m[2])))
@@ -84,24 +83,23 @@ def _files_on_disk(fs: fsspec.AbstractFileSystem, root: str) -> set[tuple[int, i
 
 
 def _set_problems(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
+    root: UPath,
     markers: dict[int, dict[int, dict]],
     listed: set[tuple[int, int]],
 ) -> list[str]:
     """Disagreements between the files, the markers, partition_info.csv and the plan."""
     problems = []
-    on_disk = _files_on_disk(fs, root)
+    on_disk = _files_on_disk(root)
     if listed != on_disk:
         problems.append(
             f"pixel files without marker: {sorted(on_disk - listed)[:10]}; "
             f"markers without file: {sorted(listed - on_disk)[:10]}"
         )
-    if not read_properties(root, fs):
+    if not read_properties(root):
         problems.append("no hats.properties: the catalog was not finalized")
-    elif set(partitions(root, fs)) != listed:
+    elif set(partitions(root)) != listed:
         problems.append("partition_info.csv does not list exactly the committed pixels")
-    plan = read_plan(root, fs)
+    plan = read_plan(root)
     if plan is not None:
         k, counts = plan
         done = markers.get(k, {})

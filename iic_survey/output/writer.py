@@ -10,9 +10,10 @@ files and their schema are described in :mod:`iic_survey.output.schema`.
 A pixel is the unit of output and of resume; a chunk (a few thousand rows) is the unit of data
 flow. Workers stage each chunk as its own part file (named by a deterministic chunk id, so a retried
 chunk overwrites itself: exactly once), and the commit turns a pixel's parts into its final file
-once their rows add up to the planned count. Every step is a stateless function of
-(path, filesystem), so any number of Ray tasks can stage and commit pixels in parallel: nothing
-funnels the sky through one process. Files are written by
+once their rows add up to the planned count. Every step is a stateless function of one path (a
+:class:`~upath.UPath`, which carries its storage options, or a string:
+:func:`iic_survey.core.paths.as_path`), so any number of Ray tasks can stage and commit pixels in
+parallel: nothing funnels the sky through one process. Files are written by
 :func:`iic_survey.core.atomic.write_atomic` (``os.replace`` locally; on object stores one PUT per
 object is atomic), and a pixel counts as finished only once its ``_done`` marker exists
 (:func:`commit_markers`).
@@ -32,21 +33,21 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import __version__
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.output.schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
     OUTPUT_SCHEMA,
     as_output_table,
-    resolve,
     staging_dir,
 )
 
@@ -70,9 +71,9 @@ class OutputError(RuntimeError):
 # ---------------------------------------------------------------- low-level I/O
 
 
-def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+def read_json(path: UPath) -> Any:
     """The JSON document at ``path`` (a run record, plan or commit marker)."""
-    with fs.open(path, "rb") as f:
+    with path.open("rb") as f:
         return json.loads(f.read())
 
 
@@ -93,20 +94,15 @@ def _canonical(obj: Any) -> Any:
         raise ValueError(f"run arguments must be JSON-serialisable: {err}") from err
 
 
-def run_args(out: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, Any]:
+def run_args(out: PathLike) -> dict[str, Any]:
     """The arguments a run recorded in ``_run.json`` (catalog, images, model ...); {} if none."""
-    fs, root = resolve(out, fs)
-    if not fs.exists(f"{root}/_run.json"):
+    run_file = as_path(out) / "_run.json"
+    if not run_file.exists():
         return {}
-    return dict(read_json(fs, f"{root}/_run.json").get("args") or {})
+    return dict(read_json(run_file).get("args") or {})
 
 
-def prepare_output(
-    out: str,
-    run_args: Mapping[str, Any],
-    overwrite: bool = False,
-    fs: fsspec.AbstractFileSystem | None = None,
-) -> bool:
+def prepare_output(out: PathLike, run_args: Mapping[str, Any], overwrite: bool = False) -> bool:
     """Make ``out`` ready for a run with ``run_args``; return True when resuming one.
 
     An empty or absent path starts a new catalog. A path holding an output of this code with the
@@ -119,23 +115,24 @@ def prepare_output(
     OutputError
         If ``out`` holds something else, or an output from different arguments.
     """
-    fs, root = resolve(out, fs)
+    out = as_path(out)
+    fs, root = out.fs, out.path
     args = _canonical(dict(run_args))
-    run_file = f"{root}/_run.json"
+    run_file = out / "_run.json"
     if fs.exists(root):
         if fs.isfile(root):
             if not overwrite:
                 raise OutputError(f"{out} is a file; pass overwrite to replace it")
             fs.rm(root)
         elif fs.ls(root, detail=False):
-            ours = fs.exists(run_file) or fs.exists(f"{root}/hats.properties")
+            ours = run_file.exists() or (out / "hats.properties").exists()
             if not ours:
                 raise OutputError(
                     f"{out} is a non-empty folder that is not an iic_survey output "
                     f"(no _run.json or hats.properties); choose another path or "
                     f"delete it yourself"
                 )
-            previous = read_json(fs, run_file).get("args") if fs.exists(run_file) else None
+            previous = read_json(run_file).get("args") if run_file.exists() else None
             if overwrite:
                 logger.info("overwrite: deleting the previous output at %s", out)
                 fs.rm(root, recursive=True)
@@ -154,7 +151,7 @@ def prepare_output(
                 logger.info(
                     "resuming the run at %s: %d pixels already finished",
                     out,
-                    sum(len(v) for v in commit_markers(root, fs).values()),
+                    sum(len(v) for v in commit_markers(out).values()),
                 )
                 return True
     fs.makedirs(root, exist_ok=True)
@@ -165,13 +162,11 @@ def prepare_output(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "args": args,
     }
-    write_atomic(fs, run_file, json.dumps(record, indent=1, sort_keys=True).encode())
+    write_atomic(run_file, json.dumps(record, indent=1, sort_keys=True).encode())
     return False
 
 
-def write_plan(
-    out: str, order: int, counts: Mapping[int, int], fs: fsspec.AbstractFileSystem | None = None
-) -> None:
+def write_plan(out: PathLike, order: int, counts: Mapping[int, int]) -> None:
     """Record the planned rows per pixel, for the commits to be checked against.
 
     :func:`iic_survey.output.finalize.finalize` and
@@ -182,27 +177,24 @@ def write_plan(
     OutputError
         If a different plan was recorded before (the input changed under a resumed run).
     """
-    fs, root = resolve(out, fs)
     planned = {int(p): int(n) for p, n in sorted(counts.items()) if int(n) > 0}
     sky.check_pixels(np.array(list(planned), dtype=np.int64), order)
     plan = {"order": sky.check_order(order), "counts": {str(p): n for p, n in planned.items()}}
-    path = f"{root}/_plan.json"
-    if fs.exists(path) and read_json(fs, path) != plan:
+    path = as_path(out) / "_plan.json"
+    if path.exists() and read_json(path) != plan:
         raise OutputError(
             f"{out} was planned with different pixels or counts; the input catalog "
             f"or order changed: start a new output or pass overwrite"
         )
-    write_atomic(fs, path, json.dumps(plan).encode())
+    write_atomic(path, json.dumps(plan).encode())
 
 
-def read_plan(
-    out: str, fs: fsspec.AbstractFileSystem | None = None
-) -> tuple[int, dict[int, int]] | None:
+def read_plan(out: PathLike) -> tuple[int, dict[int, int]] | None:
     """(order, {pixel: planned rows}) recorded by :func:`write_plan`, or None."""
-    fs, root = resolve(out, fs)
-    if not fs.exists(f"{root}/_plan.json"):
+    path = as_path(out) / "_plan.json"
+    if not path.exists():
         return None
-    plan = read_json(fs, f"{root}/_plan.json")
+    plan = read_json(path)
     return int(plan["order"]), {int(p): int(n) for p, n in plan["counts"].items()}
 
 
@@ -210,12 +202,7 @@ def read_plan(
 
 
 def write_part(
-    out: str,
-    order: int,
-    pixel: int,
-    chunk_id: str,
-    rows: pd.DataFrame | pa.Table,
-    fs: fsspec.AbstractFileSystem | None = None,
+    out: PathLike, order: int, pixel: int, chunk_id: str, rows: pd.DataFrame | pa.Table
 ) -> int:
     """Stage one chunk of a pixel's result rows; return the number of rows staged.
 
@@ -224,15 +211,14 @@ def write_part(
     """
     if not _CHUNK_ID.match(str(chunk_id)):
         raise ValueError(f"chunk id {chunk_id!r} must match {_CHUNK_ID.pattern}")
-    fs, root = resolve(out, fs)
     table = as_output_table(rows, order, pixel)
-    part = f"{staging_dir(root, order, pixel)}/part-{chunk_id}.parquet"
-    write_atomic(fs, part, parquet_bytes(table, _PART_OPTIONS))
+    part = staging_dir(as_path(out), order, pixel) / f"part-{chunk_id}.parquet"
+    write_atomic(part, parquet_bytes(table, _PART_OPTIONS))
     return table.num_rows
 
 
-def fresh(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """``path``, after dropping what ``fs`` has cached of its listing and its parents'.
+def fresh(path: UPath) -> UPath:
+    """``path``, after dropping what its file system has cached of its listing and its parents'.
 
     fsspec keeps one filesystem instance per process and its options, and s3fs caches every
     listing in it (``exists`` answers from a cached parent listing too). A Ray worker reused
@@ -241,66 +227,56 @@ def fresh(fs: fsspec.AbstractFileSystem, path: str) -> str:
     present: ``NoSuchKey``). Call it on every path whose listing or existence decides such a
     thing; on local and memory filesystems it costs nothing.
     """
-    fs.invalidate_cache(path)
+    path.fs.invalidate_cache(path.path)
     return path
 
 
-def part_files(fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int) -> list[str]:
+def part_files(root: UPath, order: int, pixel: int) -> list[UPath]:
     """The staged part files of a pixel, sorted (none if nothing is staged), listed afresh."""
-    folder = fresh(fs, staging_dir(root, order, pixel))
-    if not fs.exists(folder):
+    folder = fresh(staging_dir(root, order, pixel))
+    if not folder.exists():
         return []
-    return sorted(
-        p
-        for p in fs.ls(folder, detail=False)
-        if re.fullmatch(r"part-.*\.parquet", p.rsplit("/", 1)[1])
-    )
+    names = (p.rsplit("/", 1)[1] for p in folder.fs.ls(folder.path, detail=False))
+    return [folder / name for name in sorted(names) if re.fullmatch(r"part-.*\.parquet", name)]
 
 
-def staged_rows(
-    out: str, order: int, pixel: int, fs: fsspec.AbstractFileSystem | None = None
-) -> int:
+def staged_rows(out: PathLike, order: int, pixel: int) -> int:
     """Rows staged so far for a pixel (from the part files' footers)."""
-    fs, root = resolve(out, fs)
     total = 0
-    for part in part_files(fs, root, order, pixel):
-        with fs.open(part, "rb") as f:
+    for part in part_files(as_path(out), order, pixel):
+        with part.open("rb") as f:
             total += pq.ParquetFile(f).metadata.num_rows
     return total
 
 
-def commit_markers(
-    out: str, fs: fsspec.AbstractFileSystem | None = None
-) -> dict[int, dict[int, dict[str, Any]]]:
+def commit_markers(out: PathLike) -> dict[int, dict[int, dict[str, Any]]]:
     """{order: {pixel: marker}} of every committed pixel (marker: rows, bytes, sha256, file)."""
-    fs, root = resolve(out, fs)
+    root = as_path(out)
+    fs = root.fs
     # Markers are written by other processes (Ray workers); fsspec caches listings per
     # filesystem instance (s3fs does, child folders included), so a stale listing would hide
     # finished pixels: drop the whole listing cache.
     fs.invalidate_cache()
     found: dict[int, dict[int, dict[str, Any]]] = {}
-    for path in fs.glob(f"{root}/_done/Norder=*/Npix=*.json"):
+    for path in fs.glob(f"{root.path}/_done/Norder=*/Npix=*.json"):
         m = re.search(r"Norder=(\d+)/Npix=(\d+)\.json$", path)
         if m:
-            found.setdefault(int(m[1]), {})[int(m[2])] = read_json(fs, path)
+            with fs.open(path, "rb") as f:
+                found.setdefault(int(m[1]), {})[int(m[2])] = json.loads(f.read())
     return found
 
 
-def finished_pixels(
-    out: str, order: int, fs: fsspec.AbstractFileSystem | None = None
-) -> np.ndarray:
+def finished_pixels(out: PathLike, order: int) -> np.ndarray:
     """Sorted pixels at ``order`` whose commit marker exists (the resume set)."""
-    fs, root = resolve(out, fs)
-    return np.array(
-        sorted(commit_markers(root, fs).get(sky.check_order(order), {})), dtype=np.int64
-    )
+    return np.array(sorted(commit_markers(out).get(sky.check_order(order), {})), dtype=np.int64)
 
 
-def file_metadata(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, str]:
+def file_metadata(root: UPath) -> dict[str, str]:
     """Schema metadata of every file: the format keys plus the run's provenance."""
     meta = {k.decode(): v.decode() for k, v in (OUTPUT_SCHEMA.metadata or {}).items()}
-    if fs.exists(f"{root}/_run.json"):
-        run = read_json(fs, f"{root}/_run.json")
+    run_file = root / "_run.json"
+    if run_file.exists():
+        run = read_json(run_file)
         meta["iic_survey.run_args"] = json.dumps(run.get("args"), sort_keys=True)
         meta["iic_survey.code_version"] = str(run.get("code_version", __version__))
     return meta

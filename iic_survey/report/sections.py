@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES, __version__
+from iic_survey.core.paths import PathLike
 from iic_survey.output.reader import iter_pixels, read_properties
 from iic_survey.report import selection as selection_report
 from iic_survey.report import zoom
@@ -42,13 +43,12 @@ logger = logging.getLogger(__name__)
 
 
 def write_report(
-    catalog_path: str,
+    catalog_path: PathLike,
     out_dir: str | Path,
     truth: str | pd.DataFrame | None = None,
     *,
     stamps: StampSource | None = None,
     config: ReportConfig | None = None,
-    filesystem: Any = None,
 ) -> Path:
     """Write the figures and ``report.md`` for a catalog into ``out_dir``; return the .md path.
 
@@ -61,12 +61,12 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     tally = Tally(cfg, load_truth(truth) if truth is not None else None)
     npart = 0
-    for _, _, df in iter_pixels(catalog_path, COLUMNS, filesystem):
+    for _, _, df in iter_pixels(catalog_path, COLUMNS):
         tally.add(df)
         npart += 1
     if tally.rows == 0:
         raise ValueError(f"{catalog_path} has no rows")
-    props = read_properties(catalog_path, filesystem)
+    props = read_properties(catalog_path)
     md = [
         f"# Classification report: `{catalog_path}`",
         "",
@@ -77,7 +77,7 @@ def write_report(
     md += _summary_md(tally, npart, props)
     md += _sky_section(tally, out)
     md += _confidence_section(tally, out)
-    md += selection_report.section(catalog_path, out, cfg.dpi, filesystem)
+    md += selection_report.section(catalog_path, out, cfg.dpi)
     md += _examples_section(tally, out, stamps)
     if tally.truth is not None:
         md += _truth_section(tally, out)

@@ -10,15 +10,14 @@ table. A catalog without the tables gets a sentence saying so.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from iic_survey.core.constants import CLASSES
-from iic_survey.output.schema import MAIN, resolve
+from iic_survey.core.paths import PathLike, as_path
+from iic_survey.output.schema import MAIN
 from iic_survey.output.selection import SELECTION
 from iic_survey.report.config import COLOURS
 from iic_survey.report.figures import save_png
@@ -26,16 +25,16 @@ from iic_survey.report.figures import save_png
 _FILES = ("reliability_w1", "completeness_purity_w1", "thresholds")
 
 
-def read_tables(path: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, pd.DataFrame]:
+def read_tables(path: PathLike) -> dict[str, pd.DataFrame]:
     """The selection tables of a catalog (its root or its main catalog); {} when absent."""
-    fsys, root = resolve(path, fs)
-    if root.rstrip("/").endswith(f"/{MAIN}"):
-        root = root.rstrip("/")[: -len(MAIN) - 1]
+    root = as_path(path)
+    if root.name == MAIN:
+        root = root.parent
     out = {}
     for name in _FILES:
-        f = f"{root}/{SELECTION}/{name}.parquet"
-        if fsys.exists(f):
-            with fsys.open(f, "rb") as fh:
+        f = root / f"{SELECTION}/{name}.parquet"
+        if f.exists():
+            with f.open("rb") as fh:
                 out[name] = pd.read_parquet(fh)
     return out if len(out) == len(_FILES) else {}
 
@@ -90,9 +89,9 @@ def completeness_purity_figure(cp: pd.DataFrame, thresholds: pd.DataFrame) -> Fi
     return fig
 
 
-def section(path: str, out: Path, dpi: int, fs: Any = None) -> list[str]:
+def section(path: PathLike, out: Path, dpi: int) -> list[str]:
     """The report's "Selection" Markdown (and its two PNGs in ``out``)."""
-    tables = read_tables(path, fs)
+    tables = read_tables(path)
     md = ["## Selection", ""]
     if not tables:
         return [

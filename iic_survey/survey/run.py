@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
+from upath import UPath
 
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES, SUBSETS
@@ -115,27 +116,26 @@ class Summary:
         return "\n".join(lines)
 
 
-def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[int]) -> None:
+def _clear_staging(out: UPath, order: int, todo: Sequence[int]) -> None:
     """Remove parts a crashed run left for pixels this run redoes (they may overlap ours)."""
-    fsys, root = schema.resolve(config.output, fs)
-    base = output.fresh(fsys, schema.staging_dir(root, order, 0).rsplit("/", 1)[0])
-    if not fsys.exists(base):
+    base = output.fresh(schema.staging_dir(out, order, 0).parent)
+    if not base.exists():
         return
     want = {f"Npix={int(p)}" for p in todo}
-    stale = [p for p in fsys.ls(base, detail=False) if p.rstrip("/").rsplit("/", 1)[-1] in want]
+    listed = base.fs.ls(base.path, detail=False)
+    stale = [p for p in listed if p.rstrip("/").rsplit("/", 1)[-1] in want]
     if stale:
         logger.info("removing staged parts of %d unfinished pixels from an earlier run", len(stale))
-        fsys.rm(stale, recursive=True)
+        base.fs.rm(stale, recursive=True)
 
 
-def _record_start(config: PipelineConfig, fs: Any, decision: GateResult) -> None:
+def _record_start(config: PipelineConfig, out: UPath, decision: GateResult) -> None:
     """Add this start's precision decision to ``_run.json`` (``precision_runs``, one per start)
     and the machine (``machines``: CPU, torch capability in use, numpy SIMD, versions), and say
     how the model scores rows (``scoring``: depth calibration or a single temperature; with or
     without a training domain for ``subset``)."""
-    fsys, root = schema.resolve(config.output, fs)
-    path = f"{root}/_run.json"
-    record = output.read_json(fsys, path)
+    path = out / "_run.json"
+    record = output.read_json(path)
     record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
     # what this start's rows were computed with (the driver's machine; README Reproducibility)
     record["machines"] = [*record.get("machines", []), machine.provenance(decision.used)]
@@ -143,7 +143,7 @@ def _record_start(config: PipelineConfig, fs: Any, decision: GateResult) -> None
     record["scoring"] = scoring_record(config.model_dir)
     for note in record["scoring"]["notes"]:
         logger.warning("%s", note)
-    write_atomic(fsys, path, json.dumps(record, indent=1, sort_keys=True).encode())
+    write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
 
 
 def _ood_record(model_dir: str) -> dict[str, Any] | None:
@@ -157,10 +157,9 @@ def _ood_record(model_dir: str) -> dict[str, Any] | None:
     return stats.record() if stats else None
 
 
-def _precision_used(config: PipelineConfig, fs: Any) -> str:
+def _precision_used(out: UPath) -> str:
     """The precision the catalog's rows were computed in (``mixed: ...`` if starts differed)."""
-    fsys, root = schema.resolve(config.output, fs)
-    runs = output.read_json(fsys, f"{root}/_run.json").get("precision_runs", [])
+    runs = output.read_json(out / "_run.json").get("precision_runs", [])
     used = sorted({str(r.get("used")) for r in runs})
     return used[0] if len(used) == 1 else f"mixed: {', '.join(used)}" if used else "unknown"
 
@@ -177,18 +176,17 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     """
     t0 = time.monotonic()
     inputs = open_inputs(config)
-    resumed = output.prepare_output(
-        config.output, config.run_args(inputs.model_id), config.overwrite, inputs.fs
-    )
+    out = inputs.out
+    resumed = output.prepare_output(out, config.run_args(inputs.model_id), config.overwrite)
     finished: list[int] = []
     if resumed:
-        finished = output.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
+        finished = output.finished_pixels(out, config.healpix_order).tolist()
     plan = plan_run(config, inputs.catalog, finished)
     if not plan.counts:
         raise PipelineError(
             "no catalog sources in the selected pixels; check --pixels/--cone and the order"
         )
-    output.write_plan(config.output, plan.order, plan.counts, inputs.fs)
+    output.write_plan(out, plan.order, plan.counts)
     logger.info(
         "plan: %d pixels selected, %d already done, %d to classify (%d sources)",
         len(plan.counts),
@@ -198,27 +196,27 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     )
     counters: dict[str, int] = {}
     if plan.todo:
-        _clear_staging(config, inputs.fs, plan.order, plan.todo)
+        _clear_staging(out, plan.order, plan.todo)
         decision = decide_precision(config, inputs, plan)
-        _record_start(config, inputs.fs, decision)
+        _record_start(config, out, decision)
         # Ray Data's own progress bars for a person at a terminal; a log gets Progress's lines
         ray.data.DataContext.get_current().enable_progress_bars = interactive()
         ds = build_dataset(config, inputs, plan, decision.used)
-        driver = _Driver(config, plan, inputs.fs, t0)
+        driver = _Driver(config, plan, out, t0)
         driver.run(ds)
         counters = dict(driver.counters)
     props = {
         "iic_model": inputs.model_id,
         "iic_input_catalog": config.catalog,
         "iic_images": config.images,
-        "iic_precision": _precision_used(config, inputs.fs),
+        "iic_precision": _precision_used(out),
     }
-    url = finalize.finalize(config.output, inputs.fs, props, allow_partial=plan.partial)
+    url = finalize.finalize(out, props, allow_partial=plan.partial)
     if config.margin_arcsec > 0 and not plan.partial:
-        margin.build_margin(config.output, config.margin_arcsec, inputs.fs, _ray_map)
+        margin.build_margin(out, config.margin_arcsec, _ray_map)
     if not plan.partial:  # after the margin: id lookups by cntr / designation (issue 27)
-        index.build_indexes(config.output, inputs.fs)
-    selection.publish(config.output, config.model_dir, inputs.fs)
+        index.build_indexes(out)
+    selection.publish(out, config.model_dir)
     summary = Summary(
         url,
         plan.order,
@@ -251,7 +249,8 @@ class _Driver:
 
     config: PipelineConfig
     plan: Plan
-    fs: Any
+    out: UPath
+    """The output catalog's root (with its storage options: commit tasks get it)."""
     t0: float
     """``time.monotonic()`` at the start of the run, for the progress rate."""
     counters: Counter[str] = dataclasses.field(default_factory=Counter)
@@ -311,9 +310,7 @@ class _Driver:
         if self.staged[pixel] == expected:
             while len(self.pending) >= self.config.commit_concurrency:
                 self.collect(block=True)
-            task = self._commit.remote(
-                self.config.output, self.plan.order, pixel, expected, self.fs
-            )
+            task = self._commit.remote(self.out, self.plan.order, pixel, expected)
             self.pending[task] = pixel
 
     def collect(self, block: bool) -> None:

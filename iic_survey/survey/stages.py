@@ -26,9 +26,11 @@ import numpy as np
 import pandas as pd
 import ray
 from ray.data import ActorPoolStrategy
+from upath import UPath
 
 from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.core.flags import QualityFlag
+from iic_survey.core.paths import PathLike, as_path
 from iic_survey.inputs import allwise_schema, storage
 from iic_survey.inputs import catalog as catalog_mod
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
@@ -95,8 +97,8 @@ class PixelReader:
 class PartWriter:
     """Result rows -> staged part files (one per pixel chunk in the batch) -> receipt rows."""
 
-    def __init__(self, out: str, order: int, fs: Any = None) -> None:
-        self.out, self.order, self.fs = out, order, fs
+    def __init__(self, out: PathLike, order: int) -> None:
+        self.out, self.order = out, order
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         receipts = []
@@ -104,7 +106,7 @@ class PartWriter:
             first = int(rows["_row"].min())
             chunk_id = f"c{int(chunk):06d}-r{first:09d}-n{len(rows)}"
             n = output.write_part(
-                self.out, self.order, int(pixel), chunk_id, rows[list(RESULT_COLUMNS)], fs=self.fs
+                self.out, self.order, int(pixel), chunk_id, rows[list(RESULT_COLUMNS)]
             )
             receipts.append({"pixel": int(pixel), "part": chunk_id, "rows": n, **_counters(rows)})
         return pd.DataFrame(receipts, columns=["pixel", "part", "rows", *COUNTERS])
@@ -158,17 +160,18 @@ def _counters(rows: pd.DataFrame) -> dict[str, int]:
 
 @dataclasses.dataclass
 class Inputs:
-    """What the driver opens once: the catalog, the output's filesystem, the model's identity."""
+    """What the driver opens once: the catalog, the output (with its storage options), the
+    model's identity."""
 
     catalog: Any
-    fs: Any
+    out: UPath
     model_id: str
     rgb: dict[str, Any]
 
 
 def open_inputs(config: PipelineConfig) -> Inputs:
     """Check and open what a run reads: the model directory (its identity and RGB), the catalog
-    (its schema) and the output's filesystem."""
+    (its schema) and the output's location (an S3 endpoint, when one is configured)."""
     if not os.path.isdir(config.model_dir) or not os.path.exists(
         os.path.join(config.model_dir, "model.json")
     ):
@@ -181,10 +184,11 @@ def open_inputs(config: PipelineConfig) -> Inputs:
     cat = catalog_mod.open_catalog(
         config.catalog, require=allwise_schema.PIPELINE_COLUMNS, endpoint_url=endpoint
     )
-    fs = None
+    opts: dict[str, Any] = {}
     if config.output.startswith("s3://") and config.endpoint_url:
-        fs = storage.make_filesystem(config.output, endpoint_url=config.endpoint_url)[0]
-    return Inputs(cat, fs, model_version(bundle), dict(bundle.rgb or {}))
+        opts = storage.options_for(config.output, endpoint_url=config.endpoint_url)
+    out = as_path(config.output, **opts)
+    return Inputs(cat, out, model_version(bundle), dict(bundle.rgb or {}))
 
 
 def _stamp_maker(config: PipelineConfig, rgb_params: Mapping[str, Any]) -> Any:
@@ -309,7 +313,7 @@ def build_dataset(
         threads=int(config.cpus_per_actor),
         precision=precision,
     )
-    writer = PartWriter(config.output, plan.order, inputs.fs)
+    writer = PartWriter(inputs.out, plan.order)
     cutter = _stamp_maker(config, inputs.rgb)
     if gpus == 0:
         return ds.map_batches(
@@ -353,6 +357,6 @@ def build_pipeline(config: PipelineConfig) -> tuple[Plan, Any]:
     inputs = open_inputs(config)
     finished: list[int] = []
     if not config.overwrite:
-        finished = output.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
+        finished = output.finished_pixels(inputs.out, config.healpix_order).tolist()
     plan = plan_run(config, inputs.catalog, finished)
     return plan, build_dataset(config, inputs, plan, decide_precision(config, inputs, plan).used)

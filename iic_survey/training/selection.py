@@ -50,13 +50,13 @@ import numpy as np
 import pandas as pd
 from astropy import units as u
 from astropy.coordinates import SkyCoord
-from fsspec.implementations.local import LocalFileSystem
 from scipy import stats
 
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import clean
 from iic_survey.core.metrics import reliability_bins
+from iic_survey.core.paths import as_path
 
 logger = logging.getLogger(__name__)
 
@@ -317,9 +317,9 @@ def write_tables(
     out_dir: str | Path, tables: dict[str, pd.DataFrame], meta: dict[str, Any]
 ) -> None:
     """Write the tables (Parquet) and ``tables.json`` (what they are, ``meta``) into ``out_dir``."""
-    out, fs = Path(out_dir), LocalFileSystem()
+    out = Path(out_dir)
     for name, df in tables.items():
-        write_atomic(fs, str(out / FILES[name]), _parquet(df))
+        write_atomic(as_path(out / FILES[name]), _parquet(df))
     summary = {
         **meta,
         "files": FILES,
@@ -339,7 +339,7 @@ def write_tables(
         "reweight with the n_from_<class> columns",
         "recommended": tables["thresholds"].replace({np.nan: None}).to_dict("records"),
     }
-    write_atomic(fs, str(out / SUMMARY), json.dumps(summary, indent=1, default=float).encode())
+    write_atomic(as_path(out / SUMMARY), json.dumps(summary, indent=1, default=float).encode())
     logger.info("selection tables written to %s", out)
 
 

@@ -46,16 +46,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from upath import UPath
 
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
+from iic_survey.core.paths import as_path
 from iic_survey.output import reader as export
 from iic_survey.output import schema
 from iic_survey.output import writer as output_writer
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
 from tests.fixtures.jobs import classify_driver, load_job
-from tests.fixtures.s3 import s3_filesystem
+from tests.fixtures.s3 import s3_filesystem, s3_storage_options
 from tests.integration.test_pipeline import make_model_dir
 
 pytestmark = pytest.mark.slow
@@ -110,9 +112,11 @@ def run_main(job: ModuleType, args: list[str]) -> tuple[int, str]:
     return code, buf.getvalue()
 
 
-def catalog_of(path: str | Path, fs: Any = None) -> pd.DataFrame:
+def catalog_of(path: str | Path | UPath) -> pd.DataFrame:
     """What a reader gets: every committed row, sorted by cntr."""
-    return export.read(str(path), filesystem=fs).sort_values("cntr", ignore_index=True)
+    return export.read(path if isinstance(path, UPath) else str(path)).sort_values(
+        "cntr", ignore_index=True
+    )
 
 
 def assert_same_rows(got: pd.DataFrame, want: pd.DataFrame) -> None:
@@ -284,7 +288,7 @@ def test_driver_killed_after_k_pixels_then_rerun_equals_clean_run(
     before = markers(out)
     k = len(before)
     assert 1 <= k < n, f"killed after {k} of {n} pixels: {log.read_text()[-2000:]}"
-    files = {p: schema.pixel_file(str(out), 5, p) for p in before}
+    files = {p: schema.pixel_file(as_path(out), 5, p) for p in before}
     stamp = {p: _fingerprint(f) for p, f in files.items()}
     # a reader of the interrupted catalog sees exactly the k committed pixels, complete
     partial = catalog_of(out)
@@ -471,9 +475,9 @@ class Reader(threading.Thread):
     marker's sha256 and rows). An error other than a file not yet there is kept in ``errors``
     (a reader thread that died silently would see nothing and report no violation)."""
 
-    def __init__(self, url: str, fs: Any, planned: dict[int, int]) -> None:
+    def __init__(self, root: UPath, planned: dict[int, int]) -> None:
         super().__init__(daemon=True)
-        self.url, self.fs, self.planned = url, fs, planned
+        self.root, self.planned = root, planned
         self.stop = threading.Event()
         self.looks = 0
         self.pixels_seen: set[int] = set()
@@ -491,8 +495,8 @@ class Reader(threading.Thread):
             time.sleep(0.1)
 
     def look(self) -> None:
-        fs, root = schema.resolve(self.url, self.fs)
-        for markers in output_writer.commit_markers(self.url, self.fs).values():
+        root = self.root
+        for markers in output_writer.commit_markers(root).values():
             for pixel, marker in markers.items():
                 if marker["rows"] != self.planned[pixel]:
                     self.violations.append(
@@ -500,8 +504,8 @@ class Reader(threading.Thread):
                     )
                 for part in marker["partitions"]:
                     order, p = int(part["order"]), int(part["pixel"])
-                    data = fs.cat_file(schema.pixel_file(root, order, p))
-                    rows = export.read(self.url, pixels=(order, [p]), filesystem=self.fs)
+                    data = root.fs.cat_file(schema.pixel_file(root, order, p).path)
+                    rows = export.read(root, pixels=(order, [p]))
                     if hashlib.sha256(data).hexdigest() != part["sha256"]:
                         self.violations.append(f"partition {order}/{p}: file differs from marker")
                     if len(rows) != int(part["rows"]):
@@ -520,7 +524,8 @@ def s3_first_run(ray_cluster, faulty_s3, tiny_sky, model_dir, clean) -> Iterator
     endpoint, faults = faulty_s3
     saved = {k: os.environ.pop(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE") if k in os.environ}
     url = f"s3://{OUT_BUCKET}/catalog"
-    reader_fs = s3_filesystem(endpoint)
+    # the reader's own client (no instance or listing cache), as another process would have
+    reader_root = UPath(url, **s3_storage_options(endpoint))
     k5 = clean["_healpix_29"].to_numpy() >> 48
     planned = {int(p): int((k5 == p).sum()) for p in tiny_sky.pixels}
     config = PipelineConfig(
@@ -532,7 +537,7 @@ def s3_first_run(ray_cluster, faulty_s3, tiny_sky, model_dir, clean) -> Iterator
         inference_actors=1,
         endpoint_url=endpoint,
     )
-    reader = Reader(url, reader_fs, planned)
+    reader = Reader(reader_root, planned)
     reader.start()
     faults.configure(every=4, deny_after_markers=2)
     error: BaseException | None = None
@@ -540,11 +545,11 @@ def s3_first_run(ray_cluster, faulty_s3, tiny_sky, model_dir, clean) -> Iterator
         run_pipeline(config)
     except Exception as exc:
         error = exc
-    committed = {p for _, p in export.partitions(url, reader_fs)}
+    committed = {p for _, p in export.partitions(reader_root)}
     first = dict(faults.injected)
     try:
         yield {
-            "url": url, "fs": reader_fs, "config": config, "faults": faults, "reader": reader,
+            "url": url, "root": reader_root, "config": config, "faults": faults, "reader": reader,
             "planned": planned, "error": error, "committed": committed, "injected": first,
         }  # fmt: skip
     finally:
@@ -562,7 +567,7 @@ def test_s3_writes_stopping_mid_run_never_show_a_partial_pixel(s3_first_run, cle
     assert 2 <= k < n, f"{k} of {n} pixels committed before writes stopped"
     assert run["injected"].get("SlowDown", 0) > 0 and run["injected"].get("AccessDenied", 0) > 0
     # what a reader gets now: exactly the committed pixels, each complete and equal to the clean run
-    got = catalog_of(run["url"], run["fs"])
+    got = catalog_of(run["root"])
     k5 = clean["_healpix_29"].to_numpy() >> 48
     want = clean[np.isin(k5, list(run["committed"]))].reset_index(drop=True)
     reader = run["reader"]
@@ -595,7 +600,7 @@ def test_s3_rerun_after_failed_writes_redoes_only_the_missing_pixels(
     assert not reader.errors, reader.errors[:3]
     assert not reader.violations, reader.violations[:5]
     assert reader.pixels_seen == set(run["planned"])
-    got = catalog_of(run["url"], run["fs"])
+    got = catalog_of(run["root"])
     figures = tally(got, input_cntr)
     retried = faults.injected["SlowDown"] - before.get("SlowDown", 0)
     ledger.append(

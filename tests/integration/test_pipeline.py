@@ -18,6 +18,7 @@ from iic_survey.core import metrics, sky
 from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
+from iic_survey.core.paths import as_path
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
 from iic_survey.inputs.catalog import open_catalog
 from iic_survey.model import ood as model_ood
@@ -308,7 +309,7 @@ def test_stages_without_ray_commit_a_pixel(tiny_sky, model_dir, tmp_path):
     assert rec["rows"].sum() == n and rec["part"].is_unique
     assert rec[[f"n_{c}" for c in CLASSES] + ["n_unclassified"]].to_numpy().sum() == n
     assert commit.commit_pixel(out, 5, pixel, n) == n
-    table = pd.read_parquet(schema.pixel_file(out, 5, pixel))
+    table = pd.read_parquet(schema.pixel_file(as_path(out), 5, pixel))
     assert len(table) == n and table["cntr"].is_unique
     assert table["_healpix_29"].is_monotonic_increasing
     assert table["model_version"].iloc[0] == classify.version
@@ -331,7 +332,7 @@ def test_the_cpu_actor_stages_the_rows_of_the_separate_stages(tiny_sky, model_di
         b = writer(pd.DataFrame(classify(cutter(chunk))))
         pd.testing.assert_frame_equal(a, b)
     for part in a["part"]:
-        tables = [pd.read_parquet(f"{schema.staging_dir(o, 5, pixel)}/part-{part}.parquet")
+        tables = [pd.read_parquet(schema.staging_dir(as_path(o), 5, pixel) / f"part-{part}.parquet")
                   for o in outs]  # fmt: skip
         pd.testing.assert_frame_equal(*tables)
 

@@ -17,6 +17,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 
 from iic_survey.core import sky as hpx
+from iic_survey.core.paths import as_path
 from iic_survey.inputs import footer_bytes, partitions
 from iic_survey.inputs.catalog import open_catalog
 from iic_survey.inputs.storage import CatalogError
@@ -212,18 +213,15 @@ def test_a_file_metadata_does_not_list_is_planned_from_its_footer(small_scale, t
 @pytest.mark.parametrize("bucket_rows", [duplicates.BUCKET_ROWS, 7])
 def test_a_cntr_in_two_files_is_found_with_both_named(tmp_path, monkeypatch, bucket_rows):
     monkeypatch.setattr(duplicates, "BUCKET_ROWS", bucket_rows)
-    import fsspec
-
-    fs = fsspec.filesystem("file")
     paths = []
     for i, values in enumerate([[1, 2, 3], [10, 11], [20, 2, 21], [30]]):
-        p = str(tmp_path / f"Npix={i}.parquet")
-        pq.write_table(pa.table({"cntr": pa.array(values, pa.int64())}), p)
+        p = as_path(tmp_path / f"Npix={i}.parquet")
+        pq.write_table(pa.table({"cntr": pa.array(values, pa.int64())}), p.path)
         paths.append(p)
-    assert duplicates.check_unique_cntr(fs, [paths[0], paths[1], paths[3]], 6) == 6
+    assert duplicates.check_unique_cntr([paths[0], paths[1], paths[3]], 6) == 6
     with pytest.raises(duplicates.DuplicateCntrError, match="cntr 2 in") as err:
-        duplicates.check_unique_cntr(fs, paths, 9)
-    assert err.value.found == {2: [paths[0], paths[2]]} and err.value.n_repeated == 1
+        duplicates.check_unique_cntr(paths, 9)
+    assert err.value.found == {2: [paths[0].path, paths[2].path]} and err.value.n_repeated == 1
 
 
 def test_progress_line_says_done_total_rate_and_time_left() -> None:
@@ -294,4 +292,4 @@ def test_a_source_in_two_partitions_is_refused_at_finalize(
         run_pipeline(_config(manifest, tiny_model_dir, out))
     named = " ".join(err.value.found[dup])
     assert f"Npix={a}." in named and f"Npix={b}." in named
-    assert not Path(catalog_dir(out), "hats.properties").exists()
+    assert not (catalog_dir(as_path(out)) / "hats.properties").exists()

@@ -10,6 +10,7 @@ import lsdb
 import numpy as np
 import pandas as pd
 import pytest
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES
@@ -34,7 +35,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory, results) -> str:
 def _opened_pixel_files(catalog: str, **query) -> tuple[pd.DataFrame, list[str]]:
     fs = fsspec.filesystem("file")
     with mock.patch.object(fs, "open", wraps=fs.open) as spy:
-        df = export.read(catalog, filesystem=fs, **query)
+        # a file:// UPath reads through ``fs``, which the spy watches
+        df = export.read(UPath(f"file://{catalog}"), **query)
     opened = [str(c.args[0]) for c in spy.call_args_list if "Npix=" in str(c.args[0])]
     return df, opened
 

@@ -9,8 +9,10 @@ import fsspec
 import pandas as pd
 import pytest
 from hats.catalog import CollectionProperties
+from upath import UPath
 
 from iic_survey.__main__ import main
+from iic_survey.core.paths import as_path
 from iic_survey.output import finalize as output_finalize
 from iic_survey.output import index
 from iic_survey.output.reader import read
@@ -55,7 +57,8 @@ def _read_counting(catalog: str, ids: list) -> tuple[pd.DataFrame, list[str]]:
     """read(ids=...) and the data files it opened (metadata files such as _metadata aside)."""
     fs = fsspec.filesystem("file")
     with mock.patch.object(fs, "open", wraps=fs.open) as spy:
-        df = read(catalog, filesystem=fs, ids=ids)
+        # a file:// UPath reads through ``fs``, which the spy watches
+        df = read(UPath(f"file://{catalog}"), ids=ids)
     opened = [str(c.args[0]) for c in spy.call_args_list]
     return df, [p for p in opened if p.endswith(".parquet")]
 
@@ -103,7 +106,7 @@ def test_build_refuses_a_partial_or_unfinished_catalog(tmp_path: Path, results) 
     write_catalog(out, results.iloc[:500], finalize=False)
     with pytest.raises(OutputError, match="not a finished catalog"):
         index.build_indexes(out)
-    output_finalize.finalize(out, None, {"iic_partial": "true"})
+    output_finalize.finalize(out, {"iic_partial": "true"})
     with pytest.raises(OutputError, match="partial catalog"):
         index.build_indexes(out)
     assert not (Path(out) / index.index_name("cntr")).exists()
@@ -116,14 +119,14 @@ def test_build_resumes_after_a_crash(tmp_path: Path, results: pd.DataFrame) -> N
     index.build_indexes(clean)
     real = index._gather
 
-    def dies_on_designation(fs, root, column, parts):
+    def dies_on_designation(root, column, parts):
         if column == "designation":
             # a half-written file of the interrupted build
-            folder = f"{root}/{index.index_name(column)}/dataset/index"
-            fs.makedirs(folder, exist_ok=True)
-            fs.pipe_file(f"{folder}/part.0.parquet", b"x")
+            folder = root / f"{index.index_name(column)}/dataset/index"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "part.0.parquet").write_bytes(b"x")
             raise RuntimeError("simulated crash during the index")
-        return real(fs, root, column, parts)
+        return real(root, column, parts)
 
     with (
         mock.patch.object(index, "_gather", dies_on_designation),
@@ -134,7 +137,7 @@ def test_build_resumes_after_a_crash(tmp_path: Path, results: pd.DataFrame) -> N
     assert "all_indexes" not in (Path(crashed) / "collection.properties").read_text()
     with mock.patch.object(index, "_gather", wraps=real) as gather:
         index.build_indexes(crashed)
-    assert [c.args[2] for c in gather.call_args_list] == ["designation"]  # cntr was kept
+    assert [c.args[1] for c in gather.call_args_list] == ["designation"]  # cntr was kept
     assert _files(crashed) == _files(clean)
     assert (Path(crashed) / "collection.properties").read_text() == (
         Path(clean) / "collection.properties"
@@ -150,14 +153,14 @@ def test_many_index_files_and_row_groups(tmp_path: Path, results: pd.DataFrame, 
     index.build_indexes(out)
     files = sorted((Path(out) / index.index_name("cntr") / "dataset" / "index").iterdir())
     assert len(files) == 4
-    fs = fsspec.filesystem("file")
+    root = as_path(out)
     some = results.iloc[:2000].sample(12, random_state=2)
     for column in index.INDEXED:
         values = [int(v) if column == "cntr" else v for v in some[column]]
         with mock.patch.object(pq_file := index.pq, "ParquetFile", wraps=pq_file.ParquetFile) as pf:
-            found = index.locate(fs, out, column, values[:1])
+            found = index.locate(root, column, values[:1])
         assert pf.call_count == 1  # one index file opened for one id
-        found = index.locate(fs, out, column, values)
+        found = index.locate(root, column, values)
         want = read(out, ["cntr", "designation", "_healpix_29"], ids=values)
         assert sorted(found) == sorted(values)
         for v, (order, pixel) in found.items():

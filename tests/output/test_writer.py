@@ -16,10 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hats.io.validation import is_valid_catalog
+from upath import UPath
 
 from iic_survey.core import sky
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
+from iic_survey.core.paths import as_path
 from iic_survey.output import commit, schema
 from iic_survey.output import finalize as output_finalize
 from iic_survey.output import writer as output
@@ -97,33 +99,31 @@ def fake_results(
 
 
 def write_catalog(
-    out: str,
+    out: str | UPath,
     df: pd.DataFrame,
     order: int = ORDER,
-    fs: fsspec.AbstractFileSystem | None = None,
     chunk_rows: int = 400,
     finalize: bool = True,
     run_args: dict[str, Any] | None = None,
 ) -> dict[int, int]:
     """Write ``df`` as the pipeline would: plan, stage chunks in any order, commit, finalize.
 
-    ``run_args`` are recorded in ``_run.json`` besides the order and a model name."""
+    ``out`` may be a UPath with storage options (an S3 endpoint). ``run_args`` are recorded in
+    ``_run.json`` besides the order and a model name."""
     pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), order)
     counts = {int(p): int(n) for p, n in zip(*np.unique(pixels, return_counts=True), strict=True)}
     args = {"healpix_order": order, "model": "test", **(run_args or {})}
-    output.prepare_output(out, args, fs=fs)
-    output.write_plan(out, order, counts, fs=fs)
+    output.prepare_output(out, args)
+    output.write_plan(out, order, counts)
     for pixel in counts:
         rows = df[pixels == pixel].sample(frac=1.0, random_state=pixel)  # any order
         for i, start in enumerate(range(0, len(rows), chunk_rows)):
             output.write_part(
-                out, order, pixel, f"{pixel}-{i:04d}", rows[start : start + chunk_rows], fs
+                out, order, pixel, f"{pixel}-{i:04d}", rows[start : start + chunk_rows]
             )
-        assert commit.commit_if_complete(out, order, pixel, counts[pixel], fs)
+        assert commit.commit_if_complete(out, order, pixel, counts[pixel])
     if finalize:
-        output_finalize.finalize(
-            out, fs, {"iic_model_sha256": "0" * 64, "iic_input_catalog": "fake"}
-        )
+        output_finalize.finalize(out, {"iic_model_sha256": "0" * 64, "iic_input_catalog": "fake"})
     return counts
 
 
@@ -214,13 +214,13 @@ def test_memory_filesystem_round_trip(results) -> None:
     out = "memory://iic-test/catalog"
     df = results[0].iloc[:800]
     try:
-        counts = write_catalog(out, df, fs=fs)
+        counts = write_catalog(out, df)
         assert fs.exists(f"/iic-test/catalog/{schema.MAIN}/hats.properties")
         assert fs.exists("/iic-test/catalog/collection.properties")
-        assert output.finished_pixels(out, ORDER, fs).tolist() == sorted(counts)
-        back = read(out, filesystem=fs)
+        assert output.finished_pixels(out, ORDER).tolist() == sorted(counts)
+        back = read(out)
         assert sorted(back["cntr"]) == sorted(df["cntr"])
-        assert validate_catalog(out, fs) == []
+        assert validate_catalog(out) == []
     finally:
         fs.rm("/iic-test", recursive=True)
 
@@ -379,32 +379,26 @@ def test_validate_catalog_finds_damage(tmp_path: Path, results) -> None:
 
 
 def test_s3_round_trip_and_pruning(s3_server: str, s3_requests, results) -> None:
-    from tests.fixtures.s3 import s3_filesystem
+    from tests.fixtures.s3 import s3_storage_options
 
-    fs = s3_filesystem(s3_server)
+    out = UPath("s3://iic-test-out/catalog", **s3_storage_options(s3_server))
+    fs = out.fs
     if not fs.exists("iic-test-out"):
         fs.mkdir("iic-test-out")
-    out = "s3://iic-test-out/catalog"
     df = results[0].iloc[:1200]
-    counts = write_catalog(out, df, fs=fs, chunk_rows=300)
+    counts = write_catalog(out, df, chunk_rows=300)
     assert not fs.exists("iic-test-out/catalog/_staging")
     assert fs.exists(f"iic-test-out/catalog/_done/Norder={ORDER}/Npix={min(counts)}.json")
-    assert validate_catalog(out, fs) == []
+    assert validate_catalog(out) == []
     # a pixel query reads one pixel file: GETs of Npix files only for that pixel
     s3_requests.clear()
     pixel = max(counts, key=counts.get)
-    got = read(out, columns=["cntr"], pixels=(ORDER, [pixel]), filesystem=fs)
+    got = read(out, columns=["cntr"], pixels=(ORDER, [pixel]))
     assert len(got) == counts[pixel]
     gets = {p for p in s3_requests.paths("GET") if "Npix=" in p and "/dataset/" in p}
     assert gets == {f"/iic-test-out/catalog/{schema.MAIN}/dataset/{sky.hats_path(ORDER, pixel)}"}
-    # and it is a HATS catalog there too
-    from upath import UPath
-
-    from tests.fixtures.s3 import s3_storage_options
-
-    opts = {k: v for k, v in s3_storage_options(s3_server).items() if k != "endpoint_url"}
-    path = UPath(out, client_kwargs={"endpoint_url": s3_server}, **opts)
-    assert hats.read_hats(path / schema.MAIN).catalog_info.total_rows == len(df)
+    # and it is a HATS catalog there too, read by hats through the same UPath
+    assert hats.read_hats(out / schema.MAIN).catalog_info.total_rows == len(df)
 
 
 def test_s3_commit_lists_the_staging_folder_afresh(s3_server: str, results) -> None:
@@ -414,24 +408,27 @@ def test_s3_commit_lists_the_staging_folder_afresh(s3_server: str, results) -> N
     staged parts; another (``rerun``) clears them and stages the rerun's part; the first then
     commits. With a stale listing it opens a part S3 no longer has.
     """
-    from tests.fixtures.s3 import s3_filesystem
+    from tests.fixtures.s3 import s3_storage_options
 
-    rerun = s3_filesystem(s3_server)
-    worker = s3_filesystem(s3_server, use_listings_cache=True)
-    if not rerun.exists("iic-test-stale"):
-        rerun.mkdir("iic-test-stale")
-    out = "s3://iic-test-stale/catalog"
-    output.prepare_output(out, {"a": 1}, fs=rerun)
+    url, opts = "s3://iic-test-stale/catalog", s3_storage_options(s3_server)
+    # two processes' clients: each root makes its own s3fs instance (skip_instance_cache) and
+    # shares it with every path joined from it; ``worker``'s keeps its listings
+    rerun = as_path(url, **opts)
+    worker = as_path(url, **{**opts, "use_listings_cache": True})
+    if not rerun.fs.exists("iic-test-stale"):
+        rerun.fs.mkdir("iic-test-stale")
+    output.prepare_output(rerun, {"a": 1})
     pixel, rows = _pixel_rows(results[0])
-    output.write_part(out, ORDER, pixel, "old0", rows.iloc[:3], fs=rerun)
-    output.write_part(out, ORDER, pixel, "old1", rows.iloc[3:5], fs=rerun)
-    root = "iic-test-stale/catalog"
-    assert len(output.part_files(worker, root, ORDER, pixel)) == 2  # cached in ``worker``
-    assert not commit.is_finished(out, ORDER, pixel, fs=worker)
-    rerun.rm(schema.staging_dir(root, ORDER, pixel), recursive=True)  # the rerun clears ...
-    output.write_part(out, ORDER, pixel, "new0", rows, fs=rerun)  # ... and stages anew
-    assert commit.commit_if_complete(out, ORDER, pixel, len(rows), fs=worker)
-    assert commit.is_finished(out, ORDER, pixel, fs=worker)
-    with rerun.open(schema.pixel_file(root, ORDER, pixel), "rb") as f:
+    output.write_part(rerun, ORDER, pixel, "old0", rows.iloc[:3])
+    output.write_part(rerun, ORDER, pixel, "old1", rows.iloc[3:5])
+    assert len(output.part_files(worker, ORDER, pixel)) == 2  # cached in ``worker``'s s3fs
+    assert worker.fs is not rerun.fs
+    assert not commit.is_finished(worker, ORDER, pixel)
+    staged = schema.staging_dir(rerun, ORDER, pixel)
+    rerun.fs.rm(staged.path, recursive=True)  # the rerun clears ...
+    output.write_part(rerun, ORDER, pixel, "new0", rows)  # ... and stages anew
+    assert commit.commit_if_complete(worker, ORDER, pixel, len(rows))
+    assert commit.is_finished(worker, ORDER, pixel)
+    with schema.pixel_file(rerun, ORDER, pixel).open("rb") as f:
         got = pq.read_table(f).column("cntr").to_pylist()
     assert sorted(got) == sorted(rows["cntr"])
