@@ -31,7 +31,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the training loop computes gradients but never steps the optimizer",
         "iic_survey/training/loop.py",
         (("        w.scaler.step(w.opt)\n", "        pass  # mutation: no optimizer step\n"),),
-        ("tests/training/test_fit.py::test_ray_train_learns_the_tiny_set",),
+        ("tests/training/test_trainer.py::test_ray_train_learns_the_tiny_set",),
     ),
     Mutation(
         "depth-calibration-ignored",
@@ -55,7 +55,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a pixel is committed whatever number of rows was staged",
         "iic_survey/output/commit.py",
         (("    if table.num_rows != int(expected_rows):\n", "    if False:  # mutation\n"),),
-        ("tests/output/test_writer.py",),
+        ("tests/output/test_staging.py",),
     ),
     Mutation(
         "marker-before-data",
@@ -70,7 +70,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         (
             "tests/output/test_commit.py",
-            "tests/output/test_writer.py",
+            "tests/output/test_staging.py",
             "tests/integration/test_faults.py",
         ),
     ),
@@ -119,14 +119,14 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "stale-staging-listing",
         "a commit lists the staging folder from the process's cached (stale) S3 listing",
-        "iic_survey/output/writer.py",
+        "iic_survey/output/staging.py",
         (
             (
                 "    folder = fresh(staging_dir(root, order, pixel))\n",
                 "    folder = staging_dir(root, order, pixel)  # mutation: cached listing\n",
             ),
         ),
-        ("tests/output/test_writer.py::test_s3_commit_lists_the_staging_folder_afresh",),
+        ("tests/output/test_staging.py::test_s3_commit_lists_the_staging_folder_afresh",),
     ),
 )
 

@@ -35,7 +35,7 @@ def as_path(path: PathLike, **storage_options: Any) -> UPath:
     as it is.
 
     Returning the same object keeps its file system instance (and that instance's listing
-    cache, which :func:`iic_survey.output.writer.fresh` invalidates) for every path joined
+    cache, which :func:`iic_survey.output.staging.fresh` invalidates) for every path joined
     from it. A relative local path is made absolute, so a Ray worker with another working
     folder names the same place.
     """

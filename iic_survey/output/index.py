@@ -41,7 +41,7 @@ from iic_survey.core.paths import PathLike, as_path
 from iic_survey.output import hatsfiles
 from iic_survey.output.finalize import write_collection
 from iic_survey.output.schema import MAIN, catalog_dir, pixel_file
-from iic_survey.output.writer import OutputError
+from iic_survey.output.staging import OutputError
 
 logger = logging.getLogger(__name__)
 

@@ -52,8 +52,7 @@ from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
 from iic_survey.core.paths import as_path
 from iic_survey.output import reader as export
-from iic_survey.output import schema
-from iic_survey.output import writer as output_writer
+from iic_survey.output import schema, staging
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
 from tests.fixtures.jobs import classify_driver, load_job
@@ -496,7 +495,7 @@ class Reader(threading.Thread):
 
     def look(self) -> None:
         root = self.root
-        for markers in output_writer.commit_markers(root).values():
+        for markers in staging.commit_markers(root).values():
             for pixel, marker in markers.items():
                 if marker["rows"] != self.planned[pixel]:
                     self.violations.append(

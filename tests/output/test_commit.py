@@ -15,10 +15,9 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from upath import UPath
 
-from iic_survey.core import sky
-from iic_survey.output import commit, schema
-from iic_survey.output import writer as output
-from tests.output.test_writer import fake_results
+from iic_survey.core import healpix
+from iic_survey.output import commit, schema, staging
+from tests.output.test_staging import fake_results
 
 ORDER = 3
 
@@ -72,7 +71,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:UPath 'recording' filesystem")
 def staged() -> tuple[RecordingFS, UPath, int, int]:
     """A planned pixel with all its rows staged on a fresh RecordingFS: (fs, root, pixel, n)."""
     df, _ = fake_results(600, seed=11)
-    pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
+    pixels = healpix.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
     values, counts = np.unique(pixels, return_counts=True)
     pixel, n = int(values[counts.argmax()]), int(counts.max())
     # a fresh RecordingFS (no instance cache), shared by every path joined from ``root``
@@ -80,11 +79,11 @@ def staged() -> tuple[RecordingFS, UPath, int, int]:
                  skip_instance_cache=True)  # fmt: skip
     fs = root.fs
     assert isinstance(fs, RecordingFS)
-    output.prepare_output(root, {"healpix_order": ORDER, "model": "test"})
-    output.write_plan(root, ORDER, {pixel: n})
+    staging.prepare_output(root, {"healpix_order": ORDER, "model": "test"})
+    staging.write_plan(root, ORDER, {pixel: n})
     rows = df[pixels == pixel]
-    output.write_part(root, ORDER, pixel, "c0", rows.iloc[: n // 2])
-    output.write_part(root, ORDER, pixel, "c1", rows.iloc[n // 2 :])
+    staging.write_part(root, ORDER, pixel, "c0", rows.iloc[: n // 2])
+    staging.write_part(root, ORDER, pixel, "c1", rows.iloc[n // 2 :])
     yield fs, root, pixel, n
     fs.rm(root.parent.path, recursive=True)
 
@@ -108,7 +107,7 @@ def test_a_commit_that_fails_writing_data_leaves_no_marker_and_reruns(staged) ->
     with pytest.raises(OSError, match="injected"):
         commit.commit_pixel(root, ORDER, pixel, n)
     assert not commit.is_finished(root, ORDER, pixel), "a marker without its data"
-    assert output.staged_rows(root, ORDER, pixel) == n  # the staged rows are kept
+    assert staging.staged_rows(root, ORDER, pixel) == n  # the staged rows are kept
     fs.crash_on = None
     assert commit.commit_pixel(root, ORDER, pixel, n) == n  # the rerun commits it
     assert commit.is_finished(root, ORDER, pixel)

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import __version__
 from iic_survey.core.paths import PathLike, as_path
@@ -178,8 +178,8 @@ def write_plan(out: PathLike, order: int, counts: Mapping[int, int]) -> None:
         If a different plan was recorded before (the input changed under a resumed run).
     """
     planned = {int(p): int(n) for p, n in sorted(counts.items()) if int(n) > 0}
-    sky.check_pixels(np.array(list(planned), dtype=np.int64), order)
-    plan = {"order": sky.check_order(order), "counts": {str(p): n for p, n in planned.items()}}
+    healpix.check_pixels(np.array(list(planned), dtype=np.int64), order)
+    plan = {"order": healpix.check_order(order), "counts": {str(p): n for p, n in planned.items()}}
     path = as_path(out) / "_plan.json"
     if path.exists() and read_json(path) != plan:
         raise OutputError(
@@ -268,7 +268,7 @@ def commit_markers(out: PathLike) -> dict[int, dict[int, dict[str, Any]]]:
 
 def finished_pixels(out: PathLike, order: int) -> np.ndarray:
     """Sorted pixels at ``order`` whose commit marker exists (the resume set)."""
-    return np.array(sorted(commit_markers(out).get(sky.check_order(order), {})), dtype=np.int64)
+    return np.array(sorted(commit_markers(out).get(healpix.check_order(order), {})), dtype=np.int64)
 
 
 def file_metadata(root: UPath) -> dict[str, str]:
