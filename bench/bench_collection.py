@@ -38,11 +38,10 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.results_md import write_section
-from iic_survey.core import sky
-from iic_survey.output import commit, margin, partitions, schema
+from iic_survey.core import healpix
+from iic_survey.output import commit, margin, partitions, schema, staging
 from iic_survey.output import finalize as output_finalize
-from iic_survey.output import writer as output
-from tests.output.test_writer import fake_results
+from tests.output.test_staging import fake_results
 
 SECTION = "## Margin and partitions (bench/bench_collection.py)"
 ORDER = 5
@@ -51,14 +50,14 @@ ORDER = 5
 def _main_catalog(out: str, rows) -> float:
     """Stage, commit and finalize ``rows`` as the pipeline would; seconds taken."""
     t0 = time.perf_counter()
-    pix = sky.pixel_of(rows["ra"].to_numpy(), rows["dec"].to_numpy(), ORDER)
+    pix = healpix.pixel_of(rows["ra"].to_numpy(), rows["dec"].to_numpy(), ORDER)
     counts = {int(p): int(n) for p, n in zip(*np.unique(pix, return_counts=True), strict=True)}
-    output.prepare_output(out, {"healpix_order": ORDER, "model": "bench"})
-    output.write_plan(out, ORDER, counts)
+    staging.prepare_output(out, {"healpix_order": ORDER, "model": "bench"})
+    staging.write_plan(out, ORDER, counts)
     for p, n in counts.items():
         part = rows[pix == p]
         for i, lo in enumerate(range(0, n, 2048)):
-            output.write_part(out, ORDER, p, f"{p}-{i:05d}", part.iloc[lo : lo + 2048])
+            staging.write_part(out, ORDER, p, f"{p}-{i:05d}", part.iloc[lo : lo + 2048])
         commit.commit_pixel(out, ORDER, p, n)
     output_finalize.finalize(out)
     return time.perf_counter() - t0

@@ -64,12 +64,12 @@ def _load() -> str:
 
 
 def _sky(path: str, n_sources: int) -> Any:
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
 
     if (pathlib.Path(path) / "sky.json").is_file():
-        return synthetic.SkyManifest.load(path)
+        return skyfiles.SkyManifest.load(path)
     logger.info("writing a synthetic sky (%d sources) to %s", n_sources, path)
-    return synthetic.write_sky(path, synthetic.SkyConfig(n_sources=n_sources))
+    return skyfiles.write_sky(path, skyfiles.SkyConfig(n_sources=n_sources))
 
 
 def _fullest_pixel(catalog_url: str) -> tuple[int, pd.DataFrame]:

@@ -62,15 +62,15 @@ def _load() -> str:
 
 
 def _sky(path: str, n_sources: int) -> Any:
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
 
     if (pathlib.Path(path) / "sky.json").is_file():
-        return synthetic.SkyManifest.load(path)
+        return skyfiles.SkyManifest.load(path)
     logger.info("writing a synthetic sky (%d sources) to %s", n_sources, path)
     # the demo's four fields, widened past 40,000 sources to keep a WISE-like density
     size = max(0.4, (n_sources / 4 / 25_000) ** 0.5)
-    return synthetic.write_sky(
-        path, synthetic.SkyConfig(n_sources=n_sources, field_size_deg=round(size, 2))
+    return skyfiles.write_sky(
+        path, skyfiles.SkyConfig(n_sources=n_sources, field_size_deg=round(size, 2))
     )
 
 

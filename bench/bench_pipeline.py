@@ -71,12 +71,12 @@ def _load() -> str:
 
 
 def _sky(path: str, n_sources: int) -> Any:
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
 
     if (pathlib.Path(path) / "sky.json").is_file():
-        return synthetic.SkyManifest.load(path)
+        return skyfiles.SkyManifest.load(path)
     logger.info("writing a synthetic sky (%d sources) to %s", n_sources, path)
-    return synthetic.write_sky(path, synthetic.SkyConfig(n_sources=n_sources))
+    return skyfiles.write_sky(path, skyfiles.SkyConfig(n_sources=n_sources))
 
 
 def _model_dir(path: pathlib.Path, manifest: Any) -> str:
@@ -170,8 +170,7 @@ def stage_costs(
     from iic_survey.core.calibration import DepthCalibration
     from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
     from iic_survey.inputs.catalog import open_catalog
-    from iic_survey.output import commit
-    from iic_survey.output import writer as output
+    from iic_survey.output import commit, staging
     from iic_survey.stamps.cutouts import CutoutConfig
     from iic_survey.stamps.split import StampCutter
     from iic_survey.survey.classify import Classify, Scoring, result_rows
@@ -220,7 +219,7 @@ def stage_costs(
     ]
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/o"
-        output.prepare_output(out, {"bench": 1})
+        staging.prepare_output(out, {"bench": 1})
         writer = PartWriter(out, 5)
         t0 = time.perf_counter()
         rec = pd.concat([writer(r) for r in results])

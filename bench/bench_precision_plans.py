@@ -179,9 +179,9 @@ def gates(model_dir: str) -> dict[str, Any]:
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One process's measurements (its ISA is what its environment forces)."""
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
 
-    made = _images(synthetic.SkyManifest.load(args.sky), args.images)
+    made = _images(skyfiles.SkyManifest.load(args.sky), args.images)
     out: dict[str, Any] = {"load_before": _load(), "n_images": len(made["image"])}
     out.update(speed(made, args.rounds, args.batch))
     if (pathlib.Path(args.model) / "model.json").is_file():

@@ -137,8 +137,8 @@ def rehearsal(work: pathlib.Path, model: str, num_cpus: int) -> dict[str, Any]:
     from iic_survey.inputs.catalog import open_catalog
     from iic_survey.output import duplicates, reader
     from iic_survey.output.schema import catalog_dir, pixel_file
-    from iic_survey.output.writer import commit_markers
-    from iic_survey.synthetic.sky import SkyManifest
+    from iic_survey.output.staging import commit_markers
+    from iic_survey.synthetic.skyfiles import SkyManifest
     from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
 
     sky = SkyManifest.load(work / "sky")
@@ -183,7 +183,7 @@ MEMORY_FIELDS = tuple((15.0 + 22.0 * i, 25.0 if i % 2 else -25.0) for i in range
 def memory_growth(work: pathlib.Path, model: str, num_cpus: int) -> list[dict[str, Any]]:
     """One run each over 1, 4 and 16 demo-density fields (2,500 sources each), each on a fresh
     Ray head: peak summed RSS and PSS of the driver and all Ray processes."""
-    from iic_survey.synthetic.sky import SkyConfig, SkyManifest, write_sky
+    from iic_survey.synthetic.skyfiles import SkyConfig, SkyManifest, write_sky
     from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
 
     out = []
@@ -236,7 +236,7 @@ def _model(work: pathlib.Path) -> str:
     import bench_pipeline
 
     from iic_survey.inputs.catalog import open_catalog
-    from iic_survey.synthetic.sky import SkyManifest
+    from iic_survey.synthetic.skyfiles import SkyManifest
 
     sky = SkyManifest.load(work / "sky")
     # The OOD statistics come from the first pixel's rows: take the pixel with the most rows

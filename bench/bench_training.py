@@ -12,7 +12,7 @@ sky". Results are also kept in ``<workdir>/quality.json``.
 
 Starts its own local Ray head (the test fixture's helper: free ports, own temp dir, torn down at
 the end), builds a training set from the tiny synthetic sky in a temporary folder (or uses
-``--data``), and runs :func:`iic_survey.training.fit.fit` once per configuration: ``--epochs``
+``--data``), and runs :func:`iic_survey.training.trainer.fit` once per configuration: ``--epochs``
 epochs on a fixed subset, the rate taken from the last epoch (the first one pays for worker
 start-up and caching). Each configuration trains the same model on the same rows; only the
 worker layout differs.
@@ -53,12 +53,12 @@ def _load() -> str:
 
 def training_set(args: argparse.Namespace, tmp: str) -> str:
     """``--data``, or a training set built from the tiny synthetic sky under ``tmp``."""
-    from iic_survey.synthetic import sky as synthetic
-    from iic_survey.training import build as labels
+    from iic_survey.synthetic import skyfiles
+    from iic_survey.training import labels
 
     if args.data:
         return str(args.data)
-    synthetic.write_sky(f"{tmp}/sky", synthetic.tiny_config())
+    skyfiles.write_sky(f"{tmp}/sky", skyfiles.tiny_config())
     labels.build_training_set(labels.TrainingSetConfig(sky=f"{tmp}/sky"), f"{tmp}/ts")
     return f"{tmp}/ts"
 
@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     sys.path.insert(0, str(REPO))
-    from iic_survey.training import checkpoints, config
-    from iic_survey.training import fit as training
+    from iic_survey.training import checkpoints, config, trainer
     from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
 
     rows: list[dict[str, Any]] = []
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         max_failures=0,
                     )
                     t0 = time.perf_counter()
-                    result = training.fit(cfg, run_settings)
+                    result = trainer.fit(cfg, run_settings)
                     wall = time.perf_counter() - t0
                     with result.checkpoint.as_directory() as d:
                         _, history = checkpoints.load_state(d)
@@ -129,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_after": _load(),
         "data": "--data " + str(args.data)
         if args.data
-        else "a training set built from the tiny synthetic sky (synthetic.tiny_config())",
+        else "a training set built from the tiny synthetic sky (skyfiles.tiny_config())",
     }
 
 
@@ -247,20 +246,18 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
 
     sys.path.insert(0, str(REPO))
     from iic_survey.core.constants import CLASSES
-    from iic_survey.synthetic import sky as synthetic
-    from iic_survey.training import build as labels
-    from iic_survey.training import config, trainingset
-    from iic_survey.training import fit as training
+    from iic_survey.synthetic import skyfiles
+    from iic_survey.training import config, labels, trainer, trainingset
     from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
 
     work = pathlib.Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    sky_cfg = synthetic.SkyConfig(
+    sky_cfg = skyfiles.SkyConfig(
         seed=args.sky_seed, n_sources=args.sky_sources, field_size_deg=args.field_size
     )
     t0 = time.perf_counter()
     if not (work / "sky" / "sky.json").exists():
-        synthetic.write_sky(work / "sky", sky_cfg)
+        skyfiles.write_sky(work / "sky", sky_cfg)
     if not (work / "ts" / trainingset.MANIFEST).exists():
         labels.build_training_set(labels.TrainingSetConfig(sky=str(work / "sky")), str(work / "ts"))
     prep_s = time.perf_counter() - t0
@@ -308,7 +305,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                 max_failures=1,
             )
             t1 = time.perf_counter()
-            summary = training.train(cfg, run_settings)
+            summary = trainer.train(cfg, run_settings)
             summary["wall_seconds"] = time.perf_counter() - t1
             summary["config"] = dataclasses.asdict(cfg)
             summary["trained_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -2,9 +2,9 @@
 
 Built once into ``<workdir>`` and reused on reruns:
 
-* ``<workdir>/sky``: :func:`iic_survey.synthetic.sky.write_sky` with ``bands=(1, 2, 3, 4)``
+* ``<workdir>/sky``: :func:`iic_survey.synthetic.skyfiles.write_sky` with ``bands=(1, 2, 3, 4)``
   (the renderer draws W4 Atlas tiles like the others: its own PSF, depth and noise);
-* ``<workdir>/ts``: :func:`iic_survey.training.build.build_training_set` from that sky, the
+* ``<workdir>/ts``: :func:`iic_survey.training.labels.build_training_set` from that sky, the
   pipeline's W1/W2/W3 stamps exactly as training and inference make them;
 * ``<workdir>/w4_<split>.npz``: a fourth channel for the 3-vs-4-band ablation, cut from the W4
   tiles at the same positions (``cut_sources`` with ``CutoutConfig(bands=(4,))``) and stretched
@@ -29,9 +29,9 @@ COLUMNS = ["cntr", "image", "label", "quality_flags", "w1mpro", "ra", "dec", "co
 
 def sky_config(args: Any) -> Any:
     """The sky of the run (seeded)."""
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
 
-    return synthetic.SkyConfig(
+    return skyfiles.SkyConfig(
         seed=args.sky_seed,
         n_sources=args.sky_sources,
         field_size_deg=args.field_size,
@@ -41,9 +41,8 @@ def sky_config(args: Any) -> Any:
 
 def prepare(args: Any) -> dict[str, Any]:
     """Sky, training set and W4 stamps under ``args.workdir`` (each step skipped when done)."""
-    from iic_survey.synthetic import sky as synthetic
-    from iic_survey.training import build as labels
-    from iic_survey.training import trainingset
+    from iic_survey.synthetic import skyfiles
+    from iic_survey.training import labels, trainingset
 
     work = pathlib.Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -51,7 +50,7 @@ def prepare(args: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     if not (work / "sky" / "sky.json").exists():
         print(f"writing the sky {cfg}", flush=True)
-        synthetic.write_sky(work / "sky", cfg)
+        skyfiles.write_sky(work / "sky", cfg)
     if not (work / "ts" / trainingset.MANIFEST).exists():
         print("building the training set", flush=True)
         labels.build_training_set(labels.TrainingSetConfig(sky=str(work / "sky")), str(work / "ts"))

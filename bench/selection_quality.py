@@ -9,7 +9,7 @@ measures, on the run's own splits:
   its size alone (:func:`iic_survey.core.calibration.ece_noise_floor`);
 * that ``T(W1)`` keeps every arg-max (same classes, same accuracy);
 * the recommended ``confidence`` thresholds as the model directory's
-  ``selection/thresholds.parquet`` has them (:mod:`iic_survey.training.selection`): chosen on
+  ``selection/thresholds.parquet`` has them (:mod:`iic_survey.training.selection_tables`): chosen on
   the test split's choose part, verified on its verify part (a keyed hash of ``cntr``), which
   neither chose a threshold, fitted the calibration nor picked the checkpoint (those used the
   validation split); per (class, target) the verified purity, its 95 % lower bound and
@@ -128,16 +128,16 @@ def _selection(
     """Thresholds chosen on the test split's choose part, verified on its verify part (the
     same tables training writes; ``val`` and ``z_val`` are unused, kept for the caller)."""
     from iic_survey.core.flags import clean
-    from iic_survey.training import selection
+    from iic_survey.training import selection_tables
 
     w1 = np.asarray(test["w1mpro"], dtype=np.float64)
-    th = selection.selection_tables(test, bundle.calibration.probabilities(z_test, w1))
+    th = selection_tables.selection_tables(test, bundle.calibration.probabilities(z_test, w1))
     th = th["thresholds"]
     keep = clean(np.asarray(test["quality_flags"]))
-    verify = selection.verify_part(np.asarray(test["cntr"]))
+    verify = selection_tables.verify_part(np.asarray(test["cntr"]))
     return {"n_choose_clean": int((keep & ~verify).sum()),
             "n_verify_clean": int((keep & verify).sum()),
-            "promises": selection.promises_held(th),
+            "promises": selection_tables.promises_held(th),
             "verified": th.replace({np.nan: None}).to_dict("records")}  # fmt: skip
 
 

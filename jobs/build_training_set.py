@@ -14,8 +14,8 @@ import logging
 import sys
 
 from iic_survey.core import paths
-from iic_survey.synthetic import sky as synthetic
-from iic_survey.training import build as labels
+from iic_survey.synthetic import skyfiles
+from iic_survey.training import labels
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,13 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _sky_ready(root: str) -> bool:
     """Whether the synthetic sky at ``root`` is there, writing the default sky if it is missing."""
     try:
-        synthetic.SkyManifest.load(root)
+        skyfiles.SkyManifest.load(root)
     except FileNotFoundError:
         if root != paths.default_sky():
             print(f"no synthetic sky at {root}", file=sys.stderr)
             return False
         logging.getLogger(__name__).info("writing the default synthetic sky to %s", root)
-        synthetic.write_sky(root, synthetic.SkyConfig())
+        skyfiles.write_sky(root, skyfiles.SkyConfig())
     return True
 
 

@@ -19,10 +19,10 @@ import ray
 
 from iic_survey.core import paths
 from iic_survey.inputs.storage import CatalogError
-from iic_survey.output.writer import OutputError
+from iic_survey.output.staging import OutputError
 from iic_survey.survey.config import PipelineConfig, PipelineError, add_arguments
 from iic_survey.survey.run import run_pipeline
-from iic_survey.synthetic import sky as synthetic
+from iic_survey.synthetic import skyfiles
 
 logger = logging.getLogger("classify_sky")
 
@@ -42,19 +42,19 @@ def _default_sky() -> str:
     """The embedded synthetic sky's root, written with the demo settings if missing."""
     root = paths.default_sky()
     try:
-        synthetic.SkyManifest.load(root)
+        skyfiles.SkyManifest.load(root)
     except FileNotFoundError:
         logger.info("writing the demo synthetic sky to %s (first use)", root)
-        synthetic.write_sky(root, synthetic.SkyConfig())
+        skyfiles.write_sky(root, skyfiles.SkyConfig())
     return root
 
 
 def _catalog(spec: str | None) -> str:
     """The catalog URL: the default sky's, or a synthetic sky root's (given as its root)."""
     if spec is None:
-        return synthetic.catalog_url(_default_sky())
+        return skyfiles.catalog_url(_default_sky())
     if "://" not in spec and os.path.isfile(os.path.join(spec, "sky.json")):
-        return synthetic.catalog_url(spec)
+        return skyfiles.catalog_url(spec)
     return spec
 
 
@@ -64,9 +64,9 @@ def _images(spec: str | None, catalog: str) -> str:
         spec = "s3" if catalog.startswith("s3://") else "local"
     if spec != "local":
         return spec
-    prefix = synthetic.CATALOG_PREFIX
+    prefix = skyfiles.CATALOG_PREFIX
     root = catalog[: -len(prefix)] if catalog.endswith(prefix) else None
-    return synthetic.images_url(root.rstrip("/") if root else _default_sky())
+    return skyfiles.images_url(root.rstrip("/") if root else _default_sky())
 
 
 def _resolve(args: argparse.Namespace, model_dir: str) -> None:

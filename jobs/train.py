@@ -16,8 +16,7 @@ import sys
 from typing import Any
 
 from iic_survey.core import paths
-from iic_survey.training import build as labels
-from iic_survey.training import fit as training
+from iic_survey.training import labels, trainer
 from iic_survey.training.config import RunSettings, TrainConfig, add_arguments
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -80,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not ray.is_initialized():
         ray.init(address=args.address)
-    use_gpu = training.detect_gpu(args.use_gpu)
+    use_gpu = trainer.detect_gpu(args.use_gpu)
     workers = args.num_workers
     if workers is None:
         workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 2
     run = RunSettings.from_args(args, num_workers=workers, use_gpu=use_gpu)
-    summary = training.train(config, run)
+    summary = trainer.train(config, run)
     print(json.dumps(summary, indent=1, default=str))
     return 0
 

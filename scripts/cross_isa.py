@@ -33,12 +33,12 @@ NEAR_TIE = 1e-4
 
 def prepare(work: Path) -> tuple[str, str]:
     """(sky root, model dir) under ``work``, made once."""
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
     from tests.fixtures.model import make_model_dir
 
     sky_root, model = work / "sky", work / "model"
     if not (model / "model.json").exists():
-        manifest = synthetic.write_sky(sky_root, synthetic.tiny_config())
+        manifest = skyfiles.write_sky(sky_root, skyfiles.tiny_config())
         make_model_dir(model, manifest.images_url, manifest.catalog_url)
     return str(sky_root), str(model)
 
@@ -54,10 +54,10 @@ def classify(sky_root: str, model_dir: str, out: str) -> None:
     from iic_survey.model.network import optimize_for_inference
     from iic_survey.model.ood import OodStats
     from iic_survey.stamps.maker import StampMaker
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
 
     torch.set_num_threads(1)
-    manifest = synthetic.SkyManifest.load(sky_root)
+    manifest = skyfiles.SkyManifest.load(sky_root)
     cat = open_catalog(manifest.catalog_url)
     import pandas as pd
 

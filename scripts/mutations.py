@@ -31,7 +31,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the training loop computes gradients but never steps the optimizer",
         "iic_survey/training/loop.py",
         (("        w.scaler.step(w.opt)\n", "        pass  # mutation: no optimizer step\n"),),
-        ("tests/training/test_fit.py::test_ray_train_learns_the_tiny_set",),
+        ("tests/training/test_trainer.py::test_ray_train_learns_the_tiny_set",),
     ),
     Mutation(
         "depth-calibration-ignored",
@@ -55,7 +55,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a pixel is committed whatever number of rows was staged",
         "iic_survey/output/commit.py",
         (("    if table.num_rows != int(expected_rows):\n", "    if False:  # mutation\n"),),
-        ("tests/output/test_writer.py",),
+        ("tests/output/test_staging.py",),
     ),
     Mutation(
         "marker-before-data",
@@ -68,7 +68,11 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "    inside, strays = _hand_over_strays(fs, root, order, pixel, table)\n",
             ),
         ),
-        ("tests/output/test_commit.py", "tests/output/test_writer.py", "tests/integration/test_faults.py"),
+        (
+            "tests/output/test_commit.py",
+            "tests/output/test_staging.py",
+            "tests/integration/test_faults.py",
+        ),
     ),
     Mutation(
         "quality-flags-dropped",
@@ -92,7 +96,9 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "keep = idx[d <= (float(arcsec) - 1.0 + 0.02) / 3600]",
             ),
         ),
-        ("tests/output/test_collection.py::test_margin_holds_exactly_the_rows_near_each_partition",),
+        (
+            "tests/output/test_collection.py::test_margin_holds_exactly_the_rows_near_each_partition",
+        ),
     ),
     Mutation(
         "gate-at-single-temperature",
@@ -106,19 +112,21 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "calibration=t))  # mutation\n",
             ),
         ),
-        ("tests/model/test_precision.py::test_the_gate_judges_probabilities_as_the_catalog_gets_them",),
+        (
+            "tests/model/test_precision.py::test_the_gate_judges_probabilities_as_the_catalog_gets_them",
+        ),
     ),
     Mutation(
         "stale-staging-listing",
         "a commit lists the staging folder from the process's cached (stale) S3 listing",
-        "iic_survey/output/writer.py",
+        "iic_survey/output/staging.py",
         (
             (
                 "    folder = fresh(fs, staging_dir(root, order, pixel))\n",
                 "    folder = staging_dir(root, order, pixel)  # mutation: cached listing\n",
             ),
         ),
-        ("tests/output/test_writer.py::test_s3_commit_lists_the_staging_folder_afresh",),
+        ("tests/output/test_staging.py::test_s3_commit_lists_the_staging_folder_afresh",),
     ),
 )
 

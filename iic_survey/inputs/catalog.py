@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from astropy.coordinates import angular_separation
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.inputs import partitions, storage
 from iic_survey.inputs.allwise_schema import (
     REQUIRED_COLUMNS,
@@ -110,11 +110,11 @@ class AllWiseCatalog:
     # -- the coarse step: which files ----------------------------------------------------------
 
     def _k5(self, pixel: int, order: int) -> np.ndarray:
-        order = sky.check_order(order)
-        pixel = int(sky.check_pixels(pixel, order)[0])
+        order = healpix.check_order(order)
+        pixel = int(healpix.check_pixels(pixel, order)[0])
         if order <= CATALOG_ORDER:
-            return sky.children(pixel, order, CATALOG_ORDER)
-        return sky.parent(pixel, order, CATALOG_ORDER)
+            return healpix.children(pixel, order, CATALOG_ORDER)
+        return healpix.parent(pixel, order, CATALOG_ORDER)
 
     def _index(self) -> Index:
         if self._files is None:
@@ -140,7 +140,7 @@ class AllWiseCatalog:
         k5 = np.fromiter(self._index().keys(), dtype=np.int64)
         if order == CATALOG_ORDER:
             return k5
-        return np.unique(sky.to_order(k5, CATALOG_ORDER, order)) if k5.size else k5
+        return np.unique(healpix.to_order(k5, CATALOG_ORDER, order)) if k5.size else k5
 
     def files_for(self, pixel: int, order: int = CATALOG_ORDER) -> list[str]:
         """URLs of the files a read of ``pixel`` at ``order`` opens (and nothing else)."""
@@ -160,7 +160,7 @@ class AllWiseCatalog:
         Up to order 5 this comes from ``_metadata`` row-group counts without reading data (or,
         without ``_metadata``, from each file's footer); deeper, from the positions it reads.
         """
-        if sky.check_order(order) > CATALOG_ORDER:
+        if healpix.check_order(order) > CATALOG_ORDER:
             return len(self.read_pixel(pixel, order, columns=["ra"]))
         total = 0
         for rel in self._files_k5(self._k5(pixel, order)):
@@ -208,8 +208,8 @@ class AllWiseCatalog:
         One row per source, in partition order; an empty frame with the requested columns when
         no source falls in the pixels.
         """
-        order = sky.check_order(order)
-        pix = np.unique(sky.check_pixels(np.asarray(list(pixels), dtype=np.int64), order))
+        order = healpix.check_order(order)
+        pix = np.unique(healpix.check_pixels(np.asarray(list(pixels), dtype=np.int64), order))
         cols = self.check_columns(self.schema.names if columns is None else columns)
         if order <= CATALOG_ORDER:
             k5 = (
@@ -219,7 +219,7 @@ class AllWiseCatalog:
             )
             table = self._read(self._files_k5(k5), cols)
             return table.to_pandas()
-        k5 = np.unique(sky.parent(pix, order, CATALOG_ORDER))
+        k5 = np.unique(healpix.parent(pix, order, CATALOG_ORDER))
         read_cols = list(dict.fromkeys([*cols, "ra", "dec"]))
         table = self._read(self._files_k5(k5), read_cols)
         ra = table.column("ra").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -243,7 +243,7 @@ class AllWiseCatalog:
         """Sources within ``radius_deg`` of (``ra``, ``dec``), with their distance.
 
         Coarse: the order-5 pixels that overlap the cone
-        (:func:`iic_survey.core.sky.cone_pixels`) pick the files, and a declination band prunes
+        (:func:`iic_survey.core.healpix.cone_pixels`) pick the files, and a declination band prunes
         row groups by their statistics. Fine: the exact great-circle distance (astropy's
         :func:`~astropy.coordinates.angular_separation`, stable at all separations).
 
@@ -258,7 +258,7 @@ class AllWiseCatalog:
             raise ValueError(f"cone radius must be in (0, 180] degrees, got {radius_deg}")
         cols = self.check_columns(self.schema.names if columns is None else columns)
         read_cols = list(dict.fromkeys([*cols, "ra", "dec"]))
-        k5 = sky.cone_pixels(ra, dec, radius_deg, CATALOG_ORDER)
+        k5 = healpix.cone_pixels(ra, dec, radius_deg, CATALOG_ORDER)
         band = (pc.field("dec") >= dec - radius_deg) & (pc.field("dec") <= dec + radius_deg)
         table = self._read(self._files_k5(k5), read_cols, filter=band)
         ras = table.column("ra").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -274,9 +274,9 @@ class AllWiseCatalog:
 
 def _pixel_or_minus_one(ra: np.ndarray, dec: np.ndarray, order: int) -> np.ndarray:
     """Pixel of each position, -1 where the position is NaN or out of range (logged)."""
-    good = sky.valid_coordinates(ra, dec)
+    good = healpix.valid_coordinates(ra, dec)
     out = np.full(ra.shape, -1, dtype=np.int64)
-    out[good] = sky.pixel_of(ra[good], dec[good], order)
+    out[good] = healpix.pixel_of(ra[good], dec[good], order)
     if not good.all():
         logger.warning(
             "%d rows with invalid ra/dec belong to no order-%d pixel", (~good).sum(), order

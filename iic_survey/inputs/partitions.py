@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.inputs import footer_bytes, storage
 from iic_survey.inputs.allwise_schema import CatalogSchemaError
 from iic_survey.inputs.storage import CatalogError
@@ -78,7 +78,7 @@ def parse_path(rel: str, url: str) -> int | None:
             logger.debug("ignoring %s: not in the layout %s", rel, LAYOUT)
         return None
     k0, k5 = int(m.group(1)), int(m.group(2))
-    if k5 >= sky.npix(CATALOG_ORDER) or k0 != k5 // 1024:
+    if k5 >= healpix.npix(CATALOG_ORDER) or k0 != k5 // 1024:
         raise CatalogError(f"{url}/{rel} breaks the layout {LAYOUT}")
     return k5
 

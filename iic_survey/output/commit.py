@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.flags import clean, unclassifiable
 from iic_survey.output import partitions
@@ -35,7 +35,7 @@ from iic_survey.output.schema import (
     staging_dir,
     stray_file,
 )
-from iic_survey.output.writer import (
+from iic_survey.output.staging import (
     OutputError,
     file_metadata,
     fresh,
@@ -153,7 +153,7 @@ def write_partitions(
                 "rows": hi - lo,
                 "bytes": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
-                "file": sky.hats_path(k, p),
+                "file": healpix.hats_path(k, p),
             }
         )
     return entries
@@ -162,7 +162,7 @@ def write_partitions(
 def histogram(table: pa.Table) -> list[list[int]]:
     """``[[order-9 pixel, rows], ...]`` of a table's rows (by ``_healpix_29``)."""
     h29 = table.column("_healpix_29").to_numpy()
-    pix, n = np.unique(h29 >> (2 * (sky.MAX_ORDER - SKYMAP_ORDER)), return_counts=True)
+    pix, n = np.unique(h29 >> (2 * (healpix.MAX_ORDER - SKYMAP_ORDER)), return_counts=True)
     return [[int(a), int(b)] for a, b in zip(pix, n, strict=True)]
 
 
@@ -181,7 +181,7 @@ def _hand_over_strays(
     fs: fsspec.AbstractFileSystem, root: str, order: int, pixel: int, table: pa.Table
 ) -> tuple[pa.Table, list[dict[str, int]]]:
     """Write the rows positioned in another pixel as stray files; the rows that stay."""
-    owner = table.column("_healpix_29").to_numpy() >> (2 * (sky.MAX_ORDER - order))
+    owner = table.column("_healpix_29").to_numpy() >> (2 * (healpix.MAX_ORDER - order))
     if np.all(owner == int(pixel)):
         return table, []
     strays = []
@@ -226,7 +226,7 @@ def commit_if_complete(
     """Commit a pixel when its staged rows reach ``expected_rows``; return whether it is finished.
 
     Meant to be called by a writer task after each
-    :func:`~iic_survey.output.writer.write_part`: the task that stages the last chunk commits
+    :func:`~iic_survey.output.staging.write_part`: the task that stages the last chunk commits
     the pixel.
     """
     fs, root = resolve(out, fs)

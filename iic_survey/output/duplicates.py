@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from iic_survey.core.hashing import keyed_hash
-from iic_survey.output.writer import OutputError
+from iic_survey.output.staging import OutputError
 
 BUCKET_ROWS = 4_000_000
 """Entries per bucket (memory of the check: 16 bytes each)."""

@@ -24,12 +24,12 @@ from fsspec.implementations.local import LocalFileSystem
 from hats import __version__ as hats_version
 from hats.catalog import TableProperties
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.constants import __version__
 from iic_survey.output import duplicates, hatsfiles, strays
 from iic_survey.output.commit import SKYMAP_ORDER
 from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file, resolve
-from iic_survey.output.writer import OutputError, commit_markers, read_json, read_plan
+from iic_survey.output.staging import OutputError, commit_markers, read_json, read_plan
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def main_properties(
             "hats_col_ra": "ra",
             "hats_col_dec": "dec",
             "hats_col_healpix": "_healpix_29",
-            "hats_col_healpix_order": sky.MAX_ORDER,
+            "hats_col_healpix_order": healpix.MAX_ORDER,
             "hats_cols_default": [c for c in DEFAULT_COLUMNS if c in OUTPUT_SCHEMA.names],
             "hats_npix_suffix": ".parquet",
             "hats_skymap_order": SKYMAP_ORDER,

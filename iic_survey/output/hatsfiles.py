@@ -30,7 +30,7 @@ from hats.io.skymap import write_skymap
 from hats.pixel_math.healpix_pixel import HealpixPixel
 from upath import UPath
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.atomic import write_atomic
 from iic_survey.output.metadata_stream import write_streamed_metadata
 
@@ -99,7 +99,7 @@ def write_partition_info(
 
 def coverage_map(histograms: Sequence[Sequence[Sequence[int]]], order: int) -> np.ndarray:
     """Dense rows-per-pixel array at ``order`` from markers' sparse ``[[pixel, rows], ...]``."""
-    counts = np.zeros(sky.npix(order), dtype=np.int64)
+    counts = np.zeros(healpix.npix(order), dtype=np.int64)
     for hist in histograms:
         if len(hist):
             arr = np.asarray(hist, dtype=np.int64)

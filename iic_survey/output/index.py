@@ -40,7 +40,7 @@ from iic_survey.core.atomic import write_atomic
 from iic_survey.output import hatsfiles
 from iic_survey.output.finalize import write_collection
 from iic_survey.output.schema import MAIN, catalog_dir, pixel_file, resolve
-from iic_survey.output.writer import OutputError
+from iic_survey.output.staging import OutputError
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from hats.catalog import TableProperties
 from hats.pixel_math.healpix_shim import order2mindist
 from hats.pixel_math.pixel_margins import get_margin
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.atomic import write_atomic
 from iic_survey.output import hatsfiles
 from iic_survey.output.finalize import write_collection
@@ -48,7 +48,7 @@ from iic_survey.output.schema import (
     pixel_file,
     resolve,
 )
-from iic_survey.output.writer import (
+from iic_survey.output.staging import (
     OutputError,
     commit_markers,
     file_metadata,
@@ -70,7 +70,7 @@ def margin_order(arcsec: float) -> int:
     if not 0 < float(arcsec) <= 3600:
         raise ValueError(f"margin must be in (0, 3600] arcseconds, got {arcsec}")
     k = 0
-    while k < sky.MAX_ORDER and order2mindist(k + 1) * 60 >= 2 * float(arcsec):
+    while k < healpix.MAX_ORDER and order2mindist(k + 1) * 60 >= 2 * float(arcsec):
         k += 1
     return k
 
@@ -86,7 +86,7 @@ def neighbours(pixel: _Pixel, parts: Iterable[_Pixel], arcsec: float) -> list[_P
     found = []
     for k, pixels in sorted(by_order.items()):
         if k > morder:  # a partition deeper than the band's pixels: compare at its own order
-            cand = set(np.concatenate([sky.children(int(m), morder, k) for m in band]).tolist())
+            cand = set(np.concatenate([healpix.children(int(m), morder, k) for m in band]).tolist())
         else:
             cand = set((band >> (2 * (morder - k))).tolist())
         found += [(k, p) for p in sorted(pixels & cand) if (k, p) != (order, pix)]
@@ -100,9 +100,9 @@ def distance_to_pixel_deg(ra: np.ndarray, dec: np.ndarray, order: int, pixel: in
     a great-circle arc (the error is below 0.02″ at every order); positions inside the pixel get
     their distance to the boundary too, so callers drop them first.
     """
-    side = np.degrees(np.sqrt(4 * np.pi / sky.npix(order)))
+    side = np.degrees(np.sqrt(4 * np.pi / healpix.npix(order)))
     step = max(2, int(np.ceil(side / 0.05)))
-    a = hp.boundaries(sky.nside(order), int(pixel), step=step, nest=True).T  # (S, 3)
+    a = hp.boundaries(healpix.nside(order), int(pixel), step=step, nest=True).T  # (S, 3)
     b = np.roll(a, -1, axis=0)
     n = np.cross(a, b)
     n /= np.linalg.norm(n, axis=1, keepdims=True)
@@ -129,7 +129,7 @@ def margin_rows(
     order, pix = pixel
     morder = max(margin_order(arcsec), order)
     band = np.asarray(get_margin(order, pix, morder - order), dtype=np.int64)
-    shift = 2 * (sky.MAX_ORDER - morder)
+    shift = 2 * (healpix.MAX_ORDER - morder)
     kept = []
     for k, p in near:
         with fs.open(pixel_file(root, k, p), "rb") as f:
@@ -138,7 +138,7 @@ def margin_rows(
                 ra = t.column("ra").to_numpy(zero_copy_only=False).astype(np.float64)
                 dec = t.column("dec").to_numpy(zero_copy_only=False).astype(np.float64)
                 coarse = np.isin(t.column("_healpix_29").to_numpy() >> shift, band)
-                coarse &= sky.valid_coordinates(ra, dec)
+                coarse &= healpix.valid_coordinates(ra, dec)
                 idx = np.flatnonzero(coarse)
                 if idx.size:
                     d = distance_to_pixel_deg(ra[idx], dec[idx], order, pix)
@@ -171,7 +171,7 @@ def margin_pixel(
         data = parquet_bytes(table.replace_schema_metadata(file_metadata(fs, root)))
         write_atomic(fs, pixel_file(root, *pixel, name=name), data)
         info.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                    file=sky.hats_path(*pixel))  # fmt: skip
+                    file=healpix.hats_path(*pixel))  # fmt: skip
     write_atomic(fs, marker, json.dumps(info, sort_keys=True).encode())
     return info
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 
 MAX_PARTITION_ORDER = 9
 """Deepest order a dense pixel is split to (order 9: 6.9 arcmin pixels)."""
@@ -45,14 +45,14 @@ def split(
     h29 = np.asarray(h29, dtype=np.int64)
     max_rows = check_max_rows(max_rows)
     out: list[tuple[int, int, int, int]] = []
-    todo = [(sky.check_order(order), int(pixel), 0, len(h29))]
+    todo = [(healpix.check_order(order), int(pixel), 0, len(h29))]
     while todo:
         k, p, lo, hi = todo.pop(0)
         if hi - lo <= max_rows or k >= max_order:
             out.append((k, p, lo, hi))
             continue
         first = p << 2
-        shift = 2 * (sky.MAX_ORDER - (k + 1))
+        shift = 2 * (healpix.MAX_ORDER - (k + 1))
         edges = np.searchsorted(h29[lo:hi] >> shift, np.arange(first, first + 5)) + lo
         children = [
             (k + 1, first + i, int(edges[i]), int(edges[i + 1]))

@@ -2,7 +2,7 @@
 
 A query (:class:`Query`) is two steps, like LSDB's searches: a coarse step picks the pixel files
 that can hold matching rows (from ``partition_info.csv`` and the HEALPix maths in
-:mod:`iic_survey.core.sky`; for a cone, also the coverage map ``point_map.fits``: a partition
+:mod:`iic_survey.core.healpix`; for a cone, also the coverage map ``point_map.fits``: a partition
 without rows near the cone is not opened), and a fine step picks the rows (Parquet filters for
 class and confidence, an exact angular distance for cones). Only the files the first step keeps are
 opened. Before :func:`iic_survey.output.finalize.finalize`, the committed pixels are those with
@@ -28,13 +28,13 @@ from astropy.coordinates import angular_separation
 from hats.io import file_io
 from hats.pixel_math.healpix_shim import npix2order
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
 from iic_survey.output import hatsfiles, index
 from iic_survey.output.schema import MAIN, OUTPUT_SCHEMA, catalog_dir, pixel_file, resolve
-from iic_survey.output.writer import commit_markers
+from iic_survey.output.staging import commit_markers
 
 logger = logging.getLogger(__name__)
 PROB_COLUMNS = tuple(f"p_{c}" for c in CLASSES)
@@ -102,9 +102,11 @@ class Query:
                 sep = np.degrees(angular_separation(ra0, dec0, ra, dec))
                 mask &= sep <= float(self.cone[2])
         if self.pixels is not None:
-            q = sky.check_order(self.pixels[0])
+            q = healpix.check_order(self.pixels[0])
             h29 = table.column("_healpix_29").to_numpy()
-            mask &= np.isin(h29 >> (2 * (sky.MAX_ORDER - q)), np.asarray(self.pixels[1], np.int64))
+            mask &= np.isin(
+                h29 >> (2 * (healpix.MAX_ORDER - q)), np.asarray(self.pixels[1], np.int64)
+            )
         if self.ids is not None:
             hit = np.zeros(table.num_rows, dtype=bool)
             for column, values in self.id_values().items():
@@ -150,17 +152,20 @@ def _select(
     keep = parts
     if cone is not None:
         ra, dec, r = (float(v) for v in cone)
-        near = {k: set(sky.cone_pixels(ra, dec, r, k).tolist()) for k in {k for k, _ in keep}}
+        near = {k: set(healpix.cone_pixels(ra, dec, r, k).tolist()) for k in {k for k, _ in keep}}
         keep = [(k, p) for k, p in keep if p in near[k]]
     if pixels is not None:
-        q, qpix = sky.check_order(pixels[0]), sky.check_pixels(np.asarray(pixels[1]), pixels[0])
+        q, qpix = (
+            healpix.check_order(pixels[0]),
+            healpix.check_pixels(np.asarray(pixels[1]), pixels[0]),
+        )
         wanted = set(qpix.tolist())
         out = []
         for k, p in keep:
             if q <= k:
-                hit = int(sky.parent(p, k, q)[0]) in wanted
+                hit = int(healpix.parent(p, k, q)[0]) in wanted
             else:
-                hit = bool(np.any(sky.parent(qpix, q, k) == p))
+                hit = bool(np.any(healpix.parent(qpix, q, k) == p))
             if hit:
                 out.append((k, p))
         keep = out
@@ -185,7 +190,7 @@ def _covered(
     counts = file_io.read_fits_image(hatsfiles.upath(fs, point_map))
     order = int(npix2order(len(counts)))
     ra, dec, radius = (float(v) for v in cone)
-    hit = np.intersect1d(sky.cone_pixels(ra, dec, radius, order), np.flatnonzero(counts))
+    hit = np.intersect1d(healpix.cone_pixels(ra, dec, radius, order), np.flatnonzero(counts))
     near = {k: set((hit >> (2 * (order - k))).tolist()) for k in {k for k, _ in parts}}
     return [(k, p) for k, p in parts if k > order or p in near[k]]
 

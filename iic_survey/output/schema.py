@@ -35,7 +35,7 @@ is the single source of names, types, units and descriptions, :data:`UCDS` of th
 :func:`as_output_table` conforms one pixel's result rows to the schema, computing the HATS
 spatial index ``_healpix_29``.
 
-Writing these files is :mod:`iic_survey.output.writer` (set-up, staging),
+Writing these files is :mod:`iic_survey.output.staging` (set-up, staging),
 :mod:`iic_survey.output.commit`, :mod:`iic_survey.output.finalize` and
 :mod:`iic_survey.output.margin`; reading them is :mod:`iic_survey.output.reader`.
 """
@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.core.flags import QualityFlag
 
@@ -204,22 +204,22 @@ def catalog_dir(root: str, name: str = MAIN) -> str:
 
 def pixel_file(root: str, order: int, pixel: int, name: str = MAIN) -> str:
     """Path of a partition file: ``<root>/<name>/dataset/Norder=K/Dir=D/Npix=N.parquet``."""
-    return f"{root}/{name}/dataset/{sky.hats_path(order, pixel)}"
+    return f"{root}/{name}/dataset/{healpix.hats_path(order, pixel)}"
 
 
 def staging_dir(root: str, order: int, pixel: int) -> str:
     """Folder of a pixel's staged chunk files."""
-    return f"{root}/_staging/Norder={sky.check_order(order)}/Npix={int(pixel)}"
+    return f"{root}/_staging/Norder={healpix.check_order(order)}/Npix={int(pixel)}"
 
 
 def marker_path(root: str, order: int, pixel: int) -> str:
     """Path of a work pixel's commit marker."""
-    return f"{root}/_done/Norder={sky.check_order(order)}/Npix={int(pixel)}.json"
+    return f"{root}/_done/Norder={healpix.check_order(order)}/Npix={int(pixel)}.json"
 
 
 def stray_file(root: str, order: int, dest: int, source: int) -> str:
     """Rows staged in work pixel ``source`` whose position lies in work pixel ``dest``."""
-    folder = f"{root}/_strays/Norder={sky.check_order(order)}/Npix={int(dest)}"
+    folder = f"{root}/_strays/Norder={healpix.check_order(order)}/Npix={int(dest)}"
     return f"{folder}/from-{int(source)}.parquet"
 
 
@@ -286,13 +286,13 @@ def _keep_inside(table: pa.Table, order: int, pixel: int) -> pa.Table:
     :mod:`iic_survey.output.strays`), so index, position and partition always agree. Rows
     outside the pixel and its neighbours, or more than a few, mean a real bug and raise.
     """
-    shift = 2 * (sky.MAX_ORDER - order)
+    shift = 2 * (healpix.MAX_ORDER - order)
     h29 = table.column("_healpix_29").to_numpy()
     outside = (h29 >> shift) != int(pixel)
     n_out = int(outside.sum())
     if n_out == 0:
         return table
-    neighbours = hp.get_all_neighbours(sky.nside(order), int(pixel), nest=True)
+    neighbours = hp.get_all_neighbours(healpix.nside(order), int(pixel), nest=True)
     far = outside & ~np.isin(h29 >> shift, neighbours)
     if far.any() or n_out > max(3, 0.01 * len(h29)):
         raise ValueError(
@@ -306,8 +306,8 @@ def _keep_inside(table: pa.Table, order: int, pixel: int) -> pa.Table:
 def _healpix_29_of(df: pd.DataFrame, order: int, pixel: int) -> np.ndarray:
     ra = df["ra"].to_numpy(dtype=np.float64, na_value=np.nan)
     dec = df["dec"].to_numpy(dtype=np.float64, na_value=np.nan)
-    ok = sky.valid_coordinates(ra, dec)
-    out = np.full(len(ra), int(pixel) << (2 * (sky.MAX_ORDER - order)), dtype=np.int64)
+    ok = healpix.valid_coordinates(ra, dec)
+    out = np.full(len(ra), int(pixel) << (2 * (healpix.MAX_ORDER - order)), dtype=np.int64)
     if ok.any():
-        out[ok] = sky.healpix_29(ra[ok], dec[ok])
+        out[ok] = healpix.healpix_29(ra[ok], dec[ok])
     return out

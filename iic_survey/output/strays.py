@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from iic_survey.core.atomic import write_atomic
 from iic_survey.output.commit import histogram, write_partitions
 from iic_survey.output.schema import OUTPUT_SCHEMA, catalog_dir, marker_path, pixel_file, stray_file
-from iic_survey.output.writer import file_metadata
+from iic_survey.output.staging import file_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.constants import CLASSES
 from iic_survey.output.reader import PROB_COLUMNS, partitions, read_properties
 from iic_survey.output.schema import catalog_dir, pixel_file, resolve
-from iic_survey.output.writer import commit_markers, read_plan
+from iic_survey.output.staging import commit_markers, read_plan
 
 
 def validate_catalog(
@@ -119,13 +119,13 @@ def _row_problems(table: pa.Table, order: int, pixel: int, tol: float) -> list[s
     h29 = table.column("_healpix_29").to_numpy()
     if np.any(np.diff(h29) < 0):
         out.append("rows are not sorted by _healpix_29")
-    if np.any(h29 >> (2 * (sky.MAX_ORDER - order)) != pixel):
+    if np.any(h29 >> (2 * (healpix.MAX_ORDER - order)) != pixel):
         out.append("rows with _healpix_29 outside the pixel")
     ra = table.column("ra").to_numpy(zero_copy_only=False).astype(np.float64)
     dec = table.column("dec").to_numpy(zero_copy_only=False).astype(np.float64)
-    ok = sky.valid_coordinates(ra, dec)
-    if ok.any() and np.any(sky.healpix_29(ra[ok], dec[ok]) != h29[ok]):
-        n = int(np.sum(sky.healpix_29(ra[ok], dec[ok]) != h29[ok]))
+    ok = healpix.valid_coordinates(ra, dec)
+    if ok.any() and np.any(healpix.healpix_29(ra[ok], dec[ok]) != h29[ok]):
+        n = int(np.sum(healpix.healpix_29(ra[ok], dec[ok]) != h29[ok]))
         out.append(f"{n} rows whose _healpix_29 is not the index of their ra/dec")
     probs = np.stack(
         [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in PROB_COLUMNS],

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from iic_survey.output.writer import run_args
+from iic_survey.output.staging import run_args
 from iic_survey.report.config import ReportConfig, StampSource
 from iic_survey.report.examples import archive_stamps
 from iic_survey.report.sections import write_report

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 
 StampSource = Callable[[pd.DataFrame], np.ndarray]
 """Rows (cntr, designation, ra, dec, ...) -> RGB images (N, 3, H, W) or (N, H, W, 3), float in
@@ -70,7 +70,7 @@ class ReportConfig:
     """What the report says where the cutout grids would be when it is given no stamp source."""
 
     def __post_init__(self) -> None:
-        sky.check_order(self.map_order)
+        healpix.check_order(self.map_order)
         if self.map_order > 10:
             raise ValueError(f"map_order {self.map_order} is too fine for a picture; use <= 10")
         if self.n_examples < 1 or self.confidence_bins < 2 or self.dpi < 20:

@@ -36,7 +36,7 @@ from astropy.wcs import WCS
 from iic_survey.core.flags import QualityFlag, describe
 from iic_survey.inputs.archive import tile_geometry
 from iic_survey.output.reader import read
-from iic_survey.output.writer import run_args
+from iic_survey.output.staging import run_args
 from iic_survey.stamps.cutter import cut_sources
 from iic_survey.stamps.maker import StampMaker
 from iic_survey.stamps.rgb import BAND_NAMES, make_rgb

@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.output.reader import iter_pixels, read_properties
-from iic_survey.report import selection as selection_report
-from iic_survey.report import zoom
+from iic_survey.report import selection_section, zoom
 from iic_survey.report.config import COLOURS, COLUMNS, FIGSIZES, ReportConfig, StampSource
 from iic_survey.report.figures import MapPanel, map_figure, map_views, save_png, stamp_grid
 from iic_survey.report.tally import (
@@ -77,7 +76,7 @@ def write_report(
     md += _summary_md(tally, npart, props)
     md += _sky_section(tally, out)
     md += _confidence_section(tally, out)
-    md += selection_report.section(catalog_path, out, cfg.dpi, filesystem)
+    md += selection_section.section(catalog_path, out, cfg.dpi, filesystem)
     md += _examples_section(tally, out, stamps)
     if tally.truth is not None:
         md += _truth_section(tally, out)
@@ -119,7 +118,7 @@ def _summary_md(t: Tally, npart: int, props: dict[str, str]) -> list[str]:
 def _sky_section(t: Tally, out: Path) -> list[str]:
     order, seen = t.config.map_order, t.counts > 0
     n = np.maximum(t.counts, 1)
-    area = hp.nside2pixarea(sky.nside(order), degrees=True)
+    area = hp.nside2pixarea(healpix.nside(order), degrees=True)
     density = np.where(seen, np.log10(n / area), hp.UNSEEN)
     lo, hi = (float(density[seen].min()), float(density[seen].max())) if seen.any() else (0, 1)
     outliers = np.where(seen, t.outliers / n, hp.UNSEEN)
@@ -156,7 +155,7 @@ def _sky_section(t: Tally, out: Path) -> list[str]:
     return [
         "## Sky maps",
         "",
-        f"HEALPix order {order} (nside {sky.nside(order)}), Mollweide, "
+        f"HEALPix order {order} (nside {healpix.nside(order)}), Mollweide, "
         f"equatorial coordinates; grey = no sources.{note}",
         "",
         "![Source density](sky_density.png)",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from iic_survey.core import metrics, sky
+from iic_survey.core import healpix, metrics
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
 from iic_survey.core.hashing import keyed_hash
@@ -28,7 +28,7 @@ class Tally:
 
     def __init__(self, config: ReportConfig, truth: pd.Series | None) -> None:
         self.config, self.truth = config, truth
-        self.npix = sky.npix(config.map_order)
+        self.npix = healpix.npix(config.map_order)
         self.rows = 0
         self.counts = np.zeros(self.npix, np.int64)  # sources per map pixel
         self.per_class = np.zeros((len(CLASSES), self.npix), np.int64)
@@ -43,7 +43,7 @@ class Tally:
     def add(self, df: pd.DataFrame) -> None:
         cfg = self.config
         self.rows += len(df)
-        mpix = df["_healpix_29"].to_numpy() >> (2 * (sky.MAX_ORDER - cfg.map_order))
+        mpix = df["_healpix_29"].to_numpy() >> (2 * (healpix.MAX_ORDER - cfg.map_order))
         self.counts += np.bincount(mpix, minlength=self.npix)
         self.fine.add(df)
         self.outliers += np.bincount(

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.constants import CLASSES
 
 ZOOM_ORDER = 11
@@ -43,7 +43,7 @@ class FineTally:
         """Count one pixel file's rows (``_healpix_29``, ``is_outlier``, ``class``)."""
         if self.table is None:
             return
-        fine = df["_healpix_29"].to_numpy() >> (2 * (sky.MAX_ORDER - ZOOM_ORDER))
+        fine = df["_healpix_29"].to_numpy() >> (2 * (healpix.MAX_ORDER - ZOOM_ORDER))
         cls = df["class"].astype(object)
         parts = {"n": np.ones(len(df), np.int64), "outlier": df["is_outlier"].to_numpy(np.int64)}
         parts |= {c: (cls == c).to_numpy(np.int64) for c in CLASSES}
@@ -60,7 +60,7 @@ def regions(counts: np.ndarray, order: int) -> list[np.ndarray]:
     if not 0 < len(filled) < MAX_SKY_FRACTION * len(counts):
         return []
     where = {int(p): i for i, p in enumerate(filled)}
-    nb = hp.get_all_neighbours(sky.nside(order), filled, nest=True).T  # (N, 8)
+    nb = hp.get_all_neighbours(healpix.nside(order), filled, nest=True).T  # (N, 8)
     rows, cols = [], []
     for i, ns in enumerate(nb):
         for q in ns[ns >= 0]:
@@ -98,11 +98,11 @@ def region_views(counts: np.ndarray, order: int, fine: pd.DataFrame | None) -> l
         if fine is not None and len(fine):
             pix = fine.index.to_numpy(np.int64)
             mine = pix[np.isin(pix >> (2 * (ZOOM_ORDER - order)), group)]
-            lon, lat = hp.pix2ang(sky.nside(ZOOM_ORDER), mine, nest=True, lonlat=True)
-            pad = 3 * sky.pixel_radius_deg(ZOOM_ORDER)
+            lon, lat = hp.pix2ang(healpix.nside(ZOOM_ORDER), mine, nest=True, lonlat=True)
+            pad = 3 * healpix.pixel_radius_deg(ZOOM_ORDER)
         else:
-            lon, lat = hp.pix2ang(sky.nside(order), group, nest=True, lonlat=True)
-            pad = 2 * sky.pixel_radius_deg(order)
+            lon, lat = hp.pix2ang(healpix.nside(order), group, nest=True, lonlat=True)
+            pad = 2 * healpix.pixel_radius_deg(order)
         title = f"region {k + 1}/{min(len(groups), MAX_REGIONS)}"
         if len(groups) > MAX_REGIONS and k == MAX_REGIONS - 1:
             title += f" (of {len(groups)})"
@@ -114,7 +114,7 @@ def fine_values(fine: pd.DataFrame, column: str, per: str | None) -> np.ndarray:
     """Per covered fine pixel: ``column / per``, or (``per`` None) log10 of ``column`` per
     square degree."""
     if per is None:
-        area = hp.nside2pixarea(sky.nside(ZOOM_ORDER), degrees=True)
+        area = hp.nside2pixarea(healpix.nside(ZOOM_ORDER), degrees=True)
         return np.log10(np.maximum(fine[column].to_numpy(np.float64), 1) / area)
     return fine[column].to_numpy(np.float64) / np.maximum(fine[per].to_numpy(np.float64), 1)
 
@@ -127,7 +127,7 @@ def compact_lookup(fine: pd.DataFrame) -> Any:
     sorted_pix = pix[order]
 
     def lookup(x: Any, y: Any, z: Any) -> np.ndarray:
-        p = hp.vec2pix(sky.nside(ZOOM_ORDER), x, y, z, nest=True)
+        p = hp.vec2pix(healpix.nside(ZOOM_ORDER), x, y, z, nest=True)
         i = np.clip(np.searchsorted(sorted_pix, p), 0, len(sorted_pix) - 1)
         return np.where(sorted_pix[i] == p, order[i], len(pix))
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.config import check_choice
 from iic_survey.core.constants import BANDS
 from iic_survey.inputs.ibe import IRSA_SIA_URL, ServiceConfig
@@ -115,7 +115,7 @@ def batch_positions(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarra
         raise ValueError(f"cut_sources needs columns {missing}; got {list(df.columns)}")
     ra = pd.to_numeric(df["ra"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     dec = pd.to_numeric(df["dec"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    return ra, dec, sky.valid_coordinates(ra, dec)
+    return ra, dec, healpix.valid_coordinates(ra, dec)
 
 
 def cut_stamps(

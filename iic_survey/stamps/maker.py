@@ -11,7 +11,7 @@ with three columns added:
   (:func:`iic_survey.stamps.features.catalog_flags`: ``W3_UNDETECTED``, ``BAD_INPUT``) | any
   ``quality_flags`` the batch already carried.
 
-The training-set builder (:mod:`iic_survey.training.build`) and the classification pipeline
+The training-set builder (:mod:`iic_survey.training.labels`) and the classification pipeline
 (:mod:`iic_survey.survey.stages`) both call it, so the two cannot drift apart: what the model was
 trained on is, byte for byte, what it is asked about. The object holds only small, picklable
 settings (the archive is a set of strings), so Ray ships it to tasks as it is; it opens tiles

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from iic_survey.core import paths, sky
+from iic_survey.core import healpix, paths
 from iic_survey.core.config import did_you_mean
 from iic_survey.output.margin import DEFAULT_MARGIN_ARCSEC
 from iic_survey.output.partitions import DEFAULT_MAX_ROWS, check_max_rows
@@ -111,14 +111,14 @@ class PipelineConfig:
         for name in ("catalog", "images", "model_dir", "output"):
             if not str(getattr(self, name)).strip():
                 raise ValueError(f"{name} must not be empty")
-        order = sky.check_order(self.healpix_order)
+        order = healpix.check_order(self.healpix_order)
         if order > 8:
             raise ValueError(f"healpix_order must be 0..8, got {order} (deeper pixels are tiny)")
         if self.pixels is not None:
             pix = tuple(int(p) for p in self.pixels)
             if not pix:
                 raise ValueError("pixels is empty; pass None to classify the whole catalog")
-            sky.check_pixels(np.asarray(pix), order)
+            healpix.check_pixels(np.asarray(pix), order)
             object.__setattr__(self, "pixels", tuple(sorted(set(pix))))
         if self.cone is not None:
             if self.pixels is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.survey.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,10 @@ def assign_pixels(
     """
     ra = np.asarray(ra, dtype=np.float64)
     dec = np.asarray(dec, dtype=np.float64)
-    ok = sky.valid_coordinates(ra, dec)
+    ok = healpix.valid_coordinates(ra, dec)
     out = np.full(len(ra), int(parent) << (2 * (order - parent_order)), dtype=np.int64)
     if ok.any():
-        out[ok] = sky.pixel_of(ra[ok], dec[ok], order)
+        out[ok] = healpix.pixel_of(ra[ok], dec[ok], order)
     return out
 
 
@@ -98,7 +98,7 @@ def _select(config: PipelineConfig, catalog: Any) -> np.ndarray:
             )
         return np.intersect1d(wanted, available)
     if config.cone is not None:
-        return np.intersect1d(sky.cone_pixels(*config.cone, order), available)
+        return np.intersect1d(healpix.cone_pixels(*config.cone, order), available)
     return np.asarray(available, dtype=np.int64)
 
 
@@ -112,7 +112,7 @@ def plan_run(config: PipelineConfig, catalog: Any, finished: Sequence[int] = ())
         for p in selected.tolist():
             counts[int(p)] = int(catalog.count(int(p), order))
     else:
-        parents = np.unique(sky.parent(selected, order, 5)) if selected.size else selected
+        parents = np.unique(healpix.parent(selected, order, 5)) if selected.size else selected
         wanted = set(selected.tolist())
         for found in _map_parents(catalog, parents.tolist(), order):
             counts.update({p: n for p, n in found.items() if p in wanted})

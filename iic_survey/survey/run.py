@@ -20,7 +20,7 @@ Data flow (a Ray Data stream; every stage is a separate operator so each scales 
   (:class:`iic_survey.survey.classify.Classify`, an actor per GPU, the model loaded once) work
   chunk by chunk; images never leave these two stages.
 * **Write**: small result rows go to CPU tasks that stage each chunk as a part file
-  (:func:`iic_survey.output.writer.write_part`) and return one tiny receipt row per part.
+  (:func:`iic_survey.output.staging.write_part`) and return one tiny receipt row per part.
   Nothing funnels the rows through one process: the driver only sees receipts (pixel, part, row
   count and a few counters), and when a pixel's staged rows reach its planned count it starts a
   Ray task that commits it (:func:`iic_survey.output.commit.commit_pixel`: concatenate, sort by
@@ -60,8 +60,7 @@ from iic_survey.model.directory import META_FILE, load_model_dir
 from iic_survey.model.ood import LEGACY_ESTIMATOR, OodStats
 from iic_survey.model.precision import GateResult
 from iic_survey.output import commit as output_commit
-from iic_survey.output import finalize, index, margin, schema, selection
-from iic_survey.output import writer as output
+from iic_survey.output import finalize, index, margin, schema, selection_folder, staging
 from iic_survey.survey.classify import scoring_record
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import Plan, plan_run
@@ -118,7 +117,7 @@ class Summary:
 def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[int]) -> None:
     """Remove parts a crashed run left for pixels this run redoes (they may overlap ours)."""
     fsys, root = schema.resolve(config.output, fs)
-    base = output.fresh(fsys, schema.staging_dir(root, order, 0).rsplit("/", 1)[0])
+    base = staging.fresh(fsys, schema.staging_dir(root, order, 0).rsplit("/", 1)[0])
     if not fsys.exists(base):
         return
     want = {f"Npix={int(p)}" for p in todo}
@@ -135,7 +134,7 @@ def _record_start(config: PipelineConfig, fs: Any, decision: GateResult) -> None
     without a training domain for ``subset``)."""
     fsys, root = schema.resolve(config.output, fs)
     path = f"{root}/_run.json"
-    record = output.read_json(fsys, path)
+    record = staging.read_json(fsys, path)
     record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
     # what this start's rows were computed with (the driver's machine; README Reproducibility)
     record["machines"] = [*record.get("machines", []), machine.provenance(decision.used)]
@@ -160,7 +159,7 @@ def _ood_record(model_dir: str) -> dict[str, Any] | None:
 def _precision_used(config: PipelineConfig, fs: Any) -> str:
     """The precision the catalog's rows were computed in (``mixed: ...`` if starts differed)."""
     fsys, root = schema.resolve(config.output, fs)
-    runs = output.read_json(fsys, f"{root}/_run.json").get("precision_runs", [])
+    runs = staging.read_json(fsys, f"{root}/_run.json").get("precision_runs", [])
     used = sorted({str(r.get("used")) for r in runs})
     return used[0] if len(used) == 1 else f"mixed: {', '.join(used)}" if used else "unknown"
 
@@ -172,23 +171,23 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     ------
     PipelineError
         If a pixel's staged rows do not add up to its planned count (input changed, rows lost).
-    iic_survey.output.writer.OutputError
+    iic_survey.output.staging.OutputError
         If the output holds something else, or a run with other arguments (use ``overwrite``).
     """
     t0 = time.monotonic()
     inputs = open_inputs(config)
-    resumed = output.prepare_output(
+    resumed = staging.prepare_output(
         config.output, config.run_args(inputs.model_id), config.overwrite, inputs.fs
     )
     finished: list[int] = []
     if resumed:
-        finished = output.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
+        finished = staging.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
     plan = plan_run(config, inputs.catalog, finished)
     if not plan.counts:
         raise PipelineError(
             "no catalog sources in the selected pixels; check --pixels/--cone and the order"
         )
-    output.write_plan(config.output, plan.order, plan.counts, inputs.fs)
+    staging.write_plan(config.output, plan.order, plan.counts, inputs.fs)
     logger.info(
         "plan: %d pixels selected, %d already done, %d to classify (%d sources)",
         len(plan.counts),
@@ -218,7 +217,7 @@ def run_pipeline(config: PipelineConfig) -> Summary:
         margin.build_margin(config.output, config.margin_arcsec, inputs.fs, _ray_map)
     if not plan.partial:  # after the margin: id lookups by cntr / designation (issue 27)
         index.build_indexes(config.output, inputs.fs)
-    selection.publish(config.output, config.model_dir, inputs.fs)
+    selection_folder.publish(config.output, config.model_dir, inputs.fs)
     summary = Summary(
         url,
         plan.order,

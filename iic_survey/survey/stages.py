@@ -36,7 +36,7 @@ from iic_survey.inputs.ibe import ServiceConfig
 from iic_survey.model.directory import load_model_dir
 from iic_survey.model.precision import GATE_STAMPS, GateResult
 from iic_survey.model.quantized import has_gate_set
-from iic_survey.output import writer as output
+from iic_survey.output import staging
 from iic_survey.stamps.cutouts import CutoutConfig
 from iic_survey.stamps.split import StampCutter
 from iic_survey.survey.classify import RESULT_COLUMNS, Classify, gate_precision, model_version
@@ -103,7 +103,7 @@ class PartWriter:
         for (pixel, chunk), rows in batch.groupby(["_pixel", "_chunk"], sort=True):
             first = int(rows["_row"].min())
             chunk_id = f"c{int(chunk):06d}-r{first:09d}-n{len(rows)}"
-            n = output.write_part(
+            n = staging.write_part(
                 self.out, self.order, int(pixel), chunk_id, rows[list(RESULT_COLUMNS)], fs=self.fs
             )
             receipts.append({"pixel": int(pixel), "part": chunk_id, "rows": n, **_counters(rows)})
@@ -353,6 +353,6 @@ def build_pipeline(config: PipelineConfig) -> tuple[Plan, Any]:
     inputs = open_inputs(config)
     finished: list[int] = []
     if not config.overwrite:
-        finished = output.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
+        finished = staging.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
     plan = plan_run(config, inputs.catalog, finished)
     return plan, build_dataset(config, inputs, plan, decide_precision(config, inputs, plan).used)

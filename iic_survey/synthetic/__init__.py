@@ -14,7 +14,7 @@ rendering
 catalog
     The catalog rows AllWISE would list (photometry, flags, ids), its schema and Parquet files.
 sky
-    The writer: :class:`~iic_survey.synthetic.sky.SkyConfig`, ``write_sky`` and the manifest.
+    The writer: :class:`~iic_survey.synthetic.skyfiles.SkyConfig`, ``write_sky`` and the manifest.
 skyscale
     The sky-scale rehearsal sky: all 12,288 partitions at a fraction of AllWISE's density.
 allwise_columns

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.inputs import tile_header, tiles
 from iic_survey.synthetic.rendering import (
     ALL_BANDS,
@@ -320,7 +320,7 @@ def write_catalog(catalog: pd.DataFrame, out: pathlib.Path) -> list[int]:
         The order-5 (NESTED) pixels written, ascending.
     """
     schema = catalog_schema()
-    k5 = sky.pixel_of(catalog["ra"].to_numpy(), catalog["dec"].to_numpy(), 5)
+    k5 = healpix.pixel_of(catalog["ra"].to_numpy(), catalog["dec"].to_numpy(), 5)
     collected = []
     pixels = sorted(int(p) for p in np.unique(k5))
     for pix in pixels:

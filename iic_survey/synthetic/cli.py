@@ -2,7 +2,7 @@
 
 :func:`add_sky_arguments` and :func:`config_from_args` are shared by ``python -m iic_survey
 make-sky`` (:func:`cli`) and ``jobs/make_sky.py``, so both take the same options and refuse the
-same bad ones; the sky itself is written by :func:`iic_survey.synthetic.sky.write_sky`.
+same bad ones; the sky itself is written by :func:`iic_survey.synthetic.skyfiles.write_sky`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from iic_survey.synthetic import sky, skyscale
+from iic_survey.synthetic import skyfiles, skyscale
 
 log = logging.getLogger(__name__)
 
 
 def add_sky_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options that build a :class:`~iic_survey.synthetic.sky.SkyConfig` to ``parser``."""
-    d = sky.SkyConfig.__dataclass_fields__
+    """Add the options that build a :class:`~iic_survey.synthetic.skyfiles.SkyConfig`."""
+    d = skyfiles.SkyConfig.__dataclass_fields__
     parser.add_argument("root", help="directory to write the sky into (new or empty)")
     parser.add_argument("--tiny", action="store_true", help="the 2,000-source test sky")
     parser.add_argument("--seed", type=int, default=d["seed"].default)
@@ -51,32 +51,32 @@ def add_sky_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def write_from_args(args: argparse.Namespace) -> sky.SkyManifest:
+def write_from_args(args: argparse.Namespace) -> skyfiles.SkyManifest:
     """Write the sky that parsed :func:`add_sky_arguments` options describe."""
     if args.preset == "sky-scale":
-        explicit = args.fields or args.n_sources != sky.SkyConfig().n_sources
-        imaged = config_from_args(args) if explicit else sky.tiny_config(args.seed)
+        explicit = args.fields or args.n_sources != skyfiles.SkyConfig().n_sources
+        imaged = config_from_args(args) if explicit else skyfiles.tiny_config(args.seed)
         config = skyscale.SkyScaleConfig(scale=args.scale, seed=args.seed, imaged=imaged)
         return skyscale.write_sky_scale(args.root, config, overwrite=args.overwrite)
-    return sky.write_sky(args.root, config_from_args(args), overwrite=args.overwrite)
+    return skyfiles.write_sky(args.root, config_from_args(args), overwrite=args.overwrite)
 
 
-def config_from_args(args: argparse.Namespace) -> sky.SkyConfig:
+def config_from_args(args: argparse.Namespace) -> skyfiles.SkyConfig:
     """The sky configuration that parsed :func:`add_sky_arguments` options describe."""
     if args.tiny:
-        return sky.tiny_config(args.seed)
+        return skyfiles.tiny_config(args.seed)
     try:
         fields = (
             tuple(tuple(float(v) for v in f.split(",")) for f in args.fields.split(";") if f)
             if args.fields
-            else sky.DEFAULT_FIELDS
+            else skyfiles.DEFAULT_FIELDS
         )
         bands = tuple(int(b) for b in args.bands.split(",") if b)
     except ValueError as exc:
         raise ValueError(f"cannot parse --fields/--bands: {exc}") from exc
     if any(len(f) != 2 for f in fields):
         raise ValueError(f"--fields needs 'ra,dec' pairs separated by ';', got {args.fields!r}")
-    return sky.SkyConfig(
+    return skyfiles.SkyConfig(
         seed=args.seed,
         n_sources=args.n_sources,
         fields=fields,  # type: ignore[arg-type]
@@ -89,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> sky.SkyConfig:
 def cli(argv: list[str] | None = None) -> int:
     """``python -m iic_survey make-sky ROOT [--tiny] [--seed N] [--n-sources N] ...``."""
     # The help text is the summary of what make-sky writes, as it was before the CLI moved here.
-    description = (sky.__doc__ or "").split("\n")[0]
+    description = (skyfiles.__doc__ or "").split("\n")[0]
     parser = argparse.ArgumentParser(prog="iic_survey make-sky", description=description)
     add_sky_arguments(parser)
     args = parser.parse_args(argv)

@@ -13,7 +13,7 @@ PSF (core, wing, halo) of the band's FWHM and added as small stamps straight int
 crops: no FFTs. Saturated cores are flat-topped at the same level everywhere on a tile.
 
 Shapes are in arcsec and fluxes in DN (m = MAGZP - 2.5 log10 DN) throughout. The objects drawn
-here come from :mod:`iic_survey.synthetic.population`; :mod:`iic_survey.synthetic.sky` writes
+here come from :mod:`iic_survey.synthetic.population`; :mod:`iic_survey.synthetic.skyfiles` writes
 the images.
 """
 

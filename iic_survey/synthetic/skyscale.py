@@ -1,7 +1,7 @@
 """The sky-scale rehearsal sky: all 12,288 order-5 partitions of AllWISE at a reduced density.
 
 ``write_sky_scale(root, SkyScaleConfig(scale=1e-4))`` writes, in the layout of the demo sky
-(:mod:`iic_survey.synthetic.sky`), a catalog with every one of the 12,288 partitions IRSA
+(:mod:`iic_survey.synthetic.skyfiles`), a catalog with every one of the 12,288 partitions IRSA
 publishes, each file with the 300 real columns (:mod:`iic_survey.synthetic.allwise_columns`),
 a ``_metadata`` of the real width (one row group per file, 300 column chunks each: at any scale
 about 0.6 GB, the size of IRSA's) and ``_common_metadata``. The rows number
@@ -40,9 +40,9 @@ import pyarrow.parquet as pq
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from iic_survey.core import sky as hpx
+from iic_survey.core import healpix
 from iic_survey.inputs import tiles
-from iic_survey.synthetic import allwise_columns, population, sky
+from iic_survey.synthetic import allwise_columns, population, skyfiles
 from iic_survey.synthetic.catalog import catalog_rows, neighbours
 from iic_survey.synthetic.metadata_file import MetadataWriter
 
@@ -78,7 +78,7 @@ class SkyScaleConfig:
     scale: float = 1e-4
     """Fraction of AllWISE's 747,634,026 rows (1e-6 .. 1e-2)."""
     seed: int = 0
-    imaged: sky.SkyConfig = dataclasses.field(default_factory=sky.tiny_config)
+    imaged: skyfiles.SkyConfig = dataclasses.field(default_factory=skyfiles.tiny_config)
     """The fields drawn with images (their rows count towards the total)."""
     partitions: int | None = None
     """Write only the partitions ``0 .. partitions - 1`` and the imaged fields' (a quick
@@ -87,12 +87,14 @@ class SkyScaleConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.scale, (int, float)) and 1e-6 <= float(self.scale) <= 1e-2):
             raise ValueError(f"scale must be in 1e-6 .. 1e-2, got {self.scale!r}")
-        if self.partitions is not None and not 1 <= int(self.partitions) <= hpx.npix(ORDER):
-            raise ValueError(f"partitions must be in 1 .. {hpx.npix(ORDER)}, got {self.partitions}")
-        if self.total < hpx.npix(ORDER) + self.imaged.n_sources:
+        if self.partitions is not None and not 1 <= int(self.partitions) <= healpix.npix(ORDER):
+            raise ValueError(
+                f"partitions must be in 1 .. {healpix.npix(ORDER)}, got {self.partitions}"
+            )
+        if self.total < healpix.npix(ORDER) + self.imaged.n_sources:
             raise ValueError(
                 f"scale {self.scale} gives {self.total} rows, fewer than one per partition "
-                f"({hpx.npix(ORDER)}) plus the imaged fields' {self.imaged.n_sources}"
+                f"({healpix.npix(ORDER)}) plus the imaged fields' {self.imaged.n_sources}"
             )
 
     @property
@@ -103,7 +105,9 @@ class SkyScaleConfig:
 
 def density_weights(order: int = ORDER) -> np.ndarray:
     """Relative AllWISE source density of each NESTED pixel at ``order`` (mean 1)."""
-    ra, dec = hp.pix2ang(hpx.nside(order), np.arange(hpx.npix(order)), nest=True, lonlat=True)
+    ra, dec = hp.pix2ang(
+        healpix.nside(order), np.arange(healpix.npix(order)), nest=True, lonlat=True
+    )
     c = SkyCoord(ra * u.deg, dec * u.deg)
     gal = c.galactic
     lon = (gal.l.deg + 180.0) % 360.0 - 180.0
@@ -143,7 +147,7 @@ def _model_rows(
         [(np.int64(p) << shift) + rng.choice(1 << shift, size=int(n), replace=False)
          for p, n in zip(pixels, counts, strict=True)]
     )  # fmt: skip
-    ra, dec = hp.pix2ang(hpx.nside(_SUB_ORDER), sub, nest=True, lonlat=True)
+    ra, dec = hp.pix2ang(healpix.nside(_SUB_ORDER), sub, nest=True, lonlat=True)
     objs = population.draw_population(rng, len(k5), fractions)
     objs["ra"], objs["dec"] = ra, dec
     population.finish_catalogued(rng, objs, field_index=-1)
@@ -158,24 +162,24 @@ def _model_rows(
 
 def write_sky_scale(
     root: str | os.PathLike[str], config: SkyScaleConfig | None = None, overwrite: bool = False
-) -> sky.SkyManifest:
+) -> skyfiles.SkyManifest:
     """Write the sky-scale sky under ``root`` (see the module docstring); return its manifest."""
     config = config or SkyScaleConfig()
     root_p = pathlib.Path(root).absolute()
-    doc = sky.write_in_place(root_p, overwrite, lambda out: _write_into(out, config))
+    doc = skyfiles.write_in_place(root_p, overwrite, lambda out: _write_into(out, config))
     log.info(
         "wrote %s sources in %d partitions to %s",
         f"{doc['n_sources']:,}",
         len(doc["pixels"]),
         root_p,
     )
-    return sky.SkyManifest.load(root_p)
+    return skyfiles.SkyManifest.load(root_p)
 
 
 def _write_into(out: pathlib.Path, config: SkyScaleConfig) -> dict[str, Any]:
-    """Write the imaged fields' tiles, then every partition batch by batch; return sky.json."""
-    imaged, truth_f, field_docs = sky.draw_fields(out, config.imaged)
-    imaged_k5 = hpx.pixel_of(imaged["ra"].to_numpy(), imaged["dec"].to_numpy(), ORDER)
+    """Write the imaged fields' tiles, then every partition batch by batch; return skyfiles.json."""
+    imaged, truth_f, field_docs = skyfiles.draw_fields(out, config.imaged)
+    imaged_k5 = healpix.pixel_of(imaged["ra"].to_numpy(), imaged["dec"].to_numpy(), ORDER)
     counts = pixel_counts(config.total, density_weights())
     # The imaged rows replace model rows: taken from the pixels they fall in, then evenly.
     take = np.bincount(imaged_k5, minlength=len(counts))
@@ -183,7 +187,7 @@ def _write_into(out: pathlib.Path, config: SkyScaleConfig) -> dict[str, Any]:
     keep = np.arange(len(counts))
     if config.partitions is not None:
         keep = np.union1d(keep[: config.partitions], np.unique(imaged_k5))
-    cat_root = out / sky.CATALOG_PREFIX
+    cat_root = out / skyfiles.CATALOG_PREFIX
     cat_root.mkdir(parents=True)
     meta = MetadataWriter(cat_root / "_metadata")
     schema = allwise_columns.full_schema()
@@ -213,7 +217,7 @@ def _write_into(out: pathlib.Path, config: SkyScaleConfig) -> dict[str, Any]:
     meta.close()
     pq.write_metadata(schema, cat_root / "_common_metadata")
     doc = {
-        "format_version": sky.FORMAT_VERSION,
+        "format_version": skyfiles.FORMAT_VERSION,
         "generator": "iic_survey.synthetic.skyscale",
         "preset": "sky-scale",
         "scale": float(config.scale),
@@ -223,12 +227,12 @@ def _write_into(out: pathlib.Path, config: SkyScaleConfig) -> dict[str, Any]:
         "pixels": keep.tolist(),
         "tiles": sorted(t for field_doc in field_docs for t in field_doc["tiles"]),
         "bands": list(config.imaged.bands),
-        "catalog": sky.CATALOG_PREFIX,
-        "images": sky.IMAGES_PREFIX,
+        "catalog": skyfiles.CATALOG_PREFIX,
+        "images": skyfiles.IMAGES_PREFIX,
         "fields": field_docs,
         "density_model": "iic_survey.synthetic.skyscale.density_weights",
     }
-    (out / "sky.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "skyfiles.json").write_text(json.dumps(doc, indent=1) + "\n")
     return doc
 
 

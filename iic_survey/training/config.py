@@ -28,7 +28,7 @@ class TrainConfig:
     """One training run. ``dataclasses.asdict`` of it is Ray Train's ``train_loop_config``."""
 
     data: str
-    """Root of the training set written by :func:`iic_survey.training.build.build_training_set`."""
+    """Root of the training set written by :func:`iic_survey.training.labels.build_training_set`."""
     arch: str = "iicnet"
     """``iicnet`` (image), ``fusion`` (image + catalog features) or ``colour`` (features)."""
     epochs: int = 200

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def pixels_near(
     a1 = a0 + np.arctan2(np.sin(theta) * np.sin(r) * np.cos(d0), np.cos(r) - np.sin(d0) * sin_d)
     ras = np.concatenate([ra[None, :], np.degrees(a1) % 360.0])  # (P + 1, N)
     decs = np.concatenate([dec[None, :], np.degrees(d1)])
-    pix = sky.pixel_of(ras.ravel(), decs.ravel(), order).reshape(ras.shape)
+    pix = healpix.pixel_of(ras.ravel(), decs.ravel(), order).reshape(ras.shape)
     rows = np.broadcast_to(np.arange(len(ra)), pix.shape)
     pairs = np.unique(np.stack([rows.ravel(), pix.ravel()], axis=1), axis=0)
     return pairs[:, 0], pairs[:, 1]

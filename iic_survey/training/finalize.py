@@ -36,7 +36,7 @@ from iic_survey.model.config import ModelConfig
 from iic_survey.model.directory import save_model_dir
 from iic_survey.model.network import build_model
 from iic_survey.model.ood import ood_statistics, predict
-from iic_survey.training import card, selection
+from iic_survey.training import card, selection_tables
 from iic_survey.training.checkpoints import load_state
 from iic_survey.training.config import TrainConfig
 from iic_survey.training.evaluate import Evaluation, evaluate, read_rows, training_domain
@@ -48,7 +48,7 @@ REPORT_DIR = "report"
 """Sub-folder of the model directory that holds the report files."""
 SELECTION_DIR = "selection"
 """Sub-folder of the model directory that holds the selection tables (the classify job copies
-them into the catalog, :mod:`iic_survey.output.selection`)."""
+them into the catalog, :mod:`iic_survey.output.selection_folder`)."""
 
 
 def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -343,12 +343,14 @@ def write_gate_set_of(config: TrainConfig, model_dir: str | Path) -> None:
 
 def _write_selection(ev: Evaluation, out: Path, meta: dict[str, Any]) -> None:
     """Completeness, purity, thresholds and reliability of the test split
-    (:mod:`iic_survey.training.selection`), with the calibrated probabilities."""
+    (:mod:`iic_survey.training.selection_tables`), with the calibrated probabilities."""
     t = ev.test
-    tables = selection.selection_tables(t, ev.test_proba)  # thresholds: choose / verify parts
+    tables = selection_tables.selection_tables(
+        t, ev.test_proba
+    )  # thresholds: choose / verify parts
     info = {"split": "test", "n_rows": len(t["label"]), "arch": meta["arch"],
             "calibration": ev.calibration.to_dict()}  # fmt: skip
-    selection.write_tables(out, tables, info)
+    selection_tables.write_tables(out, tables, info)
 
 
 def _nll_depth(ev: Evaluation) -> float | None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.hashing import hash_unit
@@ -59,7 +59,7 @@ class SplitConfig:
                 f"split fractions must be 3 non-negative numbers summing to 1, got {fr}"
             )
         if self.block_order is not None:
-            sky.check_order(self.block_order)
+            healpix.check_order(self.block_order)
 
 
 def assign_split(
@@ -68,7 +68,7 @@ def assign_split(
     """Split name (``SPLITS``) of each source: a pure function of its id (or its pixel)."""
     ids = np.asarray(cntr, dtype=np.int64)
     if config.block_order is not None:
-        ids = sky.pixel_of(ra, dec, config.block_order)
+        ids = healpix.pixel_of(ra, dec, config.block_order)
     u = hash_unit(ids, config.key)
     edges = np.cumsum(config.fractions)[:2]
     return np.asarray(SPLITS, dtype=object)[np.searchsorted(edges, u, side="right")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from iic_survey.core.progress import Bar, interactive
-from iic_survey.synthetic import sky as synthetic
+from iic_survey.synthetic import skyfiles
 
 
 class _Terminal(io.StringIO):
@@ -29,6 +29,6 @@ def test_bar_draws_on_a_terminal_only() -> None:
 def test_writing_a_sky_draws_a_bar_on_a_terminal(tmp_path, monkeypatch) -> None:
     term = _Terminal()
     monkeypatch.setattr("sys.stderr", term)
-    synthetic.write_sky(tmp_path / "sky", synthetic.tiny_config())
+    skyfiles.write_sky(tmp_path / "sky", skyfiles.tiny_config())
     last = term.getvalue().split("\r")[-1]
     assert last.startswith("synthetic sky  [####################]  100.0 %")

@@ -22,7 +22,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from fsspec.implementations.local import LocalFileSystem
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.inputs import allwise_schema, partitions, storage
 from iic_survey.inputs import catalog as cat
 from tests.fixtures.s3 import BUCKET, RequestLog, upload_tree
@@ -33,15 +33,15 @@ SEAM = (0.3, 0.2, 1.0)
 # Pixels of the test catalog: the four order-5 children of order-4 pixel 0, one pixel in
 # another base pixel, the pixels under the seam cone, and pixel 4000 holding an empty file.
 PIXELS = tuple(
-    sorted({0, 1, 2, 3, 1029, *map(int, sky.cone_pixels(SEAM[0], SEAM[1], SEAM[2] + 0.5, 5))})
+    sorted({0, 1, 2, 3, 1029, *map(int, healpix.cone_pixels(SEAM[0], SEAM[1], SEAM[2] + 0.5, 5))})
 )
 EMPTY_PIXEL = 4000
 
 
 def _table(k5: int, n: int, first: int, rng: np.random.Generator) -> pa.Table:
     """``n`` sources in order-5 pixel ``k5`` with every pipeline column, AllWISE-typed."""
-    fine = rng.choice(sky.children(k5, 5, 14), n, replace=False)
-    ra, dec = hp.pix2ang(sky.nside(14), fine, nest=True, lonlat=True)
+    fine = rng.choice(healpix.children(k5, 5, 14), n, replace=False)
+    ra, dec = hp.pix2ang(healpix.nside(14), fine, nest=True, lonlat=True)
     snr3 = rng.uniform(0, 10, n)
     sig3 = np.where(snr3 >= 2, rng.uniform(0.05, 0.3, n), np.nan)
     cols: dict[str, Any] = {
@@ -205,7 +205,7 @@ def test_read_deeper_order_filters_parent_by_position(
     assert fs.data_files() == {rel(2)}
     assert c.count(target, 7) == int((p7 == target).sum())
     # a deeper pixel that is empty, and several deeper pixels at once
-    empty_child = int(np.setdiff1d(sky.children(2, 5, 7), p7)[0])
+    empty_child = int(np.setdiff1d(healpix.children(2, 5, 7), p7)[0])
     assert c.read_pixel(empty_child, 7, columns=["cntr"]).empty
     two = np.unique(p7)[:2]
     assert len(c.read_pixels(two, 7, ["cntr"])) == int(np.isin(p7, two).sum())
@@ -223,7 +223,7 @@ def test_column_projection_reads_requested_columns_only(
 
 
 @pytest.mark.parametrize(
-    "cone", [SEAM, (sky.pixel_center(1, 5)[0], sky.pixel_center(1, 5)[1], 0.7)]
+    "cone", [SEAM, (healpix.pixel_center(1, 5)[0], healpix.pixel_center(1, 5)[1], 0.7)]
 )
 def test_cone_matches_astropy(
     cone: tuple[float, float, float], local: tuple[Path, dict[int, pa.Table]]
@@ -245,7 +245,7 @@ def test_cone_matches_astropy(
     got = got.sort_values("cntr")
     np.testing.assert_array_equal(got["cntr"], every["cntr"].to_numpy()[inside][order])
     np.testing.assert_allclose(got["_dist_arcsec"], sep[inside][order], rtol=0, atol=1e-6)
-    wanted = {rel(int(k)) for k in sky.cone_pixels(ra0, dec0, r, 5) if int(k) in tables}
+    wanted = {rel(int(k)) for k in healpix.cone_pixels(ra0, dec0, r, 5) if int(k) in tables}
     assert fs.data_files() <= wanted
 
 
@@ -489,7 +489,7 @@ def test_tiny_sky_catalog(sky_manifest: Any) -> None:
     assert sum(c.count(int(p)) for p in c.pixels()) == sky_manifest.n_sources
     every = c.read_pixels(c.pixels(), 5, ["cntr", "ra", "dec"])
     assert len(every) == sky_manifest.n_sources and every["cntr"].is_unique
-    k5 = sky.pixel_of(every["ra"].to_numpy(), every["dec"].to_numpy(), 5)
+    k5 = healpix.pixel_of(every["ra"].to_numpy(), every["dec"].to_numpy(), 5)
     for p in c.pixels():
         assert set(c.read_pixel(int(p), 5, ["cntr"])["cntr"]) == set(every["cntr"][k5 == p])
     ra0, dec0 = float(every["ra"].median()), float(every["dec"].median())
@@ -525,7 +525,7 @@ def test_real_allwise_bucket() -> None:
     c = cat.open_catalog(cat.IRSA_ALLWISE_URL, anon=True)
     missing = [col for col in allwise_schema.PIPELINE_COLUMNS if col not in c.schema.names]
     assert not missing
-    pixel = int(sky.pixel_of(np.array([150.0]), np.array([2.2]), 5)[0])  # COSMOS
+    pixel = int(healpix.pixel_of(np.array([150.0]), np.array([2.2]), 5)[0])  # COSMOS
     df = c.read_pixel(pixel, 5, columns=["cntr", "ra", "dec", "w1mpro"])
     assert len(df) > 1000
-    assert (sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), 5) == pixel).all()
+    assert (healpix.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), 5) == pixel).all()

@@ -44,15 +44,15 @@ from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
 from iic_survey.model import directory
 from iic_survey.output import reader as export
-from iic_survey.synthetic import sky as synthetic
+from iic_survey.synthetic import skyfiles
 from iic_survey.training import checkpoints
 from tests.fixtures.jobs import load_job
 from tests.integration.test_pipeline import make_model_dir
 
-SKY = synthetic.SkyConfig(
+SKY = skyfiles.SkyConfig(
     seed=7,
     n_sources=501,
-    fields=synthetic.DEFAULT_FIELDS[1:],
+    fields=skyfiles.DEFAULT_FIELDS[1:],
     field_size_deg=0.15,
     artefacts=False,  # no flagged rows by design: every flag in a damaged run is our damage
 )
@@ -94,22 +94,22 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, 
 
 
 @pytest.fixture(scope="module")
-def sky(tmp_path_factory: pytest.TempPathFactory) -> synthetic.SkyManifest:
-    return synthetic.write_sky(tmp_path_factory.mktemp("bad_input") / "sky", SKY)
+def sky(tmp_path_factory: pytest.TempPathFactory) -> skyfiles.SkyManifest:
+    return skyfiles.write_sky(tmp_path_factory.mktemp("bad_input") / "sky", SKY)
 
 
 @pytest.fixture(scope="module")
-def model_dir(sky: synthetic.SkyManifest, tmp_path_factory: pytest.TempPathFactory) -> str:
+def model_dir(sky: skyfiles.SkyManifest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """An untrained tiny model: what it says does not matter here, only that rows get through."""
     return make_model_dir(
         tmp_path_factory.mktemp("bad_model") / "m", sky.images_url, sky.catalog_url
     )
 
 
-def copy_sky(sky: synthetic.SkyManifest, dest: Path) -> Path:
+def copy_sky(sky: skyfiles.SkyManifest, dest: Path) -> Path:
     """A private copy of the sky to damage; returns its catalog root."""
     shutil.copytree(sky.root, dest)
-    return Path(synthetic.catalog_url(dest))
+    return Path(skyfiles.catalog_url(dest))
 
 
 def partition_path(cat_root: Path, k5: int) -> Path:
@@ -210,7 +210,7 @@ def on_tile(rows: pd.DataFrame, header: fits.Header, margin_px: float) -> np.nda
 
 
 def tile_file(root: Path, coadd_id: str, band: int) -> Path:
-    return root / synthetic.IMAGES_PREFIX / synthetic.tile_relpath(coadd_id, band)
+    return root / skyfiles.IMAGES_PREFIX / skyfiles.tile_relpath(coadd_id, band)
 
 
 # ------------------------------------------------------ errors before any work (no Ray run)

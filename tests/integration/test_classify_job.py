@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from iic_survey.output import writer as output
+from iic_survey.output import staging
 from tests.fixtures.jobs import load_job
 
 
@@ -57,8 +57,8 @@ def test_ray_job_submit_then_resume_in_process(
     proc = local_ray.submit("jobs/classify_sky.py", *args, "--limit", "1", timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "partial" in proc.stdout and "sources/s" in proc.stdout
-    assert len(output.finished_pixels(out, 5)) == 1
+    assert len(staging.finished_pixels(out, 5)) == 1
     assert job.main(args) == 0  # in-process, on the same cluster: resumes the rest
-    assert len(output.finished_pixels(out, 5)) == len(tiny_sky.pixels)
+    assert len(staging.finished_pixels(out, 5)) == len(tiny_sky.pixels)
     df = pd.read_parquet(out + "/iic_allwise/dataset", columns=["cntr"])
     assert len(df) == tiny_sky.n_sources and df["cntr"].is_unique

@@ -50,8 +50,7 @@ import pytest
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
 from iic_survey.output import reader as export
-from iic_survey.output import schema
-from iic_survey.output import writer as output_writer
+from iic_survey.output import schema, staging
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
 from tests.fixtures.jobs import classify_driver, load_job
@@ -492,7 +491,7 @@ class Reader(threading.Thread):
 
     def look(self) -> None:
         fs, root = schema.resolve(self.url, self.fs)
-        for markers in output_writer.commit_markers(self.url, self.fs).values():
+        for markers in staging.commit_markers(self.url, self.fs).values():
             for pixel, marker in markers.items():
                 if marker["rows"] != self.planned[pixel]:
                     self.violations.append(

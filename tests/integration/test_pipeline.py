@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from iic_survey.core import metrics, sky
+from iic_survey.core import healpix, metrics
 from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.constants import CLASSES, SUBSETS
 from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
@@ -23,8 +23,7 @@ from iic_survey.inputs.catalog import open_catalog
 from iic_survey.model import ood as model_ood
 from iic_survey.model.domain import TrainingDomain
 from iic_survey.model.ood import OodStats
-from iic_survey.output import commit, schema
-from iic_survey.output import writer as output
+from iic_survey.output import commit, schema, staging
 from iic_survey.stamps.maker import StampMaker
 from iic_survey.stamps.split import StampCutter
 from iic_survey.survey.classify import Classify, Scoring, result_rows, scoring_record
@@ -107,7 +106,7 @@ def test_chunks_fit_the_object_store(monkeypatch):
 def test_assign_pixels_matches_healpy():
     rng = np.random.default_rng(0)
     k5 = 4321
-    ra0, dec0 = sky.pixel_center(k5, 5)
+    ra0, dec0 = healpix.pixel_center(k5, 5)
     ra = ra0 + rng.uniform(-0.5, 0.5, 500)
     dec = dec0 + rng.uniform(-0.5, 0.5, 500)
     inside = hp.ang2pix(32, ra, dec, nest=True, lonlat=True) == k5
@@ -204,7 +203,7 @@ def test_result_rows_calibrate_per_depth_carry_allwise_columns_and_label_subsets
     table = schema.as_output_table(
         pd.DataFrame(out).drop(columns=["_pixel", "_row", "_chunk"]),
         5,
-        int(sky.pixel_of(np.array([10.5]), np.array([-4.5]), 5)[0]),
+        int(healpix.pixel_of(np.array([10.5]), np.array([-4.5]), 5)[0]),
     )
     assert table.column("subset").type == pa.dictionary(pa.int8(), pa.string())
     # an older model (no training domain): nothing is extrapolation
@@ -297,7 +296,7 @@ def test_stages_without_ray_commit_a_pixel(tiny_sky, model_dir, tmp_path):
     maker = StampMaker.from_spec(tiny_sky.images_url)
     classify = Classify(model_dir, "cpu", 128, None)
     out = str(tmp_path / "cat")
-    output.prepare_output(out, {"test": 1})
+    staging.prepare_output(out, {"test": 1})
     writer = PartWriter(out, 5)
     receipts = []
     for chunk in reader(pd.DataFrame({"unit": [json.dumps(unit)]})):
@@ -323,7 +322,7 @@ def test_the_cpu_actor_stages_the_rows_of_the_separate_stages(tiny_sky, model_di
     kwargs["confidence_threshold"] = None
     outs = [str(tmp_path / name) for name in ("fused", "separate")]
     for out in outs:
-        output.prepare_output(out, {"test": 1})
+        staging.prepare_output(out, {"test": 1})
     fused = ChunkStage(cutter, kwargs, PartWriter(outs[0], 5))
     classify, writer = Classify(**kwargs), PartWriter(outs[1], 5)
     for chunk in chunks:
@@ -377,7 +376,7 @@ def test_part_names_are_a_function_of_the_rows(tmp_path):
         ),
     )
     rows = pd.DataFrame(result)
-    pixel = int(sky.pixel_of(np.array([10.5]), np.array([-4.5]), 5)[0])
+    pixel = int(healpix.pixel_of(np.array([10.5]), np.array([-4.5]), 5)[0])
     rows["_pixel"] = pixel
     out = str(tmp_path / "o")
     writer = PartWriter(out, 5)
@@ -399,7 +398,7 @@ def test_missing_model_is_a_clear_error(tiny_sky, tmp_path):
 def _truth_counts(tiny_sky, order: int) -> dict[int, int]:
     cat = open_catalog(tiny_sky.catalog_url)
     df = cat.read_pixels(tiny_sky.pixels, 5, columns=["ra", "dec"])
-    pix = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), order)
+    pix = healpix.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), order)
     values, counts = np.unique(pix, return_counts=True)
     return dict(zip(values.tolist(), counts.tolist(), strict=True))
 
@@ -475,7 +474,7 @@ def test_crash_then_rerun_at_order_6_equals_uninterrupted(
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_pipeline(cfg)
     monkeypatch.delenv(CRASH_ENV)
-    done_before = output.finished_pixels(out, 6)
+    done_before = staging.finished_pixels(out, 6)
     total = len(_truth_counts(tiny_sky, 6))
     assert 1 <= len(done_before) < total
     resumed = run_pipeline(cfg)

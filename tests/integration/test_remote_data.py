@@ -23,7 +23,7 @@ import pytest
 import requests
 from astropy.wcs import WCS
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.inputs import allwise_schema, archive, ibe, partitions, storage, tiles
 from iic_survey.inputs import catalog as cat
 from iic_survey.inputs.tile_header import MAGZP, tile_header, tile_wcs
@@ -59,7 +59,7 @@ def irsa() -> archive.TileArchive:
 
 
 def test_real_partition_footer_has_our_schema_partition_keys_and_row_groups(store) -> None:
-    k5 = int(sky.pixel_of(np.array([RA]), np.array([DEC]), partitions.CATALOG_ORDER)[0])
+    k5 = int(healpix.pixel_of(np.array([RA]), np.array([DEC]), partitions.CATALOG_ORDER)[0])
     rels = store.list_pixel(k5)
     assert len(rels) >= 1, (
         f"no file under healpix_k5={k5} ({store.url}): layout {partitions.LAYOUT}"

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.coordinates import SkyCoord
 
-from iic_survey.core import sky as hpx
+from iic_survey.core import healpix
 from iic_survey.inputs import footer_bytes, partitions
 from iic_survey.inputs.catalog import open_catalog
 from iic_survey.inputs.storage import CatalogError
@@ -130,7 +130,7 @@ def test_metadata_writer_refuses_a_file_of_another_schema(tmp_path: Path) -> Non
 def test_density_model_has_allwises_structure() -> None:
     w = skyscale.density_weights()
     assert w.shape == (12288,) and np.isclose(w.mean(), 1.0)
-    ra, dec = (np.array(v) for v in zip(*[hpx.pixel_center(int(p), 5) for p in range(12288)],
+    ra, dec = (np.array(v) for v in zip(*[healpix.pixel_center(int(p), 5) for p in range(12288)],
                                          strict=True))  # fmt: skip
     gal = SkyCoord(ra, dec, unit="deg").galactic
     b, lon = gal.b.deg, (gal.l.deg + 180) % 360 - 180
@@ -168,7 +168,7 @@ def test_sky_scale_catalog_is_irsas_layout_and_the_planner_counts_it(small_scale
     one = pq.read_table(f"{small_scale.catalog_url}/healpix_k0=0/healpix_k5=7/part0.snappy.parquet")
     assert one.num_rows == counts[7] and one.schema.names == list(allwise_columns.COLUMN_NAMES)
     ra, dec = one["ra"].to_numpy(), one["dec"].to_numpy()
-    assert (hpx.pixel_of(ra, dec, 5) == 7).all()
+    assert (healpix.pixel_of(ra, dec, 5) == 7).all()
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def made(tiny_sky) -> dict[str, np.ndarray]:
 def sky_rows(tiny_sky) -> dict[str, np.ndarray]:
     """Every classifiable row of the tiny sky as the CPU stage makes it, with its true class."""
     from iic_survey.core.flags import unclassifiable
-    from iic_survey.synthetic.sky import read_truth
+    from iic_survey.synthetic.skyfiles import read_truth
 
     cat = open_catalog(tiny_sky.catalog_url)
     maker = StampMaker.from_spec(tiny_sky.images_url)

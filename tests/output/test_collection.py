@@ -18,12 +18,11 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from hats.io.validation import is_valid_catalog
 
-from iic_survey.core import sky
-from iic_survey.output import commit, margin, partitions, reader, schema, strays
+from iic_survey.core import healpix
+from iic_survey.output import commit, margin, partitions, reader, schema, staging, strays
 from iic_survey.output import finalize as output_finalize
-from iic_survey.output import writer as output
 from iic_survey.output.validate import validate_catalog
-from tests.output.test_writer import ORDER, fake_results, write_catalog
+from tests.output.test_staging import ORDER, fake_results, write_catalog
 
 RADIUS = 6.0  # arcsec: the crossmatch radius, inside the 10" margin
 rng = np.random.default_rng(15)
@@ -51,7 +50,7 @@ def _edge_points(order: int, pixels: list[int], per_edge: int) -> tuple[np.ndarr
 def edge_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Our rows and another catalog's sources, both within arcseconds of order-3 pixel edges."""
     centre = (150.0, 20.0)
-    pixels = sky.cone_pixels(*centre, 4.0, ORDER).tolist()
+    pixels = healpix.cone_pixels(*centre, 4.0, ORDER).tolist()
     ra, dec = _edge_points(ORDER, pixels, per_edge=12)
     ours, _ = fake_results(len(ra), seed=3, centre=centre, radius_deg=10)
     ours["ra"], ours["dec"] = _offset(ra, dec, 4.0)
@@ -100,8 +99,8 @@ def test_crossmatch_finds_every_pair_a_brute_force_match_finds(collection: str, 
     assert len(other.get_healpix_pixels()) > 4  # several partitions on the other side too
     expected = _pairs(other_df, ours, RADIUS)
     shift = 2 * (29 - ORDER)
-    h29 = sky.healpix_29(ours["ra"].to_numpy(), ours["dec"].to_numpy())
-    opix = sky.pixel_of(other_df["ra"].to_numpy(), other_df["dec"].to_numpy(), ORDER)
+    h29 = healpix.healpix_29(ours["ra"].to_numpy(), ours["dec"].to_numpy())
+    opix = healpix.pixel_of(other_df["ra"].to_numpy(), other_df["dec"].to_numpy(), ORDER)
     owner = dict(zip(ours["cntr"], h29 >> shift, strict=True))
     assert set(opix.tolist()) <= set(owner.values())  # we cover every other source's pixel
     across = {(i, c) for i, c in expected if owner[c] != opix[i]}
@@ -140,7 +139,7 @@ def test_margin_holds_exactly_the_rows_near_each_partition(collection: str, edge
     """Against an independent astropy distance to a finely sampled pixel boundary."""
     ours = edge_rows[0]
     shift = 2 * (29 - ORDER)
-    h29 = sky.healpix_29(ours["ra"].to_numpy(), ours["dec"].to_numpy())
+    h29 = healpix.healpix_29(ours["ra"].to_numpy(), ours["dec"].to_numpy())
     coords = SkyCoord(ours["ra"].to_numpy() * u.deg, ours["dec"].to_numpy() * u.deg)
     name = schema.margin_name(10.0)
     in_band = 0  # rows 9-10" from a pixel they are not in: a 9" margin would lose them
@@ -151,7 +150,7 @@ def test_margin_holds_exactly_the_rows_near_each_partition(collection: str, edge
         _, sep, _ = coords[outside].match_to_catalog_sky(edge)
         want = set(ours["cntr"].to_numpy()[outside[sep.arcsec <= 10.0]].tolist())
         in_band += int(((sep.arcsec > 9.05) & (sep.arcsec <= 9.95)).sum())
-        f = Path(collection) / name / "dataset" / sky.hats_path(ORDER, pixel)
+        f = Path(collection) / name / "dataset" / healpix.hats_path(ORDER, pixel)
         got = set(pd.read_parquet(f)["cntr"].tolist()) if f.exists() else set()
         assert got == want, pixel
     assert in_band >= 10, in_band
@@ -187,8 +186,8 @@ def test_margin_build_resumes_after_a_crash(tmp_path: Path, edge_rows) -> None:
 
 def test_cone_search_opens_only_partitions_the_coverage_map_keeps(tmp_path, monkeypatch) -> None:
     """Rows fill only the east half of one pixel: a cone in its empty west half opens nothing."""
-    pixel = int(sky.pixel_of(np.array([150.0]), np.array([20.0]), ORDER)[0])
-    ra, dec = hp.pix2ang(2**9, sky.children(pixel, ORDER, 9), nest=True, lonlat=True)
+    pixel = int(healpix.pixel_of(np.array([150.0]), np.array([20.0]), ORDER)[0])
+    ra, dec = hp.pix2ang(2**9, healpix.children(pixel, ORDER, 9), nest=True, lonlat=True)
     east = ra > np.median(ra)
     rows, _ = fake_results(int(east.sum()), seed=5)
     rows["ra"], rows["dec"] = ra[east], dec[east]
@@ -222,7 +221,7 @@ def test_rows_across_an_edge_go_where_their_position_says(
     With ``crash_in_merge`` the first finalize dies after rewriting Q's file, before Q's marker:
     the next finalize merges again and still keeps each row once."""
     rows, _ = fake_results(600, seed=6, centre=(150.0, 20.0), radius_deg=5)
-    pix = sky.pixel_of(rows["ra"].to_numpy(), rows["dec"].to_numpy(), ORDER)
+    pix = healpix.pixel_of(rows["ra"].to_numpy(), rows["dec"].to_numpy(), ORDER)
     p = int(np.bincount(pix).argmax())
     rows = rows[pix == p].reset_index(drop=True)
     ring = hp.get_all_neighbours(2**ORDER, p, nest=True)
@@ -231,20 +230,22 @@ def test_rows_across_an_edge_go_where_their_position_says(
     extra, _ = fake_results(40, seed=7)
     qra, qdec = hp.pix2ang(2**ORDER, q_planned, nest=True, lonlat=True)
     extra["ra"], extra["dec"] = _offset(np.full(40, qra), np.full(40, qdec), 3000)
-    extra = extra[sky.pixel_of(extra["ra"].to_numpy(), extra["dec"].to_numpy(), ORDER) == q_planned]
+    extra = extra[
+        healpix.pixel_of(extra["ra"].to_numpy(), extra["dec"].to_numpy(), ORDER) == q_planned
+    ]
     # two rows of P sit exactly on P's corners with the neighbours, on the far side
     for i, q in ((0, q_planned), (1, q_empty)):
         vra, vdec = _edge_points(ORDER, [q], per_edge=40)
-        on_p = sky.pixel_of(vra, vdec, ORDER) == q
+        on_p = healpix.pixel_of(vra, vdec, ORDER) == q
         near = np.argmin(
             np.abs(vra[on_p] - rows.loc[i, "ra"]) + np.abs(vdec[on_p] - rows.loc[i, "dec"])
         )
         rows.loc[i, ["ra", "dec"]] = vra[on_p][near], vdec[on_p][near]
     out = str(tmp_path / "c")
-    output.prepare_output(out, {"healpix_order": ORDER})
-    output.write_plan(out, ORDER, {p: len(rows), q_planned: len(extra)})
-    output.write_part(out, ORDER, p, "a", rows)
-    output.write_part(out, ORDER, q_planned, "b", extra)
+    staging.prepare_output(out, {"healpix_order": ORDER})
+    staging.write_plan(out, ORDER, {p: len(rows), q_planned: len(extra)})
+    staging.write_part(out, ORDER, p, "a", rows)
+    staging.write_part(out, ORDER, q_planned, "b", extra)
     commit.commit_pixel(out, ORDER, p, len(rows))
     commit.commit_pixel(out, ORDER, q_planned, len(extra))
     if crash_in_merge:
@@ -265,7 +266,7 @@ def test_rows_across_an_edge_go_where_their_position_says(
     assert is_valid_catalog(f"{out}/{schema.MAIN}", strict=True)
     back = pd.read_parquet(f"{out}/{schema.MAIN}/dataset")
     assert len(back) == len(rows) + len(extra) and back["cntr"].is_unique
-    h29 = sky.healpix_29(back["ra"].to_numpy(), back["dec"].to_numpy())
+    h29 = healpix.healpix_29(back["ra"].to_numpy(), back["dec"].to_numpy())
     assert (back["_healpix_29"].to_numpy() == h29).all()
     where = dict(
         zip(back["cntr"], back["_healpix_29"].to_numpy() >> (2 * (29 - ORDER)), strict=True)
@@ -303,7 +304,7 @@ def test_dense_pixels_are_split_and_a_crash_mid_split_resumes(tmp_path: Path, mo
 
     monkeypatch.setattr(commit, "write_atomic", dies)
     with pytest.raises(OSError, match="mid-split"):
-        write_catalog(crashed, rows.assign(_p=sky.pixel_of(rows["ra"], rows["dec"], ORDER))
+        write_catalog(crashed, rows.assign(_p=healpix.pixel_of(rows["ra"], rows["dec"], ORDER))
                       .sort_values("_p", key=lambda s: s != dense).drop(columns="_p"),
                       run_args=args)  # fmt: skip
     monkeypatch.setattr(commit, "write_atomic", real)

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from iic_survey.core import sky
-from iic_survey.output import commit, schema
-from iic_survey.output import writer as output
-from tests.output.test_writer import fake_results
+from iic_survey.core import healpix
+from iic_survey.output import commit, schema, staging
+from tests.output.test_staging import fake_results
 
 ORDER = 3
 
@@ -53,16 +52,16 @@ class RecordingFS(MemoryFileSystem):
 def staged() -> tuple[RecordingFS, str, int, int]:
     """A planned pixel with all its rows staged on a fresh RecordingFS: (fs, root, pixel, n)."""
     df, _ = fake_results(600, seed=11)
-    pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
+    pixels = healpix.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
     values, counts = np.unique(pixels, return_counts=True)
     pixel, n = int(values[counts.argmax()]), int(counts.max())
     fs = RecordingFS(skip_instance_cache=True)
     root = f"/iic-commit-order-{uuid.uuid4().hex}/catalog"
-    output.prepare_output(root, {"healpix_order": ORDER, "model": "test"}, fs=fs)
-    output.write_plan(root, ORDER, {pixel: n}, fs=fs)
+    staging.prepare_output(root, {"healpix_order": ORDER, "model": "test"}, fs=fs)
+    staging.write_plan(root, ORDER, {pixel: n}, fs=fs)
     rows = df[pixels == pixel]
-    output.write_part(root, ORDER, pixel, "c0", rows.iloc[: n // 2], fs)
-    output.write_part(root, ORDER, pixel, "c1", rows.iloc[n // 2 :], fs)
+    staging.write_part(root, ORDER, pixel, "c0", rows.iloc[: n // 2], fs)
+    staging.write_part(root, ORDER, pixel, "c1", rows.iloc[n // 2 :], fs)
     yield fs, root, pixel, n
     fs.rm(root.split("/catalog")[0], recursive=True)
 
@@ -86,7 +85,7 @@ def test_a_commit_that_fails_writing_data_leaves_no_marker_and_reruns(staged) ->
     with pytest.raises(OSError, match="injected"):
         commit.commit_pixel(root, ORDER, pixel, n, fs)
     assert not commit.is_finished(root, ORDER, pixel, fs), "a marker without its data"
-    assert output.staged_rows(root, ORDER, pixel, fs) == n  # the staged rows are kept
+    assert staging.staged_rows(root, ORDER, pixel, fs) == n  # the staged rows are kept
     fs.crash_on = None
     assert commit.commit_pixel(root, ORDER, pixel, n, fs) == n  # the rerun commits it
     assert commit.is_finished(root, ORDER, pixel, fs)

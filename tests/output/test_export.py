@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.constants import CLASSES
 from iic_survey.output import export as output_export
 from iic_survey.output import reader as export
 from iic_survey.output import schema
-from tests.output.test_writer import ORDER, fake_results, write_catalog
+from tests.output.test_staging import ORDER, fake_results, write_catalog
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_cone_matches_astropy_and_prunes_files(catalog: str, results) -> None:
     assert len(expected) > 50
     assert set(got["cntr"]) == expected
     n_files = len(export.partitions(catalog))
-    near = set(sky.cone_pixels(ra0, dec0, r, ORDER).tolist())
+    near = set(healpix.cone_pixels(ra0, dec0, r, ORDER).tolist())
     assert 0 < len(opened) < n_files
     assert len(opened) == len([p for _, p in export.partitions(catalog) if p in near])
 
@@ -64,13 +64,13 @@ def test_filters_columns_and_pixels(catalog: str, results) -> None:
     assert set(got["cntr"]) == set(want["cntr"])
 
     # a deeper order than the catalog's: only one file opened, rows filtered exactly
-    h5 = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER + 2)
+    h5 = healpix.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER + 2)
     some = np.unique(h5)[:3]
     got, opened = _opened_pixel_files(catalog, pixels=(ORDER + 2, some.tolist()))
     assert set(got["cntr"]) == set(df.loc[np.isin(h5, some), "cntr"])
-    assert len(opened) == len(np.unique(sky.parent(some, ORDER + 2, ORDER)))
+    assert len(opened) == len(np.unique(healpix.parent(some, ORDER + 2, ORDER)))
     # a shallower order: every catalog pixel inside it
-    h1 = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER - 1)
+    h1 = healpix.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER - 1)
     got = export.read(catalog, columns=["cntr"], pixels=(ORDER - 1, [int(h1[0])]))
     assert set(got["cntr"]) == set(df.loc[h1 == h1[0], "cntr"])
 

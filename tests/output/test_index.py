@@ -14,9 +14,9 @@ from iic_survey.__main__ import main
 from iic_survey.output import finalize as output_finalize
 from iic_survey.output import index
 from iic_survey.output.reader import read
-from iic_survey.output.writer import OutputError
+from iic_survey.output.staging import OutputError
 from tests.output.test_collection import _files
-from tests.output.test_writer import fake_results, write_catalog
+from tests.output.test_staging import fake_results, write_catalog
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.constants import CLASSES
 from iic_survey.report import cli, config, examples, figures
 from iic_survey.report import sections as report
 from iic_survey.report import tally as report_tally
 from tests.fixtures.selection import fake_selection_tables
-from tests.output.test_writer import fake_results, write_catalog
+from tests.output.test_staging import fake_results, write_catalog
 
 DPI = 50
 
@@ -260,12 +260,12 @@ def test_map_views() -> None:
 
 def test_separate_small_fields_get_one_zoom_each_drawn_from_fine_counts(monkeypatch) -> None:
     from iic_survey.report import zoom
-    from tests.output.test_writer import fake_results
+    from tests.output.test_staging import fake_results
 
     centres = [(165.5, 18.95), (226.07, -0.75), (316.85, -52.8), (139.8, 56.65)]
     frames = [fake_results(400, seed=i, centre=c, radius_deg=0.2)[0] for i, c in enumerate(centres)]
     df = pd.concat(frames, ignore_index=True)
-    df["_healpix_29"] = sky.healpix_29(df["ra"].to_numpy(), df["dec"].to_numpy())
+    df["_healpix_29"] = healpix.healpix_29(df["ra"].to_numpy(), df["dec"].to_numpy())
     order = 6
     counts = np.bincount(
         df["_healpix_29"].to_numpy() >> (2 * (29 - order)), minlength=12 * 4**order
@@ -287,15 +287,15 @@ def test_separate_small_fields_get_one_zoom_each_drawn_from_fine_counts(monkeypa
 
 
 def test_selection_section_draws_the_catalogs_tables(tmp_path: Path) -> None:
-    from iic_survey.output.selection import SELECTION
-    from iic_survey.report import selection as selection_report
-    from iic_survey.training import selection
+    from iic_survey.output.selection_folder import SELECTION
+    from iic_survey.report import selection_section
+    from iic_survey.training import selection_tables
 
     tables = fake_selection_tables(seed=0, separation=2.5)
     root = tmp_path / "cat"
-    assert selection_report.section(str(root), tmp_path, DPI)[2].startswith("This catalog has no")
-    selection.write_tables(root / SELECTION, tables, {"split": "test"})
-    md = selection_report.section(f"{root}/iic_allwise", tmp_path, DPI)  # main catalog path too
+    assert selection_section.section(str(root), tmp_path, DPI)[2].startswith("This catalog has no")
+    selection_tables.write_tables(root / SELECTION, tables, {"split": "test"})
+    md = selection_section.section(f"{root}/iic_allwise", tmp_path, DPI)  # main catalog path too
     assert "![Reliability per W1 bin](reliability_w1.png)" in md
     assert sum(line.startswith("| quasar |") for line in md) == 3
     for name in ("reliability_w1.png", "selection_w1.png"):

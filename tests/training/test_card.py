@@ -72,7 +72,9 @@ def test_card_holds_the_measured_numbers_per_depth() -> None:
 
 @pytest.mark.slow
 def test_finalize_writes_the_card(tmp_path: Path) -> None:
-    from tests.training.test_fit import test_finalize_writes_a_loadable_calibrated_model_directory
+    from tests.training.test_trainer import (
+        test_finalize_writes_a_loadable_calibrated_model_directory,
+    )
 
     test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path)
     text = (tmp_path / "model" / card.CARD_FILE).read_text()

@@ -19,10 +19,9 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from iic_survey.core import hashing, sky
+from iic_survey.core import hashing, healpix
 from iic_survey.core.constants import CLASSES
-from iic_survey.training import build as labels
-from iic_survey.training import crossmatch, sdss, splits, trainingset
+from iic_survey.training import crossmatch, labels, sdss, splits, trainingset
 from tests.fixtures.jobs import load_job
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +89,7 @@ def test_blocked_split_keeps_each_healpix_pixel_in_one_split():
     ra, dec = rng.uniform(10, 12, 5000), rng.uniform(-1, 1, 5000)
     cntr = np.arange(5000, dtype=np.int64)
     split = splits.assign_split(cntr, ra, dec, splits.SplitConfig(block_order=8))
-    pix = sky.pixel_of(ra, dec, 8)
+    pix = healpix.pixel_of(ra, dec, 8)
     per_pixel = pd.DataFrame({"pix": pix, "split": split}).groupby("pix")["split"].nunique()
     assert per_pixel.max() == 1
     assert set(split) == set(splits.SPLITS)
@@ -145,7 +144,7 @@ class MemoryCatalog:
     """The two catalog methods the crossmatch uses, over an in-memory table; counts reads."""
 
     def __init__(self, df: pd.DataFrame, order: int = 5) -> None:
-        self.df = df.assign(_pix=sky.pixel_of(df["ra"], df["dec"], order))
+        self.df = df.assign(_pix=healpix.pixel_of(df["ra"], df["dec"], order))
         self.order = order
         self.reads: list[int] = []
 
@@ -168,7 +167,7 @@ def _offset(ra, dec, sep_arcsec, pa_deg):
 def test_crossmatch_agrees_with_an_independent_astropy_separation():
     rng = np.random.default_rng(5)
     # Sources around an order-5 pixel corner, so matches straddle pixel edges.
-    c_ra, c_dec = sky.pixel_center(4000, 5)
+    c_ra, c_dec = healpix.pixel_center(4000, 5)
     n = 3000
     cat = pd.DataFrame(
         {
@@ -215,16 +214,16 @@ def test_crossmatch_agrees_with_an_independent_astropy_separation():
 
 def test_crossmatch_finds_a_counterpart_across_a_pixel_edge():
     # A catalog source just inside pixel A, its spectrum just inside neighbour B.
-    ra0, dec0 = sky.pixel_center(4000, 5)
-    lo = sky.pixel_of(np.array([ra0]), np.array([dec0]), 5)[0]
+    ra0, dec0 = healpix.pixel_center(4000, 5)
+    lo = healpix.pixel_of(np.array([ra0]), np.array([dec0]), 5)[0]
     ra = ra0
     # Walk east until the pixel changes, then put the pair on both sides of the edge.
     step = 0.5 / 3600
-    while sky.pixel_of(np.array([ra + step]), np.array([dec0]), 5)[0] == lo:
+    while healpix.pixel_of(np.array([ra + step]), np.array([dec0]), 5)[0] == lo:
         ra += step
     cat = pd.DataFrame({"cntr": [1], "ra": [ra], "dec": [dec0]})
     spec = pd.DataFrame({"ra": [ra + 1.5 / 3600], "dec": [dec0], "class": ["star"]})
-    assert sky.pixel_of(spec["ra"], spec["dec"], 5)[0] != lo
+    assert healpix.pixel_of(spec["ra"], spec["dec"], 5)[0] != lo
     out = crossmatch.crossmatch(spec, MemoryCatalog(cat), radius_arcsec=2.5)
     assert list(out["cntr"]) == [1]
 
@@ -440,7 +439,7 @@ def test_generated_spectra_crossmatch_onto_their_sources(generated_sdss, skyserv
     # A repeat spectrum never displaces the nearer one of the same source.
     expected_cntrs = {c for c in generated_sdss["match"].values() if c >= 0}
     assert not [s for s in generated_sdss["repeats"] if got.get(s) in expected_cntrs]
-    truth = __import__("iic_survey.synthetic.sky", fromlist=["x"]).read_truth(tiny_sky.root)
+    truth = __import__("iic_survey.synthetic.skyfiles", fromlist=["x"]).read_truth(tiny_sky.root)
     cls = dict(zip(truth["cntr"], truth["class"], strict=True))
     assert all(
         cls[c] == k
@@ -476,7 +475,7 @@ def _build_job(repo_root):
 def test_build_job_labels_the_synthetic_sky_balanced_split_and_deterministic(
     repo_root, tiny_sky, tmp_path, capsys
 ):
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
 
     job = _build_job(repo_root)
     out = tmp_path / "ts"
@@ -491,7 +490,7 @@ def test_build_job_labels_the_synthetic_sky_balanced_split_and_deterministic(
     per_class = {c: sum(man["counts"][s][c] for s in splits.SPLITS) for c in CLASSES}
     assert all(140 <= n <= 150 for n in per_class.values()), per_class  # minus dropped rows
     whole = pd.read_parquet(out)
-    truth = synthetic.read_truth(tiny_sky.root).set_index("cntr")["class"]
+    truth = skyfiles.read_truth(tiny_sky.root).set_index("cntr")["class"]
     assert (whole["class"].to_numpy() == truth.loc[whole["cntr"]].to_numpy()).all()
     assert (whole["label"].to_numpy() == splits.class_index(whole["class"])).all()
     assert whole["cntr"].is_unique

@@ -10,7 +10,7 @@ data). Writes, next to this script:
 * ``specobj_generated_from_tiny_sky.csv`` — in the form of the body SkyServer's SQL search
   (``x_results.aspx?format=csv``) returns for ``SELECT s.specobjid, s.ra, s.dec, s.class, s.z
   FROM SpecObj s WHERE ...``: a ``#Table1`` line, a header, one row per spectrum. The spectra
-  sit on sources of the tiny synthetic sky (``synthetic.tiny_config()``, the ``tiny_sky``
+  sit on sources of the tiny synthetic sky (``skyfiles.tiny_config()``, the ``tiny_sky``
   fixture), 120 per class, each displaced by a realistic astrometric offset (Rayleigh, sigma
   0.4"); plus 15 spectra with no WISE source within 6" (blank sky) and 6 repeat spectra of an
   already-observed source. Class names, redshifts and specobjids are made up in SDSS's form.
@@ -59,11 +59,11 @@ def sky_fingerprint(catalog: pd.DataFrame) -> str:
 def read_sky(root: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(catalog cntr/ra/dec, truth cntr/class) of a synthetic sky."""
     from iic_survey.inputs import catalog
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
 
-    cat = catalog.open_catalog(synthetic.catalog_url(root))
+    cat = catalog.open_catalog(skyfiles.catalog_url(root))
     rows = cat.read_pixels(cat.pixels(5), 5, columns=["cntr", "ra", "dec"])
-    return rows, synthetic.read_truth(root)[["cntr", "class"]]
+    return rows, skyfiles.read_truth(root)[["cntr", "class"]]
 
 
 def make(root: str) -> tuple[pd.DataFrame, dict]:
@@ -127,7 +127,7 @@ def make(root: str) -> tuple[pd.DataFrame, dict]:
     )
     table = table.sort_values("ra", kind="stable").reset_index(drop=True)
     expect = {
-        "sky": {"config": "synthetic.tiny_config()", "fingerprint": sky_fingerprint(rows)},
+        "sky": {"config": "skyfiles.tiny_config()", "fingerprint": sky_fingerprint(rows)},
         "match": {
             str(s): int(c)
             for s, c, r in zip(table["specobjid"], table["cntr"], table["repeat"], strict=True)
@@ -144,10 +144,10 @@ def to_skyserver_csv(table: pd.DataFrame) -> str:
 
 
 def main() -> int:
-    from iic_survey.synthetic import sky as synthetic
+    from iic_survey.synthetic import skyfiles
 
     with tempfile.TemporaryDirectory() as tmp:
-        synthetic.write_sky(f"{tmp}/sky", synthetic.tiny_config())
+        skyfiles.write_sky(f"{tmp}/sky", skyfiles.tiny_config())
         table, expect = make(f"{tmp}/sky")
     CSV.write_text(to_skyserver_csv(table))
     EXPECT.write_text(json.dumps(expect, indent=1) + "\n")

@@ -17,12 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from hats.io.validation import is_valid_catalog
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.flags import QualityFlag
-from iic_survey.output import commit, schema
+from iic_survey.output import commit, schema, staging
 from iic_survey.output import finalize as output_finalize
-from iic_survey.output import writer as output
 from iic_survey.output.reader import read
 from iic_survey.output.validate import validate_catalog
 
@@ -108,15 +107,15 @@ def write_catalog(
     """Write ``df`` as the pipeline would: plan, stage chunks in any order, commit, finalize.
 
     ``run_args`` are recorded in ``_run.json`` besides the order and a model name."""
-    pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), order)
+    pixels = healpix.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), order)
     counts = {int(p): int(n) for p, n in zip(*np.unique(pixels, return_counts=True), strict=True)}
     args = {"healpix_order": order, "model": "test", **(run_args or {})}
-    output.prepare_output(out, args, fs=fs)
-    output.write_plan(out, order, counts, fs=fs)
+    staging.prepare_output(out, args, fs=fs)
+    staging.write_plan(out, order, counts, fs=fs)
     for pixel in counts:
         rows = df[pixels == pixel].sample(frac=1.0, random_state=pixel)  # any order
         for i, start in enumerate(range(0, len(rows), chunk_rows)):
-            output.write_part(
+            staging.write_part(
                 out, order, pixel, f"{pixel}-{i:04d}", rows[start : start + chunk_rows], fs
             )
         assert commit.commit_if_complete(out, order, pixel, counts[pixel], fs)
@@ -171,12 +170,12 @@ def test_layout_and_files(catalog: str, results) -> None:
         assert (root / name).exists(), name
     info = pd.read_csv(root / "partition_info.csv")
     assert list(info.columns) == ["Norder", "Npix"]
-    pixels = np.unique(sky.pixel_of(df["ra"], df["dec"], ORDER))
+    pixels = np.unique(healpix.pixel_of(df["ra"], df["dec"], ORDER))
     assert info["Npix"].tolist() == pixels.tolist()
     assert not (runs / "_staging").exists()
     total = 0
     for pixel in pixels:
-        f = root / "dataset" / sky.hats_path(ORDER, int(pixel))
+        f = root / "dataset" / healpix.hats_path(ORDER, int(pixel))
         table = pq.read_table(f)
         total += table.num_rows
         h29 = table.column("_healpix_29").to_numpy()
@@ -199,7 +198,7 @@ def test_values_round_trip(catalog: str, results) -> None:
     np.testing.assert_allclose(back["p_star"], df["p_star"].astype(np.float32), equal_nan=True)
     assert back["class"].astype(object).fillna("-").tolist() == df["class"].fillna("-").tolist()
     assert back["quality_flags"].tolist() == df["quality_flags"].tolist()
-    expected = sky.healpix_29(df["ra"].to_numpy(), df["dec"].to_numpy())
+    expected = healpix.healpix_29(df["ra"].to_numpy(), df["dec"].to_numpy())
     assert back["_healpix_29"].tolist() == expected.tolist()
 
 
@@ -217,7 +216,7 @@ def test_memory_filesystem_round_trip(results) -> None:
         counts = write_catalog(out, df, fs=fs)
         assert fs.exists(f"/iic-test/catalog/{schema.MAIN}/hats.properties")
         assert fs.exists("/iic-test/catalog/collection.properties")
-        assert output.finished_pixels(out, ORDER, fs).tolist() == sorted(counts)
+        assert staging.finished_pixels(out, ORDER, fs).tolist() == sorted(counts)
         back = read(out, filesystem=fs)
         assert sorted(back["cntr"]) == sorted(df["cntr"])
         assert validate_catalog(out, fs) == []
@@ -226,42 +225,42 @@ def test_memory_filesystem_round_trip(results) -> None:
 
 
 def _pixel_rows(df: pd.DataFrame) -> tuple[int, pd.DataFrame]:
-    pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
+    pixels = healpix.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
     pixel = int(np.bincount(pixels).argmax())
     return pixel, df[pixels == pixel]
 
 
 def test_retried_chunk_is_staged_once_and_commit_is_idempotent(tmp_path: Path, results) -> None:
     out = str(tmp_path / "c")
-    output.prepare_output(out, {"a": 1})
+    staging.prepare_output(out, {"a": 1})
     pixel, rows = _pixel_rows(results[0])
     half = len(rows) // 2
-    output.write_part(out, ORDER, pixel, "c0", rows.iloc[:half])
-    output.write_part(out, ORDER, pixel, "c0", rows.iloc[:half])  # a retry: same chunk id
-    assert output.staged_rows(out, ORDER, pixel) == half
+    staging.write_part(out, ORDER, pixel, "c0", rows.iloc[:half])
+    staging.write_part(out, ORDER, pixel, "c0", rows.iloc[:half])  # a retry: same chunk id
+    assert staging.staged_rows(out, ORDER, pixel) == half
     assert not commit.commit_if_complete(out, ORDER, pixel, len(rows))
-    output.write_part(out, ORDER, pixel, "c1", rows.iloc[half:])
+    staging.write_part(out, ORDER, pixel, "c1", rows.iloc[half:])
     assert commit.commit_pixel(out, ORDER, pixel, len(rows)) == len(rows)
     assert commit.commit_pixel(out, ORDER, pixel, len(rows)) == len(rows)  # again: a no-op
     assert commit.commit_if_complete(out, ORDER, pixel, len(rows))
-    with pytest.raises(output.OutputError, match="the input changed"):
+    with pytest.raises(staging.OutputError, match="the input changed"):
         commit.commit_pixel(out, ORDER, pixel, len(rows) + 1)
-    assert output.finished_pixels(out, ORDER).tolist() == [pixel]
+    assert staging.finished_pixels(out, ORDER).tolist() == [pixel]
     # no temporary files are left beside the pixel file
     assert not [p for p in (tmp_path / "c").rglob(".*")]
 
 
 def test_commit_refuses_missing_or_duplicated_rows(tmp_path: Path, results) -> None:
     out = str(tmp_path / "c")
-    output.prepare_output(out, {"a": 1})
+    staging.prepare_output(out, {"a": 1})
     pixel, rows = _pixel_rows(results[0])
-    output.write_part(out, ORDER, pixel, "c0", rows.iloc[:10])
-    with pytest.raises(output.OutputError, match=r"10 rows staged in 1 parts, \d+ planned"):
+    staging.write_part(out, ORDER, pixel, "c0", rows.iloc[:10])
+    with pytest.raises(staging.OutputError, match=r"10 rows staged in 1 parts, \d+ planned"):
         commit.commit_pixel(out, ORDER, pixel, len(rows))
-    output.write_part(out, ORDER, pixel, "c1", rows.iloc[5:])  # rows 5..9 staged twice
-    with pytest.raises(output.OutputError, match="planned"):
+    staging.write_part(out, ORDER, pixel, "c1", rows.iloc[5:])  # rows 5..9 staged twice
+    with pytest.raises(staging.OutputError, match="planned"):
         commit.commit_pixel(out, ORDER, pixel, len(rows))
-    with pytest.raises(output.OutputError, match="repeated cntr"):
+    with pytest.raises(staging.OutputError, match="repeated cntr"):
         commit.commit_pixel(out, ORDER, pixel, len(rows) + 5)
     assert not commit.is_finished(out, ORDER, pixel)
 
@@ -285,7 +284,7 @@ def test_rows_are_checked_against_the_schema(results) -> None:
     edge = rows.copy()
     edge.iloc[0, [edge.columns.get_loc("ra"), edge.columns.get_loc("dec")]] = [ra, dec]
     h29 = schema.as_output_table(edge, ORDER, pixel).column("_healpix_29").to_numpy()
-    assert h29[0] == sky.healpix_29(np.array([ra]), np.array([dec]))[0]
+    assert h29[0] == healpix.healpix_29(np.array([ra]), np.array([dec]))[0]
     assert h29[0] >> shift == neighbour and np.all(h29[1:] >> shift == pixel)
     far = edge.copy()
     far.iloc[0, [far.columns.get_loc("ra"), far.columns.get_loc("dec")]] = [0.0, -80.0]
@@ -311,26 +310,26 @@ def test_rows_are_checked_against_the_schema(results) -> None:
 
 def test_prepare_output_resume_and_refusals(tmp_path: Path) -> None:
     out = tmp_path / "c"
-    assert output.prepare_output(str(out), {"order": 5, "model": "m"}) is False
-    assert output.prepare_output(str(out), {"order": 5, "model": "m"}) is True
-    with pytest.raises(output.OutputError, match=r"differing: \['order'\]"):
-        output.prepare_output(str(out), {"order": 6, "model": "m"})
-    assert output.prepare_output(str(out), {"order": 6, "model": "m"}, overwrite=True) is False
+    assert staging.prepare_output(str(out), {"order": 5, "model": "m"}) is False
+    assert staging.prepare_output(str(out), {"order": 5, "model": "m"}) is True
+    with pytest.raises(staging.OutputError, match=r"differing: \['order'\]"):
+        staging.prepare_output(str(out), {"order": 6, "model": "m"})
+    assert staging.prepare_output(str(out), {"order": 6, "model": "m"}, overwrite=True) is False
     assert json.loads((out / "_run.json").read_text())["args"]["order"] == 6
 
     stray = tmp_path / "notes.txt"
     stray.write_text("mine")
-    with pytest.raises(output.OutputError, match="is a file"):
-        output.prepare_output(str(stray), {})
-    assert output.prepare_output(str(stray), {}, overwrite=True) is False
+    with pytest.raises(staging.OutputError, match="is a file"):
+        staging.prepare_output(str(stray), {})
+    assert staging.prepare_output(str(stray), {}, overwrite=True) is False
     assert (stray / "_run.json").exists()
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "data.csv").write_text("1,2\n")
     for overwrite in (False, True):
-        with pytest.raises(output.OutputError, match="not an iic_survey output"):
-            output.prepare_output(str(foreign), {}, overwrite=overwrite)
+        with pytest.raises(staging.OutputError, match="not an iic_survey output"):
+            staging.prepare_output(str(foreign), {}, overwrite=overwrite)
     assert (foreign / "data.csv").exists()
 
 
@@ -341,22 +340,22 @@ def test_partial_runs_resume_and_finalize_checks(tmp_path: Path, results, caplog
     last = max(counts)
     # simulate a crash: the last pixel's marker never got written
     (tmp_path / "c" / "_done" / f"Norder={ORDER}" / f"Npix={last}.json").unlink()
-    assert last not in output.finished_pixels(out, ORDER)
+    assert last not in staging.finished_pixels(out, ORDER)
     assert last not in set(
         read(out)["_healpix_29"].to_numpy() >> (2 * (29 - ORDER))
     )  # ignored by readers
-    with pytest.raises(output.OutputError, match="1 planned pixels unfinished"):
+    with pytest.raises(staging.OutputError, match="1 planned pixels unfinished"):
         output_finalize.finalize(out)
-    with pytest.raises(output.OutputError, match="no commit marker"):
+    with pytest.raises(staging.OutputError, match="no commit marker"):
         output_finalize.finalize(out, allow_partial=True)
-    with pytest.raises(output.OutputError, match="different pixels or counts"):
-        output.write_plan(out, ORDER, {**counts, last: counts[last] + 1})
+    with pytest.raises(staging.OutputError, match="different pixels or counts"):
+        staging.write_plan(out, ORDER, {**counts, last: counts[last] + 1})
     # resume: same arguments, the unfinished pixel is staged and committed again
     with caplog.at_level(logging.INFO, logger="iic_survey.output"):
-        assert output.prepare_output(out, {"healpix_order": ORDER, "model": "test"}) is True
+        assert staging.prepare_output(out, {"healpix_order": ORDER, "model": "test"}) is True
     assert "pixels already finished" in caplog.text
-    pixels = sky.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
-    output.write_part(out, ORDER, last, "x", df[pixels == last])
+    pixels = healpix.pixel_of(df["ra"].to_numpy(), df["dec"].to_numpy(), ORDER)
+    staging.write_part(out, ORDER, last, "x", df[pixels == last])
     commit.commit_pixel(out, ORDER, last, counts[last])
     output_finalize.finalize(out)
     assert validate_catalog(out) == []
@@ -396,7 +395,9 @@ def test_s3_round_trip_and_pruning(s3_server: str, s3_requests, results) -> None
     got = read(out, columns=["cntr"], pixels=(ORDER, [pixel]), filesystem=fs)
     assert len(got) == counts[pixel]
     gets = {p for p in s3_requests.paths("GET") if "Npix=" in p and "/dataset/" in p}
-    assert gets == {f"/iic-test-out/catalog/{schema.MAIN}/dataset/{sky.hats_path(ORDER, pixel)}"}
+    assert gets == {
+        f"/iic-test-out/catalog/{schema.MAIN}/dataset/{healpix.hats_path(ORDER, pixel)}"
+    }
     # and it is a HATS catalog there too
     from upath import UPath
 
@@ -421,15 +422,15 @@ def test_s3_commit_lists_the_staging_folder_afresh(s3_server: str, results) -> N
     if not rerun.exists("iic-test-stale"):
         rerun.mkdir("iic-test-stale")
     out = "s3://iic-test-stale/catalog"
-    output.prepare_output(out, {"a": 1}, fs=rerun)
+    staging.prepare_output(out, {"a": 1}, fs=rerun)
     pixel, rows = _pixel_rows(results[0])
-    output.write_part(out, ORDER, pixel, "old0", rows.iloc[:3], fs=rerun)
-    output.write_part(out, ORDER, pixel, "old1", rows.iloc[3:5], fs=rerun)
+    staging.write_part(out, ORDER, pixel, "old0", rows.iloc[:3], fs=rerun)
+    staging.write_part(out, ORDER, pixel, "old1", rows.iloc[3:5], fs=rerun)
     root = "iic-test-stale/catalog"
-    assert len(output.part_files(worker, root, ORDER, pixel)) == 2  # cached in ``worker``
+    assert len(staging.part_files(worker, root, ORDER, pixel)) == 2  # cached in ``worker``
     assert not commit.is_finished(out, ORDER, pixel, fs=worker)
     rerun.rm(schema.staging_dir(root, ORDER, pixel), recursive=True)  # the rerun clears ...
-    output.write_part(out, ORDER, pixel, "new0", rows, fs=rerun)  # ... and stages anew
+    staging.write_part(out, ORDER, pixel, "new0", rows, fs=rerun)  # ... and stages anew
     assert commit.commit_if_complete(out, ORDER, pixel, len(rows), fs=worker)
     assert commit.is_finished(out, ORDER, pixel, fs=worker)
     with rerun.open(schema.pixel_file(root, ORDER, pixel), "rb") as f:

@@ -5,7 +5,7 @@ Written at the end of a classification run (:func:`publish`), beside the HATS co
     selection/README.md                        what every file is, and how to use it
     selection/completeness_purity.parquet      } measured on the model's labelled test split
     selection/completeness_purity_w1.parquet   } (copied from <model_dir>/selection/;
-    selection/thresholds.parquet               }  :mod:`iic_survey.training.selection`)
+    selection/thresholds.parquet               }  :mod:`iic_survey.training.selection_tables`)
     selection/reliability_w1.parquet           }
     selection/tables.json                      }
     selection/masks/galactic_plane.fits        |b| < 10 deg
@@ -39,12 +39,12 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from mocpy import MOC
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.atomic import write_atomic
 from iic_survey.output.commit import SKYMAP_ORDER
 from iic_survey.output.hatsfiles import coverage_map
 from iic_survey.output.schema import resolve
-from iic_survey.output.writer import commit_markers
+from iic_survey.output.staging import commit_markers
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ MASKS = ("galactic_plane", "bulge", "no_images", "flagged_only")
 
 def galactic_masks(order: int = MASK_ORDER) -> dict[str, np.ndarray]:
     """NESTED cell indices at ``order`` whose centres lie in the plane and the bulge."""
-    ipix = np.arange(sky.npix(order), dtype=np.int64)
-    ra, dec = hp.pix2ang(sky.nside(order), ipix, nest=True, lonlat=True)
+    ipix = np.arange(healpix.npix(order), dtype=np.int64)
+    ra, dec = hp.pix2ang(healpix.nside(order), ipix, nest=True, lonlat=True)
     gal = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs").galactic
     b, lon = gal.b.deg, (gal.l.deg + 180.0) % 360.0 - 180.0
     return {
@@ -123,7 +123,7 @@ def promises(model_dir: str | None) -> list[dict[str, Any]] | None:
 
 def promise_lines(rows: list[dict[str, Any]] | None) -> list[str]:
     """Markdown: whether each purity promise held on the verify part (see
-    :mod:`iic_survey.training.selection`), or why that is not known."""
+    :mod:`iic_survey.training.selection_tables`), or why that is not known."""
     if rows is None:
         return ["Whether the thresholds' purity promises hold is **not known**: the model's "
                 "thresholds were chosen and measured on the same rows (written before the "
@@ -162,7 +162,7 @@ def publish(
     cells |= galactic_masks()
     for name in MASKS:
         write_atomic(fsys, f"{out}/masks/{name}.fits", _moc_bytes(cells[name], MASK_ORDER))
-    sky_fraction = {n: len(c) / sky.npix(MASK_ORDER) for n, c in cells.items()}
+    sky_fraction = {n: len(c) / healpix.npix(MASK_ORDER) for n, c in cells.items()}
     info = {"tables": tables, "model_dir": model_dir, "markers_without_counts": missing,
             "mask_sky_fraction": sky_fraction, "promises": promises(model_dir)}  # fmt: skip
     write_atomic(fsys, f"{out}/README.md", readme(info).encode())

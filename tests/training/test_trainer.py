@@ -13,7 +13,7 @@ import torch
 
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.hashing import HASH_NAME
-from iic_survey.training import checkpoints, config, fit, loop, splits, trainingset
+from iic_survey.training import checkpoints, config, loop, splits, trainer, trainingset
 
 FEATURES = ("w1_w2", "w2_w3", "w1", "w1_sigma", "w2_sigma", "w3_sigma", "w3_detected")
 
@@ -232,7 +232,7 @@ def test_ray_train_learns_the_tiny_set(ray_cluster, tmp_path):
     make_fake_training_set(tmp_path / "ts", n=300)
     cfg = config.TrainConfig(data=str(tmp_path / "ts"), epochs=8, seed=0, **{**TINY, "lr": 3e-3})
     run = config.RunSettings(name="learns", storage_path=str(tmp_path / "runs"), num_workers=1)
-    result = fit.fit(cfg, run)
+    result = trainer.fit(cfg, run)
     with result.checkpoint.as_directory() as last:
         history = checkpoints.load_state(last)[1]  # every epoch, from the last checkpoint
     loss = np.array([h["val_loss"] for h in history])

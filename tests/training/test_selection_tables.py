@@ -11,10 +11,10 @@ import pytest
 from hats.io.validation import is_valid_catalog
 
 from iic_survey.core.flags import QualityFlag
-from iic_survey.output import selection as out_selection
-from iic_survey.training import selection
+from iic_survey.output import selection_folder
+from iic_survey.training import selection_tables
 from tests.fixtures.selection import fake_selection_tables
-from tests.output.test_writer import ORDER, fake_results, write_catalog
+from tests.output.test_staging import ORDER, fake_results, write_catalog
 
 
 def _proba(pred: list[int], conf: list[float]) -> np.ndarray:
@@ -32,7 +32,7 @@ def test_thresholds_are_the_smallest_whose_lower_bound_reaches_each_purity_and_a
     # 0.99 all need threshold 0.51; 30 stars, pure, bound 0.05 ** (1 / 30) = 0.905: 0.90 only
     y = np.array([0] * 400 + [1] * 100 + [2] * 30)
     proba = _proba([0] * 500 + [2] * 30, [0.9] * 400 + [0.5] * 100 + [0.95] * 30)
-    rec = selection.recommended_thresholds(y, proba).set_index(["class", "target_purity"])
+    rec = selection_tables.recommended_thresholds(y, proba).set_index(["class", "target_purity"])
     assert rec.loc[("galaxy", 0.90), "threshold"] == pytest.approx(0.51)
     assert rec.loc[("galaxy", 0.99), "threshold"] == pytest.approx(0.51)
     assert rec.loc[("galaxy", 0.99), "purity"] == 1.0
@@ -44,7 +44,9 @@ def test_thresholds_are_the_smallest_whose_lower_bound_reaches_each_purity_and_a
     # a verify part where the galaxy threshold lets contaminants through, the star one not
     y2 = np.array([0] * 10 + [1] * 10 + [2] * 200)
     p2 = _proba([0] * 20 + [2] * 200, [0.9] * 10 + [0.6] * 10 + [0.95] * 200)
-    v = selection.verify_thresholds(rec.reset_index(), y2, p2).set_index(["class", "target_purity"])
+    v = selection_tables.verify_thresholds(rec.reset_index(), y2, p2).set_index(
+        ["class", "target_purity"]
+    )
     g = v.loc[("galaxy", 0.90)]
     assert (g.verify_n_selected, g.verify_n_correct, g.verify_n_true) == (20, 10, 10)
     assert g.verify_purity == pytest.approx(0.5) and g.purity == 1.0  # promised 1.0 on choose
@@ -53,22 +55,24 @@ def test_thresholds_are_the_smallest_whose_lower_bound_reaches_each_purity_and_a
     assert s.verify_purity == 1.0 and s.verify_purity_lo95 == pytest.approx(0.05 ** (1 / 200))
     assert s.held and s.verdict == "held"
     assert v.loc[("quasar", 0.90), "verdict"] == "no threshold"
-    assert "1 of 4 purity promises held" in selection.promises_held(v.reset_index())
+    assert "1 of 4 purity promises held" in selection_tables.promises_held(v.reset_index())
 
 
 def test_verify_part_is_deterministic_disjoint_balanced_and_order_free():
     cntr = np.random.default_rng(0).choice(10**12, 20_000, replace=False) + 10**12
-    part = selection.verify_part(cntr)
+    part = selection_tables.verify_part(cntr)
     assert part.dtype == bool and 0.48 < part.mean() < 0.52
-    assert np.array_equal(part, selection.verify_part(cntr.copy()))  # deterministic
+    assert np.array_equal(part, selection_tables.verify_part(cntr.copy()))  # deterministic
     order = np.random.default_rng(1).permutation(len(cntr))
-    assert np.array_equal(part[order], selection.verify_part(cntr[order]))  # per row, not order
-    assert np.array_equal(part[:100], selection.verify_part(cntr[:100]))  # nor batch-mates
+    assert np.array_equal(
+        part[order], selection_tables.verify_part(cntr[order])
+    )  # per row, not order
+    assert np.array_equal(part[:100], selection_tables.verify_part(cntr[:100]))  # nor batch-mates
     assert not set(cntr[part]) & set(cntr[~part])  # disjoint
     # consecutive cntr (a scan) are mixed, not blocked; another key draws other parts
-    seq = selection.verify_part(np.arange(10**12, 10**12 + 1000))
+    seq = selection_tables.verify_part(np.arange(10**12, 10**12 + 1000))
     assert 0.4 < seq[:500].mean() < 0.6 and 0.4 < seq[500:].mean() < 0.6
-    assert 0.4 < np.mean(part != selection.verify_part(cntr, key=12345)) < 0.6
+    assert 0.4 < np.mean(part != selection_tables.verify_part(cntr, key=12345)) < 0.6
 
 
 def test_purity_bounds_are_scipys_one_sided_clopper_pearson():
@@ -77,10 +81,10 @@ def test_purity_bounds_are_scipys_one_sided_clopper_pearson():
     for k, n in [(0, 5), (1, 1), (7, 10), (95, 100), (990, 1000), (1000, 1000)]:
         # a two-sided 90 % exact interval's ends are the one-sided 95 % bounds
         ci = binomtest(k, n).proportion_ci(confidence_level=0.90, method="exact")
-        assert selection.purity_lower_bound(k, n) == pytest.approx(ci.low, abs=1e-12)
-        assert selection.purity_upper_bound(k, n) == pytest.approx(ci.high, abs=1e-12)
-    assert np.isnan(selection.purity_lower_bound(0, 0))
-    lo = selection.purity_lower_bound(np.array([9, 90, 900]), np.array([10, 100, 1000]))
+        assert selection_tables.purity_lower_bound(k, n) == pytest.approx(ci.low, abs=1e-12)
+        assert selection_tables.purity_upper_bound(k, n) == pytest.approx(ci.high, abs=1e-12)
+    assert np.isnan(selection_tables.purity_lower_bound(0, 0))
+    lo = selection_tables.purity_lower_bound(np.array([9, 90, 900]), np.array([10, 100, 1000]))
     assert (np.diff(lo) > 0).all() and (lo < 0.9).all()  # more sources, tighter, still below
 
 
@@ -94,11 +98,11 @@ def test_selection_tables_choose_and_verify_on_disjoint_clean_parts():
     flags = np.where(rng.random(n) < 0.1, int(QualityFlag.ARTEFACT), 0)
     split = {"label": y, "w1mpro": rng.uniform(11, 17, n), "ra": rng.uniform(0, 360, n),
              "dec": rng.uniform(-60, 60, n), "quality_flags": flags, "cntr": cntr}  # fmt: skip
-    th = selection.selection_tables(split, proba)["thresholds"]
+    th = selection_tables.selection_tables(split, proba)["thresholds"]
     keep = flags == 0
-    verify = selection.verify_part(cntr)
+    verify = selection_tables.verify_part(cntr)
     for _, r in th.iterrows():
-        k = selection.CLASSES.index(r["class"])
+        k = selection_tables.CLASSES.index(r["class"])
         assert r["n_true"] == ((y == k) & keep & ~verify).sum()
         assert r["verify_n_true"] == ((y == k) & keep & verify).sum()
     assert set(th["verdict"]) <= {"held", "not held", "not shown", "no threshold"}
@@ -113,7 +117,7 @@ def test_tables_count_by_bin_and_threshold_on_clean_rows_only():
     flags = np.array([0, 0, 0, 0, int(QualityFlag.ARTEFACT)])  # the last row is not clean
     split = {"label": y, "w1mpro": w1, "ra": ra, "dec": dec, "quality_flags": flags,
              "cntr": np.arange(5)}  # fmt: skip
-    t = selection.selection_tables(split, proba)
+    t = selection_tables.selection_tables(split, proba)
     cp = t["completeness_purity"]
     g = cp[(cp["class"] == "galaxy") & (cp["threshold"] == 0.5) & (cp["w1_hi"] == 13.0)]
     (row,) = g.itertuples()
@@ -132,7 +136,7 @@ def test_tables_count_by_bin_and_threshold_on_clean_rows_only():
 
 
 def test_positions_are_galactic_and_ecliptic_latitudes():
-    b, beta = selection.positions(np.array([266.405, 270.0]), np.array([-28.936, 66.561]))
+    b, beta = selection_tables.positions(np.array([266.405, 270.0]), np.array([-28.936, 66.561]))
     assert b[0] < 0.1  # the Galactic centre
     assert beta[1] > 89.9  # the north ecliptic pole
 
@@ -144,11 +148,11 @@ def test_write_tables_round_trip(tmp_path):
     split = {"label": y, "w1mpro": rng.uniform(10, 17, 600), "ra": rng.uniform(0, 360, 600),
              "dec": rng.uniform(-80, 80, 600), "quality_flags": np.zeros(600, int),
              "cntr": np.arange(600)}  # fmt: skip
-    t = selection.selection_tables(split, proba)
-    selection.write_tables(tmp_path, t, {"split": "test"})
-    back = pd.read_parquet(tmp_path / selection.FILES["thresholds"])
+    t = selection_tables.selection_tables(split, proba)
+    selection_tables.write_tables(tmp_path, t, {"split": "test"})
+    back = pd.read_parquet(tmp_path / selection_tables.FILES["thresholds"])
     pd.testing.assert_frame_equal(back, t["thresholds"])
-    assert (tmp_path / selection.SUMMARY).exists()
+    assert (tmp_path / selection_tables.SUMMARY).exists()
 
 
 # ------------------------------------------------------------------ the catalog's selection/
@@ -181,11 +185,11 @@ def test_publish_writes_masks_and_copies_the_models_tables(tmp_path):
     model = tmp_path / "model"
     (model / "selection").mkdir(parents=True)
     (model / "selection" / "thresholds.parquet").write_bytes(b"PAR1-test")
-    info = out_selection.publish(out, str(model))
+    info = selection_folder.publish(out, str(model))
     sel = Path(out) / "selection"
     assert info["tables"] == ["thresholds.parquet"]
     assert (sel / "thresholds.parquet").read_bytes() == b"PAR1-test"
-    masks = {m: MOC.from_fits(sel / "masks" / f"{m}.fits") for m in out_selection.MASKS}
+    masks = {m: MOC.from_fits(sel / "masks" / f"{m}.fits") for m in selection_folder.MASKS}
     ra, dec = df["ra"].to_numpy() * u.deg, df["dec"].to_numpy() * u.deg
     flags = df["quality_flags"].to_numpy()
     dark = (flags & int(QualityFlag.FETCH_FAILED)) != 0
@@ -211,7 +215,7 @@ def test_publish_without_model_tables_or_counts_still_writes_masks(tmp_path):
         doc = json.loads(marker.read_text())
         doc.pop("histogram_clean"), doc.pop("histogram_classified")
         marker.write_text(json.dumps(doc))
-    info = out_selection.publish(out, str(tmp_path / "old_model"))
+    info = selection_folder.publish(out, str(tmp_path / "old_model"))
     text = (Path(out) / "selection" / "README.md").read_text()
     assert info["tables"] == [] and "**absent**" in text
     assert info["markers_without_counts"] > 0 and "older version" in text
@@ -224,8 +228,8 @@ def test_the_readme_worked_example_runs_on_a_published_catalog(tmp_path):
 
     out, df = _catalog_with_gaps(tmp_path)
     tables = fake_selection_tables(seed=2, separation=3.0, n=3000)  # 0.95 within reach
-    selection.write_tables(tmp_path / "model" / "selection", tables, {"split": "test"})
-    out_selection.publish(out, str(tmp_path / "model"))
+    selection_tables.write_tables(tmp_path / "model" / "selection", tables, {"split": "test"})
+    selection_folder.publish(out, str(tmp_path / "model"))
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = readme[readme.index("A worked example, quasars at purity") :]
     code = re.search(r"```python\n(.*?)```", block, re.S).group(1)

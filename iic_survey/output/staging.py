@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.atomic import write_atomic
 from iic_survey.core.constants import __version__
 from iic_survey.output.schema import (
@@ -184,8 +184,8 @@ def write_plan(
     """
     fs, root = resolve(out, fs)
     planned = {int(p): int(n) for p, n in sorted(counts.items()) if int(n) > 0}
-    sky.check_pixels(np.array(list(planned), dtype=np.int64), order)
-    plan = {"order": sky.check_order(order), "counts": {str(p): n for p, n in planned.items()}}
+    healpix.check_pixels(np.array(list(planned), dtype=np.int64), order)
+    plan = {"order": healpix.check_order(order), "counts": {str(p): n for p, n in planned.items()}}
     path = f"{root}/_plan.json"
     if fs.exists(path) and read_json(fs, path) != plan:
         raise OutputError(
@@ -292,7 +292,7 @@ def finished_pixels(
     """Sorted pixels at ``order`` whose commit marker exists (the resume set)."""
     fs, root = resolve(out, fs)
     return np.array(
-        sorted(commit_markers(root, fs).get(sky.check_order(order), {})), dtype=np.int64
+        sorted(commit_markers(root, fs).get(healpix.check_order(order), {})), dtype=np.int64
     )
 
 

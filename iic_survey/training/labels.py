@@ -40,14 +40,14 @@ import numpy as np
 import pandas as pd
 
 from iic_survey.core import flags as flags_module
-from iic_survey.core import sky
+from iic_survey.core import healpix
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.progress import Bar
 from iic_survey.inputs import catalog as catalog_module
 from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
 from iic_survey.stamps import features
 from iic_survey.stamps.maker import StampMaker
-from iic_survey.synthetic import sky as synthetic
+from iic_survey.synthetic import skyfiles
 from iic_survey.training.crossmatch import crossmatch
 from iic_survey.training.sdss import SDSSConfig, fetch_sdss
 from iic_survey.training.splits import SplitConfig, assign_split, balance, class_index
@@ -130,7 +130,7 @@ def _catalog(config: TrainingSetConfig) -> Any:
     if config.catalog:
         return catalog_module.open_catalog(config.catalog)
     if config.source == "synthetic":
-        return catalog_module.open_catalog(synthetic.catalog_url(config.sky))
+        return catalog_module.open_catalog(skyfiles.catalog_url(config.sky))
     return catalog_module.open_catalog(catalog_module.IRSA_ALLWISE_URL, anon=True)
 
 
@@ -143,7 +143,7 @@ def labelled_sources(config: TrainingSetConfig) -> pd.DataFrame:
         spectra = fetch_sdss(config.sdss)
         return crossmatch(spectra, cat, config.match_radius_arcsec, columns=columns)
 
-    truth = synthetic.read_truth(config.sky)[["cntr", "class"]]
+    truth = skyfiles.read_truth(config.sky)[["cntr", "class"]]
     rows = cat.read_pixels(cat.pixels(5), 5, columns=columns)
     out = rows.merge(truth, on="cntr", how="inner", validate="one_to_one")
     logger.info("synthetic truth: %d of %d catalog sources labelled", len(out), len(rows))
@@ -163,7 +163,7 @@ def build_training_set(
     rows = rows.drop_duplicates("cntr").reset_index(drop=True)
     rows = balance(rows, config.targets())
     rows["label"] = class_index(rows["class"])
-    rows["healpix_k5"] = sky.pixel_of(rows["ra"], rows["dec"], 5)
+    rows["healpix_k5"] = healpix.pixel_of(rows["ra"], rows["dec"], 5)
     rows["split"] = assign_split(rows["cntr"], rows["ra"], rows["dec"], config.split)
     rows = rows.sort_values(["coadd_id", "cntr"], kind="stable").reset_index(drop=True)
     images = config.images or (config.sky if config.source == "synthetic" else "s3")
@@ -210,9 +210,9 @@ def ensure_synthetic_training_set(data: str, sky_root: str, **overrides: Any) ->
     except FileNotFoundError:
         pass
     try:
-        synthetic.SkyManifest.load(sky_root)
+        skyfiles.SkyManifest.load(sky_root)
     except FileNotFoundError:
         logger.info("no synthetic sky at %s: writing the default one", sky_root)
-        synthetic.write_sky(sky_root, synthetic.SkyConfig())
+        skyfiles.write_sky(sky_root, skyfiles.SkyConfig())
     logger.info("no training set at %s: building it from the synthetic sky %s", data, sky_root)
     return build_training_set(TrainingSetConfig(sky=sky_root, **overrides), data)

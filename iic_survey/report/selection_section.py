@@ -1,7 +1,7 @@
 """The report's selection section: calibration per depth, completeness and purity against W1.
 
-Drawn from the catalog's ``selection/`` tables (:mod:`iic_survey.output.selection`; measured by
-training on the model's labelled test split): one reliability diagram per W1 bin
+Drawn from the catalog's ``selection/`` tables (:mod:`iic_survey.output.selection_folder`;
+measured by training on the model's labelled test split): one reliability diagram per W1 bin
 (``reliability_w1.parquet``), completeness and purity per class against W1 at the recommended
 thresholds (``completeness_purity_w1.parquet``, ``thresholds.parquet``), and the thresholds
 table. A catalog without the tables gets a sentence saying so.
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from iic_survey.core.constants import CLASSES
 from iic_survey.output.schema import MAIN, resolve
-from iic_survey.output.selection import SELECTION
+from iic_survey.output.selection_folder import SELECTION
 from iic_survey.report.config import COLOURS
 from iic_survey.report.figures import save_png
 

@@ -1,6 +1,6 @@
-"""HEALPix helpers (iic_survey.core.sky), checked by routes that do not go through healpy.
+"""HEALPix helpers (iic_survey.core.healpix), checked by routes that do not go through healpy.
 
-``sky.pixel_of`` calls healpy, so agreeing with healpy alone would prove little: it is also
+``healpix.pixel_of`` calls healpy, so agreeing with healpy alone would prove little: it is also
 checked against cdshealpix (CDS's independent Rust implementation, a dependency of hats) and
 against pixel indices worked out by hand from the nested scheme's definition.
 """
@@ -14,7 +14,7 @@ from astropy import units as u
 from astropy.coordinates import Latitude, Longitude, SkyCoord
 from cdshealpix import nested as cds
 
-from iic_survey.core import sky
+from iic_survey.core import healpix
 
 RNG = np.random.default_rng(7)
 RA = RNG.uniform(0, 360, 500)
@@ -24,13 +24,13 @@ DEC = np.degrees(np.arcsin(RNG.uniform(-1, 1, 500)))
 @pytest.mark.parametrize("order", [0, 3, 5, 8, 12, 29])
 def test_pixel_of_matches_healpy(order):
     expected = hp.ang2pix(2**order, RA, DEC, nest=True, lonlat=True)
-    np.testing.assert_array_equal(sky.pixel_of(RA, DEC, order), expected)
+    np.testing.assert_array_equal(healpix.pixel_of(RA, DEC, order), expected)
 
 
 @pytest.mark.parametrize("order", [0, 1, 5, 9, 12, 29])
 def test_pixel_of_matches_cdshealpix(order):
     expected = cds.lonlat_to_healpix(Longitude(RA, u.deg), Latitude(DEC, u.deg), order)
-    np.testing.assert_array_equal(sky.pixel_of(RA, DEC, order), expected.astype(np.int64))
+    np.testing.assert_array_equal(healpix.pixel_of(RA, DEC, order), expected.astype(np.int64))
 
 
 # Order 0: the twelve base pixels' centres. North cap 0-3 at lat asin(2/3) = 41.81 deg, centred
@@ -58,35 +58,35 @@ ORDER5_CORNERS = [
 
 def test_pixel_of_hand_computed_nested_indices():
     ra, dec = np.array(BASE_CENTRES).T
-    assert sky.pixel_of(ra, dec, 0).tolist() == list(range(12))
+    assert healpix.pixel_of(ra, dec, 0).tolist() == list(range(12))
     (ra, dec), want = np.array([p for p, _ in ORDER5_CORNERS]).T, [w for _, w in ORDER5_CORNERS]
-    assert sky.pixel_of(ra, dec, 5).tolist() == want
+    assert healpix.pixel_of(ra, dec, 5).tolist() == want
     # order 29 refines them: the top 10 bits below the base pixel are the order-5 index
-    assert (sky.pixel_of(ra, dec, 29) >> (2 * 24)).tolist() == want
-    assert sky.npix(5) == 12 * 1024 and sky.nside(5) == 32
+    assert (healpix.pixel_of(ra, dec, 29) >> (2 * 24)).tolist() == want
+    assert healpix.npix(5) == 12 * 1024 and healpix.nside(5) == 32
 
 
 def test_healpix_29_is_int64_and_refines_order_5():
-    h29 = sky.healpix_29(RA, DEC)
+    h29 = healpix.healpix_29(RA, DEC)
     assert h29.dtype == np.int64
-    np.testing.assert_array_equal(h29 >> (2 * 24), sky.pixel_of(RA, DEC, 5))
+    np.testing.assert_array_equal(h29 >> (2 * 24), healpix.pixel_of(RA, DEC, 5))
 
 
 def test_parent_and_children_are_inverse():
-    p5 = sky.pixel_of(RA, DEC, 5)
-    p7 = sky.pixel_of(RA, DEC, 7)
-    np.testing.assert_array_equal(sky.parent(p7, 7, 5), p5)
+    p5 = healpix.pixel_of(RA, DEC, 5)
+    p7 = healpix.pixel_of(RA, DEC, 7)
+    np.testing.assert_array_equal(healpix.parent(p7, 7, 5), p5)
     for pix in p5[:20]:
-        kids = sky.children(int(pix), 5, 7)
+        kids = healpix.children(int(pix), 5, 7)
         assert len(kids) == 16
-        np.testing.assert_array_equal(sky.parent(kids, 7, 5), np.full(16, pix))
+        np.testing.assert_array_equal(healpix.parent(kids, 7, 5), np.full(16, pix))
 
 
 def test_to_order_round_trip():
     pix = np.array([5, 100, 12287])
-    deeper = sky.to_order(pix, 5, 6)
+    deeper = healpix.to_order(pix, 5, 6)
     assert len(deeper) == 12
-    np.testing.assert_array_equal(sky.to_order(deeper, 6, 5), pix)
+    np.testing.assert_array_equal(healpix.to_order(deeper, 6, 5), pix)
 
 
 def test_cone_pixels_cover_every_point_in_the_cone():
@@ -98,27 +98,27 @@ def test_cone_pixels_cover_every_point_in_the_cone():
     sel = center.separation(SkyCoord(extra_ra, extra_dec, unit="deg")).deg < radius
     pts_ra = np.concatenate([RA[inside], extra_ra[sel]])
     pts_dec = np.concatenate([DEC[inside], extra_dec[sel]])
-    cover = set(sky.cone_pixels(ra0, dec0, radius, 6).tolist())
-    assert set(sky.pixel_of(pts_ra, pts_dec, 6).tolist()) <= cover
+    cover = set(healpix.cone_pixels(ra0, dec0, radius, 6).tolist())
+    assert set(healpix.pixel_of(pts_ra, pts_dec, 6).tolist()) <= cover
 
 
 def test_hats_path_uses_directory_blocks_of_ten_thousand():
-    assert sky.hats_path(6, 12345) == "Norder=6/Dir=10000/Npix=12345.parquet"
-    assert sky.hats_path(0, 3) == "Norder=0/Dir=0/Npix=3.parquet"
+    assert healpix.hats_path(6, 12345) == "Norder=6/Dir=10000/Npix=12345.parquet"
+    assert healpix.hats_path(0, 3) == "Norder=0/Dir=0/Npix=3.parquet"
 
 
 @pytest.mark.parametrize("order", [-1, 30, 2.5, True, "5"])
 def test_bad_orders_are_refused(order):
     with pytest.raises(ValueError, match="order"):
-        sky.check_order(order)
+        healpix.check_order(order)
 
 
 def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="NaN or out of range"):
-        sky.pixel_of([np.nan], [0.0], 5)
+        healpix.pixel_of([np.nan], [0.0], 5)
     with pytest.raises(ValueError, match="out of range"):
-        sky.pixel_of([10.0], [95.0], 5)
+        healpix.pixel_of([10.0], [95.0], 5)
     with pytest.raises(ValueError, match="pixel index out of range"):
-        sky.hats_path(0, 12)
+        healpix.hats_path(0, 12)
     with pytest.raises(ValueError, match="deeper"):
-        sky.parent(1, 3, 5)
+        healpix.parent(1, 3, 5)

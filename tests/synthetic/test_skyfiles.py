@@ -27,8 +27,7 @@ from astropy.wcs import WCS
 
 from iic_survey.core.constants import CLASSES
 from iic_survey.inputs import tile_header, tiles
-from iic_survey.synthetic import catalog, rendering
-from iic_survey.synthetic import sky as synthetic
+from iic_survey.synthetic import catalog, rendering, skyfiles
 from tests.fixtures.jobs import load_job
 
 log = logging.getLogger(__name__)
@@ -41,12 +40,12 @@ def sky_df(tiny_sky) -> pd.DataFrame:
     """The tiny sky's catalog (read through _metadata, as IRSA's tutorial does) with its truth."""
     dataset = pads.parquet_dataset(f"{tiny_sky.catalog_url}/_metadata", partitioning="hive")
     cat = dataset.to_table().to_pandas()
-    truth = synthetic.read_truth(tiny_sky.root)
+    truth = skyfiles.read_truth(tiny_sky.root)
     return cat.merge(truth, on="cntr", how="left", validate="one_to_one")
 
 
 def _image(tiny_sky, coadd_id: str, band: int) -> tuple[np.ndarray, fits.Header]:
-    path = f"{tiny_sky.images_url}/{synthetic.tile_relpath(coadd_id, band)}"
+    path = f"{tiny_sky.images_url}/{skyfiles.tile_relpath(coadd_id, band)}"
     with fits.open(path) as hdul:
         return hdul[0].data.astype(np.float64), hdul[0].header
 
@@ -196,13 +195,13 @@ def test_sources_in_tile_overlaps_are_in_every_tile(tiny_sky, sky_df):
 
 
 def test_truth_is_separate_and_complete(tiny_sky, sky_df):
-    truth = synthetic.read_truth(tiny_sky.root)
+    truth = skyfiles.read_truth(tiny_sky.root)
     assert truth["cntr"].is_unique and set(truth["cntr"]) == set(sky_df["cntr"])
     assert set(truth["class"]) == set(CLASSES)
     assert len(truth) == tiny_sky.n_sources == 2000
-    assert synthetic.SkyManifest.load(tiny_sky.root) == tiny_sky
+    assert skyfiles.SkyManifest.load(tiny_sky.root) == tiny_sky
     doc = json.loads((pathlib.Path(tiny_sky.root) / "sky.json").read_text())
-    assert synthetic.SkyConfig.from_dict(doc["config"]) == synthetic.tiny_config()
+    assert skyfiles.SkyConfig.from_dict(doc["config"]) == skyfiles.tiny_config()
     # Every kind of trouble the cutout code must survive is present.
     for col in ("empty_centre", "hidden_companion", "saturated", "near_bright_star"):
         assert truth[col].any(), col
@@ -352,9 +351,9 @@ def _digest(root) -> dict[str, str]:
 
 
 def test_same_seed_same_bytes(tmp_path):
-    a = synthetic.write_sky(tmp_path / "a", synthetic.SkyConfig(seed=7, **SMALL))
-    b = synthetic.write_sky(tmp_path / "b", synthetic.SkyConfig(seed=7, **SMALL))
-    c = synthetic.write_sky(tmp_path / "c", synthetic.SkyConfig(seed=8, **SMALL))
+    a = skyfiles.write_sky(tmp_path / "a", skyfiles.SkyConfig(seed=7, **SMALL))
+    b = skyfiles.write_sky(tmp_path / "b", skyfiles.SkyConfig(seed=7, **SMALL))
+    c = skyfiles.write_sky(tmp_path / "c", skyfiles.SkyConfig(seed=8, **SMALL))
     assert _digest(a.root) == _digest(b.root)
     assert _digest(a.root) != _digest(c.root)
     assert a.n_sources == 300 and not list(tmp_path.glob(".*partial*"))
@@ -380,26 +379,26 @@ def test_same_seed_same_bytes(tmp_path):
 )
 def test_bad_configs_name_the_problem(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        synthetic.SkyConfig(**kwargs)
+        skyfiles.SkyConfig(**kwargs)
 
 
 def test_roots_that_are_not_skies_are_refused(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    cfg = synthetic.SkyConfig(**SMALL)
+    cfg = skyfiles.SkyConfig(**SMALL)
     with pytest.raises(FileExistsError, match="holds no synthetic sky"):
-        synthetic.write_sky(other, cfg)
+        skyfiles.write_sky(other, cfg)
     with pytest.raises(FileExistsError, match="holds no synthetic sky"):
-        synthetic.write_sky(other, cfg, overwrite=True)
+        skyfiles.write_sky(other, cfg, overwrite=True)
     assert (other / "notes.txt").read_text() == "mine"
-    sky = synthetic.write_sky(tmp_path / "sky", cfg)
+    sky = skyfiles.write_sky(tmp_path / "sky", cfg)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        synthetic.write_sky(sky.root, cfg)
-    again = synthetic.write_sky(sky.root, synthetic.SkyConfig(seed=3, **SMALL), overwrite=True)
-    assert again.config.seed == 3 and synthetic.SkyManifest.load(sky.root).config.seed == 3
+        skyfiles.write_sky(sky.root, cfg)
+    again = skyfiles.write_sky(sky.root, skyfiles.SkyConfig(seed=3, **SMALL), overwrite=True)
+    assert again.config.seed == 3 and skyfiles.SkyManifest.load(sky.root).config.seed == 3
     with pytest.raises(FileNotFoundError, match="no synthetic sky"):
-        synthetic.SkyManifest.load(other)
+        skyfiles.SkyManifest.load(other)
 
 
 def test_make_sky_job(repo_root, tmp_path, capsys):
@@ -409,7 +408,7 @@ def test_make_sky_job(repo_root, tmp_path, capsys):
     assert job.main([*args, "--bands", "1,2,3,4", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     assert "wrote 200 sources" in out and str(root) in out
-    manifest = synthetic.SkyManifest.load(root)
+    manifest = skyfiles.SkyManifest.load(root)
     assert manifest.config.bands == (1, 2, 3, 4) and manifest.config.seed == 2
     assert len(list(root.rglob("*-w4-int-3.fits"))) == len(manifest.tiles)
     assert job.main(args) == 2  # exists, no --overwrite
@@ -424,7 +423,7 @@ def test_demo_sky_is_small(tmp_path):
     import time
 
     start = time.process_time()
-    manifest = synthetic.write_sky(tmp_path / "demo", synthetic.SkyConfig())
+    manifest = skyfiles.write_sky(tmp_path / "demo", skyfiles.SkyConfig())
     cpu = time.process_time() - start
     size = sum(p.stat().st_size for p in pathlib.Path(manifest.root).rglob("*"))
     log.info("demo sky: %d sources, %.1f s CPU, %.1f MB", manifest.n_sources, cpu, size / 1e6)
