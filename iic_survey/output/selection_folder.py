@@ -24,7 +24,6 @@ many.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -241,13 +240,3 @@ def readme(info: dict[str, Any]) -> str:
                   "counts: they are not in the two catalog masks.", ""]  # fmt: skip
     lines += WORKED_EXAMPLE
     return "\n".join(lines)
-
-
-def read_summary(path: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, Any] | None:
-    """``selection/tables.json`` of a catalog root; None when absent."""
-    fsys, root = resolve(path, fs)
-    name = f"{root}/{SELECTION}/tables.json"
-    if not fsys.exists(name):
-        return None
-    with fsys.open(name, "rb") as f:
-        return dict(json.loads(f.read()))

@@ -41,7 +41,7 @@ from iic_survey.stamps.cutouts import CutoutConfig
 from iic_survey.stamps.split import StampCutter
 from iic_survey.survey.classify import RESULT_COLUMNS, Classify, gate_precision, model_version
 from iic_survey.survey.config import CPU_MODEL_BATCH, PipelineConfig, PipelineError
-from iic_survey.survey.plan import Plan, assign_pixels, plan_run
+from iic_survey.survey.plan import Plan, assign_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -341,18 +341,3 @@ def build_dataset(
         num_cpus=config.cpus_per_actor,
     )
     return ds.map_batches(writer, batch_size=chunk, batch_format="pandas", num_cpus=0.25)
-
-
-def build_pipeline(config: PipelineConfig) -> tuple[Plan, Any]:
-    """The plan and the lazy dataset of a run; its rows are the receipts of staged parts.
-
-    Reads only the output's commit markers (for resume) and the catalog's counts; writes
-    nothing until the dataset is executed. Executing it stages parts but commits nothing:
-    :func:`~iic_survey.survey.run.run_pipeline` does that (and prepares the output first).
-    """
-    inputs = open_inputs(config)
-    finished: list[int] = []
-    if not config.overwrite:
-        finished = staging.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
-    plan = plan_run(config, inputs.catalog, finished)
-    return plan, build_dataset(config, inputs, plan, decide_precision(config, inputs, plan).used)
