@@ -44,10 +44,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -68,8 +67,9 @@ from iic_survey.survey.progress import Progress
 from iic_survey.survey.stages import COUNTERS, build_dataset, decide_precision, open_inputs
 
 logger = logging.getLogger(__name__)
-CRASH_ENV = "IIC_PIPELINE_CRASH_AFTER_COMMITS"
-"""Test hook: the driver raises after this many pixel commits (simulates a crashed run)."""
+CommitHook = Callable[[int], None]
+"""``hook(committed)``, called by the driver after each pixel commit with the number committed so
+far in this run; an exception it raises ends the run as a crash would (the tests' crash hook)."""
 
 
 @dataclasses.dataclass
@@ -164,8 +164,10 @@ def _precision_used(config: PipelineConfig, fs: Any) -> str:
     return used[0] if len(used) == 1 else f"mixed: {', '.join(used)}" if used else "unknown"
 
 
-def run_pipeline(config: PipelineConfig) -> Summary:
+def run_pipeline(config: PipelineConfig, after_commit: CommitHook | None = None) -> Summary:
     """Classify the selected pixels into the output catalog; resumable, exactly once per source.
+
+    ``after_commit`` (:data:`CommitHook`) is called after each pixel commit.
 
     Raises
     ------
@@ -203,7 +205,7 @@ def run_pipeline(config: PipelineConfig) -> Summary:
         # Ray Data's own progress bars for a person at a terminal; a log gets Progress's lines
         ray.data.DataContext.get_current().enable_progress_bars = interactive()
         ds = build_dataset(config, inputs, plan, decision.used)
-        driver = _Driver(config, plan, inputs.fs, t0)
+        driver = _Driver(config, plan, inputs.fs, t0, after_commit)
         driver.run(ds)
         counters = dict(driver.counters)
     props = {
@@ -253,6 +255,8 @@ class _Driver:
     fs: Any
     t0: float
     """``time.monotonic()`` at the start of the run, for the progress rate."""
+    after_commit: CommitHook | None = None
+    """Called after each pixel commit (:data:`CommitHook`)."""
     counters: Counter[str] = dataclasses.field(default_factory=Counter)
     """The receipts' counters, summed (the summary's class and flag counts)."""
     staged: Counter[int] = dataclasses.field(default_factory=Counter)
@@ -261,9 +265,6 @@ class _Driver:
     """Commit tasks in flight -> their pixel."""
     done: set[int] = dataclasses.field(default_factory=set)
     """Pixels committed."""
-    crash_after: int = dataclasses.field(
-        default_factory=lambda: int(os.environ.get(CRASH_ENV, "0") or 0)
-    )
     rows_staged: int = 0
     """Rows staged so far, all pixels (what the progress thread reads)."""
 
@@ -323,8 +324,8 @@ class _Driver:
                 return
             ray.get(ready[0])  # raises the commit's error, if any
             self.done.add(self.pending.pop(ready[0]))
-            if self.crash_after and len(self.done) >= self.crash_after:
-                raise RuntimeError(f"{CRASH_ENV}={self.crash_after}: simulated crash")
+            if self.after_commit is not None:
+                self.after_commit(len(self.done))
             block = False
 
     def check_complete(self) -> None:

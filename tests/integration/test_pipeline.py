@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,11 @@ from iic_survey.stamps.split import StampCutter
 from iic_survey.survey.classify import Classify, Scoring, result_rows, scoring_record
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import assign_pixels, plan_run
-from iic_survey.survey.run import CRASH_ENV, run_pipeline
+from iic_survey.survey.run import run_pipeline
 from iic_survey.survey.stages import ChunkStage, PartWriter, PixelReader, chunk_rows
 
 # Lives in tests/fixtures/model.py; re-exported for test_faults.py and test_bad_input.py.
+from tests.fixtures.crashes import crash_after_commits
 from tests.fixtures.model import make_model_dir as make_model_dir
 
 
@@ -460,9 +460,7 @@ def test_rerun_skips_finished_pixels(order5, tiny_sky, model_dir):
 
 
 @pytest.mark.slow
-def test_crash_then_rerun_at_order_6_equals_uninterrupted(
-    order5, tiny_sky, model_dir, tmp_path, monkeypatch
-):
+def test_crash_then_rerun_at_order_6_equals_uninterrupted(order5, tiny_sky, model_dir, tmp_path):
     """A run killed after its first commit, resumed, gives the uninterrupted run's rows.
 
     Run at order 6, it also shows that the order only changes the partitioning, not the rows.
@@ -470,10 +468,8 @@ def test_crash_then_rerun_at_order_6_equals_uninterrupted(
     _, out5 = order5
     out = str(tmp_path / "catalog6")
     cfg = config(tiny_sky, model_dir, out, healpix_order=6)
-    monkeypatch.setenv(CRASH_ENV, "1")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pipeline(cfg)
-    monkeypatch.delenv(CRASH_ENV)
+        run_pipeline(cfg, after_commit=crash_after_commits(1))
     done_before = staging.finished_pixels(out, 6)
     total = len(_truth_counts(tiny_sky, 6))
     assert 1 <= len(done_before) < total
@@ -494,7 +490,6 @@ def test_service_mode_with_faults_keeps_every_row(ray_cluster, irsa, tiny_sky, m
     plan = plan_run(PipelineConfig("c", "i", "m", "o", healpix_order=8), cat)
     pixel, n = min(plan.counts.items(), key=lambda kv: kv[1])
     irsa.faults.configure(server_error=0.3, seed=2)
-    os.environ.pop(CRASH_ENV, None)
     cfg = config(
         tiny_sky,
         model_dir,
