@@ -95,9 +95,9 @@ def plan_costs(work: pathlib.Path) -> dict[str, Any]:
             "from iic_survey.inputs.catalog import open_catalog\n"
             "from iic_survey.survey.config import PipelineConfig\n"
             "from iic_survey.survey.plan import plan_run\n"
-            f"cfg = PipelineConfig({str(root)!r} + '/catalogs/p3as_psd/healpix_k5/wise-allwise"
-            f".parquet', 'i', 'm', 'o')\n"
-            "plan = plan_run(cfg, open_catalog(cfg.catalog))\n"
+            f"cfg = PipelineConfig.create({str(root)!r} + '/catalogs/p3as_psd/healpix_k5/"
+            f"wise-allwise.parquet', 'i', 'm', 'o')\n"
+            "plan = plan_run(cfg, open_catalog(cfg.inputs.catalog))\n"
             "OUT = [len(plan.counts), plan.todo_rows]"
         )
         r = _timed_python(code)

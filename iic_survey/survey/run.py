@@ -116,7 +116,7 @@ class Summary:
 
 def _clear_staging(config: PipelineConfig, fs: Any, order: int, todo: Sequence[int]) -> None:
     """Remove parts a crashed run left for pixels this run redoes (they may overlap ours)."""
-    fsys, root = schema.resolve(config.output, fs)
+    fsys, root = schema.resolve(config.output.url, fs)
     base = staging.fresh(fsys, schema.staging_dir(root, order, 0).rsplit("/", 1)[0])
     if not fsys.exists(base):
         return
@@ -132,14 +132,14 @@ def _record_start(config: PipelineConfig, fs: Any, decision: GateResult) -> None
     and the machine (``machines``: CPU, torch capability in use, numpy SIMD, versions), and say
     how the model scores rows (``scoring``: depth calibration or a single temperature; with or
     without a training domain for ``subset``)."""
-    fsys, root = schema.resolve(config.output, fs)
+    fsys, root = schema.resolve(config.output.url, fs)
     path = f"{root}/_run.json"
     record = staging.read_json(fsys, path)
     record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
     # what this start's rows were computed with (the driver's machine; README Reproducibility)
     record["machines"] = [*record.get("machines", []), machine.provenance(decision.used)]
-    record["ood"] = _ood_record(config.model_dir)
-    record["scoring"] = scoring_record(config.model_dir)
+    record["ood"] = _ood_record(config.inference.model_dir)
+    record["scoring"] = scoring_record(config.inference.model_dir)
     for note in record["scoring"]["notes"]:
         logger.warning("%s", note)
     write_atomic(fsys, path, json.dumps(record, indent=1, sort_keys=True).encode())
@@ -158,7 +158,7 @@ def _ood_record(model_dir: str) -> dict[str, Any] | None:
 
 def _precision_used(config: PipelineConfig, fs: Any) -> str:
     """The precision the catalog's rows were computed in (``mixed: ...`` if starts differed)."""
-    fsys, root = schema.resolve(config.output, fs)
+    fsys, root = schema.resolve(config.output.url, fs)
     runs = staging.read_json(fsys, f"{root}/_run.json").get("precision_runs", [])
     used = sorted({str(r.get("used")) for r in runs})
     return used[0] if len(used) == 1 else f"mixed: {', '.join(used)}" if used else "unknown"
@@ -179,17 +179,19 @@ def run_pipeline(config: PipelineConfig, after_commit: CommitHook | None = None)
     t0 = time.monotonic()
     inputs = open_inputs(config)
     resumed = staging.prepare_output(
-        config.output, config.run_args(inputs.model_id), config.overwrite, inputs.fs
+        config.output.url, config.run_args(inputs.model_id), config.output.overwrite, inputs.fs
     )
     finished: list[int] = []
     if resumed:
-        finished = staging.finished_pixels(config.output, config.healpix_order, inputs.fs).tolist()
+        finished = staging.finished_pixels(
+            config.output.url, config.selection.healpix_order, inputs.fs
+        ).tolist()
     plan = plan_run(config, inputs.catalog, finished)
     if not plan.counts:
         raise PipelineError(
             "no catalog sources in the selected pixels; check --pixels/--cone and the order"
         )
-    staging.write_plan(config.output, plan.order, plan.counts, inputs.fs)
+    staging.write_plan(config.output.url, plan.order, plan.counts, inputs.fs)
     logger.info(
         "plan: %d pixels selected, %d already done, %d to classify (%d sources)",
         len(plan.counts),
@@ -210,16 +212,16 @@ def run_pipeline(config: PipelineConfig, after_commit: CommitHook | None = None)
         counters = dict(driver.counters)
     props = {
         "iic_model": inputs.model_id,
-        "iic_input_catalog": config.catalog,
-        "iic_images": config.images,
+        "iic_input_catalog": config.inputs.catalog,
+        "iic_images": config.inputs.images,
         "iic_precision": _precision_used(config, inputs.fs),
     }
-    url = finalize.finalize(config.output, inputs.fs, props, allow_partial=plan.partial)
-    if config.margin_arcsec > 0 and not plan.partial:
-        margin.build_margin(config.output, config.margin_arcsec, inputs.fs, _ray_map)
+    url = finalize.finalize(config.output.url, inputs.fs, props, allow_partial=plan.partial)
+    if config.output.margin_arcsec > 0 and not plan.partial:
+        margin.build_margin(config.output.url, config.output.margin_arcsec, inputs.fs, _ray_map)
     if not plan.partial:  # after the margin: id lookups by cntr / designation (issue 27)
-        index.build_indexes(config.output, inputs.fs)
-    selection_folder.publish(config.output, config.model_dir, inputs.fs)
+        index.build_indexes(config.output.url, inputs.fs)
+    selection_folder.publish(config.output.url, config.inference.model_dir, inputs.fs)
     summary = Summary(
         url,
         plan.order,
@@ -309,10 +311,10 @@ class _Driver:
                 f"pixel {pixel}: {self.staged[pixel]} rows staged, {expected} planned"
             )
         if self.staged[pixel] == expected:
-            while len(self.pending) >= self.config.commit_concurrency:
+            while len(self.pending) >= self.config.resources.commit_concurrency:
                 self.collect(block=True)
             task = self._commit.remote(
-                self.config.output, self.plan.order, pixel, expected, self.fs
+                self.config.output.url, self.plan.order, pixel, expected, self.fs
             )
             self.pending[task] = pixel
 

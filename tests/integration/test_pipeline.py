@@ -54,7 +54,7 @@ def config(tiny_sky, model_dir: str, out: str, **kw) -> PipelineConfig:
         progress_interval_s=2.0,
     )
     base.update(kw)
-    return PipelineConfig(**base)
+    return PipelineConfig.create(**base)
 
 
 # ------------------------------------------------------------------------------ pure pieces
@@ -63,28 +63,30 @@ def config(tiny_sky, model_dir: str, out: str, **kw) -> PipelineConfig:
 def test_config_checks():
     kw = dict(catalog="c", images="i", model_dir="m", output="o")
     with pytest.raises(ValueError, match=r"0\.\.8"):
-        PipelineConfig(**kw, healpix_order=9)
+        PipelineConfig.create(**kw, healpix_order=9)
     with pytest.raises(ValueError, match="not both"):
-        PipelineConfig(**kw, pixels=(1,), cone=(10.0, 10.0, 1.0))
+        PipelineConfig.create(**kw, pixels=(1,), cone=(10.0, 10.0, 1.0))
     with pytest.raises(ValueError, match="did you mean 'tiles'"):
-        PipelineConfig(**kw, cutout_mode="tile")
+        PipelineConfig.create(**kw, cutout_mode="tile")
     with pytest.raises(ValueError, match="out of range"):
-        PipelineConfig(**kw, healpix_order=0, pixels=(12,))
+        PipelineConfig.create(**kw, healpix_order=0, pixels=(12,))
     with pytest.raises(ValueError, match="limit"):
-        PipelineConfig(**kw, limit=0)
+        PipelineConfig.create(**kw, limit=0)
     with pytest.raises(ValueError, match="empty"):
-        PipelineConfig(**{**kw, "catalog": " "})
-    assert PipelineConfig(**kw, pixels=(5, 3, 5)).pixels == (3, 5)
+        PipelineConfig.create(**{**kw, "catalog": " "})
+    assert PipelineConfig.create(**kw, pixels=(5, 3, 5)).selection.pixels == (3, 5)
+    with pytest.raises(TypeError, match="did you mean 'chunk_size'"):
+        PipelineConfig.create(**kw, chunk_sise=4)
     with pytest.raises(ValueError, match="service_timeout_s"):
-        PipelineConfig(**kw, service_timeout_s=0)
+        PipelineConfig.create(**kw, service_timeout_s=0)
 
 
 def test_the_service_timeout_reaches_the_cutout_service(tiny_sky):
     from iic_survey.survey.stages import _stamp_maker
 
-    cfg = PipelineConfig(tiny_sky.catalog_url, "irsa", "m", "o", cutout_mode="service")
+    cfg = PipelineConfig.create(tiny_sky.catalog_url, "irsa", "m", "o", cutout_mode="service")
     assert _stamp_maker(cfg, {}).cutout.service.read_timeout_s == 30.0
-    quick = dataclasses.replace(cfg, service_timeout_s=2.5)
+    quick = dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, service_timeout_s=2.5))
     maker = _stamp_maker(quick, {})
     assert maker.cutout.method == "service" and maker.cutout.service.read_timeout_s == 2.5
 
@@ -92,7 +94,7 @@ def test_the_service_timeout_reaches_the_cutout_service(tiny_sky):
 def test_chunks_fit_the_object_store(monkeypatch):
     import ray
 
-    cfg = PipelineConfig("c", "i", "m", "o")
+    cfg = PipelineConfig.create("c", "i", "m", "o")
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"object_store_memory": 1e9})
     # eight 37x37x3 float32 stamp chunks per actor in half the store: 1,979 rows on test heads
     assert chunk_rows(cfg, 2) == int(1e9 / 2 / (8 * 2 * 3 * 37 * 37 * 4)) == 1902
@@ -100,7 +102,7 @@ def test_chunks_fit_the_object_store(monkeypatch):
     assert chunk_rows(cfg, 2) == 190
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"object_store_memory": 600e9})
     assert chunk_rows(cfg, 8) == 2048  # a GPU node: the cap
-    assert chunk_rows(PipelineConfig("c", "i", "m", "o", chunk_size=300), 2) == 300
+    assert chunk_rows(PipelineConfig.create("c", "i", "m", "o", chunk_size=300), 2) == 300
 
 
 def test_assign_pixels_matches_healpy():
@@ -247,7 +249,8 @@ def test_plan_is_exact_at_every_order(tiny_sky):
     """Orders 4, 5 and 6 each plan every catalog row exactly once; deeper = split parents."""
     cat = open_catalog(tiny_sky.catalog_url)
     plans = {
-        k: plan_run(PipelineConfig("c", "i", "m", "o", healpix_order=k), cat) for k in (4, 5, 6)
+        k: plan_run(PipelineConfig.create("c", "i", "m", "o", healpix_order=k), cat)
+        for k in (4, 5, 6)
     }
     for plan in plans.values():
         assert sum(plan.counts.values()) == tiny_sky.n_sources
@@ -258,7 +261,7 @@ def test_plan_is_exact_at_every_order(tiny_sky):
     assert all(len(u["pixels"]) >= 1 and u["read_order"] == 5 for u in p6.units)
     assert len(p6.units) == len(p5.counts)  # one read per parent partition
     first = next(iter(p5.counts))
-    limited = plan_run(PipelineConfig("c", "i", "m", "o", limit=1), cat, finished=[first])
+    limited = plan_run(PipelineConfig.create("c", "i", "m", "o", limit=1), cat, finished=[first])
     assert limited.finished == (first,) and len(limited.todo) == 1 and limited.partial
 
 
@@ -487,7 +490,7 @@ def test_crash_then_rerun_at_order_6_equals_uninterrupted(order5, tiny_sky, mode
 def test_service_mode_with_faults_keeps_every_row(ray_cluster, irsa, tiny_sky, model_dir, tmp_path):
     """Per-source IBE cutouts through a flaky server: rows are flagged, never lost."""
     cat = open_catalog(tiny_sky.catalog_url)
-    plan = plan_run(PipelineConfig("c", "i", "m", "o", healpix_order=8), cat)
+    plan = plan_run(PipelineConfig.create("c", "i", "m", "o", healpix_order=8), cat)
     pixel, n = min(plan.counts.items(), key=lambda kv: kv[1])
     irsa.faults.configure(server_error=0.3, seed=2)
     cfg = config(

@@ -244,7 +244,7 @@ def _config(manifest, model_dir: str, out: str, **kw) -> PipelineConfig:
                 output=out, chunk_size=400, model_batch_size=128, inference_actors=1,
                 progress_interval_s=2.0)  # fmt: skip
     base.update(kw)
-    return PipelineConfig(**base)
+    return PipelineConfig.create(**base)
 
 
 def _rows(out: str) -> pd.DataFrame:
