@@ -248,7 +248,7 @@ def job(manifest: Any, model: str, out: str, args: argparse.Namespace, head_pid:
     from iic_survey.survey.config import PipelineConfig
     from iic_survey.survey.run import run_pipeline
 
-    cfg = PipelineConfig(
+    cfg = PipelineConfig.create(
         catalog=manifest.catalog_url,
         images=manifest.images_url,
         model_dir=model,

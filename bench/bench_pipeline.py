@@ -301,14 +301,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     head = start_local_ray(num_cpus=args.num_cpus)
     try:
         ray.init(address=head.gcs_address, log_to_driver=False)
-        probe = PipelineConfig("c", "i", "m", "o", chunk_size=args.chunk_size)
+        probe = PipelineConfig.create("c", "i", "m", "o", chunk_size=args.chunk_size)
         chunk = chunk_rows(probe, args.actors)
         res["chunk"] = chunk
         logger.info("per-stage costs on one core (chunks of %d rows)", chunk)
         res.update(stage_costs(manifest, model_dir, two, args.n_infer, chunk))
 
         def pipeline(pixels: list[int], name: str) -> tuple[Any, MemorySampler]:
-            cfg = PipelineConfig(
+            cfg = PipelineConfig.create(
                 catalog=manifest.catalog_url,
                 images=manifest.images_url,
                 model_dir=model_dir,
@@ -589,7 +589,7 @@ def compare_precision(args: argparse.Namespace) -> dict[str, Any]:
         ray.init(address=head.gcs_address, log_to_driver=False)
         rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
         runs: dict[str, Any] = {}
-        warm = PipelineConfig(
+        warm = PipelineConfig.create(
             catalog=manifest.catalog_url,
             images=manifest.images_url,
             model_dir=model_dir,
@@ -603,7 +603,7 @@ def compare_precision(args: argparse.Namespace) -> dict[str, Any]:
         order = ["bf16", "fp32", "bf16", "fp32"][: 2 * args.e2e_repeats]
         for i, prec in enumerate(order):
             out = str(work / f"{prec}{i}")
-            cfg = PipelineConfig(
+            cfg = PipelineConfig.create(
                 catalog=manifest.catalog_url,
                 images=manifest.images_url,
                 model_dir=model_dir,

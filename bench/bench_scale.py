@@ -11,7 +11,7 @@ Measured in one run:
    < 2x that at 100.
 3. **The rehearsal**: ``jobs/classify_sky.py --healpix-order 5 --all`` as its own driver process
    on a fresh local Ray head, killed after half the pixels are committed
-   (``IIC_PIPELINE_CRASH_AFTER_COMMITS``), then rerun to the end; then rerun once more with
+   (its driver raises then: ``_CRASHING_JOB``), then rerun to the end; then rerun once more with
    nothing left to do (its wall time is the fixed cost of planning + finalize + margin).
    Recorded: wall time of each, the driver's peak RSS (sampled), progress lines, per-pixel
    overhead, every input row exactly once, strict HATS validation.
@@ -95,9 +95,9 @@ def plan_costs(work: pathlib.Path) -> dict[str, Any]:
             "from iic_survey.inputs.catalog import open_catalog\n"
             "from iic_survey.survey.config import PipelineConfig\n"
             "from iic_survey.survey.plan import plan_run\n"
-            f"cfg = PipelineConfig({str(root)!r} + '/catalogs/p3as_psd/healpix_k5/wise-allwise"
-            f".parquet', 'i', 'm', 'o')\n"
-            "plan = plan_run(cfg, open_catalog(cfg.catalog))\n"
+            f"cfg = PipelineConfig.create({str(root)!r} + '/catalogs/p3as_psd/healpix_k5/"
+            f"wise-allwise.parquet', 'i', 'm', 'o')\n"
+            "plan = plan_run(cfg, open_catalog(cfg.inputs.catalog))\n"
             "OUT = [len(plan.counts), plan.todo_rows]"
         )
         r = _timed_python(code)
@@ -106,13 +106,29 @@ def plan_costs(work: pathlib.Path) -> dict[str, Any]:
     return out
 
 
-def _job(head: Any, args: list[str], extra_env: dict[str, str]) -> dict[str, Any]:
+_CRASHING_JOB = """
+import functools, runpy, sys
+from iic_survey.survey import run
+n = int(sys.argv.pop(1))
+def crash(committed):
+    if committed >= n:
+        raise RuntimeError(f"crash after {n} commits: simulated crash")
+run.run_pipeline = functools.partial(run.run_pipeline, after_commit=crash)
+sys.argv[0] = "jobs/classify_sky.py"
+runpy.run_path("jobs/classify_sky.py", run_name="__main__")
+"""
+"""``jobs/classify_sky.py`` whose driver raises after argv[1] pixel commits (a crashed run)."""
+
+
+def _job(head: Any, args: list[str], crash_after: str | None = None) -> dict[str, Any]:
     """``python jobs/classify_sky.py ARGS`` as a driver of ``head``: wall, driver RSS, the
-    summed RSS and PSS of the driver and every process of the head, and the log."""
-    env = dict(head.env, RAY_ADDRESS=head.gcs_address, **extra_env)
+    summed RSS and PSS of the driver and every process of the head, and the log. With
+    ``crash_after``, the driver raises after that many pixel commits (:data:`_CRASHING_JOB`)."""
+    env = dict(head.env, RAY_ADDRESS=head.gcs_address)
     t0 = time.perf_counter()
+    job = ["jobs/classify_sky.py"] if crash_after is None else ["-c", _CRASHING_JOB, crash_after]
     proc = subprocess.Popen(
-        [PY, "jobs/classify_sky.py", *args],
+        [PY, *job, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -150,10 +166,10 @@ def rehearsal(work: pathlib.Path, model: str, num_cpus: int) -> dict[str, Any]:
     head = start_local_ray(num_cpus=num_cpus)
     try:
         half = str(len(sky.pixels) // 2)
-        res["killed"] = _job(head, base, {"IIC_PIPELINE_CRASH_AFTER_COMMITS": half})
+        res["killed"] = _job(head, base, crash_after=half)
         resume = [a for a in base if a != "--overwrite"]
-        res["resumed"] = _job(head, resume, {})
-        res["nothing_left"] = _job(head, resume, {})
+        res["resumed"] = _job(head, resume)
+        res["nothing_left"] = _job(head, resume)
     finally:
         stop_local_ray(head)
     for k in ("killed", "resumed", "nothing_left"):
@@ -196,7 +212,7 @@ def memory_growth(work: pathlib.Path, model: str, num_cpus: int) -> list[dict[st
                 "--overwrite"]  # fmt: skip
         head = start_local_ray(num_cpus=num_cpus)
         try:
-            r = _job(head, args, {})
+            r = _job(head, args)
         finally:
             stop_local_ray(head)
         r.pop("log")

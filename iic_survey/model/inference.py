@@ -106,10 +106,6 @@ class Predictor:
         self.dim = int(getattr(getattr(model, "fc1", None), "out_features", 0))
         self._pinned: dict[str, torch.Tensor | None] = {"image": None, "features": None}
 
-    def with_dtype(self, dtype: torch.dtype | None) -> Predictor:
-        """The same model and batch in another precision, for the whole model."""
-        return Predictor(self.model, self.device, dtype, self.batch)
-
     def with_precision(self, precision: str) -> Predictor:
         """The same model and batch in a precision a run may use (``fp32``, ``bf16``,
         ``bf16-late``, ``fp16``: :func:`~iic_survey.model.precision.plan`)."""

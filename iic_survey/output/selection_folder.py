@@ -24,7 +24,6 @@ many.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -239,12 +238,3 @@ def readme(info: dict[str, Any]) -> str:
                   "counts: they are not in the two catalog masks.", ""]  # fmt: skip
     lines += WORKED_EXAMPLE
     return "\n".join(lines)
-
-
-def read_summary(path: PathLike) -> dict[str, Any] | None:
-    """``selection/tables.json`` of a catalog root; None when absent."""
-    name = as_path(path) / f"{SELECTION}/tables.json"
-    if not name.exists():
-        return None
-    with name.open("rb") as f:
-        return dict(json.loads(f.read()))

@@ -85,10 +85,10 @@ def _child_counts(catalog: Any, k5: int, order: int) -> dict[int, int]:
 
 def _select(config: PipelineConfig, catalog: Any) -> np.ndarray:
     """The catalog's pixels at the run's order that the config selects."""
-    order = config.healpix_order
+    order = config.selection.healpix_order
     available = catalog.pixels(order)
-    if config.pixels is not None:
-        wanted = np.asarray(config.pixels, dtype=np.int64)
+    if config.selection.pixels is not None:
+        wanted = np.asarray(config.selection.pixels, dtype=np.int64)
         absent = np.setdiff1d(wanted, available)
         if absent.size:
             logger.warning(
@@ -97,14 +97,14 @@ def _select(config: PipelineConfig, catalog: Any) -> np.ndarray:
                 absent[:5].tolist(),
             )
         return np.intersect1d(wanted, available)
-    if config.cone is not None:
-        return np.intersect1d(healpix.cone_pixels(*config.cone, order), available)
+    if config.selection.cone is not None:
+        return np.intersect1d(healpix.cone_pixels(*config.selection.cone, order), available)
     return np.asarray(available, dtype=np.int64)
 
 
 def plan_run(config: PipelineConfig, catalog: Any, finished: Sequence[int] = ()) -> Plan:
     """Plan the pixels of a run (reads counts, not rows, for orders up to 5)."""
-    order = config.healpix_order
+    order = config.selection.healpix_order
     selected = _select(config, catalog)
     catalog.check_files()  # a file _metadata lists but the storage lacks fails here, first
     counts: dict[int, int] = {}
@@ -122,8 +122,8 @@ def plan_run(config: PipelineConfig, catalog: Any, finished: Sequence[int] = ())
     counts = {p: n for p, n in sorted(counts.items()) if n > 0}
     done = tuple(sorted(set(int(p) for p in finished) & set(counts)))
     todo = [p for p in counts if p not in set(done)]
-    if config.limit is not None:
-        todo = todo[: config.limit]
+    if config.selection.limit is not None:
+        todo = todo[: config.selection.limit]
     return Plan(order, counts, done, tuple(todo), tuple(_units(order, todo, counts)))
 
 

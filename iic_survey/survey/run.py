@@ -44,10 +44,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -69,8 +68,9 @@ from iic_survey.survey.progress import Progress
 from iic_survey.survey.stages import COUNTERS, build_dataset, decide_precision, open_inputs
 
 logger = logging.getLogger(__name__)
-CRASH_ENV = "IIC_PIPELINE_CRASH_AFTER_COMMITS"
-"""Test hook: the driver raises after this many pixel commits (simulates a crashed run)."""
+CommitHook = Callable[[int], None]
+"""``hook(committed)``, called by the driver after each pixel commit with the number committed so
+far in this run; an exception it raises ends the run as a crash would (the tests' crash hook)."""
 
 
 @dataclasses.dataclass
@@ -138,8 +138,8 @@ def _record_start(config: PipelineConfig, out: UPath, decision: GateResult) -> N
     record["precision_runs"] = [*record.get("precision_runs", []), decision.to_dict()]
     # what this start's rows were computed with (the driver's machine; README Reproducibility)
     record["machines"] = [*record.get("machines", []), machine.provenance(decision.used)]
-    record["ood"] = _ood_record(config.model_dir)
-    record["scoring"] = scoring_record(config.model_dir)
+    record["ood"] = _ood_record(config.inference.model_dir)
+    record["scoring"] = scoring_record(config.inference.model_dir)
     for note in record["scoring"]["notes"]:
         logger.warning("%s", note)
     write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
@@ -163,8 +163,10 @@ def _precision_used(out: UPath) -> str:
     return used[0] if len(used) == 1 else f"mixed: {', '.join(used)}" if used else "unknown"
 
 
-def run_pipeline(config: PipelineConfig) -> Summary:
+def run_pipeline(config: PipelineConfig, after_commit: CommitHook | None = None) -> Summary:
     """Classify the selected pixels into the output catalog; resumable, exactly once per source.
+
+    ``after_commit`` (:data:`CommitHook`) is called after each pixel commit.
 
     Raises
     ------
@@ -176,10 +178,10 @@ def run_pipeline(config: PipelineConfig) -> Summary:
     t0 = time.monotonic()
     inputs = open_inputs(config)
     out = inputs.out
-    resumed = staging.prepare_output(out, config.run_args(inputs.model_id), config.overwrite)
+    resumed = staging.prepare_output(out, config.run_args(inputs.model_id), config.output.overwrite)
     finished: list[int] = []
     if resumed:
-        finished = staging.finished_pixels(out, config.healpix_order).tolist()
+        finished = staging.finished_pixels(out, config.selection.healpix_order).tolist()
     plan = plan_run(config, inputs.catalog, finished)
     if not plan.counts:
         raise PipelineError(
@@ -201,21 +203,21 @@ def run_pipeline(config: PipelineConfig) -> Summary:
         # Ray Data's own progress bars for a person at a terminal; a log gets Progress's lines
         ray.data.DataContext.get_current().enable_progress_bars = interactive()
         ds = build_dataset(config, inputs, plan, decision.used)
-        driver = _Driver(config, plan, out, t0)
+        driver = _Driver(config, plan, out, t0, after_commit)
         driver.run(ds)
         counters = dict(driver.counters)
     props = {
         "iic_model": inputs.model_id,
-        "iic_input_catalog": config.catalog,
-        "iic_images": config.images,
+        "iic_input_catalog": config.inputs.catalog,
+        "iic_images": config.inputs.images,
         "iic_precision": _precision_used(out),
     }
     url = finalize.finalize(out, props, allow_partial=plan.partial)
-    if config.margin_arcsec > 0 and not plan.partial:
-        margin.build_margin(out, config.margin_arcsec, _ray_map)
+    if config.output.margin_arcsec > 0 and not plan.partial:
+        margin.build_margin(out, config.output.margin_arcsec, _ray_map)
     if not plan.partial:  # after the margin: id lookups by cntr / designation (issue 27)
         index.build_indexes(out)
-    selection_folder.publish(out, config.model_dir)
+    selection_folder.publish(out, config.inference.model_dir)
     summary = Summary(
         url,
         plan.order,
@@ -252,6 +254,8 @@ class _Driver:
     """The output catalog's root (with its storage options: commit tasks get it)."""
     t0: float
     """``time.monotonic()`` at the start of the run, for the progress rate."""
+    after_commit: CommitHook | None = None
+    """Called after each pixel commit (:data:`CommitHook`)."""
     counters: Counter[str] = dataclasses.field(default_factory=Counter)
     """The receipts' counters, summed (the summary's class and flag counts)."""
     staged: Counter[int] = dataclasses.field(default_factory=Counter)
@@ -260,9 +264,6 @@ class _Driver:
     """Commit tasks in flight -> their pixel."""
     done: set[int] = dataclasses.field(default_factory=set)
     """Pixels committed."""
-    crash_after: int = dataclasses.field(
-        default_factory=lambda: int(os.environ.get(CRASH_ENV, "0") or 0)
-    )
     rows_staged: int = 0
     """Rows staged so far, all pixels (what the progress thread reads)."""
 
@@ -307,7 +308,7 @@ class _Driver:
                 f"pixel {pixel}: {self.staged[pixel]} rows staged, {expected} planned"
             )
         if self.staged[pixel] == expected:
-            while len(self.pending) >= self.config.commit_concurrency:
+            while len(self.pending) >= self.config.resources.commit_concurrency:
                 self.collect(block=True)
             task = self._commit.remote(self.out, self.plan.order, pixel, expected)
             self.pending[task] = pixel
@@ -320,8 +321,8 @@ class _Driver:
                 return
             ray.get(ready[0])  # raises the commit's error, if any
             self.done.add(self.pending.pop(ready[0]))
-            if self.crash_after and len(self.done) >= self.crash_after:
-                raise RuntimeError(f"{CRASH_ENV}={self.crash_after}: simulated crash")
+            if self.after_commit is not None:
+                self.after_commit(len(self.done))
             block = False
 
     def check_complete(self) -> None:

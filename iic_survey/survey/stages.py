@@ -43,7 +43,7 @@ from iic_survey.stamps.cutouts import CutoutConfig
 from iic_survey.stamps.split import StampCutter
 from iic_survey.survey.classify import RESULT_COLUMNS, Classify, gate_precision, model_version
 from iic_survey.survey.config import CPU_MODEL_BATCH, PipelineConfig, PipelineError
-from iic_survey.survey.plan import Plan, assign_pixels, plan_run
+from iic_survey.survey.plan import Plan, assign_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -172,22 +172,22 @@ class Inputs:
 def open_inputs(config: PipelineConfig) -> Inputs:
     """Check and open what a run reads: the model directory (its identity and RGB), the catalog
     (its schema) and the output's location (an S3 endpoint, when one is configured)."""
-    if not os.path.isdir(config.model_dir) or not os.path.exists(
-        os.path.join(config.model_dir, "model.json")
+    if not os.path.isdir(config.inference.model_dir) or not os.path.exists(
+        os.path.join(config.inference.model_dir, "model.json")
     ):
         raise FileNotFoundError(
-            f"no model directory at {config.model_dir} (model.json + weights.pt); "
+            f"no model directory at {config.inference.model_dir} (model.json + weights.pt); "
             f"train one first: ray job submit --working-dir . -- python jobs/train.py"
         )
-    bundle = load_model_dir(config.model_dir, device="cpu")
-    endpoint = config.endpoint_url if config.catalog.startswith("s3://") else None
+    bundle = load_model_dir(config.inference.model_dir, device="cpu")
+    endpoint = config.inputs.endpoint_url if config.inputs.catalog.startswith("s3://") else None
     cat = catalog_mod.open_catalog(
-        config.catalog, require=allwise_schema.PIPELINE_COLUMNS, endpoint_url=endpoint
+        config.inputs.catalog, require=allwise_schema.PIPELINE_COLUMNS, endpoint_url=endpoint
     )
     opts: dict[str, Any] = {}
-    if config.output.startswith("s3://") and config.endpoint_url:
-        opts = storage.options_for(config.output, endpoint_url=config.endpoint_url)
-    out = as_path(config.output, **opts)
+    if config.output.url.startswith("s3://") and config.inputs.endpoint_url:
+        opts = storage.options_for(config.output.url, endpoint_url=config.inputs.endpoint_url)
+    out = as_path(config.output.url, **opts)
     return Inputs(cat, out, model_version(bundle), dict(bundle.rgb or {}))
 
 
@@ -195,13 +195,13 @@ def _stamp_maker(config: PipelineConfig, rgb_params: Mapping[str, Any]) -> Any:
     """The cutout stage, configured for the run's images (the model's RGB rides along; the
     inference actor applies it, :func:`~iic_survey.stamps.split.finish_images`)."""
     cut = CutoutConfig(
-        method=config.cutout_mode,
-        max_workers=config.cutout_threads,
-        service=ServiceConfig(read_timeout_s=config.service_timeout_s),
+        method=config.inputs.cutout_mode,
+        max_workers=config.inputs.cutout_threads,
+        service=ServiceConfig(read_timeout_s=config.inputs.service_timeout_s),
     )
-    s3 = config.endpoint_url if config.images.startswith("s3") else None
+    s3 = config.inputs.endpoint_url if config.inputs.images.startswith("s3") else None
     return StampCutter.from_spec(
-        config.images, cutout=cut, rgb_params=rgb_params or None, endpoint_url=s3
+        config.inputs.images, cutout=cut, rgb_params=rgb_params or None, endpoint_url=s3
     )
 
 
@@ -210,8 +210,8 @@ def inference_resources(config: PipelineConfig) -> tuple[int, float]:
     res = ray.cluster_resources()
     gpus, cpus = float(res.get("GPU", 0.0)), float(res.get("CPU", 1.0))
     per = (
-        config.num_gpus_per_actor
-        if config.num_gpus_per_actor is not None
+        config.resources.num_gpus_per_actor
+        if config.resources.num_gpus_per_actor is not None
         else (1.0 if gpus >= 1 else 0.0)
     )
     if per > 0:
@@ -219,11 +219,13 @@ def inference_resources(config: PipelineConfig) -> tuple[int, float]:
             raise PipelineError(
                 f"{per} GPUs per inference actor asked for, the cluster has {gpus:g}"
             )
-        return config.inference_actors or max(1, int(gpus // per)), per
+        return config.resources.inference_actors or max(1, int(gpus // per)), per
     # CPU only: the actors cut, classify and stage (ChunkStage), so they get every CPU but the
     # readers' (1 in 16, at least one: reading is a few per cent of a source's cost).
     spare = max(1.0, cpus / 16)
-    return config.inference_actors or max(1, int((cpus - spare) // config.cpus_per_actor)), 0.0
+    return config.resources.inference_actors or max(
+        1, int((cpus - spare) // config.resources.cpus_per_actor)
+    ), 0.0
 
 
 STAMP_BYTES_PER_ROW = 3 * 37 * 37 * 4
@@ -232,12 +234,12 @@ The largest thing in the object store between stages (images stay inside the act
 
 
 def chunk_rows(config: PipelineConfig, actors: int) -> int:
-    """``config.chunk_size``, or the largest chunk (128..2048 rows) of which eight per inference
-    actor fit in half the object store (Ray Data's share): big chunks amortise each chunk's
-    fixed costs (a task or actor call, a part file, pandas/Arrow conversions; measured:
+    """``config.resources.chunk_size``, or the largest chunk (128..2048 rows) of which eight per
+    inference actor fit in half the object store (Ray Data's share): big chunks amortise each
+    chunk's fixed costs (a task or actor call, a part file, pandas/Arrow conversions; measured:
     bench/RESULTS.md, Feeding ceiling), but too few in flight starve the actors."""
-    if config.chunk_size is not None:
-        return int(config.chunk_size)
+    if config.resources.chunk_size is not None:
+        return int(config.resources.chunk_size)
     store = float(ray.cluster_resources().get("object_store_memory", 8e9))
     return int(np.clip(store / 2 / (8 * max(actors, 1) * STAMP_BYTES_PER_ROW), 128, 2048))
 
@@ -252,9 +254,13 @@ def _gate_rows(config: PipelineConfig, inputs: Inputs, plan: Plan) -> dict[str, 
 def _gate_task(config: PipelineConfig, inputs: Inputs, plan: Plan, device: str) -> dict[str, Any]:
     """Run :func:`gate_precision` (inside a Ray task) on the model's gate set, or on stamps of
     the run's first rows when the model directory has none."""
-    rows = {} if has_gate_set(config.model_dir) else _gate_rows(config, inputs, plan)
+    rows = {} if has_gate_set(config.inference.model_dir) else _gate_rows(config, inputs, plan)
     return gate_precision(
-        config.model_dir, device, config.precision, rows, int(config.cpus_per_actor)
+        config.inference.model_dir,
+        device,
+        config.inference.precision,
+        rows,
+        int(config.resources.cpus_per_actor),
     )
 
 
@@ -267,10 +273,10 @@ def decide_precision(config: PipelineConfig, inputs: Inputs, plan: Plan) -> Gate
     """
     _, gpus = inference_resources(config)
     device = "cuda" if gpus > 0 else "cpu"
-    if config.precision == "fp32" or not plan.units:
-        return GateResult(config.precision, "fp32", device, "fp32 asked for")
+    if config.inference.precision == "fp32" or not plan.units:
+        return GateResult(config.inference.precision, "fp32", device, "fp32 asked for")
     task = ray.remote(_gate_task).options(
-        num_cpus=config.cpus_per_actor, num_gpus=gpus if gpus > 0 else None, max_retries=1
+        num_cpus=config.resources.cpus_per_actor, num_gpus=gpus if gpus > 0 else None, max_retries=1
     )
     result = GateResult(**ray.get(task.remote(config, inputs, plan, device)))
     logger.info("precision: %s (%s; gate rows: %s)", result.used, result.reason, result.gate_set)
@@ -305,12 +311,13 @@ def build_dataset(
     ds = ds.map_batches(reader, batch_size=1, batch_format="pandas")
     ds = ds.repartition(target_num_rows_per_block=chunk)
     classify = dict(
-        model_dir=config.model_dir,
+        model_dir=config.inference.model_dir,
         device="cuda" if gpus > 0 else "cpu",
         # None on a GPU: the actor sizes its batch from the GPU's memory
-        model_batch_size=config.model_batch_size or (CPU_MODEL_BATCH if gpus == 0 else None),
-        confidence_threshold=config.confidence_threshold,
-        threads=int(config.cpus_per_actor),
+        model_batch_size=config.resources.model_batch_size
+        or (CPU_MODEL_BATCH if gpus == 0 else None),
+        confidence_threshold=config.inference.confidence_threshold,
+        threads=int(config.resources.cpus_per_actor),
         precision=precision,
     )
     writer = PartWriter(inputs.out, plan.order)
@@ -322,7 +329,7 @@ def build_dataset(
             compute=ActorPoolStrategy(size=actors),
             batch_size=chunk,
             batch_format="pandas",
-            num_cpus=config.cpus_per_actor,
+            num_cpus=config.resources.cpus_per_actor,
         )
     # A memory reservation (a worker's ~250 MB plus stamps and images of a chunk, ~100 kB a row,
     # with room for copies; measured) keeps the scheduler from packing more cutout tasks than
@@ -342,21 +349,6 @@ def build_dataset(
         batch_size=chunk,
         batch_format="numpy",
         num_gpus=gpus,
-        num_cpus=config.cpus_per_actor,
+        num_cpus=config.resources.cpus_per_actor,
     )
     return ds.map_batches(writer, batch_size=chunk, batch_format="pandas", num_cpus=0.25)
-
-
-def build_pipeline(config: PipelineConfig) -> tuple[Plan, Any]:
-    """The plan and the lazy dataset of a run; its rows are the receipts of staged parts.
-
-    Reads only the output's commit markers (for resume) and the catalog's counts; writes
-    nothing until the dataset is executed. Executing it stages parts but commits nothing:
-    :func:`~iic_survey.survey.run.run_pipeline` does that (and prepares the output first).
-    """
-    inputs = open_inputs(config)
-    finished: list[int] = []
-    if not config.overwrite:
-        finished = staging.finished_pixels(inputs.out, config.healpix_order).tolist()
-    plan = plan_run(config, inputs.catalog, finished)
-    return plan, build_dataset(config, inputs, plan, decide_precision(config, inputs, plan).used)

@@ -5,8 +5,9 @@ worker's shard of the training split (Adam, the paper's halved learning rate, ra
 augmentation, autocast on GPU, and bf16 on a CPU that has it when asked for), validates, and
 reports every epoch's metrics with a checkpoint of the training state (weights, optimiser,
 scaler, history) from rank 0. The pure pieces (the LR schedule, the augmentation, the precision
-choice) are plain functions tested without Ray;
-:data:`CRASH_ENV` is a test hook that kills a worker mid-epoch to test recovery.
+choice) are plain functions tested without Ray. A ``step_hook`` in ``train_loop_config``
+(:data:`StepHook`) is called before every training step: the tests pass one that kills a worker
+mid-epoch to test recovery.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,9 @@ from iic_survey.training.config import PRECISIONS, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-CRASH_ENV = "IIC_TRAIN_CRASH_AT"
-"""Test hook: ``"epoch:step"`` makes the rank-0 worker ``os._exit(1)`` there, once per marker."""
-CRASH_MARKER_ENV = "IIC_TRAIN_CRASH_MARKER"
-"""Test hook: a file created just before the crash; if it exists, the crash is skipped."""
+StepHook = Callable[[int, int, int], None]
+"""``hook(epoch, step, rank)``, called by every worker before each training step (a picklable
+callable in ``train_loop_config["step_hook"]``; tests use it to kill a worker mid-epoch)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,31 +91,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def _maybe_crash(epoch: int, step: int, rank: int) -> None:
-    """The test hook behind :data:`CRASH_ENV`: a real process death, once per marker file.
-
-    Before dying it waits until Ray Train has committed every checkpoint reported so far: Ray's
-    controller collects reports asynchronously, and the hook must test recovery from the last
-    finished epoch, not the (legitimate) loss of a report still in flight.
-    """
-    spec = os.environ.get(CRASH_ENV)
-    if not spec or rank != 0:
-        return
-    e, s = (int(x) for x in spec.split(":"))
-    marker = os.environ.get(CRASH_MARKER_ENV)
-    if (epoch, step) != (e, s) or (marker and Path(marker).exists()):
-        return
-    import ray.train
-
-    ray.train.get_all_reported_checkpoints(
-        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120
-    )
-    if marker:
-        Path(marker).write_text(f"crashed at epoch {epoch} step {step}\n")
-    logger.warning("test hook %s: worker exiting at epoch %d step %d", CRASH_ENV, epoch, step)
-    os._exit(1)
-
-
 # ---------------------------------------------------------------------------------------------
 # The per-worker loop
 
@@ -164,6 +139,8 @@ class _Worker:
     world: int
     starts: tuple[int, ...]
     """The first epoch of every start of the run so far, this one last."""
+    step_hook: StepHook | None = None
+    """Called before every training step (:data:`StepHook`); None in real runs."""
 
     def autocast(self) -> torch.autocast:
         """The autocast context of a forward pass (a no-op in fp32)."""
@@ -220,6 +197,7 @@ def _start_worker(config: dict[str, Any]) -> tuple[_Worker, list[dict[str, Any]]
         rank=rank,
         world=world,
         starts=(*starts, start),
+        step_hook=config.get("step_hook"),
     )
     return worker, history
 
@@ -241,7 +219,8 @@ def _train_epoch(w: _Worker, epoch: int, shard: Any, gen: torch.Generator) -> li
         local_shuffle_seed=cfg.seed + epoch,
     )
     for step, batch in enumerate(batches):
-        _maybe_crash(epoch, step, w.rank)
+        if w.step_hook is not None:
+            w.step_hook(epoch, step, w.rank)
         images, features, labels = _batch_to(batch, w.device)
         if cfg.augment:
             images = augment(images, gen)

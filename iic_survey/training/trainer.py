@@ -28,7 +28,7 @@ from iic_survey.training import trainingset
 from iic_survey.training.checkpoints import best_checkpoint
 from iic_survey.training.config import RunSettings, TrainConfig, model_config_for
 from iic_survey.training.finalize import FinishedRun, finalize
-from iic_survey.training.loop import train_loop_per_worker
+from iic_survey.training.loop import StepHook, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +96,12 @@ class _SubsetFilter:
         return {k: v[keep] for k, v in batch.items()}
 
 
-def fit(config: TrainConfig, run: RunSettings) -> Any:
-    """Run (or resume) the Ray Train part only; returns the ``ray.train.Result``."""
+def fit(config: TrainConfig, run: RunSettings, step_hook: StepHook | None = None) -> Any:
+    """Run (or resume) the Ray Train part only; returns the ``ray.train.Result``.
+
+    ``step_hook`` (picklable) is called by every worker before each training step
+    (:data:`~iic_survey.training.loop.StepHook`); the tests kill a worker with one.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -106,7 +110,11 @@ def fit(config: TrainConfig, run: RunSettings) -> Any:
     resources = {"CPU": run.cpus_per_worker, **({"GPU": 1} if run.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": dataclasses.asdict(config), "model": model_cfg.to_dict()},
+        train_loop_config={
+            "train": dataclasses.asdict(config),
+            "model": model_cfg.to_dict(),
+            **({"step_hook": step_hook} if step_hook is not None else {}),
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=run.num_workers, use_gpu=run.use_gpu, resources_per_worker=resources
         ),
@@ -125,13 +133,15 @@ def fit(config: TrainConfig, run: RunSettings) -> Any:
     return trainer.fit()
 
 
-def train(config: TrainConfig, run: RunSettings) -> dict[str, Any]:
+def train(
+    config: TrainConfig, run: RunSettings, step_hook: StepHook | None = None
+) -> dict[str, Any]:
     """Run (or resume) training on the connected Ray cluster, then finalise the model directory.
 
-    Returns a summary: run path, best checkpoint, test metrics, model directory.
+    Returns a summary: run path, best checkpoint, test metrics, model directory. ``step_hook``:
+    see :func:`fit`.
     """
-
-    result = fit(config, run)
+    result = fit(config, run, step_hook)
     best = best_checkpoint(result)
     logger.info("training done: best checkpoint %s, latest %s", best.path, result.checkpoint.path)
     info = trainingset.read_manifest(config.data)

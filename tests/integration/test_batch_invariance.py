@@ -73,7 +73,7 @@ def test_chunk_and_model_batch_sizes_do_not_change_a_bit_of_the_catalog(
     for chunk, batch in ((400, 128), (97, 7)):
         out = str(tmp_path / f"c{chunk}b{batch}")
         run_pipeline(
-            PipelineConfig(
+            PipelineConfig.create(
                 catalog=tiny_sky.catalog_url,
                 images=tiny_sky.images_url,
                 model_dir=tiny_model_dir,

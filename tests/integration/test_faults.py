@@ -527,7 +527,7 @@ def s3_first_run(ray_cluster, faulty_s3, tiny_sky, model_dir, clean) -> Iterator
     reader_root = UPath(url, **s3_storage_options(endpoint))
     k5 = clean["_healpix_29"].to_numpy() >> 48
     planned = {int(p): int((k5 == p).sum()) for p in tiny_sky.pixels}
-    config = PipelineConfig(
+    config = PipelineConfig.create(
         catalog=tiny_sky.catalog_url,
         images=tiny_sky.images_url,
         model_dir=model_dir,

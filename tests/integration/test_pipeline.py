@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,11 @@ from iic_survey.stamps.split import StampCutter
 from iic_survey.survey.classify import Classify, Scoring, result_rows, scoring_record
 from iic_survey.survey.config import PipelineConfig, PipelineError
 from iic_survey.survey.plan import assign_pixels, plan_run
-from iic_survey.survey.run import CRASH_ENV, run_pipeline
+from iic_survey.survey.run import run_pipeline
 from iic_survey.survey.stages import ChunkStage, PartWriter, PixelReader, chunk_rows
 
 # Lives in tests/fixtures/model.py; re-exported for test_faults.py and test_bad_input.py.
+from tests.fixtures.crashes import crash_after_commits
 from tests.fixtures.model import make_model_dir as make_model_dir
 
 
@@ -55,7 +55,7 @@ def config(tiny_sky, model_dir: str, out: str, **kw) -> PipelineConfig:
         progress_interval_s=2.0,
     )
     base.update(kw)
-    return PipelineConfig(**base)
+    return PipelineConfig.create(**base)
 
 
 # ------------------------------------------------------------------------------ pure pieces
@@ -64,28 +64,30 @@ def config(tiny_sky, model_dir: str, out: str, **kw) -> PipelineConfig:
 def test_config_checks():
     kw = dict(catalog="c", images="i", model_dir="m", output="o")
     with pytest.raises(ValueError, match=r"0\.\.8"):
-        PipelineConfig(**kw, healpix_order=9)
+        PipelineConfig.create(**kw, healpix_order=9)
     with pytest.raises(ValueError, match="not both"):
-        PipelineConfig(**kw, pixels=(1,), cone=(10.0, 10.0, 1.0))
+        PipelineConfig.create(**kw, pixels=(1,), cone=(10.0, 10.0, 1.0))
     with pytest.raises(ValueError, match="did you mean 'tiles'"):
-        PipelineConfig(**kw, cutout_mode="tile")
+        PipelineConfig.create(**kw, cutout_mode="tile")
     with pytest.raises(ValueError, match="out of range"):
-        PipelineConfig(**kw, healpix_order=0, pixels=(12,))
+        PipelineConfig.create(**kw, healpix_order=0, pixels=(12,))
     with pytest.raises(ValueError, match="limit"):
-        PipelineConfig(**kw, limit=0)
+        PipelineConfig.create(**kw, limit=0)
     with pytest.raises(ValueError, match="empty"):
-        PipelineConfig(**{**kw, "catalog": " "})
-    assert PipelineConfig(**kw, pixels=(5, 3, 5)).pixels == (3, 5)
+        PipelineConfig.create(**{**kw, "catalog": " "})
+    assert PipelineConfig.create(**kw, pixels=(5, 3, 5)).selection.pixels == (3, 5)
+    with pytest.raises(TypeError, match="did you mean 'chunk_size'"):
+        PipelineConfig.create(**kw, chunk_sise=4)
     with pytest.raises(ValueError, match="service_timeout_s"):
-        PipelineConfig(**kw, service_timeout_s=0)
+        PipelineConfig.create(**kw, service_timeout_s=0)
 
 
 def test_the_service_timeout_reaches_the_cutout_service(tiny_sky):
     from iic_survey.survey.stages import _stamp_maker
 
-    cfg = PipelineConfig(tiny_sky.catalog_url, "irsa", "m", "o", cutout_mode="service")
+    cfg = PipelineConfig.create(tiny_sky.catalog_url, "irsa", "m", "o", cutout_mode="service")
     assert _stamp_maker(cfg, {}).cutout.service.read_timeout_s == 30.0
-    quick = dataclasses.replace(cfg, service_timeout_s=2.5)
+    quick = dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, service_timeout_s=2.5))
     maker = _stamp_maker(quick, {})
     assert maker.cutout.method == "service" and maker.cutout.service.read_timeout_s == 2.5
 
@@ -93,7 +95,7 @@ def test_the_service_timeout_reaches_the_cutout_service(tiny_sky):
 def test_chunks_fit_the_object_store(monkeypatch):
     import ray
 
-    cfg = PipelineConfig("c", "i", "m", "o")
+    cfg = PipelineConfig.create("c", "i", "m", "o")
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"object_store_memory": 1e9})
     # eight 37x37x3 float32 stamp chunks per actor in half the store: 1,979 rows on test heads
     assert chunk_rows(cfg, 2) == int(1e9 / 2 / (8 * 2 * 3 * 37 * 37 * 4)) == 1902
@@ -101,7 +103,7 @@ def test_chunks_fit_the_object_store(monkeypatch):
     assert chunk_rows(cfg, 2) == 190
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"object_store_memory": 600e9})
     assert chunk_rows(cfg, 8) == 2048  # a GPU node: the cap
-    assert chunk_rows(PipelineConfig("c", "i", "m", "o", chunk_size=300), 2) == 300
+    assert chunk_rows(PipelineConfig.create("c", "i", "m", "o", chunk_size=300), 2) == 300
 
 
 def test_assign_pixels_matches_healpy():
@@ -248,7 +250,8 @@ def test_plan_is_exact_at_every_order(tiny_sky):
     """Orders 4, 5 and 6 each plan every catalog row exactly once; deeper = split parents."""
     cat = open_catalog(tiny_sky.catalog_url)
     plans = {
-        k: plan_run(PipelineConfig("c", "i", "m", "o", healpix_order=k), cat) for k in (4, 5, 6)
+        k: plan_run(PipelineConfig.create("c", "i", "m", "o", healpix_order=k), cat)
+        for k in (4, 5, 6)
     }
     for plan in plans.values():
         assert sum(plan.counts.values()) == tiny_sky.n_sources
@@ -259,7 +262,7 @@ def test_plan_is_exact_at_every_order(tiny_sky):
     assert all(len(u["pixels"]) >= 1 and u["read_order"] == 5 for u in p6.units)
     assert len(p6.units) == len(p5.counts)  # one read per parent partition
     first = next(iter(p5.counts))
-    limited = plan_run(PipelineConfig("c", "i", "m", "o", limit=1), cat, finished=[first])
+    limited = plan_run(PipelineConfig.create("c", "i", "m", "o", limit=1), cat, finished=[first])
     assert limited.finished == (first,) and len(limited.todo) == 1 and limited.partial
 
 
@@ -461,9 +464,7 @@ def test_rerun_skips_finished_pixels(order5, tiny_sky, model_dir):
 
 
 @pytest.mark.slow
-def test_crash_then_rerun_at_order_6_equals_uninterrupted(
-    order5, tiny_sky, model_dir, tmp_path, monkeypatch
-):
+def test_crash_then_rerun_at_order_6_equals_uninterrupted(order5, tiny_sky, model_dir, tmp_path):
     """A run killed after its first commit, resumed, gives the uninterrupted run's rows.
 
     Run at order 6, it also shows that the order only changes the partitioning, not the rows.
@@ -471,10 +472,8 @@ def test_crash_then_rerun_at_order_6_equals_uninterrupted(
     _, out5 = order5
     out = str(tmp_path / "catalog6")
     cfg = config(tiny_sky, model_dir, out, healpix_order=6)
-    monkeypatch.setenv(CRASH_ENV, "1")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pipeline(cfg)
-    monkeypatch.delenv(CRASH_ENV)
+        run_pipeline(cfg, after_commit=crash_after_commits(1))
     done_before = staging.finished_pixels(out, 6)
     total = len(_truth_counts(tiny_sky, 6))
     assert 1 <= len(done_before) < total
@@ -492,10 +491,9 @@ def test_crash_then_rerun_at_order_6_equals_uninterrupted(
 def test_service_mode_with_faults_keeps_every_row(ray_cluster, irsa, tiny_sky, model_dir, tmp_path):
     """Per-source IBE cutouts through a flaky server: rows are flagged, never lost."""
     cat = open_catalog(tiny_sky.catalog_url)
-    plan = plan_run(PipelineConfig("c", "i", "m", "o", healpix_order=8), cat)
+    plan = plan_run(PipelineConfig.create("c", "i", "m", "o", healpix_order=8), cat)
     pixel, n = min(plan.counts.items(), key=lambda kv: kv[1])
     irsa.faults.configure(server_error=0.3, seed=2)
-    os.environ.pop(CRASH_ENV, None)
     cfg = config(
         tiny_sky,
         model_dir,

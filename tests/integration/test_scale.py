@@ -25,9 +25,10 @@ from iic_survey.output import duplicates, reader
 from iic_survey.output.schema import catalog_dir
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.progress import Progress
-from iic_survey.survey.run import CRASH_ENV, run_pipeline
+from iic_survey.survey.run import run_pipeline
 from iic_survey.synthetic import allwise_columns, skyscale
 from iic_survey.synthetic.metadata_file import MetadataWriter
+from tests.fixtures.crashes import crash_after_commits
 
 # ------------------------------------------------------------------------ the column set
 
@@ -241,7 +242,7 @@ def _config(manifest, model_dir: str, out: str, **kw) -> PipelineConfig:
                 output=out, chunk_size=400, model_batch_size=128, inference_actors=1,
                 progress_interval_s=2.0)  # fmt: skip
     base.update(kw)
-    return PipelineConfig(**base)
+    return PipelineConfig.create(**base)
 
 
 def _rows(out: str) -> pd.DataFrame:
@@ -250,15 +251,13 @@ def _rows(out: str) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_rehearsal_killed_half_way_and_resumed_equals_a_clean_run(
-    ray_cluster, rehearsal_scale, tiny_model_dir, tmp_path, monkeypatch
+    ray_cluster, rehearsal_scale, tiny_model_dir, tmp_path
 ):
     clean = str(tmp_path / "clean")
     run_pipeline(_config(rehearsal_scale, tiny_model_dir, clean))
     out = str(tmp_path / "resumed")
-    monkeypatch.setenv(CRASH_ENV, "50")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pipeline(_config(rehearsal_scale, tiny_model_dir, out))
-    monkeypatch.delenv(CRASH_ENV)
+        run_pipeline(_config(rehearsal_scale, tiny_model_dir, out), crash_after_commits(50))
     resumed = run_pipeline(_config(rehearsal_scale, tiny_model_dir, out))
     assert resumed.pixels_skipped >= 50 and resumed.pixels_done > 0
     got, want = _rows(out), _rows(clean)

@@ -51,9 +51,12 @@ def _args(tmp_path: Path, name: str, max_failures: int) -> list[str]:
     ]
 
 
-def _submit(local_ray, args: list[str], env: dict[str, str] | None = None):
-    runtime_env = json.dumps({"env_vars": env}) if env else None
-    return local_ray.submit("jobs/train.py", *args, timeout=480, runtime_env_json=runtime_env)
+def _submit(local_ray, args: list[str], crash_at: str | None = None, marker: Path | None = None):
+    """``jobs/train.py ARGS`` as a Ray job; with ``crash_at`` (``"epoch:step"``) its rank-0 worker
+    dies there once (:class:`~tests.fixtures.crashes.CrashAt`, through ``tests.fixtures.jobs``)."""
+    if crash_at is None:
+        return local_ray.submit("jobs/train.py", *args, timeout=480)
+    return local_ray.submit("-m", "tests.fixtures.jobs", crash_at, str(marker), *args, timeout=480)
 
 
 def _summary(stdout: str) -> dict:
@@ -67,8 +70,7 @@ def test_a_worker_killed_mid_epoch_recovers_and_the_job_writes_a_model_dir(local
     make_fake_training_set(tmp_path / "ts", n=150)
     marker = tmp_path / "crashed"
     args = _args(tmp_path, "kill", max_failures=1)
-    env = {loop.CRASH_ENV: "1:1", loop.CRASH_MARKER_ENV: str(marker)}
-    result = _submit(local_ray, args, env)
+    result = _submit(local_ray, args, crash_at="1:1", marker=marker)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert marker.exists(), "the worker never died: the test hook did not fire"
@@ -86,8 +88,7 @@ def test_rerun_after_an_interrupted_run_continues_from_its_checkpoint(local_ray,
     make_fake_training_set(tmp_path / "ts", n=150)
     args = _args(tmp_path, "resume", max_failures=0)
     # No failures allowed: the death at epoch 1 ends the job, after epoch 0's checkpoint.
-    env = {loop.CRASH_ENV: "1:1", loop.CRASH_MARKER_ENV: str(tmp_path / "crashed")}
-    first = _submit(local_ray, args, env)
+    first = _submit(local_ray, args, crash_at="1:1", marker=tmp_path / "crashed")
     assert first.returncode != 0, "the interrupted run should have failed"
     assert not (tmp_path / "model").exists()
     assert list((tmp_path / "runs" / "resume").glob("epoch_00000"))

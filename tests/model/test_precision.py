@@ -153,7 +153,7 @@ def test_choices_match_the_command_line():
     with pytest.raises(ValueError, match="did you mean 'bf16'"):
         precision.check_precision("bf61")
     with pytest.raises(ValueError, match="precision"):
-        survey_config.PipelineConfig("c", "i", "m", "o", precision="fp8")
+        survey_config.PipelineConfig.create("c", "i", "m", "o", precision="fp8")
     assert precision.autocast_dtype("fp32") is None
     assert precision.autocast_dtype("bf16") is torch.bfloat16
     with pytest.raises(ValueError, match="resolve"):
@@ -507,7 +507,7 @@ def _run(tiny_sky, model_dir: str, out: Path, requested: str) -> dict:
     from iic_survey.output.reader import read_properties
     from iic_survey.survey.run import run_pipeline
 
-    cfg = survey_config.PipelineConfig(
+    cfg = survey_config.PipelineConfig.create(
         catalog=tiny_sky.catalog_url,
         images=tiny_sky.images_url,
         model_dir=model_dir,
