@@ -4,8 +4,8 @@ hats' ``write_parquet_metadata`` is the reference: the streamed files must be th
 (``_metadata``: every row group, file path and statistic, the schema and key-value metadata;
 ``_common_metadata``) and the same thumbnail rows. Reading by hats and lsdb is covered end to
 end by tests/output/test_staging.py and tests/output/test_collection.py (finalize writes these
-files). Memory: the peak in a fresh process must not grow with the number of partitions,
-where hats' does.
+files). Memory: the peak in a fresh process must not grow with the number of partitions, where
+hats' does.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hats.io import write_parquet_metadata
+from upath import UPath
 
 from iic_survey.output import hatsfiles
 from iic_survey.synthetic.partition_files import order_pixels, write_partition_files
@@ -46,7 +47,7 @@ def _same_files(ours: pathlib.Path, ref: pathlib.Path) -> None:
 
 def test_dataset_metadata_is_what_hats_writes(tmp_path: pathlib.Path) -> None:
     root = _catalog(tmp_path / "cat")
-    rows = hatsfiles.write_dataset_metadata(fsspec.filesystem("file"), str(root))
+    rows = hatsfiles.write_dataset_metadata(UPath(root))
     ref = tmp_path / "hats"
     assert write_parquet_metadata(root, output_path=ref, create_thumbnail=True) == rows == 40
     _same_files(root, ref)
@@ -60,7 +61,7 @@ def test_dataset_metadata_is_what_hats_writes(tmp_path: pathlib.Path) -> None:
 
 def test_index_metadata_keeps_file_order(tmp_path: pathlib.Path) -> None:
     root = _catalog(tmp_path / "idx")
-    rows = hatsfiles.write_index_metadata(fsspec.filesystem("file"), str(root))
+    rows = hatsfiles.write_index_metadata(UPath(root))
     ref = tmp_path / "hats"
     assert write_parquet_metadata(root, order_by_healpix=False, output_path=ref) == rows
     _same_files(root, ref)
@@ -72,7 +73,7 @@ def test_memory_filesystem(tmp_path: pathlib.Path) -> None:
     local = _catalog(tmp_path / "cat")
     mem = fsspec.filesystem("memory")
     mem.put(str(local), "/mdcat", recursive=True)
-    assert hatsfiles.write_dataset_metadata(mem, "/mdcat") == 40
+    assert hatsfiles.write_dataset_metadata(UPath("memory:///mdcat")) == 40
     write_parquet_metadata(local, output_path=tmp_path / "ref", create_thumbnail=True)
     want = (tmp_path / "ref/dataset/_metadata").read_bytes()
     assert mem.cat_file("/mdcat/dataset/_metadata") == want
@@ -80,8 +81,8 @@ def test_memory_filesystem(tmp_path: pathlib.Path) -> None:
 
 _PEAK = """
 import json, re, sys
-import fsspec
 from hats.io import write_parquet_metadata
+from upath import UPath
 from iic_survey.output import hatsfiles
 
 def kb(key):
@@ -91,7 +92,7 @@ root, how = sys.argv[1], sys.argv[2]
 open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from now
 before = kb("VmRSS")
 if how == "ours":
-    hatsfiles.write_dataset_metadata(fsspec.filesystem("file"), root)
+    hatsfiles.write_dataset_metadata(UPath(root))
 else:
     write_parquet_metadata(root, output_path=root + "_ref", create_thumbnail=True)
 print(json.dumps({"growth_mb": (kb("VmHWM") - before) / 1024}))
