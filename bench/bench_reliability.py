@@ -1,4 +1,4 @@
-"""Reliability: run tests/integration/test_faults.py and tests/integration/test_bad_input.py, write their figures.
+"""Reliability: run tests/integration/test_faults.py and test_bad_input.py, write their figures.
 
 The fault tests inject each fault for real (SIGKILL of Ray workers and of the driver, an IBE
 stand-in over HTTP answering 503s, truncated FITS and answers held past the client's read
@@ -7,9 +7,10 @@ faults injected, the faults survived (all of a run's faults count as survived on
 catalog equals a clean run's, row for row) and the rows lost and duplicated against the input.
 Each test writes those figures to ``$IIC_RELIABILITY_DIR/reliability_faults.json``; this script
 runs the tests with that folder set and turns the file into the section, so no figure is copied
-by hand. The same for bad input: tests/integration/test_bad_input.py feeds ``jobs/classify_sky.py`` each
-kind of bad input and records, per kind, the behaviour and what it measured (rows flagged,
-rows lost against the input, what was written) in ``reliability_bad_input.json``, which
+by hand. The same for bad input: tests/integration/test_bad_input.py feeds
+``jobs/classify_sky.py`` each kind of bad input and records, per kind, the behaviour and what it
+measured (rows flagged, rows lost against the input, what was written) in
+``reliability_bad_input.json``, which
 becomes the section "Reliability: bad input".
 
 Run from the repository root (the tests start their own local Ray head, moto and IBE servers)::
@@ -38,7 +39,9 @@ BAD_INPUT_SECTION = "## Reliability: bad input (tests/integration/test_bad_input
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_tests(folder: pathlib.Path, test_file: str = "tests/integration/test_faults.py") -> tuple[int, float]:
+def run_tests(
+    folder: pathlib.Path, test_file: str = "tests/integration/test_faults.py"
+) -> tuple[int, float]:
     """(pytest's exit status, wall seconds) of one test file, its figures into ``folder``."""
     env = {
         **os.environ,

@@ -4,8 +4,8 @@
 adds ``stamp`` (float32 (N, 3, S, S) in DN, NaN where nothing was read), ``features`` and
 ``quality_flags`` (cutout | catalog | earlier flags). :func:`finish_images` is the other half,
 run by the inference actor: the RGB transform of those stamps and its flags, OR-ed into the
-row's. Together they make exactly what one ``StampMaker`` call makes (tests/stamps/test_rgb.py): on a
-CPU with :func:`iic_survey.stamps.rgb.make_rgb`, byte for byte the images training saw; on a
+row's. Together they make exactly what one ``StampMaker`` call makes (tests/stamps/test_rgb.py):
+on a CPU with :func:`iic_survey.stamps.rgb.make_rgb`, byte for byte the images training saw; on a
 GPU with its torch twin :func:`iic_survey.stamps.rgb_torch.make_rgb_torch` (equal to 1e-5),
 next to the model.
 

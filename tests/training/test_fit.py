@@ -192,7 +192,8 @@ def test_training_set_round_trips_through_ray_data(ray_cluster, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Ray Train runs themselves are tested through `ray job submit` (tests/integration/test_train_job.py)
+# Ray Train runs themselves are tested through `ray job submit`
+# (tests/integration/test_train_job.py)
 
 TINY = {
     "widths": (4, 8, 8, 8, 8, 8),
