@@ -1,4 +1,5 @@
-"""The output catalog: a HATS collection of the classification, written resumably, exactly once.
+"""The output catalog: a HATS collection of the classification, written resumably, exactly once;
+its margin, id indexes and selection folder; the read API, validation and FITS/VOTable export.
 
 Modules
 -------
@@ -22,6 +23,10 @@ index
     Index catalogs on ``cntr`` and ``designation``: one source found by its id in one read.
 hatsfiles
     The HATS metadata files, written with the ``hats`` library and put in place atomically.
+metadata_stream
+    A catalog's ``dataset/_metadata`` written one partition footer at a time, in flat memory.
+selection
+    The catalog's ``selection/`` folder: the model's selection tables and sky masks (MOC).
 reader
     Queries (cone, pixels, class, confidence, ids), pixel by pixel reads and a text summary.
 validate

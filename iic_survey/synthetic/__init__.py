@@ -3,7 +3,7 @@
 With no network, every code path (catalog reads, tile cutouts, training, the classification
 run) still runs on a fresh machine against a sky written here: a hive-partitioned AllWISE-like
 catalog, Atlas-like FITS tile crops, a separate truth table and ``sky.json``
-(DESIGN.md section 2).
+(docs/design.md §2).
 
 Modules
 -------

@@ -13,7 +13,9 @@ calibrates and reports on the best checkpoint.
 - ``loop``: the per-worker Ray Train loop (schedule, augmentation, precision, checkpoints).
 - ``checkpoints``: reading a checkpoint's state and history; the best checkpoint of a run.
 - ``fit``: the driver: datasets, the ``TorchTrainer``, resuming, then finalising.
+- ``evaluate``: the best checkpoint on the held-out splits: ``T(W1)``, the test report.
 - ``finalize``: calibration, the test report, OOD statistics, the model directory.
+- ``selection``: completeness, purity, thresholds and reliability from a labelled split.
 - ``card``: the model card (``README.md`` of the model directory) from the measured numbers.
 - ``plots``: the report's PNG figures (history, ROC, confusion matrix).
 """
