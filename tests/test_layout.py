@@ -139,6 +139,12 @@ def imported_by_tests() -> set[str]:
     return names
 
 
+def test_every_module_is_imported_by_a_test():
+    """A module no test imports is tested, at best, by accident (issue 28)."""
+    untested = sorted(set(module_names()) - imported_by_tests())
+    assert not untested, f"modules that no test under tests/ imports: {untested}"
+
+
 _BULLET = re.compile(r"^\s*[-*] (?::mod:`~?iic_survey\.\w+\.(\w+)`|``(\w+)``)")
 
 

@@ -40,5 +40,6 @@ def test_config_from_dict_turns_lists_into_tuples() -> None:
 
 
 def test_config_from_dict_refuses_an_unknown_key_with_a_hint() -> None:
-    with pytest.raises(ValueError, match=r"unknown _Config field 'scal' \(did you mean 'scale'\?\)"):
+    hint = r"unknown _Config field 'scal' \(did you mean 'scale'\?\)"
+    with pytest.raises(ValueError, match=hint):
         config_from_dict(_Config, {"scal": 2.0})

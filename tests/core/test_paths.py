@@ -16,8 +16,13 @@ def test_defaults_follow_iic_survey_home(
     assert paths.home() == tmp_path / "h"
     assert {
         f.__name__: f()
-        for f in (paths.default_sky, paths.default_training_set, paths.default_runs,
-                  paths.default_model, paths.default_catalog)  # fmt: skip
+        for f in (
+            paths.default_sky,
+            paths.default_training_set,
+            paths.default_runs,
+            paths.default_model,
+            paths.default_catalog,
+        )
     } == {
         "default_sky": str(tmp_path / "h/sky"),
         "default_training_set": str(tmp_path / "h/training_set"),

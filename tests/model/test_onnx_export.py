@@ -13,9 +13,8 @@ import torch
 
 from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.constants import CLASSES
-from iic_survey.model import config, directory
+from iic_survey.model import config, directory, onnx_export
 from iic_survey.model import network as M
-from iic_survey.model import onnx_export
 from iic_survey.model.__main__ import main
 from tests.model.test_network import TINY
 

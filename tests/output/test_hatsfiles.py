@@ -46,8 +46,14 @@ def test_partition_info_is_what_hats_reads(where) -> None:
 def test_properties_round_trip_and_hats_properties_is_written(where) -> None:
     fs, root = where
     props = TableProperties.model_validate(
-        {"obs_collection": "iic_allwise", "dataproduct_type": "object", "hats_nrows": 12,
-         "hats_col_ra": "ra", "hats_col_dec": "dec", "hats_order": 5}  # fmt: skip
+        {
+            "obs_collection": "iic_allwise",
+            "dataproduct_type": "object",
+            "hats_nrows": 12,
+            "hats_col_ra": "ra",
+            "hats_col_dec": "dec",
+            "hats_order": 5,
+        }
     )
     hatsfiles.write_properties(fs, root, props)
     assert fs.exists(f"{root}/properties") and fs.exists(f"{root}/hats.properties")
