@@ -60,7 +60,7 @@ NODE_CORES = 96
 """Physical cores of an 8 x H100 node (e.g. AWS p5.48xlarge: 192 vCPUs)."""
 GPU_IMAGES_PER_S = 100_000
 """Assumed IICnet images/s per H100: 0.44 GFLOP per image at ~44 TFLOP/s effective (about 5 %
-of the bf16 dense peak; DESIGN.md section 5 expects 'hundreds of thousands')."""
+of the bf16 dense peak; docs/design.md §5 expects 'hundreds of thousands')."""
 S3_BYTES_PER_S = 10e9
 """Assumed sustained S3 read rate of one node (80 Gbit/s of its 3,200 Gbit/s network)."""
 

@@ -30,9 +30,9 @@ from iic_survey.survey.config import CPU_MODEL_BATCH
 PAPER_TABLE3: dict[str, tuple[float | None, float | None]] = {
     "iicnet": (1.75e6, 218.66e6),
 }
-"""The paper's Table 3 (parameters, MACs) where this repository records them (README, DESIGN):
-IICnet's. The comparison networks' Table 3 entries are not recorded here and are left blank
-rather than typed from memory."""
+"""The paper's Table 3 (parameters, MACs) where this repository records them (README,
+docs/design.md): IICnet's. The comparison networks' Table 3 entries are not recorded here
+and are left blank rather than typed from memory."""
 
 
 def macs(model: nn.Module, in_ch: int = 3, size: int = 80) -> int:

@@ -7,6 +7,9 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+SLOW_TIMEOUT_S = 600
+"""Per-test timeout of ``slow`` tests without a ``timeout`` marker of their own (pyproject's
+``timeout``, 120 s, is every other test's): a hung test fails within minutes, not hours."""
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 pytest_plugins: list[str] = [
@@ -27,14 +30,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `remote_data` tests unless asked for, and `gpu` tests where torch sees no GPU.
+    """Skip `remote_data` tests unless asked for, and `gpu` tests where torch sees no GPU; give
+    `slow` tests :data:`SLOW_TIMEOUT_S` unless they set their own timeout.
 
     Done here rather than with ``-m`` in addopts, so that a user's own ``-m "not slow"`` does
     not silently re-enable tests that need the internet.
     """
     remote = config.getoption("--remote-data")
+    asked = config.getoption("timeout", None) is not None  # --timeout on the command line wins
     gpu = None
     for item in items:
+        if "slow" in item.keywords and item.get_closest_marker("timeout") is None and not asked:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
         if "remote_data" in item.keywords and not remote:
             item.add_marker(pytest.mark.skip(reason="needs the internet: run with --remote-data"))
         if "gpu" in item.keywords:

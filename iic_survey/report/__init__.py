@@ -10,6 +10,10 @@ figures
     Sky maps, cutout grids and PNG saving (matplotlib object API, no pyplot).
 examples
     Example cutouts from an image archive, made the way the pipeline makes its inputs.
+selection_section
+    The selection section: calibration per depth, completeness and purity against W1.
+zoom
+    Zoomed sky panels for a catalog that covers little of the sky.
 sections
     ``write_report``: the report's Markdown sections and their figures.
 cutouts

@@ -3,7 +3,7 @@
 With no network, every code path (catalog reads, tile cutouts, training, the classification
 run) still runs on a fresh machine against a sky written here: a hive-partitioned AllWISE-like
 catalog, Atlas-like FITS tile crops, a separate truth table and ``sky.json``
-(DESIGN.md section 2).
+(docs/design.md §2).
 
 Modules
 -------
@@ -13,7 +13,7 @@ rendering
     Field geometry, the band PSF/noise/saturation models, and drawing sources into tile crops.
 catalog
     The catalog rows AllWISE would list (photometry, flags, ids), its schema and Parquet files.
-sky
+skyfiles
     The writer: :class:`~iic_survey.synthetic.skyfiles.SkyConfig`, ``write_sky`` and the manifest.
 skyscale
     The sky-scale rehearsal sky: all 12,288 partitions at a fraction of AllWISE's density.

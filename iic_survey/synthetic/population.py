@@ -5,7 +5,7 @@ class, subclass, true W1-W4 magnitudes, shape, and the trouble that real catalog
 pure function of a random generator, so a seed fixes the sky. The catalog rows AllWISE would
 list for these objects are made by :func:`iic_survey.synthetic.catalog.field_catalog`.
 
-What is simulated, and why (DESIGN.md section 2):
+What is simulated, and why (docs/design.md §2):
 
 * Classes overlap the way real ones do. Stars sit at W1-W2 ~ 0, W2-W3 ~ 0 with dusty and
   late-type tails; most quasars have W1-W2 ~ 1 and W2-W3 2.2-4.2, but a fifth (high-z or low

@@ -4,7 +4,7 @@ Data preparation lives apart from training: a training set is built once (labels
 splits, stamps) and written as Parquet; a run streams it through Ray Train workers, then
 calibrates and reports on the best checkpoint.
 
-- ``build``: label sources (synthetic truth or SDSS x AllWISE), cut their stamps, write a set.
+- ``labels``: label sources (synthetic truth or SDSS x AllWISE), cut their stamps, write a set.
 - ``sdss``: SDSS DR17 spectroscopic classes from SkyServer, paged by RA stripe.
 - ``crossmatch``: the HEALPix-partitioned positional match of labels onto AllWISE sources.
 - ``splits``: class balancing and the train / val / test split, by keyed hashes of the ids.
@@ -12,8 +12,10 @@ calibrates and reports on the best checkpoint.
 - ``config``: ``TrainConfig`` and ``RunSettings``, and the training job's options.
 - ``loop``: the per-worker Ray Train loop (schedule, augmentation, precision, checkpoints).
 - ``checkpoints``: reading a checkpoint's state and history; the best checkpoint of a run.
-- ``fit``: the driver: datasets, the ``TorchTrainer``, resuming, then finalising.
+- ``trainer``: the driver: datasets, the ``TorchTrainer``, resuming, then finalising.
+- ``evaluate``: the best checkpoint on the held-out splits: ``T(W1)``, the test report.
 - ``finalize``: calibration, the test report, OOD statistics, the model directory.
+- ``selection_tables``: completeness, purity, thresholds and reliability from a labelled split.
 - ``card``: the model card (``README.md`` of the model directory) from the measured numbers.
 - ``plots``: the report's PNG figures (history, ROC, confusion matrix).
 """

@@ -13,7 +13,7 @@ import torch
 
 from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.constants import CLASSES
-from iic_survey.model import config, directory
+from iic_survey.model import config, directory, onnx_export
 from iic_survey.model import network as M
 from iic_survey.model.__main__ import main
 from tests.model.test_network import TINY
@@ -65,3 +65,22 @@ def test_onnx_matches_pytorch_and_the_calibration(tmp_path: pathlib.Path, arch: 
         meta["weights_sha256"] == json.loads((path / "model.json").read_text())["weights"]["sha256"]
     )
     print(f"{arch}: ONNX Runtime vs PyTorch + calibration, max |dp| = {diff:.2e}")
+
+
+@pytest.mark.parametrize("calibration", [CALIBRATION, DepthCalibration.constant(1.7)])
+def test_the_graph_temperature_is_the_catalogs(
+    tmp_path: pathlib.Path, calibration: DepthCalibration
+) -> None:
+    """``Calibrated.temperature`` (torch ops the graph is traced from) is ``T(W1)`` of the
+    catalog's calibration at every depth, flat beyond the end knots, the single temperature
+    without a W1; a constant calibration (one knot) too."""
+    cfg = config.ModelConfig(arch="iicnet", **TINY)
+    net = M.build_model(cfg, seed=3).eval()
+    extra = {"temperature": calibration.temperature, "calibration": calibration}
+    bundle = directory.load_model_dir(directory.save_model_dir(tmp_path / "m", net, cfg, extra))
+    w1 = np.array([4.0, 10.0, 11.2, 13.0, 14.9, 15.5, 19.0, np.nan])
+    got = onnx_export.Calibrated(bundle).temperature(torch.tensor(w1, dtype=torch.float32))
+    np.testing.assert_allclose(got.numpy(), calibration.temperatures(w1), rtol=1e-6)
+    assert onnx_export.input_names(bundle) == ["images", "w1"]
+    shapes = [tuple(x.shape) for x in onnx_export.example_inputs(bundle, batch=5)]
+    assert shapes == [(5, cfg.in_channels, cfg.image_size, cfg.image_size), (5,)]

@@ -23,6 +23,7 @@ from hats.io import write_parquet_metadata
 from upath import UPath
 
 from iic_survey.output import hatsfiles
+from iic_survey.output.metadata_stream import write_streamed_metadata
 from iic_survey.synthetic.partition_files import order_pixels, write_partition_files
 
 PIXELS = [(0, 7), (1, 5), (1, 44), (2, 3), (2, 40), (2, 191)]
@@ -120,3 +121,20 @@ def test_driver_memory_does_not_grow_with_partitions(tmp_path: pathlib.Path) -> 
     theirs = _growth_mb(large, "hats") - _growth_mb(small, "hats")
     assert ours < 8, (ours, theirs)
     assert theirs > 5 * max(ours, 1.0), (ours, theirs)
+
+
+def test_streamed_metadata_keeps_the_order_and_thumbnail_asked_for(tmp_path: pathlib.Path) -> None:
+    """:func:`write_streamed_metadata` directly: the files given, in the order given without
+    HEALPix ordering, a thumbnail of exactly the chosen files' first rows."""
+    root = _catalog(tmp_path / "cat")
+    files = ["Norder=2/Dir=0/Npix=191.parquet", "Norder=0/Dir=0/Npix=7.parquet"]
+    schema = pq.read_schema(root / "dataset" / files[0])
+    rows = write_streamed_metadata(UPath(root), schema, files,
+                                   order_by_healpix=False, thumbnail={files[1]})  # fmt: skip
+    assert rows == 8
+    meta = pq.read_metadata(root / "dataset/_metadata")
+    assert [meta.row_group(i).column(0).file_path for i in range(2)] == files
+    thumb = pq.read_table(root / "data_thumbnail.parquet")
+    first = pq.read_table(root / "dataset" / files[1]).slice(0, 1)
+    assert thumb.equals(first)
+    assert pq.read_schema(root / "dataset/_common_metadata").equals(schema)
