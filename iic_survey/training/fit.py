@@ -108,7 +108,10 @@ def fit(config: TrainConfig, run: RunSettings) -> Any:
         train_loop_per_worker,
         train_loop_config={"train": dataclasses.asdict(config), "model": model_cfg.to_dict()},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=run.num_workers, use_gpu=run.use_gpu, resources_per_worker=resources
+            num_workers=run.num_workers,
+            use_gpu=run.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=run.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=run.name,
