@@ -16,6 +16,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.ray_cluster",
     "tests.fixtures.irsa",
     "tests.fixtures.model",
+    "tests.fixtures.nodes",
     "tests.fixtures.s3",
     "tests.fixtures.sky",
 ]

@@ -95,6 +95,10 @@ class TrainConfig:
         return _from_namespace(cls, args)
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+"""Ray placement-group strategies a run's workers may use."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     """Where and how a run executes (not part of the model's identity)."""
@@ -115,12 +119,20 @@ class RunSettings:
     """Worker-group failures survived by restarting from the last checkpoint (-1: forever)."""
     num_to_keep: int = 2
     """Checkpoints kept (the best by validation loss; the latest is always kept too)."""
+    placement_strategy: str = "PACK"
+    """How Ray places the workers: ``PACK`` (as few nodes as possible, the fastest all-reduce)
+    or ``SPREAD`` (one per node where possible); the ``STRICT_`` forms refuse to do otherwise."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 1 or self.num_to_keep < 1 or self.cpus_per_worker <= 0:
             raise ValueError("num_workers, num_to_keep and cpus_per_worker must be positive")
         if self.max_failures < -1:
             raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ValueError(
+                f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, "
+                f"got {self.placement_strategy!r}"
+            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: Any) -> RunSettings:
@@ -244,6 +256,12 @@ def _add_run_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
         help="worker failures survived by restarting from the last checkpoint",
     )
     g.add_argument("--num-to-keep", type=int, default=r.num_to_keep, help="best checkpoints kept")
+    g.add_argument(
+        "--placement-strategy",
+        choices=PLACEMENT_STRATEGIES,
+        default=r.placement_strategy,
+        help="where Ray puts the workers: PACK (default) or SPREAD over nodes",
+    )
 
 
 def model_config_for(config: TrainConfig, feature_names: list[str]) -> ModelConfig:

@@ -116,7 +116,10 @@ def fit(config: TrainConfig, run: RunSettings, step_hook: StepHook | None = None
             **({"step_hook": step_hook} if step_hook is not None else {}),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=run.num_workers, use_gpu=run.use_gpu, resources_per_worker=resources
+            num_workers=run.num_workers,
+            use_gpu=run.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=run.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=run.name,

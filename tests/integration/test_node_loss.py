@@ -20,140 +20,26 @@ makes it fail (886 of 2,000 rows lost).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import os
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import psutil
 import pytest
 
 from iic_survey.output import reader as export
 from tests.fixtures.jobs import classify_driver
-from tests.fixtures.ray_cluster import (
-    RAY,
-    LocalRay,
-    free_ports,
-    start_local_ray,
-    stop_local_ray,
-)
+from tests.fixtures.nodes import SecondNode, alive_actors_on
+from tests.fixtures.nodes import finish as finish_within
+from tests.fixtures.ray_cluster import LocalRay
 from tests.integration.test_pipeline import make_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 RUN_TIMEOUT_S = 420
 """A driver still running this long after the node loss is hung: the test fails."""
-
-
-@dataclasses.dataclass
-class SecondNode:
-    """A worker node joined to a head: its ``ray start --block`` process and its node id."""
-
-    process: subprocess.Popen[bytes]
-    temp_dir: str
-    node_id: str = ""
-
-    def kill(self) -> list[int]:
-        """SIGKILL the node's process tree (raylet, object store, agents, workers) -> pids."""
-        try:
-            root = psutil.Process(self.process.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-        return [p.pid for p in procs]
-
-
-def start_second_node(head: LocalRay, num_cpus: int, attempts: int = 3) -> SecondNode:
-    """Join a second node, retrying a failed start (e.g. a free port taken in the meantime by
-    another cluster on the machine, as :func:`start_local_ray` does for the head)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return _start_second_node(head, num_cpus)
-        except (RuntimeError, TimeoutError):
-            if attempt == attempts:
-                raise
-            time.sleep(2)
-    raise AssertionError("unreachable")
-
-
-def _start_second_node(head: LocalRay, num_cpus: int) -> SecondNode:
-    """``ray start --address <head> --block`` with its own ports, temp dir and process group."""
-    node_mgr, obj_mgr, agent_grpc, agent_http, metrics, rt_env, min_worker = free_ports(7)
-    temp_dir = tempfile.mkdtemp(prefix="ray2_", dir="/tmp")
-    cmd = [
-        RAY, "start", "--block", f"--address={head.gcs_address}", f"--num-cpus={num_cpus}",
-        "--num-gpus=0", "--node-ip-address=127.0.0.1", f"--node-manager-port={node_mgr}",
-        f"--object-manager-port={obj_mgr}", f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--dashboard-agent-listen-port={agent_http}", f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={rt_env}", f"--min-worker-port={min_worker}",
-        f"--max-worker-port={min_worker + 200}", "--object-store-memory=500000000",
-        '--resources={"second_node": 1}', f"--temp-dir={temp_dir}",
-    ]  # fmt: skip
-    log = open(Path(temp_dir) / "node.log", "wb")  # noqa: SIM115 - lives as long as the node
-    proc = subprocess.Popen(
-        cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    node = SecondNode(proc, temp_dir)
-    try:
-        node.node_id = _wait_for_node(head, proc)
-    except (RuntimeError, TimeoutError) as e:
-        if proc.poll() is None:
-            node.kill()
-        tail = (Path(temp_dir) / "node.log").read_text(errors="replace")[-2000:]
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise type(e)(f"{e}: {tail}") from e
-    return node
-
-
-def _wait_for_node(head: LocalRay, proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
-    """The id of the alive node that advertises ``second_node``, once the head lists it."""
-    from ray.util.state import list_nodes
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start --address exited with {proc.returncode}")
-        with contextlib.suppress(Exception):
-            for n in list_nodes(address=head.dashboard_url, filters=[("state", "=", "ALIVE")]):
-                if "second_node" in (n.resources_total or {}):
-                    return str(n.node_id)
-        time.sleep(0.5)
-    raise TimeoutError("the second Ray node did not join the head")
-
-
-@pytest.fixture
-def two_nodes() -> Iterator[tuple[LocalRay, SecondNode]]:
-    """A private head (3 CPUs) and a second node (2 CPUs), torn down after the test.
-
-    The head has room for a reader task and both inference actors, so that the actor lost with
-    the second node can be restarted on it; Ray Data spreads the two actors over both nodes.
-    """
-    head = start_local_ray(num_cpus=3)
-    node: SecondNode | None = None
-    try:
-        node = start_second_node(head, num_cpus=2)
-        yield head, node
-    finally:
-        if node is not None and node.process.poll() is None:
-            node.kill()
-        stop_local_ray(head)
-        if node is not None:
-            shutil.rmtree(node.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -171,15 +57,8 @@ def job_args(tiny_sky: Any, model: str, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = RUN_TIMEOUT_S) -> int:
-    """The driver's exit status; a driver that runs past ``timeout`` is killed and fails."""
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        pytest.fail(f"the driver hung after the node loss: {log.read_text()[-4000:]}")
+def finish(proc: subprocess.Popen[bytes], log: Path) -> int:
+    return finish_within(proc, log, RUN_TIMEOUT_S)
 
 
 def committed(out: Path) -> int:
@@ -188,14 +67,7 @@ def committed(out: Path) -> int:
 
 def actors_on(head: LocalRay, node_id: str) -> list[Any]:
     """Alive ChunkStage actors (Ray Data's MapWorker(MapBatches(ChunkStage))) on the node."""
-    from ray.util.state import list_actors
-
-    with contextlib.suppress(Exception):
-        found = list_actors(
-            address=head.dashboard_url, filters=[("state", "=", "ALIVE")], limit=1000
-        )
-        return [a for a in found if "(ChunkStage)" in a.class_name and a.node_id == node_id]
-    return []
+    return alive_actors_on(head, node_id, "(ChunkStage)")
 
 
 def catalog_of(path: Path) -> pd.DataFrame:
