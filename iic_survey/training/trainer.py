@@ -16,21 +16,29 @@ datasets, the trainer, and finalising.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from iic_survey.core import paths
 from iic_survey.core.hashing import hash_unit
+from iic_survey.core.paths import PathLike, as_path
+from iic_survey.core.progress import Bar
 from iic_survey.training import trainingset
-from iic_survey.training.checkpoints import best_checkpoint
+from iic_survey.training.checkpoints import best_checkpoint, epochs_committed
 from iic_survey.training.config import RunSettings, TrainConfig, model_config_for
 from iic_survey.training.finalize import FinishedRun, finalize
 from iic_survey.training.loop import StepHook, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
+
+BAR_POLL_S = 2.0
+"""How often the epoch bar reads the run's checkpoint record (one small file)."""
 
 
 def detect_gpu(mode: str) -> bool:
@@ -133,7 +141,36 @@ def fit(config: TrainConfig, run: RunSettings, step_hook: StepHook | None = None
         ),
         datasets=split_datasets(config, info),
     )
-    return trainer.fit()
+    with epoch_bar(config.epochs, as_path(run.storage_path or paths.default_runs()) / run.name):
+        return trainer.fit()
+
+
+@contextlib.contextmanager
+def epoch_bar(epochs: int, run_dir: PathLike) -> Iterator[Bar]:
+    """A bar of the epochs Ray Train has committed, for a person at a terminal, while the block
+    runs (a thread reads ``run_dir``'s checkpoint record every :data:`BAR_POLL_S`); nothing
+    where output goes to a log, which keeps the workers' epoch lines as before."""
+    bar = Bar(epochs, "training", "epochs", min_interval_s=0.0)
+    if not bar.enabled:
+        yield bar
+        return
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(BAR_POLL_S):
+            with contextlib.suppress(OSError):  # a storage hiccup: the next poll tries again
+                bar.update(to=epochs_committed(run_dir))
+
+    thread = threading.Thread(target=poll, name="epoch-bar", daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
+        with contextlib.suppress(OSError):
+            bar.update(to=epochs_committed(run_dir))
+        bar.close()
 
 
 def train(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +347,50 @@ def test_ood_statistics_flag_far_away_embeddings():
     mean, prec = np.array(stats["mean"]), np.array(stats["precision"])
     ours = model_ood.mahalanobis(x[None], mean, prec)[0]
     assert ours == pytest.approx(scipy_maha(x, mean, prec), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- progress of a run
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _snapshot(run_dir: Path, epochs: list[int]) -> None:
+    """Ray Train's record of committed checkpoints, as it writes it (only the keys we read)."""
+    results = [{"checkpoint_dir_name": f"epoch_{e:05d}", "metrics": {"epoch": e}} for e in epochs]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / checkpoints.SNAPSHOT_FILE).write_text(json.dumps({"checkpoint_results": results}))
+
+
+def test_epochs_committed_reads_ray_trains_snapshot(tmp_path):
+    assert checkpoints.epochs_committed(tmp_path / "none") == 0  # no run yet
+    _snapshot(tmp_path / "run", [])
+    assert checkpoints.epochs_committed(tmp_path / "run") == 0
+    _snapshot(tmp_path / "run", [3, 1])  # the best and the latest kept, in any order
+    assert checkpoints.epochs_committed(tmp_path / "run") == 4
+    (tmp_path / "run" / checkpoints.SNAPSHOT_FILE).write_text("{not json")  # mid-write
+    assert checkpoints.epochs_committed(tmp_path / "run") == 0
+
+
+def test_the_epoch_bar_follows_committed_epochs_on_a_terminal_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "BAR_POLL_S", 0.01)
+    run_dir = tmp_path / "runs" / "demo"
+    term = _Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    with trainer.epoch_bar(4, run_dir) as bar:
+        _snapshot(run_dir, [0])
+        deadline = time.monotonic() + 10
+        while bar.done < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert bar.done == 1, "the poller never read the snapshot"
+        _snapshot(run_dir, [2, 3])
+    lines = term.getvalue().split("\r")
+    assert " 25.0 %  1/4 epochs" in term.getvalue()
+    assert lines[-1].startswith("training  [####################]  100.0 %  4/4 epochs")
+    log = io.StringIO()  # not a terminal: no bar, no thread
+    monkeypatch.setattr("sys.stderr", log)
+    with trainer.epoch_bar(4, run_dir) as bar:
+        assert not bar.enabled
+    assert log.getvalue() == ""
