@@ -34,7 +34,7 @@ NEAR_TIE = 1e-4
 def prepare(work: Path) -> tuple[str, str]:
     """(sky root, model dir) under ``work``, made once."""
     from iic_survey.synthetic import sky as synthetic
-    from tests.fixtures.model import make_model_dir
+    from iic_survey.testing.model import make_model_dir
 
     sky_root, model = work / "sky", work / "model"
     if not (model / "model.json").exists():

@@ -68,7 +68,11 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "    inside, strays = _hand_over_strays(fs, root, order, pixel, table)\n",
             ),
         ),
-        ("tests/output/test_commit.py", "tests/output/test_writer.py", "tests/integration/test_faults.py"),
+        (
+            "tests/output/test_commit.py",
+            "tests/output/test_writer.py",
+            "tests/integration/test_faults.py",
+        ),
     ),
     Mutation(
         "quality-flags-dropped",
@@ -92,7 +96,9 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "keep = idx[d <= (float(arcsec) - 1.0 + 0.02) / 3600]",
             ),
         ),
-        ("tests/output/test_collection.py::test_margin_holds_exactly_the_rows_near_each_partition",),
+        (
+            "tests/output/test_collection.py::test_margin_holds_exactly_the_rows_near_each_partition",
+        ),
     ),
     Mutation(
         "gate-at-single-temperature",
@@ -106,7 +112,9 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "calibration=t))  # mutation\n",
             ),
         ),
-        ("tests/model/test_precision.py::test_the_gate_judges_probabilities_as_the_catalog_gets_them",),
+        (
+            "tests/model/test_precision.py::test_the_gate_judges_probabilities_as_the_catalog_gets_them",
+        ),
     ),
     Mutation(
         "stale-staging-listing",

@@ -4,10 +4,10 @@
 adds ``stamp`` (float32 (N, 3, S, S) in DN, NaN where nothing was read), ``features`` and
 ``quality_flags`` (cutout | catalog | earlier flags). :func:`finish_images` is the other half,
 run by the inference actor: the RGB transform of those stamps and its flags, OR-ed into the
-row's. Together they make exactly what one ``StampMaker`` call makes (tests/stamps/test_rgb.py): on a
-CPU with :func:`iic_survey.stamps.rgb.make_rgb`, byte for byte the images training saw; on a
-GPU with its torch twin :func:`iic_survey.stamps.rgb_torch.make_rgb_torch` (equal to 1e-5),
-next to the model.
+row's. Together they make exactly what one ``StampMaker`` call makes
+(tests/stamps/test_rgb.py): on a CPU with :func:`iic_survey.stamps.rgb.make_rgb`, byte for byte
+the images training saw; on a GPU with its torch twin
+:func:`iic_survey.stamps.rgb_torch.make_rgb_torch` (equal to 1e-5), next to the model.
 
 Why the split: a stamp is 16 kB where its image is 77 kB, so the object store between the
 stages carries 4.7x less, and on a GPU node the CPU cores, the scarce resource there, only cut.

@@ -45,9 +45,9 @@ from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
 from iic_survey.model import directory
 from iic_survey.output import reader as export
 from iic_survey.synthetic import sky as synthetic
+from iic_survey.testing.model import make_model_dir
 from iic_survey.training import checkpoints
 from tests.fixtures.jobs import load_job
-from tests.integration.test_pipeline import make_model_dir
 
 SKY = synthetic.SkyConfig(
     seed=7,

@@ -54,9 +54,9 @@ from iic_survey.output import schema
 from iic_survey.output import writer as output_writer
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
+from iic_survey.testing.model import make_model_dir
 from tests.fixtures.jobs import classify_driver, load_job
 from tests.fixtures.s3 import s3_filesystem
-from tests.integration.test_pipeline import make_model_dir
 
 pytestmark = pytest.mark.slow
 

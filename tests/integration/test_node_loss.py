@@ -38,15 +38,15 @@ import psutil
 import pytest
 
 from iic_survey.output import reader as export
-from tests.fixtures.jobs import classify_driver
-from tests.fixtures.ray_cluster import (
+from iic_survey.testing.model import make_model_dir
+from iic_survey.testing.ray_head import (
     RAY,
     LocalRay,
     free_ports,
     start_local_ray,
     stop_local_ray,
 )
-from tests.integration.test_pipeline import make_model_dir
+from tests.fixtures.jobs import classify_driver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 

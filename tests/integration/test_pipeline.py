@@ -34,7 +34,7 @@ from iic_survey.survey.run import CRASH_ENV, run_pipeline
 from iic_survey.survey.stages import ChunkStage, PartWriter, PixelReader, chunk_rows
 
 # Lives in tests/fixtures/model.py; re-exported for test_faults.py and test_bad_input.py.
-from tests.fixtures.model import make_model_dir as make_model_dir
+from iic_survey.testing.model import make_model_dir
 
 
 @pytest.fixture(scope="module")

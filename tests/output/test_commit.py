@@ -16,7 +16,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from iic_survey.core import sky
 from iic_survey.output import commit, schema
 from iic_survey.output import writer as output
-from tests.output.test_writer import fake_results
+from iic_survey.testing.catalog import fake_results
 
 ORDER = 3
 

@@ -3,8 +3,9 @@
 hats' ``write_parquet_metadata`` is the reference: the streamed files must be the same bytes
 (``_metadata``: every row group, file path and statistic, the schema and key-value metadata;
 ``_common_metadata``) and the same thumbnail rows. Reading by hats and lsdb is covered end to
-end by tests/output/test_writer.py and tests/output/test_collection.py (finalize writes these files). Memory:
-the peak in a fresh process must not grow with the number of partitions, where hats' does.
+end by tests/output/test_writer.py and tests/output/test_collection.py (finalize writes these
+files). Memory: the peak in a fresh process must not grow with the number of partitions,
+where hats' does.
 """
 
 from __future__ import annotations
