@@ -1,4 +1,4 @@
-"""The quality run's calibration-per-depth and selection part (issue 18), for bench_training.
+"""The quality run's calibration-per-depth and selection part (issue 18), for the quality study.
 
 :func:`analyse` takes the quality run's work folder and one trained model directory and
 measures, on the run's own splits:

@@ -15,9 +15,9 @@ got (its CPU time / threads / wall time). Only windows where it had the cores (s
 count, and the fastest of those is reported for both the model and the matmul, so the two sides
 of each ratio are measured under the same conditions. Run::
 
-    python bench/bench_model.py [--compile] [--write]
+    python -m benchmarks.model [--compile] [--write]
 
-``--write`` replaces the "## Model speed (bench/bench_model.py)" section of bench/RESULTS.md.
+``--write`` replaces the "## Model speed (benchmarks/model.py)" section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -26,30 +26,20 @@ import argparse
 import datetime
 import functools
 import os
-import pathlib
 import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from results_md import RESULTS, write_section
 
+from benchmarks.common import cpu_name
+from benchmarks.results import RESULTS, write_section
 from iic_survey.model.config import ModelConfig
 from iic_survey.model.network import build_model, optimize_for_inference
 from iic_survey.model.size import count_macs
 
-SECTION = "## Model speed (bench/bench_model.py)"
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+SECTION = "## Model speed (benchmarks/model.py)"
 
 
 Sample = tuple[float, float]  # (calls per second, CPU share) of one timing window

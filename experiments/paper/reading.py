@@ -1,14 +1,14 @@
-"""The reading of bench_paper.py's results: which of the paper's claims hold on the synthetic sky.
+"""The reading of the paper study's results: which of the paper's claims hold on the synthetic sky.
 
 Each claim is decided from the measured numbers; a difference smaller than twice the noise
-(:func:`paper_report.noise`, or the seeds' spread when larger) is called a tie, not a win.
+(:func:`report.noise`, or the seeds' spread when larger) is called a tie, not a win.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import paper_report as R
+from experiments.paper import report as R
 
 
 def _verdict(delta: float, tol: float) -> str:

@@ -1,4 +1,4 @@
-"""The cost side of Table 3 for bench_paper.py: parameters, MACs and CPU images/s.
+"""The cost side of Table 3 for the paper study: parameters, MACs and CPU images/s.
 
 Every network in its full-width 80x80 / 3-channel / 3-class form. MACs for one 1x3x80x80 image
 are ``torch.utils.flop_counter`` FLOPs / 2 (convolutions and matrix products only), which is
@@ -7,7 +7,7 @@ two agree on IICnet). Speed is measured at the pipeline's CPU settings (the clas
 one torch thread, batch :data:`~iic_survey.survey.config.CPU_MODEL_BATCH`, fp32, eval mode,
 BatchNorm folded into the convolutions, channels-last weights, ``torch.inference_mode``;
 IICnet through :func:`~iic_survey.model.network.optimize_for_inference`, the others through
-:func:`paper_nets.fold_all`, RepVGG re-parameterised), all networks interleaved in rounds so a
+:func:`nets.fold_all`, RepVGG re-parameterised), all networks interleaved in rounds so a
 load swing hits every one; the best round is reported.
 """
 
@@ -17,12 +17,11 @@ import copy
 import time
 from typing import Any
 
-import paper_nets
-import paper_train
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from experiments.paper import nets, train
 from iic_survey.model.network import build_model, optimize_for_inference
 from iic_survey.model.size import count_macs, count_params
 from iic_survey.survey.config import CPU_MODEL_BATCH
@@ -47,8 +46,8 @@ def macs(model: nn.Module, in_ch: int = 3, size: int = 80) -> int:
 def _fast(name: str, model: nn.Module) -> nn.Module:
     """The inference form at the pipeline's settings."""
     if name == "iicnet":
-        return paper_train.ImageOnly(optimize_for_inference(model.model))
-    fast = paper_nets.fold_all(copy.deepcopy(model).eval())
+        return train.ImageOnly(optimize_for_inference(model.model))
+    fast = nets.fold_all(copy.deepcopy(model).eval())
     fast.requires_grad_(False)
     return fast.to(memory_format=torch.channels_last)
 
@@ -66,10 +65,10 @@ def _rate(model: nn.Module, batch: torch.Tensor, seconds: float) -> float:
 
 def cost(rounds: int = 3, seconds: float = 1.0) -> dict[str, Any]:
     """Parameters, MACs and images/s of IICnet and the six comparison networks."""
-    iic = build_model(paper_train.iicnet_config(1.0), seed=0)
-    models: dict[str, nn.Module] = {"iicnet": paper_train.ImageOnly(iic)}
+    iic = build_model(train.iicnet_config(1.0), seed=0)
+    models: dict[str, nn.Module] = {"iicnet": train.ImageOnly(iic)}
     torch.manual_seed(0)
-    models.update({n: paper_nets.build(n) for n in paper_nets.NETS})
+    models.update({n: nets.build(n) for n in nets.NETS})
     rows: dict[str, dict[str, Any]] = {}
     for name, m in models.items():
         fast = _fast(name, m)

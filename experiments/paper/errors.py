@@ -1,4 +1,4 @@
-"""Error analysis for bench_paper.py (the paper's Figs. 11, 19-21 and Table 4), as PNGs.
+"""Error analysis for the paper study (the paper's Figs. 11, 19-21 and Table 4), as PNGs.
 
 * The misclassified test stamps are clustered with K-means (:func:`kmeans`, a small seeded
   numpy implementation, k-means++ start) on the trained IICnet's penultimate features

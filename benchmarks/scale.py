@@ -20,7 +20,7 @@ Measured in one run:
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_scale.py --workdir /tmp/iic_scale --scale 1e-4 --write-results
+    .venv/bin/python -m benchmarks.scale --workdir DIR --scale 1e-4 --write-results
 """
 
 from __future__ import annotations
@@ -36,18 +36,15 @@ import sys
 import time
 from typing import Any
 
-from bench_pipeline import MemorySampler
-from results_md import write_section
+from benchmarks import common
+from benchmarks.common import MemorySampler, cpu_name, load
+from benchmarks.results import write_section
+from iic_survey.testing.ray_head import start_local_ray, stop_local_ray
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.fixtures.ray_cluster starts and stops the local head
-SECTION = "## Sky-scale rehearsal (bench/bench_scale.py)"
-MEMORY_SECTION = "## Memory against size (bench/bench_scale.py --memory)"
+SECTION = "## Sky-scale rehearsal (benchmarks/scale.py)"
+MEMORY_SECTION = "## Memory against size (benchmarks/scale.py --memory)"
 PY = sys.executable
-
-
-def _load() -> str:
-    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _timed_python(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -139,7 +136,6 @@ def rehearsal(work: pathlib.Path, model: str, num_cpus: int) -> dict[str, Any]:
     from iic_survey.output.schema import catalog_dir, pixel_file
     from iic_survey.output.writer import commit_markers
     from iic_survey.synthetic.sky import SkyManifest
-    from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
 
     sky = SkyManifest.load(work / "sky")
     out = work / "catalog"
@@ -184,7 +180,6 @@ def memory_growth(work: pathlib.Path, model: str, num_cpus: int) -> list[dict[st
     """One run each over 1, 4 and 16 demo-density fields (2,500 sources each), each on a fresh
     Ray head: peak summed RSS and PSS of the driver and all Ray processes."""
     from iic_survey.synthetic.sky import SkyConfig, SkyManifest, write_sky
-    from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
 
     out = []
     for k in (1, 4, 16):
@@ -230,10 +225,8 @@ def memory_report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
 
 
 def _model(work: pathlib.Path) -> str:
-    """The paper-sized IICnet, untrained (the speed is a trained one's), as bench_pipeline's."""
+    """The paper-sized IICnet, untrained (the speed is a trained one's), as benchmarks/pipeline."""
     import dataclasses
-
-    import bench_pipeline
 
     from iic_survey.inputs.catalog import open_catalog
     from iic_survey.synthetic.sky import SkyManifest
@@ -245,7 +238,7 @@ def _model(work: pathlib.Path) -> str:
     rows = {p: len(cat.read_pixel(int(p), 5, columns=["cntr"])) for p in sky.pixels}
     best = max(rows, key=rows.__getitem__)
     first = dataclasses.replace(sky, pixels=[best, *[p for p in sky.pixels if p != best]])
-    return bench_pipeline._model_dir(work / "model", first)
+    return common.model_dir(work / "model", first)
 
 
 def report(res: dict[str, Any]) -> str:
@@ -317,7 +310,7 @@ def report(res: dict[str, Any]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", default="/tmp/iic_scale")
+    ap.add_argument("--workdir", default=str(common.workdir("scale")))
     ap.add_argument("--scale", type=float, default=1e-4)
     ap.add_argument("--num-cpus", type=int, default=4)
     ap.add_argument("--partitions", type=int, help="rehearse only this many (a quick check)")
@@ -327,13 +320,13 @@ def main() -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     work = pathlib.Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    res: dict[str, Any] = {"load_before": _load(), "nproc": os.cpu_count(),
-                           "cpu": platform.processor() or platform.machine(),
+    command = " ".join(["python -m benchmarks.scale", *sys.argv[1:]])
+    res: dict[str, Any] = {"load_before": load(), "nproc": os.cpu_count(), "cpu": cpu_name(),
                            "scale": args.scale, "num_cpus": args.num_cpus,
-                           "command": "bench/bench_scale.py " + " ".join(sys.argv[1:])}  # fmt: skip
+                           "command": command}  # fmt: skip
     if args.memory:
         rows = memory_growth(work, _model(work), args.num_cpus)
-        res["load_after"] = _load()
+        res["load_after"] = load()
         res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         text = memory_report(rows, res)
         print(text)
@@ -345,7 +338,7 @@ def main() -> int:
     res["plan"] = plan_costs(work)
     print(json.dumps(res["plan"]), flush=True)
     res["rehearsal"] = rehearsal(work, _model(work), args.num_cpus)
-    res["load_after"] = _load()
+    res["load_after"] = load()
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
     text = report(res)

@@ -1,4 +1,4 @@
-"""The RESULTS.md section of bench_paper.py, rendered from the kept results (``paper.json``).
+"""The RESULTS.md section of the paper study, rendered from the kept results (``paper.json``).
 
 Every figure comes from the run's JSON; the reading at the end is worded from the numbers
 (which claim holds is decided by comparing measured values, with the test split's binomial
@@ -12,7 +12,7 @@ import os
 import platform
 from typing import Any
 
-SECTION = "## Paper experiments (bench/bench_paper.py)"
+SECTION = "## Paper experiments (experiments/paper)"
 CLASSES = ("galaxy", "quasar", "star")
 NAMES = {
     "iicnet": "IICnet",
@@ -125,7 +125,7 @@ def _train_total(rows: list[dict[str, Any]]) -> str:
 
 def ablate_rows(part: dict[str, Any]) -> list[dict[str, Any]]:
     """The ablate part's changed configurations (variants, 4 bands, sizes other than 80 px),
-    each a row of :func:`bench_paper._mean_run`; the baseline is ``part["base"]``."""
+    each a row of :func:`experiments.paper.__main__._mean_run`; the baseline is ``part["base"]``."""
     rows = [*part["variants"].values(), *([part["bands4"]] if part.get("bands4") else [])]
     return rows + [r for s, r in part["sizes"].items() if int(s) != 80]
 
@@ -307,7 +307,7 @@ def section(state: dict[str, Any]) -> str:
             lines += fn(parts[name])
         else:
             lines += [f"Part `{name}` has not been run yet.", ""]
-    import paper_reading
+    from experiments.paper import reading
 
-    lines += paper_reading.reading(parts)
+    lines += reading.reading(parts)
     return "\n".join(lines)

@@ -23,9 +23,9 @@ actors alone are then timed on the GPU, in wall seconds).
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_feeding.py                  # prints the results (~12 min, 2 cores)
-    .venv/bin/python bench/bench_feeding.py --write-results  # also updates bench/RESULTS.md
-    .venv/bin/python bench/bench_feeding.py --null-only      # the feeding ceiling alone (~4 min)
+    .venv/bin/python -m benchmarks.feeding                  # prints the results (~12 min, 2 cores)
+    .venv/bin/python -m benchmarks.feeding --write-results  # also updates benchmarks/RESULTS.md
+    .venv/bin/python -m benchmarks.feeding --null-only      # the feeding ceiling alone (~4 min)
 """
 
 from __future__ import annotations
@@ -44,34 +44,19 @@ import time
 from typing import Any, ClassVar
 
 import pandas as pd
-from bench_pipeline import MemorySampler
-from results_md import write_section
+
+from benchmarks import common
+from benchmarks.common import MemorySampler, cpu_name, load
+from benchmarks.results import write_section
+from iic_survey.testing.ray_head import start_local_ray, stop_local_ray
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.fixtures.ray_cluster starts and stops the local head
-SECTION = "## Feeding ceiling (bench/bench_feeding.py)"
-logger = logging.getLogger("bench_feeding")
+SECTION = "## Feeding ceiling (benchmarks/feeding.py)"
+logger = logging.getLogger(__name__)
 NULL_MODEL = {"arch": "colour", "colour_hidden": 4, "head_dim": 4}
 """The null model: the colour baseline, 4 units wide. It goes through the same actor code (the
 RGB is made, the forward pass runs, the rows are scored) but costs ~nothing; an IICnet of width
 4 does not (its 80x80 convolutions cost about three times cutting + RGB, measured here)."""
-
-
-def _load() -> str:
-    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def _sky(path: str, n_sources: int) -> Any:
-    from iic_survey.synthetic import sky as synthetic
-
-    if (pathlib.Path(path) / "sky.json").is_file():
-        return synthetic.SkyManifest.load(path)
-    logger.info("writing a synthetic sky (%d sources) to %s", n_sources, path)
-    # the demo's four fields, widened past 40,000 sources to keep a WISE-like density
-    size = max(0.4, (n_sources / 4 / 25_000) ** 0.5)
-    return synthetic.write_sky(
-        path, synthetic.SkyConfig(n_sources=n_sources, field_size_deg=round(size, 2))
-    )
 
 
 def model_dir(path: pathlib.Path, config: dict[str, Any] | None) -> str:
@@ -312,11 +297,11 @@ def small_args(args: argparse.Namespace, pixels: list[int]) -> argparse.Namespac
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from tests.fixtures.ray_cluster import start_local_ray, stop_local_ray
-
-    res: dict[str, Any] = {"load_before": _load(), "nproc": os.cpu_count()}
-    sky_dir = args.sky or os.path.join(tempfile.gettempdir(), f"iic_bench_sky_{args.n_sources}")
-    manifest = _sky(sky_dir, args.n_sources)
+    res: dict[str, Any] = {"load_before": load(), "nproc": os.cpu_count()}
+    sky_path = args.sky or common.sky_dir(args.n_sources)
+    # the demo's four fields, widened past 40,000 sources to keep a WISE-like density
+    size = round(max(0.4, (args.n_sources / 4 / 25_000) ** 0.5), 2)
+    manifest = common.sky(sky_path, args.n_sources, field_size_deg=size)
     work = pathlib.Path(tempfile.mkdtemp(prefix="iic_bench_feeding_"))
     models = {"null": model_dir(work / "null", NULL_MODEL)}
     if not args.null_only:
@@ -357,7 +342,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if head is not None:
             stop_local_ray(head)
         shutil.rmtree(work, ignore_errors=True)
-    res["load_after"] = _load()
+    res["load_after"] = load()
     return res
 
 
@@ -422,7 +407,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         SECTION,
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {res['nproc']} shared cores "
-        f"({_cpu_name()}), load average (1/5/15 min) {res['load_before']} before and "
+        f"({cpu_name()}), load average (1/5/15 min) {res['load_before']} before and "
         f"{res['load_after']} after; Python {platform.python_version()}; one local Ray head with "
         f"{args.num_cpus} logical CPUs, {_actors(args)}, fp32, "
         f"{args.repeats} job(s) per model (the least CPU per source kept). Sky: "
@@ -514,16 +499,6 @@ def _gpu_name() -> str:
     import torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parser() -> argparse.ArgumentParser:

@@ -17,8 +17,8 @@ one run of at most about 5 minutes:
 
 Run from the repository root on a machine with a CUDA GPU::
 
-    .venv/bin/python bench/bench_gpu.py                  # prints the results
-    .venv/bin/python bench/bench_gpu.py --write-results  # also updates bench/RESULTS.md
+    .venv/bin/python -m benchmarks.gpu                  # prints the results
+    .venv/bin/python -m benchmarks.gpu --write-results  # also updates benchmarks/RESULTS.md
 
 Without a CUDA device it says so and exits with status 2 (nothing to measure).
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import threading
@@ -38,11 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from results_md import write_section
+
+from benchmarks import common
+from benchmarks.common import cpu_name
+from benchmarks.results import write_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SECTION = "## GPU inference (bench/bench_gpu.py)"
+SECTION = "## GPU inference (benchmarks/gpu.py)"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE = torch.device("cuda")
 """The device measured (``--smoke-cpu``: the CPU, to check the script, never written)."""
@@ -143,16 +144,15 @@ def rgb_alone(args: argparse.Namespace, res: dict[str, Any], stamps: np.ndarray)
 def cut_sky(args: argparse.Namespace) -> tuple[list[dict[str, np.ndarray]], str]:
     """Chunks of cut stamps from a synthetic sky, and a paper-sized model directory."""
     import pandas as pd
-    from bench_pipeline import _model_dir, _sky
 
     from iic_survey.inputs.allwise_schema import PIPELINE_COLUMNS
     from iic_survey.inputs.catalog import open_catalog
     from iic_survey.stamps.split import StampCutter
 
-    sky_dir = args.sky or os.path.join(tempfile.gettempdir(), f"iic_bench_sky_{args.n_sources}")
-    manifest = _sky(sky_dir, args.n_sources)
+    sky_path = args.sky or common.sky_dir(args.n_sources)
+    manifest = common.sky(sky_path, args.n_sources)
     work = pathlib.Path(tempfile.mkdtemp(prefix="iic_bench_gpu_"))
-    model_dir = _model_dir(work / "model", manifest)
+    model_dir = common.model_dir(work / "model", manifest)
     cat = open_catalog(manifest.catalog_url)
     cutter = StampCutter.from_spec(manifest.images_url)
     chunks = []
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         args.write_results = False
     elif not torch.cuda.is_available():
         print(
-            "bench_gpu.py: torch sees no CUDA device on this machine, so there is nothing to "
+            "benchmarks/gpu.py: torch sees no CUDA device on this machine, so there is nothing to "
             "measure; run it on a GPU machine (nothing was written).",
             file=sys.stderr,
         )
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     one, five, fifteen = os.getloadavg()
     res: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU (smoke run)",
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "load": f"{one:.2f} / {five:.2f} / {fifteen:.2f}",
         "chunk": args.chunk,
     }

@@ -1,4 +1,4 @@
-"""Reliability: run tests/integration/test_faults.py and tests/integration/test_bad_input.py, write their figures.
+"""Reliability: run the fault and bad-input tests (tests/integration/), write their figures.
 
 The fault tests inject each fault for real (SIGKILL of Ray workers and of the driver, an IBE
 stand-in over HTTP answering 503s, truncated FITS and answers held past the client's read
@@ -7,15 +7,15 @@ faults injected, the faults survived (all of a run's faults count as survived on
 catalog equals a clean run's, row for row) and the rows lost and duplicated against the input.
 Each test writes those figures to ``$IIC_RELIABILITY_DIR/reliability_faults.json``; this script
 runs the tests with that folder set and turns the file into the section, so no figure is copied
-by hand. The same for bad input: tests/integration/test_bad_input.py feeds ``jobs/classify_sky.py`` each
-kind of bad input and records, per kind, the behaviour and what it measured (rows flagged,
-rows lost against the input, what was written) in ``reliability_bad_input.json``, which
-becomes the section "Reliability: bad input".
+by hand. The same for bad input: tests/integration/test_bad_input.py feeds
+``jobs/classify_sky.py`` each kind of bad input and records, per kind, the behaviour and what
+it measured (rows flagged, rows lost against the input, what was written) in
+``reliability_bad_input.json``, which becomes the section "Reliability: bad input".
 
 Run from the repository root (the tests start their own local Ray head, moto and IBE servers)::
 
-    .venv/bin/python bench/bench_reliability.py                  # both sections
-    .venv/bin/python bench/bench_reliability.py --only bad_input # one of them
+    .venv/bin/python -m benchmarks.reliability                  # both sections
+    .venv/bin/python -m benchmarks.reliability --only bad_input # one of them
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ import sys
 import tempfile
 import time
 
-from results_md import write_section
+from benchmarks.results import write_section
 
 SECTION = "## Reliability: faults (tests/integration/test_faults.py)"
 BAD_INPUT_SECTION = "## Reliability: bad input (tests/integration/test_bad_input.py)"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_tests(folder: pathlib.Path, test_file: str = "tests/integration/test_faults.py") -> tuple[int, float]:
+def run_tests(
+    folder: pathlib.Path, test_file: str = "tests/integration/test_faults.py"
+) -> tuple[int, float]:
     """(pytest's exit status, wall seconds) of one test file, its figures into ``folder``."""
     env = {
         **os.environ,
@@ -88,7 +90,7 @@ def section(entries: list[dict], code: int, wall_s: float, load: tuple[float, ..
     head = [
         SECTION,
         "",
-        f"Written by `bench/bench_reliability.py` on {when}: tests/integration/test_faults.py "
+        f"Written by `benchmarks/reliability.py` on {when}: tests/integration/test_faults.py "
         f"{'passed' if code == 0 else f'FAILED (exit {code})'} in {wall_s:.0f} s, on "
         f"{os.cpu_count()} cores ({platform.machine()}), load average before "
         f"{' / '.join(f'{x:.2f}' for x in load)}; one local Ray head, the tiny sky (2,000 "
@@ -129,7 +131,7 @@ def bad_input_section(entries: list[dict], code: int, wall_s: float, load: tuple
     head = [
         BAD_INPUT_SECTION,
         "",
-        f"Written by `bench/bench_reliability.py` on {when}: tests/integration/test_bad_input.py "
+        f"Written by `benchmarks/reliability.py` on {when}: tests/integration/test_bad_input.py "
         f"{'passed' if code == 0 else f'FAILED (exit {code})'} in {wall_s:.0f} s, on "
         f"{os.cpu_count()} cores ({platform.machine()}), load average before "
         f"{' / '.join(f'{x:.2f}' for x in load)}; one local Ray head, each bad input fed to "

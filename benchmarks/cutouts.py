@@ -19,10 +19,10 @@ Two ratios, each measured within one run on the same machine and data:
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_cutouts.py                 # prints the results
-    .venv/bin/python bench/bench_cutouts.py --write-results # also updates bench/RESULTS.md
+    .venv/bin/python -m benchmarks.cutouts                 # prints the results
+    .venv/bin/python -m benchmarks.cutouts --write-results # also updates benchmarks/RESULTS.md
 
-The sky is written once (``--sky``, default ``$TMPDIR/iic_bench_sky``) and reused.
+The sky is written once (``--sky``, default ``<home>/benchmarks/sky_cutouts``) and reused.
 """
 
 from __future__ import annotations
@@ -34,18 +34,20 @@ import os
 import pathlib
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from results_md import write_section
+
+from benchmarks import common
+from benchmarks.common import cpu_name, load
+from benchmarks.results import write_section
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SECTION = "## Cutouts (bench/bench_cutouts.py)"
-logger = logging.getLogger("bench_cutouts")
+SECTION = "## Cutouts (benchmarks/cutouts.py)"
+logger = logging.getLogger(__name__)
 
 
 def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -56,20 +58,6 @@ def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
-
-
-def _load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
-def _sky(path: str, n_sources: int) -> Any:
-    from iic_survey.synthetic import sky as synthetic
-
-    if (pathlib.Path(path) / "sky.json").is_file():
-        return synthetic.SkyManifest.load(path)
-    logger.info("writing a synthetic sky (%d sources) to %s", n_sources, path)
-    return synthetic.write_sky(path, synthetic.SkyConfig(n_sources=n_sources))
 
 
 def _fullest_pixel(catalog_url: str) -> tuple[int, pd.DataFrame]:
@@ -145,11 +133,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from iic_survey.stamps.cutter import cut_sources
 
     res: dict[str, Any] = {
-        "load_before": _load(),
-        "cpu": platform.processor() or platform.machine(),
+        "load_before": load(),
+        "cpu": cpu_name(),
     }
     res["nproc"] = os.cpu_count()
-    manifest = _sky(args.sky, args.n_sources)
+    manifest = common.sky(args.sky, args.n_sources)
     pixel, df = _fullest_pixel(manifest.catalog_url)
     archive = TileArchive.from_spec(manifest.root)
     cfg = CutoutConfig(max_workers=1)
@@ -183,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rate, batch, note = inference_rate(len(df), args.repeats)
     res.update(infer_per_s=rate, infer_batch=batch, infer_note=note)
     res["stage_ratio"] = res["stage_per_s"] / res["infer_per_s"]
-    res["load_after"] = _load()
+    res["load_after"] = load()
     return res
 
 
@@ -226,7 +214,9 @@ def report(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sky", default=os.path.join(tempfile.gettempdir(), "iic_bench_sky"))
+    parser.add_argument(
+        "--sky", default=str(common.workdir("sky_cutouts")), help="kept between runs"
+    )
     parser.add_argument("--n-sources", type=int, default=10_000)
     parser.add_argument(
         "--per-source", type=int, default=0, help="sources cut both ways (0: the whole pixel)"

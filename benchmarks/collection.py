@@ -17,8 +17,8 @@ sky at about a fifth of AllWISE's mean density (12,000 rows an order-5 pixel ins
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_collection.py                 # prints the results
-    .venv/bin/python bench/bench_collection.py --write-results # also updates bench/RESULTS.md
+    .venv/bin/python -m benchmarks.collection                 # prints the results
+    .venv/bin/python -m benchmarks.collection --write-results # also updates benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -27,24 +27,21 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
 import shutil
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from bench.results_md import write_section
+from benchmarks.common import cpu_name
+from benchmarks.results import write_section
 from iic_survey.core import sky
 from iic_survey.output import commit, margin, partitions, schema
 from iic_survey.output import finalize as output_finalize
 from iic_survey.output import writer as output
-from tests.output.test_writer import fake_results
+from iic_survey.testing.catalog import fake_results
 
-SECTION = "## Margin and partitions (bench/bench_collection.py)"
+SECTION = "## Margin and partitions (benchmarks/collection.py)"
 ORDER = 5
 
 
@@ -102,7 +99,7 @@ def report(r: dict[str, float], arcsec: float, load: tuple[float, float]) -> str
         [
             SECTION,
             "",
-            f"Run {today} on {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs, "
+            f"Run {today} on {cpu_name()} ({os.cpu_count()} CPUs, "
             f"load average {load[0]:.2f} before, {load[1]:.2f} after: shared with other work), "
             f"one process, the same {r['rows']:,} rows (uniform, order-5 partitions: "
             f"{r['partitions']}) for both.",

@@ -1,30 +1,31 @@
-"""The paper's experiments (Zhao et al. 2023) on the synthetic sky, as one benchmark.
+"""The paper's experiments (Zhao et al. 2023) on the synthetic sky, as one study.
 
-    .venv/bin/python bench/bench_paper.py --part all --write-results      # everything
-    .venv/bin/python bench/bench_paper.py --part cost --write-results     # one part
-    .venv/bin/python bench/bench_paper.py --render --write-results        # re-render only
+    .venv/bin/python -m experiments.paper --part all --write-results      # everything
+    .venv/bin/python -m experiments.paper --part cost --write-results     # one part
+    .venv/bin/python -m experiments.paper --render --write-results        # re-render only
 
-Parts (each writes its own sub-section of "## Paper experiments (bench/bench_paper.py)"):
+Parts (each writes its own sub-section of "## Paper experiments (experiments/paper)" in
+experiments/RESULTS.md):
 
 * ``cost``: Table 3's cost side: parameters, MACs (1x3x80x80) and CPU images/s at the
-  pipeline's settings of IICnet and the six comparison networks (:mod:`paper_cost`).
+  pipeline's settings of IICnet and the six comparison networks (:mod:`.cost`).
 * ``compare``: Table 3's accuracy side / Fig. 15a: every network trained with the same budget
-  on the same rows and scored on the same test split (:mod:`paper_train`); a network whose
+  on the same rows and scored on the same test split (:mod:`.train`); a network whose
   training loss stays at chance under it (in any seed) gets a second chance, one seed with the
   learning rate / 10 and one at full width (:func:`retries`), reported apart from the ranking.
 * ``ablate``: Figs. 8, 12, 15b: 5x5 vs 3x3 stem; input size 64..128 px in steps of 8 (the 80 px
   stamps resampled bilinearly: same 50" field of view, other pixel counts); 3 bands vs 4 (W4
-  cut from the sky's W4 tiles, :mod:`paper_data`); IICnet without RFB / CBAM 1 / CBAM 2 /
+  cut from the sky's W4 tiles, :mod:`.data`); IICnet without RFB / CBAM 1 / CBAM 2 /
   both CBAMs / all three.
 * ``errors``: Figs. 11, 19-21, Table 4: K-means groups of the misclassified test stamps,
   low-confidence correct stamps, feature maps, as PNGs under ``<workdir>/errors``
-  (:mod:`paper_errors`).
+  (:mod:`.errors`).
 
 The data (a seeded synthetic sky with W4 tiles, its training set, W4 stamps) is built once into
 ``--workdir`` and reused; every trained run is kept in ``<workdir>/paper.json`` (keyed by the
 budget, network, variant, input, seed), so a rerun trains only what is missing and
 ``--render`` rewrites the section from the kept results. ``--budget cpu`` (the default without
-CUDA) is the reduced budget of :data:`paper_train.BUDGETS`; ``--budget paper`` (the default
+CUDA) is the reduced budget of :data:`train.BUDGETS`; ``--budget paper`` (the default
 when CUDA is present) is the paper's: full width, every training row, 30 epochs, three seeds.
 """
 
@@ -42,13 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import paper_data
-import paper_nets
-import paper_report
-import paper_train
-from results_md import write_section
+from benchmarks.results import EXPERIMENTS, write_section
+from experiments.paper import data, nets, report, train
+from iic_survey.core import paths
 
 PARTS = ("cost", "compare", "errors", "ablate")
 """Run order of ``--part all``: the long ablations last, published run by run."""
@@ -65,8 +62,8 @@ def build(
 ) -> torch.nn.Module:
     """A fresh images -> logits network: IICnet (a variant) or a comparison network."""
     if net == "iicnet":
-        return paper_train.ImageOnly(paper_train.iicnet(variant, width, size, bands))
-    return paper_nets.build(net, in_ch=bands, width=width)
+        return train.ImageOnly(train.iicnet(variant, width, size, bands))
+    return nets.build(net, in_ch=bands, width=width)
 
 
 class Runs:
@@ -78,7 +75,7 @@ class Runs:
         self.file = self.work / "paper.json"
         self.state: dict[str, Any] = json.loads(self.file.read_text()) if self.file.exists() else {}
         self.state.setdefault("runs", {})
-        self.budget = paper_train.BUDGETS[args.budget]
+        self.budget = train.BUDGETS[args.budget]
         if args.seeds:
             self.budget = dataclasses.replace(self.budget, seeds=tuple(args.seeds))
         self._data: dict[bool, dict[str, Any]] = {}
@@ -88,21 +85,21 @@ class Runs:
 
     def data(self, w4: bool = False) -> dict[str, Any]:
         if w4 not in self._data:
-            self._data[w4] = {s: paper_data.load_split(self.work, s, w4) for s in ("train", "test")}
+            self._data[w4] = {s: data.load_split(self.work, s, w4) for s in ("train", "test")}
         return self._data[w4]
 
     @staticmethod
-    def key(b: paper_train.Budget, net: str, variant: str, size: int, bands: int, seed: int) -> str:
+    def key(b: train.Budget, net: str, variant: str, size: int, bands: int, seed: int) -> str:
         """The run's key in ``paper.json`` (a changed learning rate or net revision is in it)."""
-        lr = "" if b.lr == paper_train.Budget.lr else f":lr{b.lr:g}"
-        rev = paper_nets.REVISION.get(net)
+        lr = "" if b.lr == train.Budget.lr else f":lr{b.lr:g}"
+        rev = nets.REVISION.get(net)
         name = net if rev is None else f"{net}@r{rev}"
         budget = f"{b.name}:e{b.epochs}:r{b.rows}:w{b.width:g}{lr}"
         return f"{budget}|{name}|{variant}|{size}|{bands}|{seed}"
 
     def run(
         self, net: str, variant: str = "full", size: int = 80, bands: int = 3, seed: int = 0,
-        budget: paper_train.Budget | None = None,
+        budget: train.Budget | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """The kept result of one training run (with ``budget``, default the run's), training
         it first if it is missing."""
@@ -111,7 +108,7 @@ class Runs:
         if key in self.state["runs"]:
             return self.state["runs"][key]
         print(f"training {key} (load {_load()})", flush=True)
-        out = paper_train.train(
+        out = train.train(
             lambda: build(net, variant, b.width, size, bands), self.data(bands == 4), b, seed, size
         )
         if net == "iicnet" and variant == "full" and size == 80 and bands == 3 and b is self.budget:
@@ -148,9 +145,9 @@ def part_compare(runs: Runs) -> dict[str, Any]:
     (:func:`retries`)."""
     out: dict[str, list[Any]] = {}
     for seed in runs.budget.seeds:
-        for net in ("iicnet", *paper_nets.NETS):
+        for net in ("iicnet", *nets.NETS):
             out.setdefault(net, []).append(runs.run(net, seed=seed))
-    stuck = {k: paper_report.stuck_seeds(v) for k, v in out.items()}
+    stuck = {k: report.stuck_seeds(v) for k, v in out.items()}
     return {"nets": out, "retries": {k: retries(runs, k, s[0]) for k, s in stuck.items() if s}}
 
 
@@ -158,14 +155,14 @@ def retries(runs: Runs, net: str, seed: int) -> dict[str, Any]:
     """``net``'s stuck ``seed`` again with the shared schedule changed one way at a time: the
     learning rate divided by 10, and full width (when under :data:`RETRY_MAX_MACS`); which one
     lets it learn says what the shared budget denied it."""
-    import paper_cost
+    from experiments.paper import cost
 
     b = runs.budget
     out: dict[str, Any] = {
         "lr / 10": runs.run(net, seed=seed, budget=dataclasses.replace(b, lr=b.lr / 10))
     }
     if b.width < 1:
-        full = paper_cost.macs(build(net))
+        full = cost.macs(build(net))
         if full <= RETRY_MAX_MACS:
             out["width 1"] = runs.run(net, seed=seed, budget=dataclasses.replace(b, width=1.0))
         else:
@@ -207,25 +204,31 @@ def part_ablate(runs: Runs, publish: Any) -> dict[str, Any]:
 
 def part_errors(runs: Runs) -> dict[str, Any]:
     """Error analysis of IICnet (the budget's first seed, trained on 3 bands at 80 px)."""
-    import paper_errors
+    from experiments.paper import errors
 
     seed = runs.budget.seeds[0]
     runs.run("iicnet", seed=seed)
     stem = runs.work / "models" / f"iicnet_{runs.budget.name}_s{seed}"
-    model = paper_train.ImageOnly(paper_train.iicnet("full", runs.budget.width))
+    model = train.ImageOnly(train.iicnet("full", runs.budget.width))
     model.load_state_dict(torch.load(f"{stem}.pt", weights_only=True))
     logits = np.load(f"{stem}_logits.npy")
-    return paper_errors.analyse(model, logits, runs.data()["test"], runs.args)
+    return errors.analyse(model, logits, runs.data()["test"], runs.args)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the parts asked for, render and optionally write the section."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.paper", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--part", choices=(*PARTS, "all"), default="all")
     parser.add_argument("--render", action="store_true", help="only re-render kept results")
-    parser.add_argument("--workdir", default="/tmp/iic_paper")
     parser.add_argument(
-        "--budget", choices=tuple(paper_train.BUDGETS),
+        "--workdir",
+        default=str(paths.home() / "experiments" / "paper"),
+        help="the data and every trained run, kept between runs (default <home>/experiments/paper)",
+    )
+    parser.add_argument(
+        "--budget", choices=tuple(train.BUDGETS),
         default="paper" if torch.cuda.is_available() else "cpu",
     )  # fmt: skip
     parser.add_argument("--sky-sources", type=int, default=14_000)
@@ -239,14 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clusters", type=int, default=4, help="K-means groups of the errors")
     parser.add_argument("--low-conf", type=float, default=0.6, help="low-confidence threshold")
     parser.add_argument("--seed", type=int, default=0, help="K-means seed")
-    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--write-results", action="store_true", help="update experiments/RESULTS.md"
+    )
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     threads = args.threads or (1 if os.getloadavg()[0] > cores else cores)
     torch.set_num_threads(threads)
     runs = Runs(args)
     if not args.render:
-        runs.state["data"] = paper_data.prepare(args)
+        runs.state["data"] = data.prepare(args)
         for part in PARTS if args.part == "all" else (args.part,):
             run_part(runs, part, threads, argv)
             render(runs, args.write_results)
@@ -261,7 +266,8 @@ def run_part(runs: Runs, part: str, threads: int, argv: list[str] | None) -> Non
     print(
         f"== part {part} (budget {runs.budget.name}, {threads} threads, load {load0})", flush=True
     )
-    command = " ".join(["bench/bench_paper.py", *(argv if argv is not None else sys.argv[1:])])
+    args = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python -m experiments.paper", *args])
 
     def publish(res: dict[str, Any]) -> dict[str, Any]:
         res.update(budget=runs.budget.describe(), command=command, threads=threads,
@@ -273,9 +279,9 @@ def run_part(runs: Runs, part: str, threads: int, argv: list[str] | None) -> Non
         return res
 
     if part == "cost":
-        import paper_cost
+        from experiments.paper import cost
 
-        publish(paper_cost.cost())
+        publish(cost.cost())
     elif part == "ablate":
         res = part_ablate(runs, lambda partial: publish({**partial, "complete": False}))
         publish({**res, "complete": True})
@@ -285,9 +291,9 @@ def run_part(runs: Runs, part: str, threads: int, argv: list[str] | None) -> Non
 
 def render(runs: Runs, write: bool) -> str:
     """The section from the kept results; written to RESULTS.md when ``write``."""
-    text = paper_report.section(runs.state)
+    text = report.section(runs.state)
     if write:
-        write_section(paper_report.SECTION, text)
+        write_section(report.SECTION, text, EXPERIMENTS)
     return text
 
 

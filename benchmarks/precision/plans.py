@@ -17,8 +17,8 @@ Measured in one run (ratios within one process, plans alternating round by round
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_precision_plans.py                 # prints the results
-    .venv/bin/python bench/bench_precision_plans.py --write-results # also updates RESULTS.md
+    .venv/bin/python -m benchmarks.precision plans                 # prints the results
+    .venv/bin/python -m benchmarks.precision plans --write-results # also benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -30,33 +30,25 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 import numpy as np
-from results_md import RESULTS, write_section
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SECTION = "## Precision plans: fp32, bf16, bf16-late, int8 (bench/bench_precision_plans.py)"
-FORMER = "## Precision plans: fp32, bf16, bf16-late (bench/bench_precision_plans.py)"
-"""This section's heading before int8: the section it replaces."""
+from benchmarks.common import cpu_name, load
+from benchmarks.results import write_section
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DEMO_MODEL = str(REPO / "runs" / "demo" / "model")
+"""The model ``scripts/demo.sh`` trains (its default ``$IIC_SURVEY_HOME``)."""
+DEMO_SKY = str(REPO / "runs" / "demo" / "sky")
+SECTION = "## Precision plans: fp32, bf16, bf16-late, int8 (benchmarks/precision plans)"
 PLANS = ("fp32", "bf16", "bf16-late", "int8")
 EXTRA = ("onnx-fp32", "compile-fp32")
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
         "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}  # fmt: skip
-logger = logging.getLogger("bench_precision_plans")
-
-
-def _cpu() -> str:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
-def _load() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+logger = logging.getLogger(__name__)
 
 
 def _images(sky: Any, n: int) -> dict[str, np.ndarray]:
@@ -87,7 +79,7 @@ def _onnx(net: Any, x: Any, f: Any, batch: int) -> Any:
             e = self.m.embed(images, features)
             return e, self.m.fc2(e)
 
-    path = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"iic_bench_{os.getpid()}.onnx"
+    path = pathlib.Path(tempfile.gettempdir()) / f"iic_bench_{os.getpid()}.onnx"
     names = {"input_names": ["images", "features"], "output_names": ["emb", "logits"]}
     torch.onnx.export(Both(net).eval(), (x[:batch], f[:batch]), str(path), dynamo=False, **names)
     opts = ort.SessionOptions()
@@ -182,11 +174,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from iic_survey.synthetic import sky as synthetic
 
     made = _images(synthetic.SkyManifest.load(args.sky), args.images)
-    out: dict[str, Any] = {"load_before": _load(), "n_images": len(made["image"])}
+    out: dict[str, Any] = {"load_before": load(), "n_images": len(made["image"])}
     out.update(speed(made, args.rounds, args.batch))
     if (pathlib.Path(args.model) / "model.json").is_file():
         out["gate"] = gates(args.model)
-    out["load_after"] = _load()
+    out["load_after"] = load()
     return out
 
 
@@ -261,8 +253,8 @@ def _flags() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="/tmp/base_demo/model", help="a trained model directory")
-    ap.add_argument("--sky", default="/tmp/base_demo/sky", help="its sky (sky.json)")
+    ap.add_argument("--model", default=DEMO_MODEL, help="a trained model directory (the demo's)")
+    ap.add_argument("--sky", default=DEMO_SKY, help="its sky (sky.json; the demo's)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--images", type=int, default=256)
@@ -277,17 +269,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:  # the JSON a run printed (its first top-level object)
         res, _ = json.JSONDecoder().raw_decode(pathlib.Path(args.from_json).read_text())
         return _emit(res, args.write_results)
-    cmd = [sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])]
+    args_now = argv if argv is not None else sys.argv[1:]
+    cmd = [sys.executable, "-m", "benchmarks.precision", "plans", "--child", *args_now]
     cmd = [c for c in cmd if c != "--write-results"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
     runs = {}  # the commit is read first: the code the processes run
     for isa, env in (("native", {}), ("avx2", AVX2)):
-        out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+        out = subprocess.run(
+            cmd, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True
+        )
         if out.returncode:
             raise SystemExit(f"{isa} process failed:\n{out.stderr[-3000:]}")
         runs[isa] = json.loads(out.stdout.strip().splitlines()[-1])
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(),
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
            "nproc": os.cpu_count(), "flags": _flags(), "commit": commit, "runs": runs,
            "rounds": args.rounds, "batch": args.batch, "model": args.model,
            "no_model": f"no trained model at {args.model}"}  # fmt: skip
@@ -299,8 +294,7 @@ def _emit(res: dict[str, Any], write: bool) -> int:
     text = report(res)
     print(text)
     if write:
-        old = RESULTS.read_text() if RESULTS.exists() else ""
-        write_section(FORMER if FORMER in old and SECTION not in old else SECTION, text)
+        write_section(SECTION, text)
     return 0
 
 

@@ -1,9 +1,13 @@
-"""bench/RESULTS.md: each benchmark owns one "## " section and replaces only that one.
+"""The RESULTS files: each benchmark or study owns one "## " section and replaces only that one.
+
+``benchmarks/RESULTS.md`` holds what ``benchmarks/`` (and ``scripts/mutate.py``) measure,
+``experiments/RESULTS.md`` what the studies of ``experiments/`` find.
 
 Every section a script writes is stamped with its provenance (:func:`provenance`): the date,
 the git commit measured and whether the tree was dirty, the blob hash of the script that wrote
-it, the CPU (model, torch's ``get_cpu_capability()``, native bf16 / AMX / VNNI from
-``/proc/cpuinfo``), the cores, the load before (when this module was imported, i.e. when the
+it (one hash over every ``.py`` file of a study run as ``python -m experiments.x``), the CPU
+(model, torch's ``get_cpu_capability()``, native bf16 / AMX / VNNI from ``/proc/cpuinfo``),
+the cores, the load before (when this module was imported, i.e. when the
 script started) and after, and the exact command. The stamp is one HTML comment (machine
 readable, :func:`read_provenance`) and one visible line under the heading.
 ``tests/test_results.py`` fails when a section lacks it or when its script has changed since.
@@ -12,6 +16,7 @@ readable, :func:`read_provenance`) and one visible line under the heading.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -23,13 +28,17 @@ from collections.abc import Callable
 from typing import Any
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
+"""The speed benchmarks' results (``benchmarks/RESULTS.md``)."""
 REPO = RESULTS.parents[1]
+EXPERIMENTS = REPO / "experiments" / "RESULTS.md"
+"""The studies' results (``experiments/RESULTS.md``)."""
 STAMP = "<!-- provenance: "
 """Start of the machine-readable stamp (one line: ``<!-- provenance: {json} -->``)."""
 KEYS = ("date", "commit", "dirty", "script", "script_blob", "cpu", "cpu_capability",
         "native_bf16", "amx", "vnni", "cores", "load_before", "load_after", "command")  # fmt: skip
 """What every stamp holds."""
 _LOAD_AT_START = os.getloadavg()
+_NOT_RESULTS = (":!benchmarks/RESULTS.md", ":!experiments/RESULTS.md")
 
 
 def _git(*args: str) -> str:
@@ -63,32 +72,45 @@ def cpu_flags() -> dict[str, Any]:
 
 
 def script_of(argv: list[str]) -> str:
-    """The repo-relative path of the script ``argv`` ran (``bench/x.py``)."""
+    """The repo-relative path of what ``argv`` ran: the module (``benchmarks/cutouts.py``), or
+    the package whose ``__main__.py`` it ran (``experiments/paper``)."""
     path = pathlib.Path(argv[0]).resolve()
+    if path.name == "__main__.py" and path.parent != REPO / "benchmarks":
+        path = path.parent
     try:
         return str(path.relative_to(REPO))
     except ValueError:
         return str(path)
 
 
+def command_of(script: str, args: list[str]) -> str:
+    """The command line that reruns ``script`` with ``args``: ``python -m`` for a module of
+    this repository's benchmarks, experiments or scripts, else the script's path."""
+    if script.startswith(("benchmarks/", "experiments/", "scripts/")):
+        module = script.removesuffix(".py").replace("/", ".")
+        return ".venv/bin/python " + shlex.join(["-m", module, *args])
+    return ".venv/bin/python " + shlex.join([script, *args])
+
+
 def provenance(argv: list[str] | None = None) -> dict[str, Any]:
     """The stamp of a section written now by the command ``argv`` (default ``sys.argv``)."""
     argv = list(sys.argv if argv is None else argv)
     script = script_of(argv)
-    blob = _git("hash-object", script) if (REPO / script).is_file() else None
+    blob = blob_now(script)
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git("rev-parse", "HEAD"),
-        # RESULTS.md itself does not count: `bench all` rewrites it section by section
+        # the RESULTS files themselves do not count: `benchmarks all` rewrites them section by
+        # section
         "dirty": bool(
-            _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/RESULTS.md")
+            _git("status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_RESULTS)
         ),
         "script": script,
         "script_blob": blob,
         **cpu_flags(),
         "load_before": [round(x, 2) for x in _LOAD_AT_START],
         "load_after": [round(x, 2) for x in os.getloadavg()],
-        "command": ".venv/bin/python " + shlex.join([script, *argv[1:]]),
+        "command": command_of(script, argv[1:]),
     }
 
 
@@ -150,8 +172,17 @@ def write_section(
 
 
 def blob_now(script: str) -> str | None:
-    """The git blob hash of ``script`` as it is in the working tree (None if absent)."""
-    return _git("hash-object", script) if (REPO / script).is_file() else None
+    """The git blob hash of ``script`` as it is in the working tree (None if absent); for a
+    package folder, one hash over its ``.py`` files' names and blobs."""
+    path = REPO / script
+    if path.is_file():
+        return _git("hash-object", script)
+    files = sorted(str(p.relative_to(REPO)) for p in path.rglob("*.py")) if path.is_dir() else []
+    if not files:
+        return None
+    blobs = _git("hash-object", *files).split()
+    listing = "".join(f"{f} {b}\n" for f, b in zip(files, blobs, strict=True))
+    return hashlib.sha1(listing.encode()).hexdigest()
 
 
 def problems(

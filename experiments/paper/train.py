@@ -1,9 +1,11 @@
-"""Training and scoring for bench_paper.py: one plain torch loop for every network and variant.
+"""Training and scoring for the paper study: one plain torch loop for every network and variant.
 
 Every network, IICnet and its ablations included, is trained by :func:`train` on the same rows
 of the same training set, with the same schedule (:class:`Budget`): Adam, a fixed number of
-epochs, the rate halved for the last third, batch 64, the package's random dihedral
-augmentation (:func:`iic_survey.training.loop.augment`), seeded shuffling and initialisation.
+epochs, the rate halved for the last third (the package's own schedule,
+:func:`iic_survey.training.loop.lr_at`, over :meth:`Budget.schedule`), batch 64, the package's
+random dihedral augmentation (:func:`iic_survey.training.loop.augment`), seeded shuffling and
+initialisation.
 It scores the test split with :func:`iic_survey.core.metrics.classification_report` (no
 temperature scaling: accuracy and AUC do not depend on it). The package's Ray Train path is not
 used because the comparison networks are not package architectures; the loop is the same kind.
@@ -30,7 +32,8 @@ from iic_survey.core import metrics
 from iic_survey.core.constants import CLASSES
 from iic_survey.model.config import ModelConfig
 from iic_survey.model.network import ConvBN, build_model
-from iic_survey.training.loop import augment
+from iic_survey.training.config import TrainConfig
+from iic_survey.training.loop import augment, lr_at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,17 @@ class Budget:
     seeds: tuple[int, ...]
     batch: int = 64
     lr: float = 1e-3
+
+    def schedule(self) -> TrainConfig:
+        """The budget as the package's training config, for its schedule
+        (:func:`iic_survey.training.loop.lr_at`): the rate halved for the last third."""
+        return TrainConfig(
+            data="(in memory)",
+            epochs=self.epochs,
+            batch_size=self.batch,
+            lr=self.lr,
+            lr_halve_epoch=math.ceil(self.epochs * 2 / 3),
+        )
 
     def describe(self) -> str:
         """One line for the section."""
@@ -146,11 +160,11 @@ def train(
     x_all = torch.from_numpy(tr["image"][:n])
     y_all = torch.from_numpy(np.array(tr["label"][:n], dtype=np.int64))  # a writable copy
     opt = torch.optim.Adam(model.parameters(), lr=budget.lr)
-    halve = math.ceil(budget.epochs * 2 / 3)
+    schedule = budget.schedule()
     t0, losses = time.perf_counter(), []
     for epoch in range(budget.epochs):
         for group in opt.param_groups:
-            group["lr"] = budget.lr * (0.5 if epoch >= halve else 1.0)
+            group["lr"] = lr_at(epoch, schedule)
         model.train()
         total, count = 0.0, 0
         for idx in _batches(n, budget.batch, gen):

@@ -7,7 +7,7 @@ fresh process each, resets the peak RSS after the imports (``/proc/self/clear_re
 ``write_parquet_metadata`` (every footer held). Prints the peak RSS and its ratio to the
 smallest size's, with the load average. Run from the repository root::
 
-    .venv/bin/python bench/bench_metadata.py --workdir /tmp/iic_md --sizes 100 12288
+    .venv/bin/python -m benchmarks.metadata --workdir DIR --sizes 100 12288
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import os
 import pathlib
 import subprocess
 import sys
+
+from benchmarks import common
 
 _PEAK = """
 import json, re, sys, fsspec
@@ -45,7 +47,7 @@ def main() -> int:
     from iic_survey.synthetic.partition_files import order_pixels, write_partition_files
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", default="/tmp/iic_md")
+    ap.add_argument("--workdir", default=str(common.workdir("metadata")))
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 12288])
     ap.add_argument("--no-hats", action="store_true", help="skip hats' (GBs at 12,288)")
     ap.add_argument("--write-results", action="store_true", help="write its RESULTS section")
@@ -73,12 +75,12 @@ def main() -> int:
     return 0
 
 
-SECTION = "## Driver memory of _metadata (bench/bench_metadata.py)"
+SECTION = "## Driver memory of _metadata (benchmarks/metadata.py)"
 
 
 def write_results(rows: list[dict[str, float]], lines: list[str], columns: int) -> None:
     """The section: peak RSS per size and the ratios (goal: < 1.2x from 100 to 12,288)."""
-    from results_md import write_section
+    from benchmarks.results import write_section
 
     hows = [h for h in rows[0] if h != "partitions"]
     table = ["| partitions | " + " | ".join(f"{h} peak RSS (MB)" for h in hows) + " |",
@@ -98,6 +100,4 @@ def write_results(rows: list[dict[str, float]], lines: list[str], columns: int) 
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # results_md
     sys.exit(main())

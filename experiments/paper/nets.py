@@ -1,7 +1,7 @@
 """The six comparison networks of Zhao et al. (2023), Table 3, as compact torch definitions.
 
-torchvision does not import beside this project's torch, so these are written here (bench only,
-not part of the package), each following the reference implementation it names, so that its
+torchvision does not import beside this project's torch, so these are written here (experiments
+only, not part of the package), each following the reference implementation it names, so that its
 standard ImageNet form (3x224x224, 1000 classes) has the published parameter count
 (:data:`PUBLISHED_PARAMS`; ``tests/experiments/test_paper_nets.py`` holds every one to 1 %):
 
@@ -46,7 +46,7 @@ PUBLISHED_PARAMS: dict[str, tuple[int, str]] = {
 
 REVISION: dict[str, int] = {"vgg16": 2}
 """A network's definition revision where it changed in a way that changes training (vgg16: 2,
-torchvision's initialisation added); in bench_paper's keys, so older kept runs are retrained."""
+torchvision's initialisation added); in the study's keys, so older kept runs are retrained."""
 
 
 def _c(channels: int, width: float) -> int:

@@ -1,4 +1,4 @@
-"""The data of bench_paper.py: one synthetic sky with W4 tiles, its training set, W4 stamps.
+"""The data of the paper study: one synthetic sky with W4 tiles, its training set, W4 stamps.
 
 Built once into ``<workdir>`` and reused on reruns:
 
