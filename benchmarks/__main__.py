@@ -170,6 +170,8 @@ def report(text: str, path: pathlib.Path = results.RESULTS) -> list[str]:
                 f"  package code changed since {heading!r} was measured: "
                 f"{', '.join(changed[:3])}{more}"
             )
+    if not results.sections(text):
+        return ["  no sections yet"]
     return lines or ["  every section is stamped, current and measured on today's package"]
 
 

@@ -201,9 +201,11 @@ def problems(
         missing = "no stamp" if p is None else ", ".join(k for k in KEYS if k not in p)
         if missing:
             out.append(f"section {heading!r} lacks provenance ({missing}): rerun `{rerun}`")
-        elif blob_of(p["script"]) != p["script_blob"]:
-            out.append(f"section {heading!r} is stale ({p['script']} changed since it was "
-                       f"written at {p['commit'][:10]}): rerun `{p['command']}`")  # fmt: skip
+        elif (blob := blob_of(p["script"])) != p["script_blob"]:
+            how = "changed" if blob else "moved or removed"
+            again = p["command"] if blob else rerun  # a moved script: today's command
+            out.append(f"section {heading!r} is stale ({p['script']} {how} since it was "
+                       f"written at {p['commit'][:10]}): rerun `{again}`")  # fmt: skip
     return out
 
 

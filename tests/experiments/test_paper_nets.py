@@ -117,10 +117,19 @@ def test_vgg16_starts_from_torchvisions_initialisation():
 def test_a_kept_run_is_keyed_by_its_schedule_and_the_networks_revision():
     import dataclasses as dc
 
-    import bench_paper
+    from experiments.paper.__main__ import Runs
 
     b = train.BUDGETS["cpu"]
-    base = bench_paper.Runs.key(b, "resnet34", "full", 80, 3, 0)
-    assert bench_paper.Runs.key(dc.replace(b, lr=b.lr / 10), "resnet34", "full", 80, 3, 0) != base
-    assert bench_paper.Runs.key(dc.replace(b, width=1.0), "resnet34", "full", 80, 3, 0) != base
-    assert "vgg16@r2" in bench_paper.Runs.key(b, "vgg16", "full", 80, 3, 0)
+    base = Runs.key(b, "resnet34", "full", 80, 3, 0)
+    assert Runs.key(dc.replace(b, lr=b.lr / 10), "resnet34", "full", 80, 3, 0) != base
+    assert Runs.key(dc.replace(b, width=1.0), "resnet34", "full", 80, 3, 0) != base
+    assert "vgg16@r2" in Runs.key(b, "vgg16", "full", 80, 3, 0)
+
+
+def test_every_network_trains_on_the_packages_schedule_halved_for_the_last_third():
+    from iic_survey.training.loop import lr_at
+
+    budget = train.BUDGETS["cpu"]  # 4 epochs: the rate halves from epoch 3 (ceil(4 * 2 / 3))
+    schedule = budget.schedule()
+    assert [lr_at(e, schedule) for e in range(4)] == [1e-3, 1e-3, 1e-3, 5e-4]
+    assert (schedule.epochs, schedule.batch_size) == (budget.epochs, budget.batch)
