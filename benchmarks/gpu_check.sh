@@ -2,16 +2,16 @@
 # The GPU check of issue 25 (item 6), in one go, within 8 minutes on one lent GPU (the step
 # limits add up to 460 s):
 #   1. tests/integration/test_gpu.py (the CUDA paths equal the CPU's);
-#   2. bench/bench_gpu.py (model alone, RGB on the GPU, the actor end to end), short windows;
-#   3. bench/bench_feeding.py --gpus 1 (the whole job with GPU actors, null and paper-sized).
+#   2. python -m benchmarks.gpu (model alone, RGB on the GPU, the actor end to end), short windows;
+#   3. python -m benchmarks.feeding --gpus 1 (the whole job with GPU actors, null and paper-sized).
 # Each step has its own time limit and the script goes on after a failure, so one slow step
 # cannot eat the others' time; with --write-results the benchmarks write their RESULTS.md
-# sections (bench/results_md.py). Without a CUDA device it says so and exits 2 after the tests
+# sections (benchmarks/results.py). Without a CUDA device it says so and exits 2 after the tests
 # (which skip themselves): nothing else to measure.
 #
-#   bench/gpu_check.sh                  # prints the results
-#   bench/gpu_check.sh --write-results  # also updates bench/RESULTS.md
-#   OUT=/some/dir bench/gpu_check.sh    # logs there (default: $OUT, else a temp dir)
+#   benchmarks/gpu_check.sh                  # prints the results
+#   benchmarks/gpu_check.sh --write-results  # also updates benchmarks/RESULTS.md
+#   OUT=/some/dir benchmarks/gpu_check.sh    # logs there (default: $OUT, else a temp dir)
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -43,10 +43,10 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     exit 2
 fi
 # bench_gpu: model alone at 2 batches x 3 precisions (x compile), the GPU RGB, the actor.
-step bench_gpu 200 "$PY" bench/bench_gpu.py --window 1.0 --batches 1024 4096 \
+step bench_gpu 200 "$PY" -m benchmarks.gpu --window 1.0 --batches 1024 4096 \
     --n-sources 20000 --actor-sources 20000 $WRITE
 # The feeding benchmark on GPU actors: a 20,000-source sky (written once, ~20 s), the stages
 # alone, then the whole job and a small one for each model. One CPU per GPU actor, the rest cut.
-step feeding 170 "$PY" bench/bench_feeding.py --gpus 1 --num-cpus "$(nproc)" \
+step feeding 170 "$PY" -m benchmarks.feeding --gpus 1 --num-cpus "$(nproc)" \
     --n-sources 20000 --alone-pixels 2 --idle-s 3 $WRITE
 exit "$status"

@@ -15,7 +15,7 @@ an order outside 0..29, and a checkpoint that is not a plain state_dict (refused
 
 The figures (faults injected, rows in / out / lost / duplicated) are written to
 ``$IIC_RELIABILITY_DIR/reliability_bad_input.json`` (default: pytest's basetemp) for
-bench/RESULTS.md.
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

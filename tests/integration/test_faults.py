@@ -21,7 +21,7 @@ covered by tests/integration/test_train_job.py
 
 The figures (faults injected / survived, rows lost / duplicated) are written to
 ``$IIC_RELIABILITY_DIR/reliability_faults.json`` (default: pytest's basetemp) for
-bench/RESULTS.md.
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
