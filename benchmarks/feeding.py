@@ -503,7 +503,7 @@ def _gpu_name() -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sky", help="where the sky is kept (default: a temp dir named by its size)")
+    p.add_argument("--sky", help="where the sky is kept (default: <home>/benchmarks/sky_<n>)")
     # 100,000: the fixed costs of a job (~30 CPU-s here: worker and actor starts, finalize,
     # margin) are then about half of the null-model job, and the per-source part (this job less
     # the small one) is resolved; at 20,000 it drowned in the fixed costs' noise (measured).

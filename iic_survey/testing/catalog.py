@@ -24,6 +24,8 @@ from iic_survey.output import writer as output
 
 ORDER = 3
 """The HEALPix order :func:`write_catalog` partitions at by default."""
+CHUNK_ROWS = 400
+"""Rows per staged part in :func:`write_catalog` (a pixel bigger than that has several)."""
 
 
 def fake_results(
@@ -98,7 +100,6 @@ def write_catalog(
     df: pd.DataFrame,
     order: int = ORDER,
     fs: fsspec.AbstractFileSystem | None = None,
-    chunk_rows: int = 400,
     finalize: bool = True,
     run_args: dict[str, Any] | None = None,
 ) -> dict[int, int]:
@@ -112,9 +113,9 @@ def write_catalog(
     output.write_plan(out, order, counts, fs=fs)
     for pixel in counts:
         rows = df[pixels == pixel].sample(frac=1.0, random_state=pixel)  # any order
-        for i, start in enumerate(range(0, len(rows), chunk_rows)):
+        for i, start in enumerate(range(0, len(rows), CHUNK_ROWS)):
             output.write_part(
-                out, order, pixel, f"{pixel}-{i:04d}", rows[start : start + chunk_rows], fs
+                out, order, pixel, f"{pixel}-{i:04d}", rows[start : start + CHUNK_ROWS], fs
             )
         if not commit.commit_if_complete(out, order, pixel, counts[pixel], fs):
             raise RuntimeError(f"pixel {pixel} was not committed: its rows are not all staged")

@@ -285,7 +285,7 @@ def test_s3_round_trip_and_pruning(s3_server: str, s3_requests, results) -> None
         fs.mkdir("iic-test-out")
     out = "s3://iic-test-out/catalog"
     df = results[0].iloc[:1200]
-    counts = write_catalog(out, df, fs=fs, chunk_rows=300)
+    counts = write_catalog(out, df, fs=fs)
     assert not fs.exists("iic-test-out/catalog/_staging")
     assert fs.exists(f"iic-test-out/catalog/_done/Norder={ORDER}/Npix={min(counts)}.json")
     assert validate_catalog(out, fs) == []
