@@ -1,6 +1,6 @@
 """Measure how far the same sky's numbers move across instruction sets (README, Reproducibility).
 
-``python scripts/cross_isa.py WORKDIR`` writes the tiny synthetic sky and an untrained tiny model
+``python -m scripts.cross_isa WORKDIR`` writes the tiny synthetic sky and an untrained tiny model
 directory (tests/fixtures/model.py) under WORKDIR once, then in one subprocess per torch
 capability this CPU runs (``default`` ... native; the lower ones with ``ONEDNN_MAX_CPU_ISA``,
 ``NPY_DISABLE_CPU_FEATURES`` and ``OPENBLAS_CORETYPE`` forced as in scripts/forced_isa.py) cuts
@@ -20,13 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from iic_survey.model import machine
+from scripts.forced_isa import forced_env
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.fixtures.model: the tiny model directory
-
-from iic_survey.model import machine  # noqa: E402
-
-sys.path.insert(0, str(REPO / "scripts"))
-from forced_isa import forced_env  # noqa: E402
 
 NEAR_TIE = 1e-4
 
@@ -34,7 +31,7 @@ NEAR_TIE = 1e-4
 def prepare(work: Path) -> tuple[str, str]:
     """(sky root, model dir) under ``work``, made once."""
     from iic_survey.synthetic import skyfiles
-    from tests.fixtures.model import make_model_dir
+    from iic_survey.testing.model import make_model_dir
 
     sky_root, model = work / "sky", work / "model"
     if not (model / "model.json").exists():

@@ -1,9 +1,9 @@
 """Mutations the test suite must catch: apply each to a scratch copy of the repo, run its tests.
 
-    .venv/bin/python scripts/mutate.py            # all of them, against the committed HEAD
-    .venv/bin/python scripts/mutate.py --only optimizer-never-steps --keep
-    .venv/bin/python scripts/mutate.py --check    # seconds: does every mutation still apply?
-    .venv/bin/python scripts/mutate.py --baseline-after --write-results   # the RESULTS table
+    .venv/bin/python -m scripts.mutate            # all of them, against the committed HEAD
+    .venv/bin/python -m scripts.mutate --only optimizer-never-steps --keep
+    .venv/bin/python -m scripts.mutate --check    # seconds: does every mutation still apply?
+    .venv/bin/python -m scripts.mutate --baseline-after --write-results   # the RESULTS table
 
 Each mutation is a small, exact edit of the package. Before any test runs, the script checks
 that every chosen mutation's text is in its file exactly once, and stops at once naming each
@@ -30,21 +30,21 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "scripts"))
-import results_md  # noqa: E402  (at the start: its stamp's "load before" is this run's)
-from mutations import (  # noqa: E402  (the list of mutations, scripts/mutations.py)
+from benchmarks.results import write_section  # at the start: the stamp's "load before"
+from scripts.mutations import (  # the list of mutations
     EXIT_BASELINE,
     EXIT_CANNOT_APPLY,
     EXIT_SURVIVED,
     MUTATIONS,
     Mutation,
 )
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SECTION = "## Mutations (scripts/mutate.py)"
 
@@ -261,7 +261,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rev", default=None, help="commit to mutate (default HEAD; --check: the "
                    "working tree)")  # fmt: skip
-    p.add_argument("--scratch", default="/tmp/iic_mutate", help="where the copies go")
+    p.add_argument(
+        "--scratch",
+        default=os.path.join(tempfile.gettempdir(), "iic_mutate"),
+        help="where the copies go",
+    )
     p.add_argument("--only", action="append", help="run only this mutation (repeatable)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs")
     p.add_argument(
@@ -274,7 +278,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "applies (seconds; no tests run): what CI runs")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the summary to this file")
     p.add_argument(
-        "--write-results", action="store_true", help="write the table into bench/RESULTS.md"
+        "--write-results", action="store_true", help="write the table into benchmarks/RESULTS.md"
     )
     return p.parse_args(argv)
 
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(summary, indent=1) + "\n")
     if a.write_results:
-        results_md.write_section(SECTION, section(summary))
+        write_section(SECTION, section(summary))
     return 0 if all(r["caught"] for r in results) else EXIT_SURVIVED
 
 

@@ -1,8 +1,8 @@
 """The mutations of scripts/mutate.py: deliberate bugs the test suite must catch.
 
 Each is an exact ``(old, new)`` edit of one package file and the tests that guard the
-behaviour; ``scripts/mutate.py --check`` (run by scripts/test.sh) checks that every edit still
-applies, so a refactor that moves a mutated line fails at once.
+behaviour; ``python -m scripts.mutate --check`` (run by scripts/test.sh) checks that every edit
+still applies, so a refactor that moves a mutated line fails at once.
 """
 
 from __future__ import annotations

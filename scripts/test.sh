@@ -12,7 +12,7 @@ export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 MPLBACKEND=Agg
 # (Skipped inside a mutant copy, where one mutation is applied on purpose.)
 if [ -z "${IIC_MUTANT:-}" ]; then
   echo "[test] mutations apply"
-  .venv/bin/python scripts/mutate.py --check
+  .venv/bin/python -m scripts.mutate --check
 fi
 # The configured tools, before any test: lint, format, types (the package), and the import
 # layers (pyproject.toml [tool.importlinter]: an upward import or an import circle fails here).

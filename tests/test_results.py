@@ -1,60 +1,62 @@
 """The evidence stays true: RESULTS.md's sections are stamped and current, mutations apply.
 
 ``test_every_results_section_is_stamped_current_and_written_by_a_script`` reads the committed
-bench/RESULTS.md: it fails, naming the command to rerun, when a section has no provenance stamp
-(``bench/results_md.py``), when the script that wrote a section has changed since (its git
-blob differs from the stamp's), or when no script writes a section. ``python -m bench all
---quick --experiments`` rewrites every section (``python -m bench status`` lists what is left).
+RESULTS files (benchmarks/RESULTS.md, experiments/RESULTS.md): it fails, naming the command to
+rerun, when a section has no provenance stamp (``benchmarks/results.py``), when the script that
+wrote a section has changed since (its git blob differs from the stamp's), or when no script
+writes a section. ``python -m benchmarks all --quick --experiments`` rewrites every section
+(``python -m benchmarks status`` lists what is left).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import pathlib
-import sys
+
+import pytest
+
+from benchmarks import __main__ as benchmarks_main
+from benchmarks import results as results_md
+from scripts import mutate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "scripts"))
-results_md = importlib.import_module("results_md")
-bench_main = importlib.import_module("bench.__main__")
 
 
-def _mutate():
-    spec = importlib.util.spec_from_file_location("mutate", REPO / "scripts" / "mutate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mutate"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_results_section_is_stamped_current_and_written_by_a_script():
-    text = results_md.RESULTS.read_text()
-    found = results_md.problems(text, bench_main.rerun_commands())
+@pytest.mark.parametrize("path", [results_md.RESULTS, results_md.EXPERIMENTS])
+def test_every_results_section_is_stamped_current_and_written_by_a_script(path):
+    text = path.read_text() if path.exists() else ""
+    found = results_md.problems(text, benchmarks_main.rerun_commands_of(path))
     assert not found, "\n".join(found)
 
 
+def _source(module: str) -> str:
+    """The text of a module run as ``python -m module``: its file, or every file of a package."""
+    path = REPO / module.replace(".", "/")
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+    return "".join(f.read_text() for f in files)
+
+
 def test_every_writer_names_a_heading_its_script_writes():
-    bench_text = "".join(p.read_text() for p in sorted((REPO / "bench").glob("*.py")))
-    for w in bench_main.WRITERS:
-        script = (REPO / w.argv[0]).read_text()
-        assert w.heading in script or w.heading in bench_text, w.heading
-        assert not w.experiment or w.heading != "## Cutouts (bench/bench_cutouts.py)"
+    for w in benchmarks_main.WRITERS:
+        assert w.argv[0] == "-m", w.argv  # every writer runs as a module of the repository
+        assert w.heading in _source(w.argv[1]), w.heading
+        assert w.results == (results_md.EXPERIMENTS if w.argv[1].startswith("experiments.")
+                             else results_md.RESULTS), w.heading  # fmt: skip
+        assert not w.experiment or w.heading != "## Cutouts (benchmarks/cutouts.py)"
 
 
 def test_write_section_stamps_provenance_and_replaces_only_its_section(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmark results\n\n## A (x)\n\nold a\n\n## B (y)\n\nkept\n")
-    argv = ["bench/bench_cutouts.py", "--write-results", "--n-sources", "5"]
+    argv = [str(REPO / "benchmarks/cutouts.py"), "--write-results", "--n-sources", "5"]
     for _ in range(2):  # a rewrite replaces the stamp, never stacks a second one
         results_md.write_section("## A (x)", "## A (x)\n\nnew a\n", path, argv)
     text = path.read_text()
     body = results_md.sections(text)["## A (x)"]
     p = results_md.read_provenance(body)
     assert p is not None and set(results_md.KEYS) <= set(p)
-    assert p["command"] == ".venv/bin/python bench/bench_cutouts.py --write-results --n-sources 5"
-    assert p["script_blob"] == results_md.blob_now("bench/bench_cutouts.py")
+    assert p["command"] == ".venv/bin/python -m benchmarks.cutouts --write-results --n-sources 5"
+    assert p["script"] == "benchmarks/cutouts.py"
+    assert p["script_blob"] == results_md.blob_now("benchmarks/cutouts.py")
     assert len(p["commit"]) == 40 and p["cores"] >= 1 and len(p["load_before"]) == 3
     assert isinstance(p["native_bf16"], bool) and p["cpu_capability"]
     assert body.count(results_md.STAMP) == 1 and body.count("*Measured ") == 1
@@ -62,10 +64,19 @@ def test_write_section_stamps_provenance_and_replaces_only_its_section(tmp_path)
     assert results_md.sections(text)["## B (y)"] == "## B (y)\n\nkept\n"
 
 
+def test_a_study_run_as_a_package_is_stamped_with_the_whole_package():
+    p = results_md.provenance([str(REPO / "experiments/paper/__main__.py"), "--budget", "smoke"])
+    assert p["script"] == "experiments/paper"
+    assert p["command"] == ".venv/bin/python -m experiments.paper --budget smoke"
+    blob = results_md.blob_now("experiments/paper")
+    assert p["script_blob"] == blob and len(blob) == 40
+    assert results_md.blob_now("experiments/no_such_study") is None
+
+
 def test_problems_name_unstamped_stale_and_orphan_sections(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmark results\n")
-    results_md.write_section("## A (x)", "## A (x)\n\na\n", path, ["bench/bench_cutouts.py"])
+    results_md.write_section("## A (x)", "## A (x)\n\na\n", path, ["benchmarks/cutouts.py"])
     text = path.read_text() + "\n## B (y)\n\nhand-typed\n\n## C (z)\n\nnobody's\n"
     writers = {"## A (x)": "cmd-a", "## B (y)": "cmd-b"}
     assert results_md.problems(text, writers) == [
@@ -74,8 +85,8 @@ def test_problems_name_unstamped_stale_and_orphan_sections(tmp_path):
     ]
     # the script that wrote A has changed since: A is stale
     stale = results_md.problems(text, writers, blob_of=lambda script: "0" * 40)
-    assert stale[0].startswith("section '## A (x)' is stale (bench/bench_cutouts.py changed")
-    assert stale[0].endswith("rerun `.venv/bin/python bench/bench_cutouts.py`")
+    assert stale[0].startswith("section '## A (x)' is stale (benchmarks/cutouts.py changed")
+    assert stale[0].endswith("rerun `.venv/bin/python -m benchmarks.cutouts`")
     # a stamp missing a key is not a stamp
     p = results_md.read_provenance(text)
     short = text.replace(f'"cores": {p["cores"]}, ', "")
@@ -83,7 +94,6 @@ def test_problems_name_unstamped_stale_and_orphan_sections(tmp_path):
 
 
 def test_a_mutation_that_no_longer_applies_is_named_before_any_test_runs():
-    mutate = _mutate()
     m = mutate.Mutation("m", "what", "f.py", (("x = 1\n", "x = 2\n"),), ("tests/t.py",))
     pending = mutate.Mutation("p", "what", "f.py", (("y = 1\n", "y = 2\n"),), (), "branch b")
     why, later = mutate.unapplicable([m, pending], lambda path: "x = 1\nx = 1\n")
@@ -95,6 +105,5 @@ def test_a_mutation_that_no_longer_applies_is_named_before_any_test_runs():
 
 
 def test_every_mutation_applies_to_the_working_tree():
-    mutate = _mutate()
     why, _ = mutate.unapplicable(list(mutate.MUTATIONS), mutate.reader(None))
     assert why == []

@@ -12,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 from iic_survey.output import margin
-from tests.output.test_staging import fake_results, write_catalog
+from iic_survey.testing.catalog import fake_results, write_catalog
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "tutorial.ipynb"
 

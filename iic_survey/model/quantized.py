@@ -10,7 +10,7 @@ per-tensor activation scales observed on calibration images. The colour encoder 
 The result keeps the model's ``embed`` / ``fc2`` interface, so
 :class:`~iic_survey.model.inference.Predictor` runs it on its fixed-shape batches unchanged.
 
-Measured (``bench/bench_precision_plans.py``; paper-sized IICnet, one thread, batch 16): about
+Measured (``python -m benchmarks.precision plans``; paper-sized IICnet, one thread, batch 16): about
 1.8-1.9x eager fp32 with the ISA forced to AVX2 (``ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2``) and about 3x with AVX-512 VNNI.
 

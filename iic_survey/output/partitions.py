@@ -21,7 +21,7 @@ MAX_PARTITION_ORDER = 9
 
 DEFAULT_MAX_ROWS = 2_000_000
 """Default ``--max-rows-per-partition``: ~155 MB files at the 77.5 bytes a row (zstd) the
-catalog's files take (bench/RESULTS.md, "Margin and partitions"), inside the 100-300 MB HATS
+catalog's files take (benchmarks/RESULTS.md, "Margin and partitions"), inside the 100-300 MB HATS
 recommends; an average order-5 AllWISE pixel (~60,000 rows) stays whole and only the densest
 (Galactic plane, ecliptic poles: millions) are split."""
 

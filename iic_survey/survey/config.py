@@ -151,7 +151,7 @@ class ResourcesConfig:
     most 2048)."""
     model_batch_size: int | None = None
     """Images per forward pass inside a chunk; None: :data:`CPU_MODEL_BATCH` on CPU (small
-    batches stay in cache: 1.6x the images/s of 256 on one thread, bench/RESULTS.md "Model
+    batches stay in cache: 1.6x the images/s of 256 on one thread, benchmarks/RESULTS.md "Model
     speed"); on a GPU the actor sizes it from the GPU's free memory
     (:func:`~iic_survey.model.inference.gpu_batch_size`, 256-4096)."""
     inference_actors: int | None = None

@@ -237,7 +237,7 @@ def chunk_rows(config: PipelineConfig, actors: int) -> int:
     """``config.resources.chunk_size``, or the largest chunk (128..2048 rows) of which eight per
     inference actor fit in half the object store (Ray Data's share): big chunks amortise each
     chunk's fixed costs (a task or actor call, a part file, pandas/Arrow conversions; measured:
-    bench/RESULTS.md, Feeding ceiling), but too few in flight starve the actors."""
+    benchmarks/RESULTS.md, Feeding ceiling), but too few in flight starve the actors."""
     if config.resources.chunk_size is not None:
         return int(config.resources.chunk_size)
     store = float(ray.cluster_resources().get("object_store_memory", 8e9))

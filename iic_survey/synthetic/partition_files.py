@@ -1,7 +1,7 @@
 """Small HATS-shaped partition files, many of them: the input of ``_metadata`` memory checks.
 
 Finalize reads one footer per partition to write ``dataset/_metadata``; how its memory grows
-with the number of partitions is checked (tests) and measured (``bench/bench_metadata.py``) on
+with the number of partitions is checked (tests) and measured (``benchmarks/metadata.py``) on
 catalogs written here: ``dataset/Norder=K/Dir=D/Npix=N.parquet`` for each pixel, a few rows of
 ``_healpix_29`` inside the pixel, a string id and ``columns`` float columns, with statistics (so
 each footer is as wide as a real catalog's of that many columns).

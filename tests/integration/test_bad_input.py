@@ -15,7 +15,7 @@ an order outside 0..29, and a checkpoint that is not a plain state_dict (refused
 
 The figures (faults injected, rows in / out / lost / duplicated) are written to
 ``$IIC_RELIABILITY_DIR/reliability_bad_input.json`` (default: pytest's basetemp) for
-bench/RESULTS.md.
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from iic_survey.core.flags import UNCLASSIFIABLE, QualityFlag
 from iic_survey.model import directory
 from iic_survey.output import reader as export
 from iic_survey.synthetic import skyfiles
+from iic_survey.testing.model import make_model_dir
 from iic_survey.training import checkpoints
 from tests.fixtures.jobs import load_job
-from tests.integration.test_pipeline import make_model_dir
 
 SKY = skyfiles.SkyConfig(
     seed=7,

@@ -19,7 +19,7 @@ from iic_survey.model.network import build_model, optimize_for_inference
 from iic_survey.output import reader
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
-from tests.fixtures.model import TINY_MODEL
+from iic_survey.testing.model import TINY_MODEL
 
 CPU = torch.device("cpu")
 

@@ -21,7 +21,7 @@ covered by tests/integration/test_train_job.py
 
 The figures (faults injected / survived, rows lost / duplicated) are written to
 ``$IIC_RELIABILITY_DIR/reliability_faults.json`` (default: pytest's basetemp) for
-bench/RESULTS.md.
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ from iic_survey.output import reader as export
 from iic_survey.output import schema, staging
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
+from iic_survey.testing.model import make_model_dir
 from tests.fixtures.jobs import classify_driver, load_job
 from tests.fixtures.s3 import s3_filesystem, s3_storage_options
-from tests.integration.test_pipeline import make_model_dir
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ from iic_survey.stamps import rgb
 from iic_survey.stamps.rgb_torch import make_rgb_torch
 from iic_survey.stamps.split import StampCutter
 from iic_survey.survey.classify import Classify, gate_precision
+from iic_survey.testing.model import TINY_MODEL
 from iic_survey.training import loop
-from tests.fixtures.model import TINY_MODEL
 
 pytestmark = pytest.mark.gpu
 CPU = torch.device("cpu")

@@ -30,11 +30,11 @@ import pandas as pd
 import pytest
 
 from iic_survey.output import reader as export
+from iic_survey.testing.model import make_model_dir
+from iic_survey.testing.ray_head import LocalRay
 from tests.fixtures.jobs import classify_driver
 from tests.fixtures.nodes import SecondNode, alive_actors_on
 from tests.fixtures.nodes import finish as finish_within
-from tests.fixtures.ray_cluster import LocalRay
-from tests.integration.test_pipeline import make_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 

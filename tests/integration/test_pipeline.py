@@ -33,8 +33,8 @@ from iic_survey.survey.run import run_pipeline
 from iic_survey.survey.stages import ChunkStage, PartWriter, PixelReader, chunk_rows
 
 # Lives in tests/fixtures/model.py; re-exported for test_faults.py and test_bad_input.py.
+from iic_survey.testing.model import make_model_dir
 from tests.fixtures.crashes import crash_after_commits
-from tests.fixtures.model import make_model_dir as make_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from types import ModuleType
 import pytest
 
 from iic_survey.model.directory import load_model_dir
+from iic_survey.testing.training import make_fake_training_set
 from iic_survey.training import config, loop
 from tests.fixtures.jobs import load_job
-from tests.training.test_trainer import make_fake_training_set
 
 TINY_ARGS = shlex.split(
     "--widths 4 8 8 8 8 8 --head-dim 16 --batch-size 16 --lr 1e-3 --num-workers 2 --use-gpu auto"

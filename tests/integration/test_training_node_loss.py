@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 
 from iic_survey.model.directory import load_model_dir
+from iic_survey.testing.ray_head import LocalRay
+from iic_survey.testing.training import make_fake_training_set
 from tests.fixtures.jobs import job_driver
 from tests.fixtures.nodes import SecondNode, alive_actors_on, finish
-from tests.fixtures.ray_cluster import LocalRay
-from tests.training.test_trainer import make_fake_training_set
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

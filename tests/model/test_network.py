@@ -17,12 +17,10 @@ from iic_survey.core.constants import CLASSES
 from iic_survey.model import config, directory
 from iic_survey.model import network as M
 from iic_survey.model import size as model_size
+from iic_survey.testing.model import TINY
 
 # Narrow IICnets (same layers, far fewer channels) keep tests that train or run many forward
 # passes at a few seconds on two shared cores; size, speed-up and shape tests use the defaults.
-TINY: dict[str, Any] = dict(
-    widths=(8, 16, 16, 16, 32, 32), rfb_inter=4, cbam_reduction=4, head_dim=32, dropout=0.0
-)
 # Narrower still, for the overfit test (~4 M MACs per image).
 TINIER: dict[str, Any] = dict(
     widths=(4, 8, 8, 16, 16, 32), rfb_inter=2, cbam_reduction=4, head_dim=32, dropout=0.0

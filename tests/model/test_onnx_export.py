@@ -16,7 +16,7 @@ from iic_survey.core.constants import CLASSES
 from iic_survey.model import config, directory, onnx_export
 from iic_survey.model import network as M
 from iic_survey.model.__main__ import main
-from tests.model.test_network import TINY
+from iic_survey.testing.model import TINY
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

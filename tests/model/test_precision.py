@@ -38,7 +38,7 @@ from iic_survey.survey.classify import (
     _catalog_view,
     gate_precision,
 )
-from tests.fixtures.model import TINY_MODEL
+from iic_survey.testing.model import TINY_MODEL
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(

@@ -23,7 +23,7 @@ from iic_survey.core import healpix
 from iic_survey.output import commit, margin, partitions, reader, schema, staging, strays
 from iic_survey.output import finalize as output_finalize
 from iic_survey.output.validate import validate_catalog
-from tests.output.test_staging import ORDER, fake_results, write_catalog
+from iic_survey.testing.catalog import ORDER, catalog_files, fake_results, write_catalog
 
 RADIUS = 6.0  # arcsec: the crossmatch radius, inside the 10" margin
 rng = np.random.default_rng(15)
@@ -157,13 +157,6 @@ def test_margin_holds_exactly_the_rows_near_each_partition(collection: str, edge
     assert in_band >= 10, in_band
 
 
-def _files(root: str) -> dict[str, bytes]:
-    base = Path(root)
-    skip = ("_run.json", "hats.properties", "properties", "collection.properties")
-    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*"))
-            if p.is_file() and p.name not in skip}  # fmt: skip
-
-
 def test_margin_build_resumes_after_a_crash(tmp_path: Path, edge_rows) -> None:
     clean, crashed = str(tmp_path / "clean"), str(tmp_path / "crashed")
     for out in (clean, crashed):
@@ -182,7 +175,7 @@ def test_margin_build_resumes_after_a_crash(tmp_path: Path, edge_rows) -> None:
         margin.build_margin(crashed, 10.0, map_fn=dies_midway)
     assert not (Path(crashed) / schema.margin_name(10.0) / "hats.properties").exists()
     margin.build_margin(crashed, 10.0)
-    assert _files(crashed) == _files(clean)
+    assert catalog_files(crashed) == catalog_files(clean)
 
 
 def test_cone_search_opens_only_partitions_the_coverage_map_keeps(tmp_path, monkeypatch) -> None:
@@ -314,8 +307,8 @@ def test_dense_pixels_are_split_and_a_crash_mid_split_resumes(tmp_path: Path, mo
     assert len(list((Path(crashed) / schema.MAIN / "dataset").rglob("Npix=*.parquet"))) == 2
     assert any("without marker" in p for p in validate_catalog(crashed))
     write_catalog(crashed, rows, run_args=args)  # the rerun: stages and commits again
-    assert _files(crashed).keys() == _files(clean).keys()
-    assert _files(crashed) == _files(clean)
+    assert catalog_files(crashed).keys() == catalog_files(clean).keys()
+    assert catalog_files(crashed) == catalog_files(clean)
     assert (
         json.loads((Path(clean) / "_run.json").read_text())["args"]["max_rows_per_partition"] == 300
     )

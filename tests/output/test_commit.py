@@ -17,7 +17,7 @@ from upath import UPath
 
 from iic_survey.core import healpix
 from iic_survey.output import commit, schema, staging
-from tests.output.test_staging import fake_results
+from iic_survey.testing.catalog import fake_results
 
 ORDER = 3
 

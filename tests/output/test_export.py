@@ -17,7 +17,7 @@ from iic_survey.core.constants import CLASSES
 from iic_survey.output import export as output_export
 from iic_survey.output import reader as export
 from iic_survey.output import schema
-from tests.output.test_staging import ORDER, fake_results, write_catalog
+from iic_survey.testing.catalog import ORDER, fake_results, write_catalog
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ from iic_survey.output import finalize as output_finalize
 from iic_survey.output import index
 from iic_survey.output.reader import read
 from iic_survey.output.staging import OutputError
-from tests.output.test_collection import _files
-from tests.output.test_staging import fake_results, write_catalog
+from iic_survey.testing.catalog import catalog_files, fake_results, write_catalog
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +137,7 @@ def test_build_resumes_after_a_crash(tmp_path: Path, results: pd.DataFrame) -> N
     with mock.patch.object(index, "_gather", wraps=real) as gather:
         index.build_indexes(crashed)
     assert [c.args[1] for c in gather.call_args_list] == ["designation"]  # cntr was kept
-    assert _files(crashed) == _files(clean)
+    assert catalog_files(crashed) == catalog_files(clean)
     assert (Path(crashed) / "collection.properties").read_text() == (
         Path(clean) / "collection.properties"
     ).read_text()

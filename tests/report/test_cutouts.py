@@ -20,7 +20,7 @@ from iic_survey.output import index
 from iic_survey.report.cutouts import INDEX_FILE, source_cutouts
 from iic_survey.stamps.cutter import cut_sources
 from iic_survey.stamps.maker import StampMaker
-from tests.output.test_staging import fake_results, write_catalog
+from iic_survey.testing.catalog import fake_results, write_catalog
 
 
 @pytest.fixture(scope="module")

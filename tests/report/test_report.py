@@ -15,8 +15,8 @@ from iic_survey.core.constants import CLASSES
 from iic_survey.report import cli, config, examples, figures
 from iic_survey.report import sections as report
 from iic_survey.report import tally as report_tally
+from iic_survey.testing.catalog import fake_results, write_catalog
 from tests.fixtures.selection import fake_selection_tables
-from tests.output.test_staging import fake_results, write_catalog
 
 DPI = 50
 
@@ -260,7 +260,7 @@ def test_map_views() -> None:
 
 def test_separate_small_fields_get_one_zoom_each_drawn_from_fine_counts(monkeypatch) -> None:
     from iic_survey.report import zoom
-    from tests.output.test_staging import fake_results
+    from iic_survey.testing.catalog import fake_results
 
     centres = [(165.5, 18.95), (226.07, -0.75), (316.85, -52.8), (139.8, 56.65)]
     frames = [fake_results(400, seed=i, centre=c, radius_deg=0.2)[0] for i, c in enumerate(centres)]

@@ -419,7 +419,7 @@ def test_make_sky_job(repo_root, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_sky_is_small(tmp_path):
-    """Its size; its CPU time is logged, not asserted (bench/RESULTS.md measures speed)."""
+    """Its size; its CPU time is logged, not asserted (benchmarks/RESULTS.md measures speed)."""
     import time
 
     start = time.process_time()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from iic_survey.testing.training import finalize_fake_run
 from iic_survey.training import card
 
 
@@ -72,11 +73,7 @@ def test_card_holds_the_measured_numbers_per_depth() -> None:
 
 @pytest.mark.slow
 def test_finalize_writes_the_card(tmp_path: Path) -> None:
-    from tests.training.test_trainer import (
-        test_finalize_writes_a_loadable_calibrated_model_directory,
-    )
-
-    test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path)
+    finalize_fake_run(tmp_path)
     text = (tmp_path / "model" / card.CARD_FILE).read_text()
     doc = json.loads((tmp_path / "model" / "model.json").read_text())
     test = doc["metrics"]["test"]

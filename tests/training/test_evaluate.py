@@ -12,9 +12,9 @@ import torch
 from iic_survey.core.calibration import DepthCalibration, fit_depth_calibration
 from iic_survey.model import config
 from iic_survey.model import network as M
+from iic_survey.testing.model import TINY
+from iic_survey.testing.training import make_fake_training_set
 from iic_survey.training import evaluate, trainingset
-from tests.model.test_network import TINY
-from tests.training.test_trainer import make_fake_training_set
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from hats.io.validation import is_valid_catalog
 
 from iic_survey.core.flags import QualityFlag
 from iic_survey.output import selection_folder
+from iic_survey.testing.catalog import ORDER, fake_results, write_catalog
 from iic_survey.training import selection_tables
 from tests.fixtures.selection import fake_selection_tables
-from tests.output.test_staging import ORDER, fake_results, write_catalog
 
 
 def _proba(pred: list[int], conf: list[float]) -> np.ndarray:

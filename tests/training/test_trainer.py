@@ -15,53 +15,13 @@ import torch
 
 from iic_survey.core.constants import CLASSES
 from iic_survey.core.hashing import HASH_NAME
+from iic_survey.testing.training import (
+    FEATURES,
+    TINY_TRAINING,
+    finalize_fake_run,
+    make_fake_training_set,
+)
 from iic_survey.training import checkpoints, config, loop, splits, trainer, trainingset
-
-FEATURES = ("w1_w2", "w2_w3", "w1", "w1_sigma", "w2_sigma", "w3_sigma", "w3_detected")
-
-
-def make_fake_training_set(root: Path, n: int = 240, seed: int = 0) -> dict:
-    """A tiny, learnable training set in the real on-disk format (no sky, no cutouts).
-
-    Class k puts a bright blob in channel k: separable, so a few steps lower the loss.
-    """
-    rng = np.random.default_rng(seed)
-    label = np.arange(n) % 3
-    yy, xx = np.mgrid[:80, :80]
-    blob = np.exp(-((yy - 40) ** 2 + (xx - 40) ** 2) / 50.0).astype(np.float32)
-    images = rng.normal(0, 0.1, (n, 3, 80, 80)).astype(np.float32)
-    images[np.arange(n), label] += blob
-    features = rng.normal(0, 1, (n, len(FEATURES))).astype(np.float32)
-    features[:, 0] += label
-    features[:, 6] = 1.0
-    cntr = rng.choice(10**9, n, replace=False).astype(np.int64) + 1
-    df = pd.DataFrame(
-        {
-            "cntr": cntr,
-            "ra": rng.uniform(10, 11, n),
-            "dec": rng.uniform(-1, 1, n),
-            "w1mpro": rng.uniform(10.0, 17.0, n),
-            "w2mpro": rng.uniform(10.0, 16.0, n),
-            "w3mpro": rng.uniform(7.0, 12.0, n),
-            "label": label.astype(np.int64),
-            "class": np.asarray(CLASSES, dtype=object)[label],
-            "quality_flags": np.zeros(n, dtype=np.uint32),
-            "healpix_k5": np.zeros(n, dtype=np.int64),
-        }
-    )
-    df["split"] = splits.assign_split(df["cntr"], df["ra"], df["dec"])
-    w = trainingset.TrainingSetWriter(str(root))
-    for part in np.array_split(np.arange(n), 2):
-        w.write(df.iloc[part], images[part], features[part])
-    return w.close(
-        {
-            "source": "fake",
-            "feature_names": list(FEATURES),
-            "rgb": {"stretch": "fake"},
-            "cutout": {},
-        }
-    )
-
 
 # ---------------------------------------------------------------------------------------------
 # Pure pieces
@@ -197,13 +157,7 @@ def test_training_set_round_trips_through_ray_data(ray_cluster, tmp_path):
 # Ray Train runs themselves are tested through `ray job submit`
 # (tests/integration/test_train_job.py)
 
-TINY = {
-    "widths": (4, 8, 8, 8, 8, 8),
-    "head_dim": 16,
-    "batch_size": 16,
-    "lr": 1e-3,
-    "shuffle_buffer": 64,
-}
+TINY = TINY_TRAINING
 
 
 LEARNED_LOSS = 0.75
@@ -249,48 +203,12 @@ def test_ray_train_learns_the_tiny_set(ray_cluster, tmp_path):
 # Finalising: calibration, report, OOD statistics, the model directory (no Ray needed)
 
 
-def _checkpoint(tmp: Path, model, epoch: int, history: list[dict]):
-    import json
-
-    from ray.train import Checkpoint
-
-    tmp.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "epoch": epoch, "starts": [0]}, tmp / "state.pt")
-    (tmp / "history.json").write_text(json.dumps(history))
-    return Checkpoint.from_directory(str(tmp))
-
-
 def test_finalize_writes_a_loadable_calibrated_model_directory(tmp_path):
     from iic_survey.model import ood as model_ood
     from iic_survey.model.directory import load_model_dir
-    from iic_survey.model.network import build_model
     from iic_survey.training import finalize as evaluation
 
-    man = make_fake_training_set(tmp_path / "ts", n=150)
-    cfg = config.TrainConfig(data=str(tmp_path / "ts"), epochs=2, **TINY)
-    mcfg = config.model_config_for(cfg, man["feature_names"])
-    model = build_model(mcfg, seed=0)
-    hist = [
-        {
-            "epoch": e,
-            "train_loss": 1.0 - e / 10,
-            "val_loss": 1.1 - e / 10,
-            "train_acc": 0.4,
-            "val_acc": 0.4,
-            "lr": 1e-3,
-        }
-        for e in range(2)
-    ]
-    ck = _checkpoint(tmp_path / "ck", model, 1, hist)
-    run = evaluation.FinishedRun(
-        best_checkpoint=ck,
-        latest_checkpoint=ck,
-        model_dir=str(tmp_path / "model"),
-        manifest=man,
-        run_meta={"run_name": "t"},
-        use_gpu=False,
-    )
-    summary = evaluation.finalize_local(cfg, mcfg, run)
+    summary, man = finalize_fake_run(tmp_path)
     bundle = load_model_dir(tmp_path / "model")
     assert bundle.temperature == pytest.approx(summary["temperature"]) and bundle.temperature > 0
     assert bundle.rgb == man["rgb"]
