@@ -177,7 +177,7 @@ def write_sky_scale(
 
 
 def _write_into(out: pathlib.Path, config: SkyScaleConfig) -> dict[str, Any]:
-    """Write the imaged fields' tiles, then every partition batch by batch; return skyfiles.json."""
+    """Write the imaged fields' tiles, then every partition batch by batch; return sky.json."""
     imaged, truth_f, field_docs = skyfiles.draw_fields(out, config.imaged)
     imaged_k5 = healpix.pixel_of(imaged["ra"].to_numpy(), imaged["dec"].to_numpy(), ORDER)
     counts = pixel_counts(config.total, density_weights())
@@ -232,7 +232,7 @@ def _write_into(out: pathlib.Path, config: SkyScaleConfig) -> dict[str, Any]:
         "fields": field_docs,
         "density_model": "iic_survey.synthetic.skyscale.density_weights",
     }
-    (out / "skyfiles.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "sky.json").write_text(json.dumps(doc, indent=1) + "\n")
     return doc
 
 

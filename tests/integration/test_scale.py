@@ -26,7 +26,7 @@ from iic_survey.output.schema import catalog_dir
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.progress import Progress
 from iic_survey.survey.run import run_pipeline
-from iic_survey.synthetic import allwise_columns, skyscale
+from iic_survey.synthetic import allwise_columns, skyfiles, skyscale
 from iic_survey.synthetic.metadata_file import MetadataWriter
 from tests.fixtures.crashes import crash_after_commits
 
@@ -270,7 +270,7 @@ def test_a_source_in_two_partitions_is_refused_at_finalize(
     ray_cluster, tiny_sky, tiny_model_dir, tmp_path
 ):
     root = _copy(tiny_sky.root, tmp_path / "sky")
-    cat = Path(f"{root}/{skyscale.sky.CATALOG_PREFIX}")
+    cat = Path(f"{root}/{skyfiles.CATALOG_PREFIX}")
     a, b = tiny_sky.pixels[0], tiny_sky.pixels[1]
     path_a = cat / f"healpix_k0={a // 1024}/healpix_k5={a}/part0.snappy.parquet"
     path_b = cat / f"healpix_k0={b // 1024}/healpix_k5={b}/part0.snappy.parquet"
@@ -285,7 +285,7 @@ def test_a_source_in_two_partitions_is_refused_at_finalize(
         rel = f"healpix_k0={k5 // 1024}/healpix_k5={k5}/part0.snappy.parquet"
         w.add(pq.read_metadata(cat / rel), rel)
     w.close()
-    manifest = skyscale.sky.SkyManifest.load(root)
+    manifest = skyfiles.SkyManifest.load(root)
     out = str(tmp_path / "out")
     with pytest.raises(duplicates.DuplicateCntrError, match=f"cntr {dup} in") as err:
         run_pipeline(_config(manifest, tiny_model_dir, out))
