@@ -83,8 +83,11 @@ def test_ood_score_is_stable_under_a_1e6_change_of_the_images(trained) -> None:
     themselves move by up to 6.9e-5 (relative) under 1e-6 image noise. Ledoit-Wolf over all 32
     dimensions moved ``ood_score`` by up to 1.18e-4 relative (the legacy estimator 1.21e-4):
     the directions of almost no variance amplify the noise. In the principal components that
-    carry 99.9 % of the variance (4 here): 8.0e-5. Held: under 1e-4 relative (issue 24's goal),
-    no more than twice the embedding's own move, and under 1e-4 of the outlier threshold."""
+    carry 99.9 % of the variance (4 here): 8.0e-5. Over 1 and 2 torch threads and with AVX2 or
+    the generic kernels forced (the trained net differs a little each time) the embeddings moved
+    6.4e-5 .. 9.0e-5 and the score 6.8e-5 .. 9.2e-5 (Ledoit-Wolf over all dimensions reached
+    1.46e-4 in one of them). Held: under 1e-4 relative (issue 24's goal), no more than twice the
+    embedding's own move, and under 1e-4 of the outlier threshold."""
     fit, held, noisy = trained["emb"][:N_FIT], trained["emb"][N_FIT:], trained["emb_noisy"]
     stats = ood.OodStats.from_model(ood.ood_statistics(fit, trained["logits"][:N_FIT], 1.0))
     assert stats is not None and stats.estimator == ood.ESTIMATOR == "pca-ledoit-wolf"
