@@ -90,7 +90,7 @@ def test_chunk_and_model_batch_sizes_do_not_change_a_bit_of_the_catalog(
     (used,) = record["machines"]  # what the rows were computed with
     assert used["torch_cpu_capability"] in machine.LEVELS
     assert used["precision"] == record["precision_runs"][-1]["used"]  # bf16 where native
-    assert record["ood"] == {"estimator": "ledoit-wolf", "legacy": False}
+    assert record["ood"] == {"estimator": "pca-ledoit-wolf", "legacy": False}
     a, b = outs
     assert len(a) > 0 and a["cntr"].is_unique
     pd.testing.assert_frame_equal(a, b, check_exact=True)

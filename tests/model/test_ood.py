@@ -80,19 +80,24 @@ def legacy_statistics(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.slow  # trains a tiny IICnet and embeds 3,000 images
 def test_ood_score_is_stable_under_a_1e6_change_of_the_images(trained) -> None:
     """Measured here (tiny trained IICnet, 32-d embedding, 8 dead units): the embeddings
-    themselves move by up to 6.9e-5 (relative) under 1e-6 image noise, so no estimator can hold
-    ``ood_score`` much tighter. Ledoit-Wolf: max 1.18e-4 relative, 8.3e-5 of the threshold
-    (legacy 1.21e-4, 9.6e-5). Held: the score moves no more than twice the embedding does, and
-    less than 1e-4 of the outlier threshold (what decides the flag)."""
+    themselves move by up to 6.9e-5 (relative) under 1e-6 image noise. Ledoit-Wolf over all 32
+    dimensions moved ``ood_score`` by up to 1.18e-4 relative (the legacy estimator 1.21e-4):
+    the directions of almost no variance amplify the noise. In the principal components that
+    carry 99.9 % of the variance (4 here): 8.0e-5. Over 1 and 2 torch threads and with AVX2 or
+    the generic kernels forced (the trained net differs a little each time) the embeddings moved
+    6.4e-5 .. 9.0e-5 and the score 6.8e-5 .. 9.2e-5 (Ledoit-Wolf over all dimensions reached
+    1.46e-4 in one of them). Held: under 1e-4 relative (issue 24's goal), no more than twice the
+    embedding's own move, and under 1e-4 of the outlier threshold."""
     fit, held, noisy = trained["emb"][:N_FIT], trained["emb"][N_FIT:], trained["emb_noisy"]
     stats = ood.OodStats.from_model(ood.ood_statistics(fit, trained["logits"][:N_FIT], 1.0))
-    assert stats is not None and stats.estimator == "ledoit-wolf"
+    assert stats is not None and stats.estimator == ood.ESTIMATOR == "pca-ledoit-wolf"
     a, b = stats.score(held), stats.score(noisy)
     moved = float(np.max(np.abs(b - a) / a))
     emb_moved = float(np.max(np.linalg.norm(noisy - held, axis=1) / np.linalg.norm(held, axis=1)))
     of_threshold = float(np.max(np.abs(b - a)) / stats.threshold)
     print(f"ood_score change under 1e-6 image noise: {moved:.2e} relative, {of_threshold:.2e} "
           f"of the threshold; embeddings {emb_moved:.2e}")  # fmt: skip
+    assert moved < 1e-4, moved
     assert moved <= 2 * emb_moved, (moved, emb_moved)
     assert of_threshold < 1e-4, of_threshold
 
@@ -147,3 +152,51 @@ def test_unusable_statistics_are_refused_naming_the_file(change, match) -> None:
     change(stats)
     with pytest.raises(ValueError, match=f"/m/model.json.*{match}"):
         ood.OodStats.from_model(stats, source="/m/model.json")
+
+
+def test_statistics_keep_the_components_that_carry_the_variance() -> None:
+    """Three directions vary, three hardly (collapsed units): the distance is measured in the
+    three; a source far off along them is an outlier, one off along the dead ones is not."""
+    rng = np.random.default_rng(0)
+    emb = np.concatenate([rng.normal(size=(2000, 3)) * [3.0, 2.0, 1.0],
+                          rng.normal(size=(2000, 3)) * 1e-4], axis=1)  # fmt: skip
+    raw = ood.ood_statistics(emb, np.zeros((2000, 3)), 1.0)
+    assert raw["components"] == 3 and raw["variance_kept"] >= ood.VARIANCE_KEPT
+    stats = ood.OodStats.from_model(raw)
+    assert stats is not None and stats.components == 3
+    assert np.linalg.matrix_rank(stats.precision, tol=1e-6 * np.abs(stats.precision).max()) == 3
+    centre = np.zeros((1, 6))
+    far = np.array([[20.0, 0, 0, 0, 0, 0]])
+    dead = np.array([[0, 0, 0, 1e-2, 0, 0]])  # 100 sigma along a dead unit: not counted
+    assert stats.score(far)[0] > stats.threshold > stats.score(centre)[0]
+    assert stats.score(dead)[0] == pytest.approx(stats.score(centre)[0], abs=1e-3)
+    assert stats.record() == {"estimator": "pca-ledoit-wolf", "legacy": False}
+
+
+def test_full_rank_ledoit_wolf_directories_still_load() -> None:
+    """Directories written before the PCA (estimator ``ledoit-wolf``, full rank) score as then."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 4))
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf().fit(x)
+    block = {"mean": lw.location_.tolist(), "precision": lw.precision_.tolist(),
+             "mahalanobis_threshold": 3.0, "estimator": "ledoit-wolf"}  # fmt: skip
+    stats = ood.OodStats.from_model(block)
+    assert stats is not None and stats.components is None
+    e = rng.normal(size=(5, 4))
+    d = e - lw.location_
+    np.testing.assert_allclose(
+        stats.score(e), np.sqrt(np.einsum("nd,de,ne->n", d, lw.precision_, d)), rtol=1e-12
+    )
+
+
+def test_a_rank_k_precision_of_another_rank_is_refused() -> None:
+    rng = np.random.default_rng(2)
+    raw = ood.ood_statistics(rng.normal(size=(500, 4)) * [5, 3, 1, 1e-4], np.zeros((500, 3)), 1.0)
+    assert ood.OodStats.from_model(raw) is not None
+    with pytest.raises(ValueError, match=r"model.json.*rank"):
+        ood.OodStats.from_model({**raw, "components": raw["components"] + 1}, "/m/model.json")
+    with pytest.raises(ValueError, match=r"model.json.*semi-definite"):
+        ood.OodStats.from_model({**raw, "precision": (-np.asarray(raw["precision"])).tolist()},
+                                "/m/model.json")  # fmt: skip
