@@ -1,4 +1,4 @@
-"""Reliability: run tests/integration/test_faults.py and test_bad_input.py, write their figures.
+"""Reliability: run the fault and bad-input tests (tests/integration/), write their figures.
 
 The fault tests inject each fault for real (SIGKILL of Ray workers and of the driver, an IBE
 stand-in over HTTP answering 503s, truncated FITS and answers held past the client's read
@@ -14,8 +14,8 @@ it measured (rows flagged, rows lost against the input, what was written) in
 
 Run from the repository root (the tests start their own local Ray head, moto and IBE servers)::
 
-    .venv/bin/python bench/bench_reliability.py                  # both sections
-    .venv/bin/python bench/bench_reliability.py --only bad_input # one of them
+    .venv/bin/python -m benchmarks.reliability                  # both sections
+    .venv/bin/python -m benchmarks.reliability --only bad_input # one of them
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from results_md import write_section
+from benchmarks.results import write_section
 
 SECTION = "## Reliability: faults (tests/integration/test_faults.py)"
 BAD_INPUT_SECTION = "## Reliability: bad input (tests/integration/test_bad_input.py)"
@@ -90,7 +90,7 @@ def section(entries: list[dict], code: int, wall_s: float, load: tuple[float, ..
     head = [
         SECTION,
         "",
-        f"Written by `bench/bench_reliability.py` on {when}: tests/integration/test_faults.py "
+        f"Written by `benchmarks/reliability.py` on {when}: tests/integration/test_faults.py "
         f"{'passed' if code == 0 else f'FAILED (exit {code})'} in {wall_s:.0f} s, on "
         f"{os.cpu_count()} cores ({platform.machine()}), load average before "
         f"{' / '.join(f'{x:.2f}' for x in load)}; one local Ray head, the tiny sky (2,000 "
@@ -131,7 +131,7 @@ def bad_input_section(entries: list[dict], code: int, wall_s: float, load: tuple
     head = [
         BAD_INPUT_SECTION,
         "",
-        f"Written by `bench/bench_reliability.py` on {when}: tests/integration/test_bad_input.py "
+        f"Written by `benchmarks/reliability.py` on {when}: tests/integration/test_bad_input.py "
         f"{'passed' if code == 0 else f'FAILED (exit {code})'} in {wall_s:.0f} s, on "
         f"{os.cpu_count()} cores ({platform.machine()}), load average before "
         f"{' / '.join(f'{x:.2f}' for x in load)}; one local Ray head, each bad input fed to "
