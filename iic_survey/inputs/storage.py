@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -43,13 +42,18 @@ def _aws_credentials_in_env() -> bool:
     return any(os.environ.get(k) for k in keys)
 
 
+StorageOptions = dict[str, object]
+"""fsspec storage options (``anon``, ``endpoint_url``, ``client_kwargs``, ...), as fsspec and
+``UPath`` take them as keyword arguments."""
+
+
 def options_for(
     url: str,
     *,
     anon: bool | None = None,
     endpoint_url: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    storage_options: StorageOptions | None = None,
+) -> StorageOptions:
     """The fsspec storage options for ``url`` (give them to ``UPath`` or ``url_to_fs``).
 
     Parameters
@@ -66,7 +70,7 @@ def options_for(
         Further fsspec options, passed as they are (they win over the two above).
     """
     protocol = fsspec.core.split_protocol(url)[0] or "file"
-    opts: dict[str, Any] = {}
+    opts: StorageOptions = {}
     if protocol in ("s3", "s3a"):
         opts["anon"] = (not _aws_credentials_in_env()) if anon is None else bool(anon)
         if endpoint_url:
@@ -85,7 +89,7 @@ def make_filesystem(
     *,
     anon: bool | None = None,
     endpoint_url: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """An fsspec filesystem for ``url`` and the path of ``url`` on it (see :func:`options_for`)."""
     opts = options_for(url, anon=anon, endpoint_url=endpoint_url, storage_options=storage_options)

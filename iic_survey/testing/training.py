@@ -19,7 +19,7 @@ FEATURES = ("w1_w2", "w2_w3", "w1", "w1_sigma", "w2_sigma", "w3_sigma", "w3_dete
 """The feature columns of the fake set."""
 
 
-def make_fake_training_set(root: Path, n: int = 240, seed: int = 0) -> dict[str, Any]:
+def make_fake_training_set(root: Path, n: int = 240, seed: int = 0) -> trainingset.Manifest:
     """A tiny, learnable training set in the real on-disk format (no sky, no cutouts).
 
     Class k puts a bright blob in channel k: separable, so a few steps lower the loss.
@@ -72,7 +72,7 @@ TINY_TRAINING: dict[str, Any] = {
 """``TrainConfig`` keywords of a tiny, fast run."""
 
 
-def finalize_fake_run(root: Path, epochs: int = 2) -> tuple[dict[str, Any], dict[str, Any]]:
+def finalize_fake_run(root: Path, epochs: int = 2) -> tuple[dict[str, Any], trainingset.Manifest]:
     """Finalise an untrained tiny IICnet on a fake training set under ``root`` as a finished
     run would be (one checkpoint, ``epochs`` rows of history), into ``root / "model"``:
     (finalize's summary, the training set's manifest)."""

@@ -41,6 +41,7 @@ from iic_survey.training.checkpoints import load_state
 from iic_survey.training.config import TrainConfig
 from iic_survey.training.evaluate import Evaluation, evaluate, read_rows, training_domain
 from iic_survey.training.plots import plot_confusion, plot_history, plot_roc
+from iic_survey.training.trainingset import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class FinishedRun:
     """The last checkpoint: its history holds every epoch, its state every start of the run."""
     model_dir: str
     """Where the model directory goes."""
-    manifest: dict[str, Any]
+    manifest: Manifest
     """The training set's manifest (feature names, RGB parameters, counts)."""
     run_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Run details (name, path, workers ...) copied into the model's ``meta``."""
@@ -172,7 +173,7 @@ def _load_run(run: FinishedRun) -> _Trained:
 def _feature_stats(
     model: torch.nn.Module,
     config: TrainConfig,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     temperature: float,
     device: torch.device,
 ) -> dict[str, Any]:
@@ -319,7 +320,7 @@ def finalize_local(config: TrainConfig, model_cfg: ModelConfig, run: FinishedRun
     }
 
 
-def _write_card(out: Path, ev: Evaluation, manifest: dict[str, Any]) -> None:
+def _write_card(out: Path, ev: Evaluation, manifest: Manifest) -> None:
     """The model card ``README.md`` (:mod:`iic_survey.training.card`) from ``model.json``'s
     numbers and the test split's calibrated probabilities."""
     doc = json.loads((out / "model.json").read_text())

@@ -51,7 +51,7 @@ from iic_survey.synthetic import skyfiles
 from iic_survey.training.crossmatch import crossmatch
 from iic_survey.training.sdss import SDSSConfig, fetch_sdss
 from iic_survey.training.splits import SplitConfig, assign_split, balance, class_index
-from iic_survey.training.trainingset import TrainingSetWriter, read_manifest
+from iic_survey.training.trainingset import Manifest, TrainingSetWriter, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +150,7 @@ def labelled_sources(config: TrainingSetConfig) -> pd.DataFrame:
     return out
 
 
-def build_training_set(
-    config: TrainingSetConfig, out: str, overwrite: bool = False
-) -> dict[str, Any]:
+def build_training_set(config: TrainingSetConfig, out: str, overwrite: bool = False) -> Manifest:
     """Label, balance, split and cut a training set; write it to ``out``; return its manifest.
 
     Rows go through :class:`~iic_survey.stamps.maker.StampMaker` in ``coadd_id`` order, in
@@ -187,7 +185,7 @@ def build_training_set(
         logger.warning(
             "dropped %d unclassifiable rows (failed cutouts, missing bands ...)", dropped
         )
-    meta = {
+    meta: Manifest = {
         "source": config.source,
         "config": dataclasses.asdict(config),
         "feature_names": list(features.FEATURE_NAMES),
@@ -201,7 +199,7 @@ def build_training_set(
     return manifest
 
 
-def ensure_synthetic_training_set(data: str, sky_root: str, **overrides: Any) -> dict[str, Any]:
+def ensure_synthetic_training_set(data: str, sky_root: str, **overrides: Any) -> Manifest:
     """The manifest of the training set at ``data``, building it from the synthetic sky at
     ``sky_root`` first if there is none (and writing the default sky there if there is none)."""
 

@@ -20,8 +20,8 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +34,11 @@ from iic_survey.training.checkpoints import best_checkpoint, epochs_committed
 from iic_survey.training.config import RunSettings, TrainConfig, model_config_for
 from iic_survey.training.finalize import FinishedRun, finalize
 from iic_survey.training.loop import StepHook, train_loop_per_worker
+from iic_survey.training.trainingset import Manifest
+
+if TYPE_CHECKING:
+    import ray.data
+    import ray.train
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ def detect_gpu(mode: str) -> bool:
     return float(ray.cluster_resources().get("GPU", 0)) > 0
 
 
-def split_datasets(config: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+def split_datasets(config: TrainConfig, manifest: Manifest) -> dict[str, ray.data.Dataset]:
     """Ray Data datasets of the train and val splits (the columns the loop needs only).
 
     Small splits are materialised once in the object store (see ``TrainConfig.cache``), which
@@ -104,7 +109,9 @@ class _SubsetFilter:
         return {k: v[keep] for k, v in batch.items()}
 
 
-def fit(config: TrainConfig, run: RunSettings, step_hook: StepHook | None = None) -> Any:
+def fit(
+    config: TrainConfig, run: RunSettings, step_hook: StepHook | None = None
+) -> ray.train.Result:
     """Run (or resume) the Ray Train part only; returns the ``ray.train.Result``.
 
     ``step_hook`` (picklable) is called by every worker before each training step
@@ -116,6 +123,9 @@ def fit(config: TrainConfig, run: RunSettings, step_hook: StepHook | None = None
     info = trainingset.read_manifest(config.data)
     model_cfg = model_config_for(config, list(info["feature_names"]))
     resources = {"CPU": run.cpus_per_worker, **({"GPU": 1} if run.use_gpu else {})}
+    datasets: dict[str, ray.data.Dataset | Callable[[], ray.data.Dataset]] = {
+        **split_datasets(config, info)
+    }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -139,7 +149,7 @@ def fit(config: TrainConfig, run: RunSettings, step_hook: StepHook | None = None
             ),
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
         ),
-        datasets=split_datasets(config, info),
+        datasets=datasets,
     )
     with epoch_bar(config.epochs, as_path(run.storage_path or paths.default_runs()) / run.name):
         return trainer.fit()
@@ -175,19 +185,20 @@ def epoch_bar(epochs: int, run_dir: PathLike) -> Iterator[Bar]:
 
 def train(
     config: TrainConfig, run: RunSettings, step_hook: StepHook | None = None
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """Run (or resume) training on the connected Ray cluster, then finalise the model directory.
 
     Returns a summary: run path, best checkpoint, test metrics, model directory. ``step_hook``:
     see :func:`fit`.
     """
     result = fit(config, run, step_hook)
-    best = best_checkpoint(result)
-    logger.info("training done: best checkpoint %s, latest %s", best.path, result.checkpoint.path)
+    best = best_checkpoint(result)  # raises if the run has no checkpoint
+    latest = result.checkpoint or best
+    logger.info("training done: best checkpoint %s, latest %s", best.path, latest.path)
     info = trainingset.read_manifest(config.data)
     finished = FinishedRun(
         best_checkpoint=best,
-        latest_checkpoint=result.checkpoint,
+        latest_checkpoint=latest,
         model_dir=run.model_dir or paths.default_model(),
         manifest=info,
         run_meta={

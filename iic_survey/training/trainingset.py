@@ -11,15 +11,21 @@ other classes, or splits drawn with another hash than :data:`iic_survey.core.has
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
+import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from iic_survey.core.config import did_you_mean
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.core.hashing import HASH_NAME
 from iic_survey.training.splits import SPLITS
+
+if TYPE_CHECKING:
+    import pyarrow.compute as pc
+    import ray.data
 
 # ---------------------------------------------------------------------------------------------
 # The training set on disk: <root>/_manifest.json + <root>/split=<name>/part-NNNNN.parquet
@@ -31,20 +37,37 @@ MANIFEST = "_manifest.json"
 IMAGE_SHAPE = (3, 80, 80)
 
 
-def _fs(url: str) -> tuple[Any, str]:
-    import fsspec
+class Manifest(TypedDict, total=False):
+    """``_manifest.json``: what a training set is (written by :meth:`TrainingSetWriter.close`
+    from the builder's ``meta`` and the writer's counts)."""
 
+    format_version: int
+    classes: list[str]
+    image_shape: list[int]
+    code_version: str
+    split_hash: str
+    counts: dict[str, dict[str, int]]
+    """Rows per split, then per class."""
+    source: str
+    config: dict[str, object]
+    feature_names: list[str]
+    rgb: dict[str, object]
+    cutout: dict[str, object]
+    images: str
+    dropped: int
+
+
+def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, path = fsspec.core.url_to_fs(url)
     return fs, path
 
 
-def to_arrow(df: pd.DataFrame, images: np.ndarray, features: np.ndarray) -> Any:
+def to_arrow(df: pd.DataFrame, images: np.ndarray, features: np.ndarray) -> pa.Table:
     """A pyarrow table of the rows with ``image`` and ``features`` as fixed-shape tensor columns.
 
     ``arrow.fixed_shape_tensor`` is Arrow's canonical extension type: Ray Data reads it into
     (N, 3, 80, 80) numpy batches, and plain pyarrow/pandas keep the shape too.
     """
-    import pyarrow as pa
 
     images = np.ascontiguousarray(images, dtype=np.float32)
     features = np.ascontiguousarray(features, dtype=np.float32)
@@ -94,11 +117,11 @@ class TrainingSetWriter:
                 self.counts[s][str(c)] += int(k)
         self.parts += 1
 
-    def close(self, meta: dict[str, Any]) -> dict[str, Any]:
+    def close(self, meta: Manifest) -> Manifest:
         """Write the manifest (``meta``, the split hash's name, counts) and publish; returns the
         manifest."""
 
-        manifest = {
+        manifest: Manifest = {
             "format_version": FORMAT_VERSION,
             "classes": list(CLASSES),
             "image_shape": list(IMAGE_SHAPE),
@@ -115,7 +138,7 @@ class TrainingSetWriter:
         return manifest
 
 
-def read_manifest(root: str) -> dict[str, Any]:
+def read_manifest(root: str) -> Manifest:
     """The manifest of a training set (classes, feature names, RGB parameters, counts)."""
     fs, path = _fs(root)
     try:
@@ -140,7 +163,7 @@ def read_manifest(root: str) -> dict[str, Any]:
             f"{HASH_NAME!r}: its splits would not match the ones this code assigns; rebuild it "
             f"with jobs/build_training_set.py --overwrite"
         )
-    return dict(manifest)
+    return cast(Manifest, dict(manifest))
 
 
 def split_path(root: str, split: str) -> str:
@@ -151,7 +174,7 @@ def split_path(root: str, split: str) -> str:
 
 
 def read_split(
-    root: str, split: str, columns: list[str] | None = None, filter: Any = None
+    root: str, split: str, columns: list[str] | None = None, filter: pc.Expression | None = None
 ) -> dict[str, np.ndarray]:
     """One split as numpy arrays (``image`` (N, 3, 80, 80), ``features`` (N, F), ...), in memory;
     ``filter`` is a ``pyarrow.compute`` expression applied while reading."""
@@ -174,7 +197,7 @@ def read_split(
     return out
 
 
-def read_split_ray(root: str, split: str, columns: list[str] | None = None) -> Any:
+def read_split_ray(root: str, split: str, columns: list[str] | None = None) -> ray.data.Dataset:
     """One split as a lazy Ray Dataset (tensor columns come out as (N, ...) numpy batches)."""
     import ray.data
 
