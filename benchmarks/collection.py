@@ -1,4 +1,4 @@
-"""Benchmark of the collection's extra cost: the margin catalog against the main catalog.
+"""Benchmark of the collection's extra cost: the margin and id-index catalogs against the main one.
 
 Measured in one run, side by side on the same rows, in this process (one core):
 
@@ -8,6 +8,8 @@ Measured in one run, side by side on the same rows, in this process (one core):
    properties, all through ``hats``).
 2. **Margin** (10″): :func:`iic_survey.output.margin.build_margin`, one partition after another
    (a run gives each partition its own Ray task), then its metadata.
+3. **Id indexes** (``cntr``, ``designation``): :func:`iic_survey.output.index.build_indexes`,
+   the HATS index catalogs a lookup reads (issue 27: less than 5 % of the main catalog's bytes).
 
 Reported: the margin's time and bytes as fractions of the main catalog's, its rows as a
 fraction of the main rows, and the bytes a row takes in the main files (what
@@ -36,7 +38,7 @@ import numpy as np
 from benchmarks.common import cpu_name
 from benchmarks.results import write_section
 from iic_survey.core import healpix
-from iic_survey.output import commit, margin, partitions, schema, staging
+from iic_survey.output import commit, index, margin, partitions, schema, staging
 from iic_survey.output import finalize as output_finalize
 from iic_survey.testing.catalog import fake_results
 
@@ -64,6 +66,11 @@ def _bytes(folder: pathlib.Path) -> int:
     return sum(f.stat().st_size for f in (folder / "dataset").rglob("Npix=*.parquet"))
 
 
+def _index_bytes(folder: pathlib.Path) -> int:
+    """Bytes of an index catalog's data files (not its ``_metadata``)."""
+    return sum(f.stat().st_size for f in (folder / "dataset" / "index").glob("part.*.parquet"))
+
+
 def measure(n_rows: int, radius_deg: float, arcsec: float) -> dict[str, float]:
     rows, _ = fake_results(n_rows, seed=15, centre=(150.0, 20.0), radius_deg=radius_deg)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_collection_"))
@@ -76,6 +83,12 @@ def measure(n_rows: int, radius_deg: float, arcsec: float) -> dict[str, float]:
         main_bytes = _bytes(tmp / "catalog" / schema.MAIN)
         margin_bytes = _bytes(tmp / "catalog" / schema.margin_name(arcsec))
         n_parts = len(list((tmp / "catalog" / schema.MAIN / "dataset").rglob("Npix=*.parquet")))
+        t0 = time.perf_counter()
+        index.build_indexes(out)
+        t_index = time.perf_counter() - t0
+        index_bytes = {
+            c: _index_bytes(tmp / "catalog" / index.index_name(c)) for c in index.INDEXED
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
@@ -87,6 +100,8 @@ def measure(n_rows: int, radius_deg: float, arcsec: float) -> dict[str, float]:
         "margin_bytes": margin_bytes,
         "margin_rows": m_rows,
         "bytes_per_row": main_bytes / n_rows,
+        "t_index": t_index,
+        **{f"index_bytes_{c}": float(b) for c, b in index_bytes.items()},
     }
 
 
@@ -110,6 +125,19 @@ def report(r: dict[str, float], arcsec: float, load: tuple[float, float]) -> str
             f"| bytes of partition files | {r['main_bytes']:,} | {r['margin_bytes']:,} | "
             f"{r['margin_bytes'] / r['main_bytes']:.4f} |",
             f"| rows | {r['rows']:,} | {r['margin_rows']:,} | {r['margin_rows'] / r['rows']:.4f} |",
+            "",
+            f"The id indexes (HATS index catalogs, built after the margin in {r['t_index']:.2f} s "
+            f"for both): bytes of their data files against the main catalog's partition files "
+            f"(goal, issue 27: < 5 %):",
+            "",
+            "| index | bytes | bytes per row | of the main catalog |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| `{c}` | {r[f'index_bytes_{c}']:,.0f} | "
+                f"{r[f'index_bytes_{c}'] / r['rows']:.2f} | "
+                f"**{100 * r[f'index_bytes_{c}'] / r['main_bytes']:.2f} %** |"
+                for c in index.INDEXED
+            ),
             "",
             f"A row takes {per_row:.1f} bytes in the main files (zstd), so the default "
             f"`--max-rows-per-partition` of {partitions.DEFAULT_MAX_ROWS:,} gives files of at "
