@@ -15,4 +15,6 @@ It imports nothing else of ours (import-linter checks it).
 - ``paths``: the default locations under ``$IIC_SURVEY_HOME``.
 - ``parquet_footer``: a Parquet footer's top-level Thrift fields, read and written as bytes.
 - ``progress``: a progress bar on a terminal (nothing in a log).
+- ``heap``: an inference worker keeps its freed memory (glibc's thresholds), so each pass
+  reuses its pages.
 """

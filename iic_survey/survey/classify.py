@@ -27,6 +27,7 @@ import torch
 from iic_survey.core.calibration import DepthCalibration
 from iic_survey.core.constants import CLASSES, __version__
 from iic_survey.core.flags import unclassifiable
+from iic_survey.core.heap import retain_freed_memory
 from iic_survey.model.agreement import time_plans
 from iic_survey.model.directory import load_model_dir
 from iic_survey.model.domain import TrainingDomain, subsets
@@ -188,6 +189,7 @@ class Classify:
     ) -> None:
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
+        retain_freed_memory()  # each chunk's arrays reuse the last one's pages (core.heap)
         self.device = torch.device(device)
         self.bundle = load_model_dir(model_dir, device=self.device)
         # BN folded into the convolutions, channels-last weights: same outputs to fp32 rounding
