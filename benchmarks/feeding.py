@@ -195,6 +195,7 @@ def stages_alone(
     (on ``device``; on a GPU its wall seconds, synchronised by the copy back of each chunk)."""
     import torch
 
+    from iic_survey.core.heap import retain_freed_memory
     from iic_survey.stamps.cutouts import CutoutConfig
     from iic_survey.stamps.rgb import RGBParams, make_rgb
     from iic_survey.stamps.split import StampCutter
@@ -202,6 +203,9 @@ def stages_alone(
     from iic_survey.survey.config import CPU_MODEL_BATCH
 
     torch.set_num_threads(1)
+    # the C heap as the actors keep it (core.heap): else this process's glibc thresholds,
+    # settling at random, make the stages alone up to ~20 % slower or faster than the actors'
+    retain_freed_memory()
     chunks = _chunks(manifest, pixels, chunk)
     n = sum(len(c) for c in chunks)
     cutter = StampCutter.from_spec(manifest.images_url, cutout=CutoutConfig(max_workers=1))
