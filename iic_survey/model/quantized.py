@@ -3,11 +3,14 @@
 On a CPU without native bf16 (AVX2 only) autocast to bf16 is emulated and runs slower than
 fp32; int8 is what such a CPU computes fast. :func:`quantize_int8` applies PyTorch's
 post-training static quantization (FX graph mode, the ``x86`` backend: FBGEMM and oneDNN
-kernels) to a copy of the model's image encoder: every convolution (BN folded, ReLU fused),
-the CBAM MLPs and the element-wise products run in int8, with per-channel weight scales and
-per-tensor activation scales observed on calibration images. The colour encoder and the head
-(``fc1``, ``fc2``) stay fp32, so the embeddings and logits come back as fp32 like every plan.
-The result keeps the model's ``embed`` / ``fc2`` interface, so
+kernels) to a copy of the model's image encoder: every convolution (BN folded, ReLU fused)
+runs in int8, with per-channel weight scales and per-tensor activation scales observed on
+calibration images. The two CBAM attention modules stay fp32 (their inputs dequantized, their
+outputs quantized again): in int8 their sigmoids and element-wise products cost more than they
+save (on the tiny demo IICnet 1.27x fp32 with them in int8, 1.56x without; the paper-sized one
+2.74x / 2.80x, AVX-512) and the catalog's agreement with fp32 is the same. The colour encoder
+and the head (``fc1``, ``fc2``) stay fp32, so the embeddings and logits come back as fp32 like
+every plan. The result keeps the model's ``embed`` / ``fc2`` interface, so
 :class:`~iic_survey.model.inference.Predictor` runs it on its fixed-shape batches unchanged.
 
 Measured (``python -m benchmarks.precision plans``; paper-sized IICnet, one thread, batch 16): about
@@ -32,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from iic_survey.model.network import CBAM
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +116,11 @@ def quantize_int8(model: nn.Module, images: np.ndarray | torch.Tensor, batch: in
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-        prepared = prepare_fx(quant.image, get_default_qconfig_mapping(ENGINE), (x[:batch],))
+        mapping = get_default_qconfig_mapping(ENGINE)
+        for name, module in quant.image.named_modules():
+            if isinstance(module, CBAM):
+                mapping.set_module_name(name, None)  # attention in fp32 (module docstring)
+        prepared = prepare_fx(quant.image, mapping, (x[:batch],))
         for i in range(0, len(x), batch):
             prepared(x[i : i + batch])  # (B, 3, H, W): observers record activation ranges
         quant.image = convert_fx(prepared)

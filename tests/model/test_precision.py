@@ -488,6 +488,9 @@ def test_int8_is_the_image_encoder_in_int8_and_needs_a_gate_set(trained_dir, mad
     q = quantized.quantize_int8(optimize_for_inference(bundle_model), made["image"][:32], 16)
     kinds = {type(m).__module__ for m in q.image.modules()}
     assert any("quantized" in k for k in kinds)  # int8 kernels inside the image encoder
+    for name in ("cbam1", "cbam2"):  # the attention stays fp32: faster so
+        inner = {type(m).__module__ for m in getattr(q.image, name).modules()}
+        assert not any("quantized" in k for k in inner), (name, inner)
     assert type(q.fc2) is torch.nn.Linear and type(bundle_model.image.stem[0]).__name__ == "Conv2d"
     bare = tmp_path / "bare"
     shutil.copytree(trained_dir, bare)
