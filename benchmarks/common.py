@@ -91,6 +91,21 @@ def model_dir(path: pathlib.Path, manifest: Any) -> str:
     return str(path)
 
 
+def process_label(cmdline: list[str], is_self: bool) -> str:
+    """A process's kind: the driver, a Ray worker's title (``ray::...``), or Ray's own daemon."""
+    if is_self:
+        return "driver"
+    text = " ".join(cmdline)
+    if text.startswith("ray::"):
+        return text.split(" ", 1)[0][:60]
+    if "default_worker.py" in text:
+        return "worker (starting)"
+    for key in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "agent"):
+        if key in text:
+            return key
+    return (cmdline[0].rsplit("/", 1)[-1] if cmdline else "?")[:40]
+
+
 class MemorySampler:
     """Peak summed RSS and PSS of process trees (the Ray head's, ``also``'s) and this process
     (unless ``include_self`` is False)."""
@@ -104,13 +119,16 @@ class MemorySampler:
     ) -> None:
         self.roots, self.interval_s, self.include_self = (root_pid, *also), interval_s, include_self
         self.peak_rss = self.peak_pss = 0
+        self.peak_by_kind: dict[str, tuple[int, int]] = {}
+        """At the sample of the peak PSS: (processes, PSS bytes) by :func:`process_label`."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> tuple[int, int]:
+    def _sample(self) -> tuple[int, int, dict[str, tuple[int, int]]]:
         import psutil
 
-        procs = [psutil.Process()] if self.include_self else []
+        me = psutil.Process()
+        procs = [me] if self.include_self else []
         for pid in self.roots:
             try:
                 root = psutil.Process(pid)
@@ -118,18 +136,25 @@ class MemorySampler:
             except psutil.NoSuchProcess:
                 pass
         rss = pss = 0
+        kinds: dict[str, tuple[int, int]] = {}
         for p in procs:
             try:
                 info = p.memory_full_info()
+                label = process_label(p.cmdline(), p.pid == me.pid)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             rss += info.rss
-            pss += getattr(info, "pss", info.rss)
-        return rss, pss
+            one = getattr(info, "pss", info.rss)
+            pss += one
+            n, b = kinds.get(label, (0, 0))
+            kinds[label] = (n + 1, b + one)
+        return rss, pss, kinds
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, pss = self._sample()
+            rss, pss, kinds = self._sample()
+            if pss > self.peak_pss:
+                self.peak_by_kind = kinds
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self._stop.wait(self.interval_s)
 

@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from benchmarks import common
-from benchmarks.common import MemorySampler, cpu_name, load
+from benchmarks.common import MemorySampler, cpu_name, load, process_label
 from benchmarks.results import write_section
 from iic_survey.testing.ray_head import start_local_ray, stop_local_ray
 
@@ -109,7 +109,7 @@ class CpuSampler:
                 # a worker's title changes (ray::IDLE -> the task it runs): the last one read
                 # counts (read every few samples: the sampler's own CPU counts as the driver's)
                 if p.pid not in self.names or self._n % 8 == 0:
-                    self.names[p.pid] = _label(p.cmdline(), p.pid == os.getpid())
+                    self.names[p.pid] = process_label(p.cmdline(), p.pid == os.getpid())
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return out
@@ -140,21 +140,6 @@ class CpuSampler:
         self._stop.set()
         self._thread.join()
         self.last.update(self._sample())
-
-
-def _label(cmdline: list[str], is_self: bool) -> str:
-    """A process's kind: the driver, a Ray worker's title (``ray::...``), or Ray's own daemon."""
-    if is_self:
-        return "driver"
-    text = " ".join(cmdline)
-    if text.startswith("ray::"):
-        return text.split(" ", 1)[0][:60]
-    if "default_worker.py" in text:
-        return "worker (starting)"
-    for key in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "agent"):
-        if key in text:
-            return key
-    return (cmdline[0].rsplit("/", 1)[-1] if cmdline else "?")[:40]
 
 
 class _Marks(logging.Handler):

@@ -138,9 +138,11 @@ def _job(head: Any, args: list[str], crash_after: str | None = None) -> dict[str
     ):
         log, _ = proc.communicate()
     mb = 2**20
+    kinds = {k: [n, b / mb] for k, (n, b) in every.peak_by_kind.items()}
     return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0,
             "driver_rss_mb": driver.peak_rss / mb, "all_rss_mb": every.peak_rss / mb,
-            "all_pss_mb": every.peak_pss / mb, "log": log}  # fmt: skip
+            "all_pss_mb": every.peak_pss / mb, "log": log,
+            "pss_by_kind": kinds}  # fmt: skip
 
 
 def rehearsal(work: pathlib.Path, model: str, num_cpus: int) -> dict[str, Any]:
@@ -236,7 +238,24 @@ def memory_report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
         f"({last['sources'] / first['sources']:.0f}x): all-process PSS "
         f"{100 * (last['all_pss_mb'] / first['all_pss_mb'] - 1):+.1f} %, RSS "
         f"{100 * (last['all_rss_mb'] / first['all_rss_mb'] - 1):+.1f} % (goal < 20 %).",
+        "", *_by_kind(rows),
     ]) + "\n"  # fmt: skip
+
+
+def _by_kind(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the PSS is at each size's peak: processes and MB by process kind."""
+    kinds = sorted({k for r in rows for k in r.get("pss_by_kind", {})},
+                   key=lambda k: -rows[-1].get("pss_by_kind", {}).get(k, [0, 0.0])[1])  # fmt: skip
+    if not kinds:
+        return []
+    out = ["At each size's peak, PSS by process kind (processes x, MB):", "",
+           "| process kind | " + " | ".join(f"{r['fields']} field(s)" for r in rows) + " |",
+           "|---|" + "---:|" * len(rows)]  # fmt: skip
+    for k in kinds:
+        cells = [r.get("pss_by_kind", {}).get(k) for r in rows]
+        out.append(f"| {k} | " + " | ".join(
+            f"{c[0]} x, {c[1]:,.0f}" if c else "" for c in cells) + " |")  # fmt: skip
+    return out
 
 
 def _model(work: pathlib.Path) -> str:
