@@ -17,6 +17,7 @@ import torch
 from iic_survey.model import inference, machine
 from iic_survey.model.network import build_model, optimize_for_inference
 from iic_survey.output import reader
+from iic_survey.survey import classify
 from iic_survey.survey.config import PipelineConfig
 from iic_survey.survey.run import run_pipeline
 from iic_survey.testing.model import TINY_MODEL
@@ -59,6 +60,27 @@ def test_the_forward_pass_only_sees_one_shape(net, monkeypatch) -> None:
     x, f = _inputs(21)
     inference.Predictor(net, CPU, None, 7)(x, f)
     assert seen == [inference.CPU_MICRO_BATCH] * 2  # 16 + 5 padded to 16
+
+
+def test_a_cpu_actor_classifies_a_chunk_in_slices_that_change_no_bit(
+    tiny_model_dir, monkeypatch
+) -> None:
+    n = 2 * classify.CPU_SLICE_ROWS + 37  # two whole slices and a short one
+    x, f = _inputs(n, seed=1)
+    rng = np.random.default_rng(2)
+    chunk = {"image": x, "features": f, "quality_flags": np.zeros(n, np.int64),
+             "cntr": np.arange(n), "w1mpro": rng.uniform(8, 17, n),
+             **{k: np.zeros(n, np.int64) for k in ("_pixel", "_row", "_chunk")}}  # fmt: skip
+    actor = classify.Classify(tiny_model_dir, "cpu", None, None)
+    seen: list[int] = []
+    whole = actor._logits
+    monkeypatch.setattr(actor, "_logits", lambda b: seen.append(len(b["image"])) or whole(b))
+    sliced = pd.DataFrame(actor(chunk))
+    assert seen == [classify.CPU_SLICE_ROWS, classify.CPU_SLICE_ROWS, 37]  # never all at once
+    monkeypatch.setattr(classify, "CPU_SLICE_ROWS", 10 * n)
+    at_once = pd.DataFrame(actor(chunk))
+    assert seen[3:] == [n]
+    pd.testing.assert_frame_equal(sliced, at_once, check_exact=True)
 
 
 def _rows(out: str) -> pd.DataFrame:
