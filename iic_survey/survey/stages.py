@@ -277,10 +277,9 @@ def decide_precision(config: PipelineConfig, inputs: Inputs, plan: Plan) -> Gate
         return GateResult(config.inference.precision, "fp32", device, "fp32 asked for")
     # max_calls=1: the worker exits after the gate, so the model, the gate set and the plans it
     # built (~660 MB with the paper-sized IICnet) are not held by an idle worker for the run
-    task = ray.remote(_gate_task).options(
-        num_cpus=config.resources.cpus_per_actor, num_gpus=gpus if gpus > 0 else None,
-        max_retries=1, max_calls=1,
-    )  # fmt: skip
+    task = ray.remote(max_calls=1)(_gate_task).options(
+        num_cpus=config.resources.cpus_per_actor, num_gpus=gpus if gpus > 0 else None, max_retries=1
+    )
     result = GateResult(**ray.get(task.remote(config, inputs, plan, device)))
     logger.info("precision: %s (%s; gate rows: %s)", result.used, result.reason, result.gate_set)
     if result.warning:  # an explicit plan slower than fp32 here: the user sees the ratio
