@@ -144,7 +144,10 @@ def speed(made: dict[str, np.ndarray], rounds: int, batch: int) -> dict[str, Any
     """Images/s of each plan, best of ``rounds`` alternating rounds, in this process."""
     import torch
 
+    from iic_survey.core.heap import retain_freed_memory
+
     torch.set_num_threads(1)
+    retain_freed_memory()  # the C heap as an inference actor keeps it (else fp32 at random -20 %)
     runners, missing = _runners(made, batch)
     x, f = torch.from_numpy(made["image"]), torch.from_numpy(made["features"])
     n = len(x) - len(x) % batch
