@@ -228,20 +228,33 @@ def inference_resources(config: PipelineConfig) -> tuple[int, float]:
     ), 0.0
 
 
+MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 128, 2048
+"""Bounds of a chunk's rows (:func:`chunk_rows`)."""
+CHUNKS_PER_ACTOR = 2
+"""Chunks each inference actor gets at least, when the run is small enough (:func:`chunk_rows`):
+one to work on, one to wait behind it."""
 STAMP_BYTES_PER_ROW = 3 * 37 * 37 * 4
 """Bytes of what the cutting stage hands on per source: a 37x37 stamp in 3 bands (float32).
 The largest thing in the object store between stages (images stay inside the actor)."""
 
 
-def chunk_rows(config: PipelineConfig, actors: int) -> int:
+def chunk_rows(config: PipelineConfig, actors: int, rows: int | None = None) -> int:
     """``config.resources.chunk_size``, or the largest chunk (128..2048 rows) of which eight per
     inference actor fit in half the object store (Ray Data's share): big chunks amortise each
     chunk's fixed costs (a task or actor call, a part file, pandas/Arrow conversions; measured:
-    benchmarks/RESULTS.md, Feeding ceiling), but too few in flight starve the actors."""
+    benchmarks/RESULTS.md, Feeding ceiling), but too few in flight starve the actors.
+
+    A run of only ``rows`` rows gets chunks small enough that every actor has
+    :data:`CHUNKS_PER_ACTOR` of them: else a one-pixel run of 2,500 rows is two chunks, and of
+    three actors one waits and one idles (started, holding its memory, doing nothing).
+    """
     if config.resources.chunk_size is not None:
         return int(config.resources.chunk_size)
     store = float(ray.cluster_resources().get("object_store_memory", 8e9))
-    return int(np.clip(store / 2 / (8 * max(actors, 1) * STAMP_BYTES_PER_ROW), 128, 2048))
+    size = store / 2 / (8 * max(actors, 1) * STAMP_BYTES_PER_ROW)
+    if rows is not None:
+        size = min(size, -(-rows // (CHUNKS_PER_ACTOR * max(actors, 1))))
+    return int(np.clip(size, MIN_CHUNK_ROWS, MAX_CHUNK_ROWS))
 
 
 def _gate_rows(config: PipelineConfig, inputs: Inputs, plan: Plan) -> dict[str, np.ndarray]:
@@ -299,7 +312,7 @@ def build_dataset(
     # themselves, not wrapped in Ray's UserCodeException, so the job can name the problem.
     ray.data.DataContext.get_current().raise_original_map_exception = True
     actors, gpus = inference_resources(config)
-    chunk = chunk_rows(config, actors)
+    chunk = chunk_rows(config, actors, plan.todo_rows)
     logger.info("inference: %d actors, %g GPU each; chunks of %d rows", actors, gpus, chunk)
     items = [{"unit": json.dumps(u)} for u in plan.units]
     reader = PixelReader(inputs.catalog, PIPELINE_COLUMNS, plan.order, chunk)

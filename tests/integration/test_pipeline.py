@@ -104,6 +104,11 @@ def test_chunks_fit_the_object_store(monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"object_store_memory": 600e9})
     assert chunk_rows(cfg, 8) == 2048  # a GPU node: the cap
     assert chunk_rows(PipelineConfig.create("c", "i", "m", "o", chunk_size=300), 2) == 300
+    # a small run: two chunks for every actor (a pixel of 2,500 rows, 3 actors: 6 of 417)
+    assert chunk_rows(cfg, 3, rows=2500) == 417
+    assert chunk_rows(cfg, 3, rows=10**6) == 2048  # a big run: unchanged
+    assert chunk_rows(cfg, 8, rows=100) == 128  # never below the floor
+    assert chunk_rows(PipelineConfig.create("c", "i", "m", "o", chunk_size=300), 3, 50) == 300
 
 
 def test_assign_pixels_matches_healpy():
