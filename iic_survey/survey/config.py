@@ -148,7 +148,7 @@ class ResourcesConfig:
     chunk_size: int | None = None
     """Rows per chunk, the unit of data flow and of staging (~80 kB of images a row); None:
     :func:`~iic_survey.survey.stages.chunk_rows` sizes it to the cluster's object store (at
-    most 2048)."""
+    most 2048) and, on a small run, to two chunks per inference actor."""
     model_batch_size: int | None = None
     """Images per forward pass inside a chunk; None: :data:`CPU_MODEL_BATCH` on CPU (small
     batches stay in cache: 1.6x the images/s of 256 on one thread, benchmarks/RESULTS.md "Model
@@ -329,7 +329,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"split denser pixels into children, to order 9 (default {DEFAULT_MAX_ROWS:,})",
     )
     p.add_argument("--overwrite", action="store_true", help="delete a previous output first")
-    p.add_argument("--chunk-size", type=int, help="rows per chunk (default: fit the object store)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        help="rows per chunk (default: fit the object store; two per actor on a small run)",
+    )
     p.add_argument(
         "--model-batch-size",
         type=int,
