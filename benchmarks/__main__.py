@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks all                         # the same at their full sizes
     .venv/bin/python -m benchmarks all --quick --experiments   # and the studies (quality, paper)
     .venv/bin/python -m benchmarks all --only "## Cutouts (benchmarks/cutouts.py)"
+    .venv/bin/python -m benchmarks all --gpu                   # on a GPU machine: its sections too
     .venv/bin/python -m benchmarks status                      # what is missing, stale or outdated
 
 Each entry of :data:`WRITERS` is one section, the RESULTS file it lives in
@@ -41,6 +42,8 @@ class Writer:
     """A long study (``--experiments``), not a speed benchmark."""
     needs: str = ""
     """A path (from the repository root) that must exist first (else the entry is skipped)."""
+    gpu: bool = False
+    """Needs a CUDA device: run by ``all --gpu`` (or ``benchmarks/gpu_check.sh``), else skipped."""
     results: pathlib.Path = results.RESULTS
     """The RESULTS file the section lives in."""
 
@@ -86,6 +89,23 @@ WRITERS: tuple[Writer, ...] = (
         "## Feeding ceiling (benchmarks/feeding.py)",
         ("-m", "benchmarks.feeding", "--write-results"),
         ("--n-sources", "30000"),
+    ),
+    Writer(
+        "## Feeding ceiling, 4 CPU actors (benchmarks/feeding.py --actors 4)",
+        ("-m", "benchmarks.feeding", "--actors", "4", "--num-cpus", "6", "--write-results"),
+        ("--n-sources", "30000"),
+    ),
+    Writer(
+        "## Feeding ceiling, GPU actors (benchmarks/feeding.py --gpus)",
+        ("-m", "benchmarks.feeding", "--gpus", "1", "--write-results"),
+        ("--n-sources", "20000", "--alone-pixels", "2", "--idle-s", "3"),
+        gpu=True,
+    ),
+    Writer(
+        "## GPU inference (benchmarks/gpu.py)",
+        ("-m", "benchmarks.gpu", "--write-results"),
+        ("--window", "1.0", "--batches", "1024", "4096", "--n-sources", "20000"),
+        gpu=True,
     ),
     Writer(
         "## Training (benchmarks/training.py)",
@@ -141,9 +161,8 @@ WRITERS: tuple[Writer, ...] = (
         results=_X,
     ),
 )
-"""Every section of the RESULTS files and what writes it (the GPU section,
-``python -m benchmarks.gpu``, is written only on a machine with a GPU: run it there by hand,
-or ``benchmarks/gpu_check.sh``)."""
+"""Every section of the RESULTS files and what writes it (the ``gpu`` ones only on a machine with
+a CUDA device: ``all --gpu`` there, or ``benchmarks/gpu_check.sh``)."""
 
 
 def rerun_commands() -> dict[str, str]:
@@ -175,12 +194,17 @@ def report(text: str, path: pathlib.Path = results.RESULTS) -> list[str]:
     return lines or ["  every section is stamped, current and measured on today's package"]
 
 
-def run_all(chosen: list[Writer], quick: bool) -> list[tuple[str, int, float]]:
-    """Run each chosen writer once (a command shared by two sections runs once)."""
+def run_all(chosen: list[Writer], quick: bool, gpu: bool = False) -> list[tuple[str, int, float]]:
+    """Run each chosen writer once (a command shared by two sections runs once; a ``gpu`` one
+    only when ``gpu``)."""
     done: dict[tuple[str, ...], tuple[int, float]] = {}
     out = []
     for w in chosen:
         cmd = w.command(quick)
+        if w.gpu and not gpu:
+            print(f"[benchmarks all] SKIPPED {w.heading}: needs a GPU (--gpu)", flush=True)
+            out.append((w.heading, -1, 0.0))
+            continue
         if w.needs and not (results.REPO / w.needs).exists():
             print(f"[benchmarks all] SKIPPED {w.heading}: needs {w.needs}", flush=True)
             out.append((w.heading, -1, 0.0))
@@ -202,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="each script's quick mode")
     p.add_argument("--experiments", action="store_true", help="also the long studies")
     p.add_argument("--only", action="append", help="only this section's heading (repeatable)")
+    p.add_argument("--gpu", action="store_true", help="also the GPU sections (needs CUDA)")
     a = p.parse_args(argv)
     if a.what == "all":
         chosen = [
@@ -210,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             if (a.experiments or not w.experiment) and (not a.only or w.heading in a.only)
         ]
         t0 = time.perf_counter()
-        runs = run_all(chosen, a.quick)
+        runs = run_all(chosen, a.quick, a.gpu)
         print(f"[benchmarks all] {len(runs)} sections in {(time.perf_counter() - t0) / 60:.1f} min")
         failed = [h for h, rc, _ in runs if rc > 0]
         for h in failed:

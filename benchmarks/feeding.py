@@ -52,6 +52,11 @@ from iic_survey.testing.ray_head import start_local_ray, stop_local_ray
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTION = "## Feeding ceiling (benchmarks/feeding.py)"
+"""The section of the default layout: 2 CPU actors on a 4-CPU head."""
+SECTION_4_ACTORS = "## Feeding ceiling, 4 CPU actors (benchmarks/feeding.py --actors 4)"
+"""The section of the layout the cluster docs recommend: 4 CPU actors (``--num-cpus 6``)."""
+SECTION_GPU = "## Feeding ceiling, GPU actors (benchmarks/feeding.py --gpus)"
+"""The section of a run with GPU actors (``benchmarks/gpu_check.sh``)."""
 logger = logging.getLogger(__name__)
 NULL_MODEL = {"arch": "colour", "colour_hidden": 4, "head_dim": 4}
 """The null model: the colour baseline, 4 units wide. It goes through the same actor code (the
@@ -393,7 +398,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     """The RESULTS.md section."""
     s = summarise(res, args.num_cpus)
     lines = [
-        SECTION,
+        section(args) or "## Feeding ceiling, not written (benchmarks/feeding.py)",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {res['nproc']} shared cores "
         f"({cpu_name()}), load average (1/5/15 min) {res['load_before']} before and "
@@ -510,13 +515,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def section(args: argparse.Namespace) -> str | None:
+    """The RESULTS section of the run's layout (one per layout, so that a GPU or a 4-actor run
+    never overwrites the 2-actor CPU one); None for a layout RESULTS does not keep."""
+    if args.gpus:
+        return SECTION_GPU
+    return {2: SECTION, 4: SECTION_4_ACTORS}.get(args.actors)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    heading = section(args)
+    if args.write_results and heading is None:
+        parser().error(f"--write-results keeps the layouts of 2 or 4 CPU actors or GPU actors, "
+                       f"not --actors {args.actors}: run it without --write-results")  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     text = report(run(args), args)
     sys.stdout.write(text)
-    if args.write_results:
-        write_section(SECTION, text)
+    if args.write_results and heading is not None:
+        write_section(heading, text)
     return 0
 
 

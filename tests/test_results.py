@@ -44,6 +44,27 @@ def test_every_writer_names_a_heading_its_script_writes():
         assert not w.experiment or w.heading != "## Cutouts (benchmarks/cutouts.py)"
 
 
+def test_each_feeding_layout_writes_a_section_of_its_own():
+    from benchmarks import feeding
+
+    def heading(*argv: str) -> str | None:
+        return feeding.section(feeding.parser().parse_args(list(argv)))
+
+    layouts = [heading(), heading("--actors", "4", "--num-cpus", "6"), heading("--gpus", "1")]
+    assert len(set(layouts)) == 3  # a GPU or 4-actor run never overwrites the 2-actor section
+    assert set(layouts) <= {w.heading for w in benchmarks_main.WRITERS}
+    assert heading("--actors", "3") is None
+    with pytest.raises(SystemExit):  # refused before anything runs
+        feeding.main(["--actors", "3", "--write-results"])
+
+
+def test_the_gpu_sections_run_only_when_asked(capsys):
+    gpu = [w for w in benchmarks_main.WRITERS if w.gpu]
+    assert {"## GPU inference (benchmarks/gpu.py)"} < {w.heading for w in gpu}
+    assert [rc for _, rc, _ in benchmarks_main.run_all(gpu, quick=True)] == [-1] * len(gpu)
+    assert "needs a GPU" in capsys.readouterr().out
+
+
 def test_write_section_stamps_provenance_and_replaces_only_its_section(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmark results\n\n## A (x)\n\nold a\n\n## B (y)\n\nkept\n")
