@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import pathlib
 import platform
@@ -369,6 +370,9 @@ def summarise(res: dict[str, Any], num_cpus: int) -> dict[str, float]:
         )
         out[f"{name}_fixed_cpu_s"] = j["cpu_s"] - j["rows"] / out[f"{name}_marginal_per_cpu_s"]
     out["feeding_ratio"] = out["null_per_cpu_s"] / out["cut_rgb_per_cpu_s"]
+    out["feeding_break_even"] = break_even(
+        out["null_fixed_cpu_s"], out["null_marginal_per_cpu_s"], 0.7 * out["cut_rgb_per_cpu_s"]
+    )
     out["feeding_stream_ratio"] = out["null_stream_per_cpu_s"] / out["cut_rgb_per_cpu_s"]
     out["feeding_marginal_ratio"] = out["null_marginal_per_cpu_s"] / out["cut_rgb_per_cpu_s"]
     if "paper_per_cpu_s" in out and res.get("device") == "cuda":
@@ -381,6 +385,11 @@ def summarise(res: dict[str, Any], num_cpus: int) -> dict[str, float]:
         out["e2e_ratio"] = out["paper_per_cpu_s"] / out["paper_actor_per_cpu_s"]
         out["e2e_stream_ratio"] = out["paper_stream_per_cpu_s"] / out["paper_actor_per_cpu_s"]
         out["e2e_marginal_ratio"] = out["paper_marginal_per_cpu_s"] / out["paper_actor_per_cpu_s"]
+        out["e2e_break_even"] = break_even(
+            out["paper_fixed_cpu_s"],
+            out["paper_marginal_per_cpu_s"],
+            0.85 * out["paper_actor_per_cpu_s"],
+        )
     # What the CPUs of a GPU node do per source: on a CPU the null job's CPU less the actor's
     # own work (RGB and the forward pass move to the GPU there); with GPU actors, all of it.
     gpu = res.get("device") == "cuda"
@@ -388,6 +397,17 @@ def summarise(res: dict[str, Any], num_cpus: int) -> dict[str, float]:
     out["feed_cpu_us"] = feed_s * 1e6
     out["cores_per_gpu"] = GPU_IMAGES_PER_S * feed_s
     return out
+
+
+def break_even(fixed_cpu_s: float, marginal: float, target: float) -> float:
+    """Sources from which a whole job, ``fixed_cpu_s`` of fixed costs plus ``marginal`` sources
+    per CPU-second beyond them, reaches ``target`` sources per CPU-second: ``N / (N / marginal
+    + fixed_cpu_s) >= target``; 0 when it does at any size, inf when at none (NaN unresolved)."""
+    if not (math.isfinite(fixed_cpu_s) and math.isfinite(marginal)):
+        return float("nan")
+    if marginal <= target:
+        return float("inf")
+    return max(0.0, fixed_cpu_s / (1 / target - 1 / marginal))
 
 
 GPU_IMAGES_PER_S = 50_000
@@ -451,6 +471,13 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
             f"| end to end: paper-sized job / its actor alone | {s['e2e_ratio']:.2f} "
             f"| {s['e2e_stream_ratio']:.2f} | **{s['e2e_marginal_ratio']:.2f}** | >= 0.85 |"
         )
+    sizes = [("feeding (0.7 of cutting + RGB alone, null model)", s["feeding_break_even"])]
+    if "e2e_break_even" in s:
+        sizes.append(("end to end (0.85 of the actor alone, paper-sized)", s["e2e_break_even"]))
+    lines += ["", f"Whole job against its size: from the fixed costs and the rate beyond them "
+              f"(N / (N / rate + fixed)), the size from which the whole job meets each goal; "
+              f"this run's jobs had {_best(res['job_null'])['rows']:,} sources:", ""]  # fmt: skip
+    lines += [f"- {what}: {_sources(n)}" for what, n in sizes]
     lines += ["", "Each job's phases (wall seconds), CPU seconds, processes and peak PSS summed "
               "over the head's processes and the driver:", ""]  # fmt: skip
     lines += ["| job | rows | start | stream (+ finalize) | finish | CPU s | processes "
@@ -481,6 +508,14 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _sources(n: float) -> str:
+    if math.isnan(n):
+        return "not resolved (the jobs' difference is below the noise: a bigger --n-sources)"
+    if math.isinf(n):
+        return "at no size (the rate beyond the fixed costs is below the goal)"
+    return "at any size" if n == 0 else f"from about **{n:,.0f}** sources"
 
 
 def _actors(args: argparse.Namespace) -> str:

@@ -10,6 +10,7 @@ writes a section. ``python -m benchmarks all --quick --experiments`` rewrites ev
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 import pytest
@@ -56,6 +57,18 @@ def test_each_feeding_layout_writes_a_section_of_its_own():
     assert heading("--actors", "3") is None
     with pytest.raises(SystemExit):  # refused before anything runs
         feeding.main(["--actors", "3", "--write-results"])
+
+
+def test_the_feeding_break_even_size_is_where_the_whole_job_meets_its_goal():
+    from benchmarks.feeding import break_even
+
+    fixed, rate, goal = 20.0, 7188.0, 0.7 * 6012.0  # CPU-s, sources per CPU-s
+    n = break_even(fixed, rate, goal)
+    assert n / (n / rate + fixed) == pytest.approx(goal)
+    assert (n * 0.9) / (n * 0.9 / rate + fixed) < goal < (n * 1.1) / (n * 1.1 / rate + fixed)
+    assert break_even(fixed, goal * 0.99, goal) == float("inf")  # never, at any size
+    assert break_even(0.0, rate, goal) == 0.0  # no fixed costs: at any size
+    assert math.isnan(break_even(fixed, float("nan"), goal))  # an unresolved rate
 
 
 def test_the_gpu_sections_run_only_when_asked(capsys):
