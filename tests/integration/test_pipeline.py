@@ -111,6 +111,27 @@ def test_chunks_fit_the_object_store(monkeypatch):
     assert chunk_rows(PipelineConfig.create("c", "i", "m", "o", chunk_size=300), 3, 50) == 300
 
 
+def test_a_small_run_gives_every_actor_two_chunks(
+    ray_cluster, tiny_sky, model_dir, tmp_path, caplog
+):
+    """The run sizes its chunks from its own rows (the planned ones), not the object store alone:
+    the tiny sky's rows over 3 actors are six chunks, so no started actor idles."""
+    import logging
+
+    from iic_survey.survey.stages import build_dataset, inference_resources, open_inputs
+
+    cfg = config(tiny_sky, model_dir, str(tmp_path / "out"), chunk_size=None, inference_actors=3)
+    inputs = open_inputs(cfg)
+    plan = plan_run(cfg, inputs.catalog)
+    actors = inference_resources(cfg)[0]
+    want = chunk_rows(cfg, actors, plan.todo_rows)
+    assert actors == 3 and plan.todo_rows == tiny_sky.n_sources and want < chunk_rows(cfg, 3)
+    assert want == max(128, -(-tiny_sky.n_sources // 6))
+    with caplog.at_level(logging.INFO, logger="iic_survey.survey.stages"):
+        build_dataset(cfg, inputs, plan)  # lazy: nothing runs
+    assert f"{actors} actors, 0 GPU each; chunks of {want} rows" in caplog.text
+
+
 def test_assign_pixels_matches_healpy():
     rng = np.random.default_rng(0)
     k5 = 4321
