@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import subprocess
 import sys
@@ -54,6 +55,7 @@ class Writer:
 _QUALITY = ("-m", "experiments.quality", "--write-results")
 _QUALITY_QUICK = ("--sky-sources", "8000", "--archs", "iicnet")
 _X = results.EXPERIMENTS
+_ALL_CPUS = str(os.cpu_count() or 1)
 WRITERS: tuple[Writer, ...] = (
     Writer(
         "## Cutouts (benchmarks/cutouts.py)",
@@ -97,7 +99,8 @@ WRITERS: tuple[Writer, ...] = (
     ),
     Writer(
         "## Feeding ceiling, GPU actors (benchmarks/feeding.py --gpus)",
-        ("-m", "benchmarks.feeding", "--gpus", "1", "--write-results"),
+        # every CPU of the GPU machine cuts, as benchmarks/gpu_check.sh runs it
+        ("-m", "benchmarks.feeding", "--gpus", "1", "--num-cpus", _ALL_CPUS, "--write-results"),
         ("--n-sources", "20000", "--alone-pixels", "2", "--idle-s", "3"),
         gpu=True,
     ),
